@@ -1,0 +1,1 @@
+"""compute-agent: a small nova-compute-style libvirt host agent."""

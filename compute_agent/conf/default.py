@@ -1,0 +1,54 @@
+"""[DEFAULT] options: host identity, paths, concurrency, reporting."""
+
+import socket
+
+from oslo_config import cfg
+
+opts = [
+    cfg.HostAddressOpt(
+        'host', default=socket.gethostname(), sample_default='<hostname>',
+        help='Name of this compute host: its server queue is <topic>.<host> '
+             'and every report carries it.'),
+    cfg.StrOpt(
+        'state_path', default='/var/lib/compute-agent',
+        help='Directory for the agent\'s own state (the journal).'),
+    cfg.StrOpt(
+        'instances_path', default='$state_path/instances',
+        help='Directory holding one sub-directory per instance plus the image '
+             'cache (_base). The agent writes nothing outside it and '
+             'state_path.'),
+    cfg.IntOpt(
+        'max_concurrent_builds', default=10, min=1, max=1000,
+        help='Operations on different instances run in parallel up to this '
+             'many at once.'),
+    cfg.IntOpt(
+        'report_interval', default=10, min=1,
+        help='Seconds between host_state_update reports.'),
+    cfg.IntOpt(
+        'sync_power_state_interval', default=60, min=0,
+        help='Seconds between power state syncs against libvirt; 0 disables.'),
+    cfg.IntOpt(
+        'graceful_shutdown_timeout', default=60, min=0,
+        help='On SIGTERM, seconds to let in-flight operations finish; '
+             'unfinished ones are left unacknowledged for redelivery.'),
+    cfg.IntOpt(
+        'journal_max_age', default=7 * 24 * 3600, min=60,
+        help='Seconds a finished request stays in the journal for '
+             'de-duplication before it is pruned.'),
+    cfg.IntOpt(
+        'journal_max_entries', default=100000, min=100,
+        help='Finished requests kept in the journal at most; the oldest are '
+             'pruned first.'),
+    cfg.BoolOpt(
+        'force_config_drive', default=False,
+        help='Attach a config drive to every instance, asked for or not.'),
+    cfg.StrOpt(
+        'default_ephemeral_format', default=None,
+        choices=[None, 'ext4', 'ext3', 'ext2', 'vfat'],
+        help='File system made on new ephemeral disks; unset leaves them '
+             'blank.'),
+]
+
+
+def register(conf):
+    conf.register_opts(opts)

@@ -1,0 +1,33 @@
+"""[images] options: where images come from and how disks are made."""
+
+from oslo_config import cfg
+
+group = cfg.OptGroup('images', title='Image and disk options')
+
+opts = [
+    cfg.StrOpt(
+        'image_store_url', default='file:///var/lib/compute-agent/images',
+        help='Base URL of the image store (file:// or http(s)://); image '
+             '<id> is fetched from <base>/<id>.'),
+    cfg.ListOpt(
+        'allowed_schemes', default=['file', 'http', 'https'],
+        item_type=cfg.types.String(choices=['file', 'http', 'https']),
+        help='URL schemes an image "location" may use; a file:// location '
+             'must also lie inside the image store.'),
+    cfg.BoolOpt(
+        'use_cow_images', default=True,
+        deprecated_opts=[cfg.DeprecatedOpt('use_cow_images', group='DEFAULT')],
+        help='Root disks are qcow2 overlays on the cached image; false makes '
+             'raw copies.'),
+    cfg.IntOpt(
+        'download_timeout', default=300, min=1,
+        help='Seconds an image download may stall before it fails.'),
+    cfg.IntOpt(
+        'download_retries', default=3, min=0,
+        help='Retries of a failed (not missing) image download.'),
+]
+
+
+def register(conf):
+    conf.register_group(group)
+    conf.register_opts(opts, group=group)

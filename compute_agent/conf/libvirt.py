@@ -1,0 +1,127 @@
+"""[libvirt] options: hypervisor type, connection, guest XML policy.
+
+Each option also answers to its 2012 nova.conf name in [DEFAULT].
+"""
+
+from oslo_config import cfg
+
+group = cfg.OptGroup('libvirt', title='libvirt driver options')
+
+VIRT_TYPES = ('kvm', 'qemu', 'xen', 'lxc', 'uml')
+DEFAULT_URIS = {
+    'kvm': 'qemu:///system',
+    'qemu': 'qemu:///system',
+    'xen': 'xen:///',
+    'lxc': 'lxc:///',
+    'uml': 'uml:///system',
+}
+
+
+def _old(name):
+    return [cfg.DeprecatedOpt(name, group='DEFAULT')]
+
+
+opts = [
+    cfg.StrOpt(
+        'virt_type', default='kvm', choices=VIRT_TYPES,
+        deprecated_opts=_old('libvirt_type'),
+        help='Domain type of the guests this host runs.'),
+    cfg.StrOpt(
+        'connection_uri', default='',
+        deprecated_opts=_old('libvirt_uri'),
+        help='libvirt connection URI; empty derives it from virt_type '
+             '(qemu:///system, xen:///, lxc:///, uml:///system).'),
+    cfg.StrOpt(
+        'disk_prefix', default=None, choices=[None, 'vd', 'xvd', 'ubd', 'sd', 'hd'],
+        deprecated_opts=_old('libvirt_disk_prefix'),
+        help='Prefix of guest disk device names; unset picks it from '
+             'virt_type (vd for kvm/qemu, xvd for xen, ubd for uml, sd for '
+             'lxc).'),
+    cfg.StrOpt(
+        'disk_cachemode', default='none',
+        choices=['none', 'writethrough', 'writeback', 'directsync', 'unsafe',
+                 'default'],
+        help='Cache mode of file-backed guest disks. "none" needs a file '
+             'system with O_DIRECT (not tmpfs).'),
+    cfg.StrOpt(
+        'cpu_mode', default=None,
+        choices=[None, 'host-model', 'host-passthrough', 'custom', 'none'],
+        deprecated_opts=_old('libvirt_cpu_mode'),
+        help='Guest CPU mode; unset means host-model on kvm and none '
+             'elsewhere.'),
+    cfg.StrOpt(
+        'cpu_model', default=None,
+        deprecated_opts=_old('libvirt_cpu_model'),
+        help='CPU model name when cpu_mode is custom.'),
+    cfg.BoolOpt(
+        'use_usb_tablet', default=True,
+        deprecated_opts=_old('use_usb_tablet'),
+        help='Give VNC guests a USB tablet so the pointer tracks the '
+             'client\'s (not on Xen paravirtual guests).'),
+    cfg.BoolOpt(
+        'sysinfo_serial', default=True,
+        help='Put the instance uuid in the guest\'s SMBIOS system serial '
+             '(kvm/qemu).'),
+    cfg.StrOpt(
+        'clock_offset', default='utc', choices=['utc', 'localtime'],
+        help='Guest clock offset (kvm/qemu).'),
+    cfg.BoolOpt(
+        'mem_balloon', default=True,
+        help='Give kvm/qemu guests a virtio memory balloon for stats.'),
+    cfg.StrOpt(
+        'rng_dev_path', default=None,
+        help='Host entropy source for a virtio RNG device on kvm/qemu '
+             'guests, e.g. /dev/urandom; unset adds none.'),
+    cfg.IntOpt(
+        'wait_soft_reboot_seconds', default=120, min=1,
+        deprecated_opts=_old('libvirt_wait_soft_reboot_seconds'),
+        help='Seconds to wait for an ACPI reboot before a hard one.'),
+    cfg.StrOpt(
+        'rescue_image_id', default=None,
+        deprecated_opts=_old('rescue_image_id'),
+        help='Image booted by rescue; unset uses the instance\'s own image.'),
+    cfg.StrOpt(
+        'rescue_kernel_id', default=None,
+        deprecated_opts=_old('rescue_kernel_id'),
+        help='Kernel for rescue; unset uses the instance\'s kernel.'),
+    cfg.StrOpt(
+        'rescue_ramdisk_id', default=None,
+        deprecated_opts=_old('rescue_ramdisk_id'),
+        help='Ramdisk for rescue; unset uses the instance\'s ramdisk.'),
+    cfg.StrOpt(
+        'vif_driver', default=None,
+        deprecated_opts=_old('libvirt_vif_driver'),
+        deprecated_for_removal=True,
+        deprecated_reason='VIF drivers are chosen per VIF "type" from the '
+                          'compute_agent.vif_drivers entry points.',
+        help='Accepted so a 2012 nova.conf still loads; ignored.'),
+    cfg.StrOpt(
+        'nfs_mount_point_base', default='$state_path/mnt',
+        help='Where NFS volume exports are mounted, one directory per '
+             'export (named by the export\'s SHA-1).'),
+    cfg.IntOpt(
+        'connect_retries', default=10, min=0,
+        help='Attempts to open the libvirt connection before an operation '
+             'fails with HypervisorUnavailable.'),
+    cfg.FloatOpt(
+        'connect_retry_interval', default=1.0, min=0.0,
+        help='Seconds between libvirt connection attempts (doubling, '
+             'capped at 10 s).'),
+]
+
+
+def register(conf):
+    conf.register_group(group)
+    conf.register_opts(opts, group=group)
+
+
+def connection_uri(conf):
+    """The URI to open: the configured one, else the virt type's default."""
+    return conf.libvirt.connection_uri or DEFAULT_URIS[conf.libvirt.virt_type]
+
+
+def disk_prefix(conf):
+    if conf.libvirt.disk_prefix:
+        return conf.libvirt.disk_prefix
+    return {'kvm': 'vd', 'qemu': 'vd', 'xen': 'xvd', 'uml': 'ubd',
+            'lxc': 'sd'}[conf.libvirt.virt_type]

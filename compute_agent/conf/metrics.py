@@ -1,0 +1,18 @@
+"""[metrics] options: the Prometheus endpoint."""
+
+from oslo_config import cfg
+
+group = cfg.OptGroup('metrics', title='Prometheus metrics')
+
+opts = [
+    cfg.BoolOpt('enabled', default=False,
+                help='Serve Prometheus metrics over HTTP.'),
+    cfg.HostAddressOpt('listen_address', default='127.0.0.1',
+                       help='Address of the metrics endpoint.'),
+    cfg.PortOpt('port', default=9464, help='Port of the metrics endpoint.'),
+]
+
+
+def register(conf):
+    conf.register_group(group)
+    conf.register_opts(opts, group=group)

@@ -1,0 +1,20 @@
+"""``list_opts()`` for oslo-config-generator (entry point oslo.config.opts)."""
+
+from compute_agent.conf import default
+from compute_agent.conf import images
+from compute_agent.conf import libvirt
+from compute_agent.conf import metrics
+from compute_agent.conf import rpc
+from compute_agent.conf import vif
+from compute_agent.conf import vnc
+
+
+def list_opts():
+    return [
+        ('DEFAULT', default.opts + rpc.default_opts),
+        (libvirt.group, libvirt.opts),
+        (vnc.group, vnc.opts),
+        (images.group, images.opts),
+        (rpc.group, rpc.opts),
+        (metrics.group, metrics.opts),
+    ] + [(group, opts) for group, opts in vif.GROUPS]

@@ -1,0 +1,11 @@
+"""The agent's RPC API version (PROTOCOL.md) and package version."""
+
+RPC_API_VERSION = '1.0'
+
+
+def package_version():
+    try:
+        from importlib.metadata import version
+        return version('compute-agent')
+    except Exception:  # not installed (running from a source tree)
+        return 'unknown'
