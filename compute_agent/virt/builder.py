@@ -1,0 +1,322 @@
+"""The guest builder: which disks, devices and boot a guest gets (policy).
+
+``build()`` turns a validated spawn/rescue request into a ``GuestPlan``: the
+domain model, the device names it chose and the files the driver must
+create. It is pure: no libvirt, no files, no journal. It covers every branch
+of 2012 nova's ``get_guest_config`` plus what a modern KVM operator expects,
+each behind an option.
+"""
+
+import os
+
+from compute_agent.virt import blockinfo
+from compute_agent.virt import config
+from compute_agent.virt import volume
+from compute_agent.virt.plan import DiskFile, GuestPlan
+
+GiB = 1024 ** 3
+MiB = 1024 ** 2
+HVM_TYPES = ('kvm', 'qemu')
+
+
+class _Context:
+    """What every step of one build needs, computed once."""
+
+    def __init__(self, conf, instance, image_meta, bdi, rescue,
+                 rescue_image_meta):
+        self.conf = conf
+        self.instance = instance
+        self.image_meta = image_meta or {}
+        self.bdi = bdi or {}
+        self.rescue = rescue
+        self.rescue_image_meta = rescue_image_meta
+        self.virt_type = conf.libvirt.virt_type
+        self.dir = os.path.join(conf.instances_path, instance['name'])
+        self.prefix, self.bus = blockinfo.disk_prefix_and_bus(conf)
+        self.namer = blockinfo.DeviceNamer(
+            self.prefix, blockinfo.claimed_by_block_device_info(self.bdi))
+        self.volume_devs = set(blockinfo.volume_devices(self.bdi))
+        self.root_dev = (blockinfo.strip_dev(self.bdi.get('root_device_name'))
+                         or self.namer.nth(0))
+        self.devices = {}
+        self.files = []
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    @property
+    def root_is_iso(self):
+        return self.image_meta.get('disk_format') == 'iso'
+
+    @property
+    def rescue_image_id(self):
+        meta = self.rescue_image_meta or {}
+        return (meta.get('id') or self.conf.libvirt.rescue_image_id
+                or self.instance.get('image_ref'))
+
+    @property
+    def rescue_is_iso(self):
+        return (self.rescue_image_meta or {}).get('disk_format') == 'iso'
+
+
+def build(conf, instance, image_meta, network_info=(), block_device_info=None,
+          rescue=False, rescue_image_meta=None, vif_drivers=None):
+    """Plan the guest for a (validated) spawn, or for its rescue.
+
+    ``vif_drivers`` is a ``compute_agent.vif.loader.VifDrivers``; it is only
+    needed when ``network_info`` is not empty.
+    """
+    ctx = _Context(conf, instance, image_meta, block_device_info, rescue,
+                   rescue_image_meta)
+    flavor = instance['flavor']
+    dom = config.Domain(type=ctx.virt_type, name=instance['name'],
+                        uuid=instance['uuid'], memory_unit='KiB',
+                        memory_kib=flavor['memory_mb'] * 1024,
+                        vcpus=flavor['vcpus'])
+    if ctx.virt_type in HVM_TYPES and conf.libvirt.sysinfo_serial:
+        dom.sysinfo = _sysinfo(instance)
+    dom.os = _os(ctx)
+    if ctx.virt_type in HVM_TYPES:
+        dom.features = config.Features(acpi=True, apic=True)
+        dom.cpu = _cpu(ctx)
+    if ctx.virt_type in HVM_TYPES + ('xen',):
+        dom.clock = config.Clock(offset=conf.libvirt.clock_offset)
+
+    if ctx.virt_type == 'lxc':
+        _lxc_root(ctx, dom)
+    elif rescue:
+        _rescue_disks(ctx, dom)
+    else:
+        _disks(ctx, dom)
+    if instance.get('config_drive') or conf.force_config_drive:
+        _config_drive(ctx, dom)
+
+    for driver, vif in (vif_drivers.for_network_info(network_info)
+                        if network_info else ()):
+        dom.add_device(driver.get_config(instance, vif, ctx.virt_type))
+
+    _consoles(ctx, dom)
+    _graphics(ctx, dom)
+    _hvm_extras(ctx, dom)
+    return GuestPlan(domain=dom, devices=ctx.devices, files=ctx.files,
+                     instance_dir=ctx.dir)
+
+
+# --- boot -------------------------------------------------------------------
+
+def _os(ctx):
+    vt = ctx.virt_type
+    if vt == 'lxc':
+        # The seed also wrote <cmdline>console=ttyS0</cmdline>; libvirt's
+        # schema has no cmdline for os type exe and the lxc driver ignores
+        # it, so it is left out.
+        return config.OS(type='exe', init='/sbin/init')
+    if vt == 'uml':
+        return config.OS(type='uml', kernel='/usr/bin/linux',
+                         root='/dev/' + ctx.root_dev)
+    os_ = config.OS(type='linux' if vt == 'xen' else 'hvm')
+    if vt == 'xen':
+        os_.root = '/dev/' + ctx.root_dev
+    if ctx.virt_type in HVM_TYPES and ctx.conf.libvirt.sysinfo_serial:
+        os_.smbios_mode = 'sysinfo'
+
+    inst = ctx.instance
+    if ctx.rescue:
+        kernel_id = ctx.conf.libvirt.rescue_kernel_id or inst.get('kernel_id')
+        ramdisk_id = ctx.conf.libvirt.rescue_ramdisk_id or inst.get('ramdisk_id')
+        suffix = '.rescue'
+    else:
+        kernel_id, ramdisk_id, suffix = (inst.get('kernel_id'),
+                                         inst.get('ramdisk_id'), '')
+    if kernel_id:
+        os_.kernel = ctx.path('kernel' + suffix)
+        ctx.files.append(DiskFile('kernel' + suffix, 'kernel' + suffix,
+                                  image_id=kernel_id))
+        if ramdisk_id:
+            os_.initrd = ctx.path('ramdisk' + suffix)
+            ctx.files.append(DiskFile('ramdisk' + suffix, 'ramdisk' + suffix,
+                                      image_id=ramdisk_id))
+        # The seed gave the rescue kernel no command line; without
+        # console=ttyS0 a rescued guest's console log stays empty.
+        os_.cmdline = ('ro' if vt == 'xen' else
+                       'root=/dev/%s console=ttyS0' % ctx.root_dev)
+    elif vt in HVM_TYPES:
+        # A xen PV guest boots through its kernel or bootloader, never a
+        # <boot dev> (the seed wrote one; libvirt ignores it).
+        iso = ctx.rescue_is_iso if ctx.rescue else ctx.root_is_iso
+        for dev in (('cdrom', 'hd') if iso else ('hd',)):
+            os_.add('boot', config.Boot(dev=dev))
+    return os_
+
+
+def _cpu(ctx):
+    mode = ctx.conf.libvirt.cpu_mode or (
+        'host-model' if ctx.virt_type == 'kvm' else 'none')
+    if mode == 'none':
+        return None
+    cpu = config.CPU(mode=mode)
+    if mode == 'custom':
+        cpu.match = 'exact'
+        cpu.model = ctx.conf.libvirt.cpu_model
+        cpu.model_fallback = 'allow'
+    return cpu
+
+
+def _sysinfo(instance):
+    info = config.SysInfo(type='smbios')
+    for name, value in (('manufacturer', 'compute-agent'),
+                        ('product', 'compute-agent'),
+                        ('serial', instance['uuid']),
+                        ('uuid', instance['uuid'])):
+        info.add('system', config.SysInfoEntry(name=name, value=value))
+    return info
+
+
+# --- disks ------------------------------------------------------------------
+
+def _file_disk(ctx, name, dev, bus=None, device='disk', fmt='raw'):
+    disk = config.Disk(type='file', device=device, source_file=ctx.path(name),
+                       target_dev=dev, target_bus=bus or ctx.bus)
+    if ctx.virt_type != 'uml':      # the UML driver takes no <driver>
+        disk.driver_name = 'qemu'
+        disk.driver_type = fmt
+        disk.driver_cache = ctx.conf.libvirt.disk_cachemode
+    if device == 'cdrom':
+        disk.readonly = True
+    return disk
+
+
+def _root_format(ctx):
+    return 'qcow2' if ctx.conf.images.use_cow_images else 'raw'
+
+
+def _root_disk(ctx, name, kind, image_id, iso, dev):
+    if iso:
+        ctx.files.append(DiskFile(name, 'iso', image_id=image_id))
+        return _file_disk(ctx, name, 'hda', bus='ide', device='cdrom')
+    fmt = _root_format(ctx)
+    ctx.files.append(DiskFile(name, kind, fmt=fmt, image_id=image_id,
+                              size_bytes=ctx.instance['flavor']['root_gb'] * GiB))
+    return _file_disk(ctx, name, dev, fmt=fmt)
+
+
+def _disks(ctx, dom):
+    inst, flavor, namer = ctx.instance, ctx.instance['flavor'], ctx.namer
+    if ctx.root_dev not in ctx.volume_devs:
+        disk = dom.add_device(_root_disk(ctx, 'disk', 'root', inst.get('image_ref'),
+                                         ctx.root_is_iso, ctx.root_dev))
+        ctx.devices['root'] = namer.claim(disk.target_dev)
+    else:
+        ctx.devices['root'] = ctx.root_dev
+
+    ephemerals = ctx.bdi.get('ephemerals') or ()
+    second = namer.nth(1)
+    ephemeral_dev = None
+    if (flavor.get('ephemeral_gb', 0) > 0 and namer.is_free(second)
+            and not any(e['num'] == 0 for e in ephemerals)):
+        ephemeral_dev = namer.claim(second)
+        ctx.files.append(DiskFile('disk.local', 'ephemeral',
+                                  size_bytes=flavor['ephemeral_gb'] * GiB))
+        dom.add_device(_file_disk(ctx, 'disk.local', ephemeral_dev))
+        ctx.devices['ephemeral'] = ephemeral_dev
+
+    for eph in ephemerals:
+        name, dev = 'disk.eph%d' % eph['num'], blockinfo.strip_dev(eph['device_name'])
+        ctx.files.append(DiskFile(name, 'ephemeral', size_bytes=eph['size'] * GiB))
+        dom.add_device(_file_disk(ctx, name, dev))
+        ctx.devices['ephemeral%d' % eph['num']] = dev
+
+    swap = ctx.bdi.get('swap')
+    if swap and swap.get('swap_size', 0) > 0:
+        _swap(ctx, dom, blockinfo.strip_dev(swap['device_name']),
+              swap['swap_size'])
+    elif flavor.get('swap', 0) > 0:
+        dev = namer.nth(2 if ephemeral_dev else 1)
+        if dev not in ctx.volume_devs:     # a volume mapped there replaces it
+            if not namer.is_free(dev):
+                dev = namer.next_free()
+            _swap(ctx, dom, namer.claim(dev), flavor['swap'])
+
+    for i, bdm in enumerate(ctx.bdi.get('block_device_mapping') or ()):
+        info = bdm['connection_info']
+        dev = blockinfo.strip_dev(bdm['mount_device'])
+        driver = volume.load(ctx.conf, info['driver_volume_type'])
+        dom.add_device(driver.get_config(info, dev, ctx.bus))
+        ctx.devices['volume%d' % i] = dev
+
+
+def _swap(ctx, dom, dev, size_mb):
+    ctx.files.append(DiskFile('disk.swap', 'swap', size_bytes=size_mb * MiB))
+    dom.add_device(_file_disk(ctx, 'disk.swap', dev))
+    ctx.devices['swap'] = dev
+
+
+def _rescue_disks(ctx, dom):
+    """Rescue image first, the instance's own root disk second."""
+    first, second = ctx.namer.nth(0), ctx.namer.nth(1)
+    disk = dom.add_device(_root_disk(ctx, 'disk.rescue', 'rescue',
+                                     ctx.rescue_image_id, ctx.rescue_is_iso,
+                                     first))
+    ctx.devices['rescue'] = disk.target_dev
+    if ctx.root_is_iso:
+        dom.add_device(_file_disk(ctx, 'disk', 'hdb', bus='ide', device='cdrom'))
+        ctx.devices['root'] = 'hdb'
+    else:
+        dom.add_device(_file_disk(ctx, 'disk', second, fmt=_root_format(ctx)))
+        ctx.devices['root'] = second
+    ctx.namer.claim(disk.target_dev)
+    ctx.namer.claim(ctx.devices['root'])
+
+
+def _lxc_root(ctx, dom):
+    # The image is unpacked/mounted at rootfs by the driver.
+    ctx.files.append(DiskFile('disk', 'root', fmt=_root_format(ctx),
+                              image_id=ctx.instance.get('image_ref'),
+                              size_bytes=ctx.instance['flavor']['root_gb'] * GiB))
+    dom.add_device(config.Filesystem(type='mount', source_dir=ctx.path('rootfs'),
+                                     target_dir='/'))
+
+
+def _config_drive(ctx, dom):
+    dev = ctx.namer.claim(ctx.namer.last_free())
+    ctx.files.append(DiskFile('disk.config', 'config'))
+    if ctx.virt_type == 'lxc':
+        return      # lxc guests have no disks; the drive is not attachable
+    dom.add_device(_file_disk(ctx, 'disk.config', dev))
+    ctx.devices['config_drive'] = dev
+
+
+# --- consoles, graphics and the rest -----------------------------------------
+
+def _consoles(ctx, dom):
+    if ctx.virt_type in HVM_TYPES:
+        # QEMU's pty backend drops output while no client is attached, so
+        # the console also goes to a file that get_console_output reads.
+        dom.add_device(config.Serial(type='file',
+                                     source_path=ctx.path('console.log')))
+        dom.add_device(config.Serial(type='pty'))
+    else:
+        dom.add_device(config.Console(type='pty'))
+
+
+def _graphics(ctx, dom):
+    vnc = ctx.conf.vnc
+    if not vnc.enabled or ctx.virt_type in ('lxc', 'uml'):
+        return
+    # libvirt refuses a USB tablet on a Xen PV guest (nova 2012.2 too).
+    if ctx.conf.libvirt.use_usb_tablet and dom.os.type == 'hvm':
+        dom.add_device(config.Input(type='tablet', bus='usb'))
+    dom.add_device(config.Graphics(type='vnc', autoport=True, keymap=vnc.keymap,
+                                   listen=vnc.server_listen))
+
+
+def _hvm_extras(ctx, dom):
+    if ctx.virt_type not in HVM_TYPES:
+        return
+    lv = ctx.conf.libvirt
+    if lv.rng_dev_path:
+        dom.add_device(config.Rng(model='virtio', backend_model='random',
+                                  backend_path=lv.rng_dev_path))
+    # Without an explicit element libvirt adds a balloon anyway.
+    dom.memballoon = (config.MemBalloon(model='virtio', stats_period=10)
+                      if lv.mem_balloon else config.MemBalloon(model='none'))
