@@ -5,6 +5,8 @@ Each option also answers to its 2012 nova.conf name in [DEFAULT].
 
 from oslo_config import cfg
 
+from compute_agent.conf import base
+
 group = cfg.OptGroup('libvirt', title='libvirt driver options')
 
 VIRT_TYPES = ('kvm', 'qemu', 'xen', 'lxc', 'uml')
@@ -111,8 +113,7 @@ opts = [
 
 
 def register(conf):
-    conf.register_group(group)
-    conf.register_opts(opts, group=group)
+    base.register_group_opts(conf, group, opts)
 
 
 def connection_uri(conf):

@@ -2,6 +2,8 @@
 
 from oslo_config import cfg
 
+from compute_agent.conf import base
+
 group = cfg.OptGroup('metrics', title='Prometheus metrics')
 
 opts = [
@@ -14,5 +16,4 @@ opts = [
 
 
 def register(conf):
-    conf.register_group(group)
-    conf.register_opts(opts, group=group)
+    base.register_group_opts(conf, group, opts)

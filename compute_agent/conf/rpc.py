@@ -6,6 +6,8 @@ oslo.messaging's names and defaults, so one config file can serve both.
 
 from oslo_config import cfg
 
+from compute_agent.conf import base
+
 group = cfg.OptGroup('rpc', title='RPC server options')
 
 default_opts = [
@@ -65,5 +67,4 @@ opts = [
 
 def register(conf):
     conf.register_opts(default_opts)
-    conf.register_group(group)
-    conf.register_opts(opts, group=group)
+    base.register_group_opts(conf, group, opts)

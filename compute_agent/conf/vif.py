@@ -2,6 +2,8 @@
 
 from oslo_config import cfg
 
+from compute_agent.conf import base
+
 ovs_group = cfg.OptGroup('ovs', title='Open vSwitch VIF driver')
 ovs_opts = [
     cfg.StrOpt('integration_bridge', default='br-int',
@@ -35,5 +37,4 @@ GROUPS = ((ovs_group, ovs_opts), (bridge_group, bridge_opts),
 
 def register(conf):
     for group, opts in GROUPS:
-        conf.register_group(group)
-        conf.register_opts(opts, group=group)
+        base.register_group_opts(conf, group, opts)

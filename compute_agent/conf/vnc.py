@@ -2,6 +2,8 @@
 
 from oslo_config import cfg
 
+from compute_agent.conf import base
+
 group = cfg.OptGroup('vnc', title='VNC console options')
 
 opts = [
@@ -27,5 +29,4 @@ opts = [
 
 
 def register(conf):
-    conf.register_group(group)
-    conf.register_opts(opts, group=group)
+    base.register_group_opts(conf, group, opts)

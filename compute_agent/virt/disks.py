@@ -1,0 +1,251 @@
+"""Creating the disk files of a ``GuestPlan`` inside an instance directory.
+
+Every path goes through ``instance_dir``/``safe_join`` so that a hostile
+instance name or file name can never make the agent write outside
+``instances_path``. Every file is built under a temporary name and renamed,
+so a crash never leaves a half-made disk under its final name.
+
+Permissions: libvirt runs QEMU as ``libvirt-qemu``, which must read the
+files. Here directories are 0755 and files 0644 (fine on a test host, and
+libvirt's dynamic_ownership chowns the disks of a running guest on
+qemu:///system anyway). Production should make the instance directory 0750
+owned by root:<qemu group> (or rely on dynamic_ownership/SELinux labels) so
+other local users cannot read guest disks.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+from compute_agent import exception
+
+NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,62}')
+QEMU_IMG_TIMEOUT = 120
+CONVERT_TIMEOUT = 3600        # copying a large image can take a while
+MKFS_TIMEOUT = 600
+DIR_MODE = 0o755
+FILE_MODE = 0o644
+# disk_format of an image -> the format qemu-img must find in it
+IMAGE_FORMATS = {'qcow2': 'qcow2', 'raw': 'raw', 'iso': 'raw', 'ami': 'raw',
+                 'aki': 'raw', 'ari': 'raw'}
+FS_LABEL = 'ephemeral0'
+
+
+class DiskCreateError(exception.AgentError):
+    msg_fmt = 'Failed to create disk %(path)s: %(reason)s'
+
+
+def _inside(root, path):
+    root = os.path.realpath(root)
+    return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+
+def safe_join(directory, filename, field='file name'):
+    """``directory/filename`` where filename is one plain path component.
+
+    Refuses separators, '.', '..', NUL and a symlink leading out of
+    ``directory`` (InvalidRequest on ``field``).
+    """
+    if (not isinstance(filename, str) or filename in ('', '.', '..')
+            or '/' in filename or '\0' in filename):
+        raise exception.InvalidRequest(field, f'invalid file name {filename!r}')
+    path = os.path.join(directory, filename)
+    if not _inside(directory, path):
+        raise exception.InvalidRequest(field, f'{filename!r} leads outside {directory}')
+    return path
+
+
+def instance_dir(conf, name, create=False):
+    """Validated ``<instances_path>/<name>``; made 0755 when ``create``."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise exception.InvalidRequest(
+            'instance.name', 'must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$')
+    root = os.path.realpath(conf.instances_path)
+    path = safe_join(root, name, field='instance.name')
+    if create:
+        os.makedirs(root, mode=DIR_MODE, exist_ok=True)
+        try:
+            os.mkdir(path, DIR_MODE)
+        except FileExistsError:
+            pass
+        if not os.path.isdir(path) or not _inside(root, path):
+            raise exception.InvalidRequest('instance.name', f'{path} is not a directory')
+        os.chmod(path, DIR_MODE)
+    return path
+
+
+def _run(argv, path, timeout=QEMU_IMG_TIMEOUT):
+    """Run argv (never through a shell); DiskCreateError naming ``path``."""
+    env = dict(os.environ, LC_ALL='C')
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True,
+                             timeout=timeout, env=env, check=False)
+    except FileNotFoundError:
+        raise DiskCreateError(path=path, reason=f'{argv[0]} not found') from None
+    except subprocess.TimeoutExpired:
+        raise DiskCreateError(
+            path=path, reason=f'{argv[0]} timed out after {timeout}s') from None
+    if res.returncode != 0:
+        err = (res.stderr or res.stdout).strip()[-500:]
+        raise DiskCreateError(path=path, reason=(
+            f"{' '.join(argv[:2])} exited {res.returncode}: {err}"))
+    return res.stdout
+
+
+def qemu_img_info(path, fmt=None):
+    """``qemu-img info`` as a dict (``-U``: the base may be in use)."""
+    argv = ['qemu-img', 'info', '-U', '--output=json']
+    if fmt:
+        argv += ['-f', fmt]
+    return json.loads(_run(argv + [path], path))
+
+
+def inspect_base(path, disk_format=None):
+    """Info of a cached image, refusing ones that could read host files.
+
+    A qcow2 image naming a backing or data file would make QEMU open any
+    path on the host (the classic image-format attack), so such images are
+    rejected; a declared ``disk_format`` must match what qemu-img finds.
+    """
+    info = qemu_img_info(path)
+    data = info.get('format-specific', {}).get('data', {})
+    if info.get('backing-filename') or data.get('data-file'):
+        raise DiskCreateError(path=path, reason='image has a backing/data file')
+    want = IMAGE_FORMATS.get(disk_format) if disk_format else None
+    if want and info['format'] != want:
+        raise DiskCreateError(path=path, reason=(
+            f"image declared {disk_format} but is {info['format']}"))
+    return info
+
+
+class _Building:
+    """A temp file next to ``path``; renamed over it on success, else removed."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        fd, self.tmp = tempfile.mkstemp(
+            dir=os.path.dirname(self.path),
+            prefix=f'.{os.path.basename(self.path)}.', suffix='.part')
+        os.close(fd)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            _unlink(self.tmp)
+            return False
+        os.chmod(self.tmp, FILE_MODE)
+        os.rename(self.tmp, self.path)
+        return False
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def create_overlay(base, path, size_bytes=0, disk_format=None):
+    """qcow2 overlay on ``base``, grown to ``size_bytes`` if that is larger."""
+    info = inspect_base(base, disk_format)
+    argv = ['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', os.path.abspath(base),
+            '-F', info['format']]
+    with _Building(path) as tmp:
+        extra = [str(size_bytes)] if size_bytes > info['virtual-size'] else []
+        _run(argv + [tmp] + extra, path)
+    return path
+
+
+def create_raw_copy(base, path, size_bytes=0, disk_format=None):
+    """Raw (sparse) copy of ``base``, grown to ``size_bytes``, never shrunk."""
+    info = inspect_base(base, disk_format)
+    with _Building(path) as tmp:
+        _run(['qemu-img', 'convert', '-q', '-f', info['format'], '-O', 'raw',
+              os.path.abspath(base), tmp], path, timeout=CONVERT_TIMEOUT)
+        if size_bytes > info['virtual-size']:
+            _run(['qemu-img', 'resize', '-q', '-f', 'raw', tmp, str(size_bytes)], path)
+    return path
+
+
+def _mkfs_argv(fs_format, label, target):
+    if fs_format == 'vfat':
+        return ['mkfs.vfat', '-n', label.upper()[:11], target]
+    return [f'mkfs.{fs_format}', '-q', '-F', '-L', label[:16], target]
+
+
+def _blank(path, size_bytes, prepare, fmt):
+    """Sparse raw file, ``prepare``d (mkfs/mkswap), converted when qcow2."""
+    if size_bytes <= 0 or fmt not in ('raw', 'qcow2'):
+        raise DiskCreateError(path=path, reason=(
+            f'bad size {size_bytes!r} or format {fmt!r}'))
+    with _Building(path) as tmp:
+        raw = tmp if fmt == 'raw' else tmp + '.raw'
+        try:
+            with open(raw, 'wb') as f:
+                f.truncate(size_bytes)
+            if prepare:
+                _run(prepare(raw), path, timeout=MKFS_TIMEOUT)
+            if raw != tmp:
+                _run(['qemu-img', 'convert', '-q', '-f', 'raw', '-O', 'qcow2',
+                      raw, tmp], path, timeout=CONVERT_TIMEOUT)
+        finally:
+            if raw != tmp:
+                _unlink(raw)
+    return path
+
+
+def create_ephemeral(path, size_bytes, fs_format=None, label=FS_LABEL, fmt='raw'):
+    """Blank disk, formatted with ``fs_format`` (ext2/3/4, vfat) when set."""
+    prepare = (lambda t: _mkfs_argv(fs_format, label, t)) if fs_format else None
+    return _blank(path, size_bytes, prepare, fmt)
+
+
+def create_swap(path, size_bytes, fmt='raw'):
+    """Blank disk with a swap signature (mkswap)."""
+    return _blank(path, size_bytes, lambda t: ['mkswap', t], fmt)
+
+
+def link_or_copy(src, path):
+    """Hardlink ``src`` (same file system) or copy it, atomically."""
+    with _Building(path) as tmp:
+        try:
+            os.unlink(tmp)
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    return path
+
+
+COPY_KINDS = ('iso', 'kernel', 'ramdisk', 'kernel.rescue', 'ramdisk.rescue')
+
+
+def create_disk(conf, inst_dir, disk, base_path=None, disk_format=None):
+    """Create one ``plan.DiskFile`` in ``inst_dir``; returns its path.
+
+    ``base_path`` is the cached image for root/rescue/iso/kernel/ramdisk
+    kinds and ``disk_format`` its declared image_meta disk_format. An
+    existing file of the same name is replaced. The config drive is built
+    by ``configdrive.build_config_drive`` (it needs the instance).
+    """
+    path = safe_join(inst_dir, disk.name, field='disk.name')
+    if disk.kind in ('root', 'rescue') or disk.kind in COPY_KINDS:
+        if not base_path:
+            raise DiskCreateError(path=path, reason=f'{disk.kind} disk needs an image')
+        if disk.kind in COPY_KINDS:
+            return link_or_copy(base_path, path)
+        if disk.fmt == 'qcow2':
+            return create_overlay(base_path, path, disk.size_bytes, disk_format)
+        return create_raw_copy(base_path, path, disk.size_bytes, disk_format)
+    if disk.kind == 'ephemeral':
+        return create_ephemeral(path, disk.size_bytes,
+                                conf.default_ephemeral_format, fmt=disk.fmt)
+    if disk.kind == 'swap':
+        return create_swap(path, disk.size_bytes, fmt=disk.fmt)
+    if disk.kind == 'config':
+        raise DiskCreateError(path=path, reason='use configdrive.build_config_drive')
+    raise DiskCreateError(path=path, reason=f'unknown disk kind {disk.kind!r}')
