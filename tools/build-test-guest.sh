@@ -1,0 +1,411 @@
+#!/bin/bash
+# Build a tiny bootable Linux test guest from Debian packages only:
+#   OUTDIR/vmlinuz     the Debian cloud kernel (linux-image-*-cloud-amd64)
+#   OUTDIR/initrd.img  a busybox initramfs whose /init reports what it sees on
+#                      the serial console (see the /init script below)
+# Nothing is installed on the host: the packages are fetched with
+# `apt-get download` and unpacked with `dpkg -x` into a temp dir.
+#
+# Idempotent: when both files exist and OUTDIR/.build-stamp holds this
+# script's sha256, nothing is done.
+#
+# The guest boots with `console=ttyS0` on the kernel command line and never
+# mounts a root file system (root=... is ignored).  Extra command line
+# parameters understood by /init:
+#   ca_ip=<ip/prefix>   configure the first NIC (eth0) with that address
+#   ca_ping=<ip>        ping <ip> (retrying for up to ~60 s); PING-OK/PING-FAIL
+#   ca_poweroff         power off after the checks (POWERING-OFF)
+#   ca_rescue           print RESCUE-MODE
+#   ca_cd_wait=<s>      seconds to wait for the config drive (default 6)
+#   ca_debug            keep kernel messages on the console after /init starts
+# Console lines printed by /init (one per line, at the start of the line):
+#   COMPUTE-AGENT-TEST-GUEST BOOTED
+#   KERNEL-CMDLINE: ...
+#   RESCUE-MODE                         (ca_rescue)
+#   CONFIG-DRIVE: /dev/xxx | NO-CONFIG-DRIVE
+#   INSTANCE-UUID: <uuid>, HOSTNAME: <name>
+#   BLOCK-DEVICES: vda vdb sr0 ...
+#   NET-CONFIGURED: <if> <ip/prefix> <mac> | NET-CONFIG-FAILED: <why>
+#   NET-GATEWAY: <ip>                   (a route with a gateway in network_data)
+#   PING-OK <ip> | PING-FAIL <ip>
+#   POWERING-OFF | READY
+#   ACPI-POWER-BUTTON                   (graceful shutdown request; powers off)
+#   HEARTBEAT <n>                       (every 10 s once READY)
+# The config drive's openstack/latest/meta_data.json may carry
+#   "meta": {"ping": "<ip>", "poweroff": "1"} with the same effect as
+# ca_ping / ca_poweroff.
+set -euo pipefail
+
+usage() { echo "usage: $0 OUTDIR" >&2; exit 2; }
+[[ $# -eq 1 ]] || usage
+
+OUTDIR=$1
+SCRIPT_PATH=$(readlink -f "${BASH_SOURCE[0]}")
+SCRIPT_SUM=$(sha256sum "$SCRIPT_PATH" | cut -d' ' -f1)
+STAMP="$OUTDIR/.build-stamp"
+T0=$(date +%s.%N)
+
+elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+log() { echo "build-test-guest: [$(elapsed)s] $*"; }
+die() { echo "build-test-guest: ERROR: $*" >&2; exit 1; }
+
+if [[ -s "$OUTDIR/vmlinuz" && -s "$OUTDIR/initrd.img" && -f "$STAMP" &&
+      "$(cat "$STAMP")" == "$SCRIPT_SUM" ]]; then
+    log "up to date in $OUTDIR"
+    exit 0
+fi
+
+[[ $(id -u) -eq 0 ]] || die "must run as root (mknod /dev/console for the initramfs)"
+for tool in apt-get apt-cache dpkg depmod modprobe gzip; do
+    command -v "$tool" >/dev/null || die "$tool not found (run tools/install-system-packages.sh)"
+done
+
+mkdir -p "$OUTDIR"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ca-test-guest.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+chmod 0755 "$WORK"
+DL="$WORK/dl"
+mkdir -p "$DL"
+# apt-get download drops privileges to _apt; let it write there (otherwise
+# it works but warns about an unsandboxed download).
+if id _apt >/dev/null 2>&1; then
+    chown _apt "$DL"
+fi
+
+# ------------------------------------------------------------------ kernel
+kernel_pkg() {
+    apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+        sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1
+}
+KPKG=$(kernel_pkg || true)
+if [[ -z "$KPKG" ]]; then
+    log "no package lists for linux-image-cloud-amd64; running apt-get update"
+    apt-get update -q >/dev/null
+    KPKG=$(kernel_pkg || true)
+fi
+[[ -n "$KPKG" ]] || die "cannot resolve the kernel package linux-image-cloud-amd64 depends on"
+log "downloading $KPKG"
+(cd "$DL" && apt-get download -q "$KPKG" >/dev/null) || die "apt-get download $KPKG failed"
+KROOT="$WORK/kernel"
+dpkg -x "$DL"/"$KPKG"_*.deb "$KROOT"
+log "unpacked $KPKG"
+
+VMLINUZ=$(find "$KROOT/boot" -maxdepth 1 -name 'vmlinuz-*' | head -n 1)
+[[ -n "$VMLINUZ" ]] || die "no boot/vmlinuz-* in $KPKG"
+KV=${VMLINUZ##*/vmlinuz-}
+# depmod/modprobe -b/-d look in BASE/lib/modules; newer packages ship
+# usr/lib/modules only.
+if [[ ! -d "$KROOT/lib/modules/$KV" && -d "$KROOT/usr/lib/modules/$KV" ]]; then
+    mkdir -p "$KROOT/lib"
+    ln -s ../usr/lib/modules "$KROOT/lib/modules"
+fi
+[[ -d "$KROOT/lib/modules/$KV" ]] || die "no modules for $KV in $KPKG"
+depmod -b "$KROOT" "$KV"
+
+# ------------------------------------------------------------------ busybox
+if [[ "$(dpkg-query -W -f='${db:Status-Abbrev}' busybox-static 2>/dev/null || true)" == ii* &&
+      -x /bin/busybox ]]; then
+    BUSYBOX=/bin/busybox
+else
+    log "downloading busybox-static"
+    (cd "$DL" && apt-get download -q busybox-static >/dev/null) || die "apt-get download busybox-static failed"
+    dpkg -x "$DL"/busybox-static_*.deb "$WORK/bb"
+    BUSYBOX="$WORK/bb/bin/busybox"
+fi
+[[ -x "$BUSYBOX" ]] || die "no busybox binary"
+
+# ------------------------------------------------------------------ initramfs
+STAGE="$WORK/initramfs"
+mkdir -p "$STAGE"/{bin,dev,proc,sys,tmp,run,mnt/config,etc,lib/modules,root}
+cp "$BUSYBOX" "$STAGE/bin/busybox"
+for applet in $("$BUSYBOX" --list); do
+    [[ "$applet" == busybox ]] && continue
+    ln -sf busybox "$STAGE/bin/$applet"
+done
+ln -s bin "$STAGE/sbin"
+# The kernel opens /dev/console for init before devtmpfs can be mounted.
+mknod -m 600 "$STAGE/dev/console" c 5 1
+mknod -m 666 "$STAGE/dev/null" c 1 3
+
+# Modules, in load order.  Required ones must exist as modules or be built in;
+# optional ones are taken when the kernel has them.
+REQUIRED_MODULES=(virtio_ring virtio virtio_pci virtio_blk virtio_net
+                  scsi_common scsi_mod cdrom sr_mod libata ata_piix isofs)
+OPTIONAL_MODULES=(virtio_scsi sd_mod ata_generic ahci virtio_console virtio_balloon
+                  virtio_rng button evdev)
+declare -A SEEN=()
+ORDER=()
+add_module() {  # add_module NAME REQUIRED(0/1)
+    local name=$1 required=$2 out line path base
+    if ! out=$(modprobe -d "$KROOT" -S "$KV" --show-depends "$name" 2>&1); then
+        if grep -qx "$name" <(sed -e 's/\.ko.*$//' -e 's/.*\///' \
+                "$KROOT/lib/modules/$KV/modules.builtin" | tr - _); then
+            return 0
+        fi
+        if [[ $required -eq 1 ]]; then
+            die "required module $name not found in $KPKG: $out"
+        fi
+        log "optional module $name not in $KPKG, skipped"
+        return 0
+    fi
+    while read -r line; do
+        case "$line" in
+            insmod\ *)
+                path=${line#insmod }
+                path=${path%% *}
+                base=${path##*/}
+                base=${base%%.ko*}
+                if [[ -z "${SEEN[$base]:-}" ]]; then
+                    SEEN[$base]=1
+                    ORDER+=("$base")
+                    case "$path" in
+                        *.ko) cp "$path" "$STAGE/lib/modules/$base.ko" ;;
+                        *.ko.xz) xz -dc "$path" >"$STAGE/lib/modules/$base.ko" ;;
+                        *.ko.zst) zstd -q -dc "$path" >"$STAGE/lib/modules/$base.ko" ;;
+                        *.ko.gz) gzip -dc "$path" >"$STAGE/lib/modules/$base.ko" ;;
+                        *) die "unknown module file type: $path" ;;
+                    esac
+                fi
+                ;;
+            builtin\ *) ;;
+            *) [[ -z "$line" ]] || log "modprobe: $line" ;;
+        esac
+    done <<<"$out"
+}
+for m in "${REQUIRED_MODULES[@]}"; do add_module "$m" 1; done
+for m in "${OPTIONAL_MODULES[@]}"; do add_module "$m" 0; done
+printf '%s\n' "${ORDER[@]}" >"$STAGE/etc/modules.order"
+log "modules (${#ORDER[@]}): ${ORDER[*]}"
+
+cat >"$STAGE/init" <<'INIT'
+#!/bin/sh
+# compute-agent test guest /init: runs entirely from the initramfs.
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/input
+CMDLINE=$(cat /proc/cmdline)
+
+has_opt() {  # has_opt WORD: is WORD on the kernel command line?
+    for w in $CMDLINE; do [ "$w" = "$1" ] && return 0; done
+    return 1
+}
+opt_val() {  # opt_val KEY: value of KEY=value on the kernel command line
+    for w in $CMDLINE; do
+        case "$w" in "$1"=*) echo "${w#*=}"; return 0 ;; esac
+    done
+    return 1
+}
+json_str() {  # json_str KEY FILE: first "KEY": "value" in FILE
+    grep -o "\"$1\": *\"[^\"]*\"" "$2" 2>/dev/null | head -n 1 |
+        sed 's/^"[^"]*": *"\(.*\)"$/\1/'
+}
+uptime_s() { cut -d. -f1 /proc/uptime; }
+
+# Keep kernel messages from interleaving with our console lines.
+has_opt ca_debug || dmesg -n 1
+
+while read -r m; do
+    insmod "/lib/modules/$m.ko" 2>/dev/null || echo "INSMOD-FAILED: $m"
+done </etc/modules.order
+
+echo "COMPUTE-AGENT-TEST-GUEST BOOTED"
+echo "KERNEL-CMDLINE: $CMDLINE"
+if has_opt ca_rescue; then
+    echo "RESCUE-MODE"
+fi
+
+# ACPI power button (virDomainShutdown, and libvirt's reboot): power off.
+for e in /sys/class/input/event*; do
+    [ -e "$e/device/name" ] || continue
+    case "$(cat "$e/device/name")" in
+        *"Power Button"*)
+            ev=/dev/input/${e##*/}
+            (
+                dd if="$ev" of=/dev/null bs=24 count=1 2>/dev/null &&
+                    { echo "ACPI-POWER-BUTTON"; sync; poweroff -f; }
+            ) &
+            ;;
+    esac
+done
+
+# ------------------------------------------------------------ config drive
+iso_label() {  # the ISO 9660 volume identifier of block device $1
+    [ "$(dd if="$1" bs=1 skip=32769 count=5 2>/dev/null)" = "CD001" ] || return 1
+    dd if="$1" bs=1 skip=32808 count=32 2>/dev/null | sed 's/ *$//'
+}
+find_config_drive() {
+    local dev
+    dev=$(findfs LABEL=config-2 2>/dev/null) && [ -b "$dev" ] && { echo "$dev"; return 0; }
+    for dev in /dev/vd* /dev/sr* /dev/sd* /dev/hd*; do
+        [ -b "$dev" ] || continue
+        if command -v blkid >/dev/null 2>&1; then
+            blkid "$dev" 2>/dev/null | grep -q 'LABEL="config-2"' && { echo "$dev"; return 0; }
+        fi
+        [ "$(iso_label "$dev")" = "config-2" ] && { echo "$dev"; return 0; }
+    done
+    return 1
+}
+CD_WAIT=$(opt_val ca_cd_wait || echo 6)
+CD_DEV=
+end=$(( $(uptime_s) + CD_WAIT ))
+while :; do
+    CD_DEV=$(find_config_drive) && break
+    CD_DEV=
+    [ "$(uptime_s)" -ge "$end" ] && break
+    sleep 0.3
+done
+META=
+NETDATA=
+if [ -n "$CD_DEV" ] && { mount -t iso9660 -o ro "$CD_DEV" /mnt/config 2>/dev/null ||
+                        mount -o ro "$CD_DEV" /mnt/config 2>/dev/null; }; then
+    echo "CONFIG-DRIVE: $CD_DEV"
+    [ -f /mnt/config/openstack/latest/meta_data.json ] && META=/mnt/config/openstack/latest/meta_data.json
+    [ -f /mnt/config/openstack/latest/network_data.json ] && NETDATA=/mnt/config/openstack/latest/network_data.json
+    if [ -n "$META" ]; then
+        echo "INSTANCE-UUID: $(json_str uuid "$META")"
+        name=$(json_str hostname "$META")
+        if [ -n "$name" ]; then
+            hostname "$name"
+            echo "HOSTNAME: $name"
+        fi
+    else
+        echo "NO-META-DATA"
+    fi
+else
+    echo "NO-CONFIG-DRIVE"
+fi
+
+# ------------------------------------------------------------ block devices
+devs=
+for b in /sys/block/*; do
+    [ -e "$b" ] || continue
+    b=${b##*/}
+    case "$b" in loop*|ram*|zram*) continue ;; esac
+    devs="$devs $b"
+done
+echo "BLOCK-DEVICES:$devs"
+
+# ------------------------------------------------------------ network
+mask2prefix() {
+    local n=0 o
+    for o in $(echo "$1" | tr . ' '); do
+        case "$o" in
+            255) n=$((n + 8)) ;; 254) n=$((n + 7)) ;; 252) n=$((n + 6)) ;;
+            248) n=$((n + 5)) ;; 240) n=$((n + 4)) ;; 224) n=$((n + 3)) ;;
+            192) n=$((n + 2)) ;; 128) n=$((n + 1)) ;;
+        esac
+    done
+    echo "$n"
+}
+wait_iface() {  # wait up to 5 s for a network interface other than lo
+    local i=0 n
+    while [ $i -lt 25 ]; do
+        for n in /sys/class/net/*; do
+            [ "${n##*/}" = lo ] || return 0
+        done
+        sleep 0.2
+        i=$((i + 1))
+    done
+    return 1
+}
+ip link set lo up
+if [ -n "$NETDATA" ]; then
+    mac=$(json_str ethernet_mac_address "$NETDATA" | tr 'A-F' 'a-f')
+    # networks[0]: the text after "networks": with the routes lists (which
+    # have their own "netmask") cut out, so the first ip_address/netmask
+    # found belong to the first network.
+    tr -d '\n' <"$NETDATA" | sed -e 's/.*"networks": *\[//' >/tmp/networks.json
+    gw=$(json_str gateway /tmp/networks.json)
+    sed -i -e 's/"routes": *\[[^]]*\]//g' /tmp/networks.json
+    addr=$(json_str ip_address /tmp/networks.json)
+    mask=$(json_str netmask /tmp/networks.json)
+    mtu=$(grep -o '"mtu": *[0-9]*' "$NETDATA" | head -n 1 | sed 's/.*: *//')
+    wait_iface
+    ifname=
+    for n in /sys/class/net/*; do
+        [ "$(cat "$n/address" 2>/dev/null)" = "$mac" ] && ifname=${n##*/}
+    done
+    if [ -z "$ifname" ]; then
+        echo "NET-CONFIG-FAILED: no interface with MAC $mac"
+    elif [ -z "$addr" ]; then
+        ip link set "$ifname" up
+        echo "NET-CONFIG-FAILED: no ip_address in network_data.json"
+    else
+        [ -n "$mtu" ] && ip link set "$ifname" mtu "$mtu"
+        ip link set "$ifname" up
+        prefix=$(mask2prefix "${mask:-255.255.255.0}")
+        ip addr add "$addr/$prefix" dev "$ifname" &&
+            echo "NET-CONFIGURED: $ifname $addr/$prefix $mac"
+        if [ -n "$gw" ] && ip route add default via "$gw" dev "$ifname" 2>/dev/null; then
+            echo "NET-GATEWAY: $gw"
+        fi
+    fi
+fi
+CA_IP=$(opt_val ca_ip || true)
+if [ -n "$CA_IP" ]; then
+    wait_iface
+    if ip link set eth0 up && ip addr add "$CA_IP" dev eth0; then
+        echo "NET-CONFIGURED: eth0 $CA_IP $(cat /sys/class/net/eth0/address)"
+    else
+        echo "NET-CONFIG-FAILED: eth0 $CA_IP"
+    fi
+fi
+
+PING=$(opt_val ca_ping || true)
+[ -z "$PING" ] && [ -n "$META" ] && PING=$(json_str ping "$META")
+if [ -n "$PING" ]; then
+    end=$(( $(uptime_s) + 60 ))
+    ok=0
+    while :; do
+        out=$(ping -c 5 -W 2 "$PING" 2>&1) && ok=1
+        echo "$out"
+        [ $ok -eq 1 ] && break
+        [ "$(uptime_s)" -ge "$end" ] && break
+        sleep 1
+    done
+    if [ $ok -eq 1 ]; then echo "PING-OK $PING"; else echo "PING-FAIL $PING"; fi
+fi
+
+# ------------------------------------------------------------ finish
+if has_opt ca_poweroff || { [ -n "$META" ] && [ "$(json_str poweroff "$META")" = 1 ]; }; then
+    echo "POWERING-OFF"
+    [ -n "$CD_DEV" ] && umount /mnt/config 2>/dev/null
+    sync
+    poweroff -f
+    sleep 10
+fi
+echo "READY"
+# Harmless heartbeat: shows on the console that the guest is still running
+# (e.g. after a pause/resume).
+(
+    n=0
+    while :; do
+        sleep 10
+        n=$((n + 1))
+        echo "HEARTBEAT $n"
+    done
+) &
+while :; do
+    sleep 3600
+done
+INIT
+chmod 0755 "$STAGE/init"
+
+log "packing initramfs"
+# busybox's own cpio (Debian has no cpio binary without the cpio package).
+(cd "$STAGE" && find . -mindepth 1 | LC_ALL=C sort | "$BUSYBOX" cpio -o -H newc 2>/dev/null) |
+    gzip -9 >"$WORK/initrd.img"
+cp "$VMLINUZ" "$WORK/vmlinuz"
+
+# Readable by libvirt-qemu (QEMU does not run as root).
+chmod 0755 "$OUTDIR"
+chmod 0644 "$WORK/vmlinuz" "$WORK/initrd.img"
+rm -f "$STAMP"
+mv -f "$WORK/vmlinuz" "$OUTDIR/vmlinuz"
+mv -f "$WORK/initrd.img" "$OUTDIR/initrd.img"
+echo "$KPKG" >"$OUTDIR/kernel-package"
+echo "$SCRIPT_SUM" >"$STAMP"
+log "built $OUTDIR/vmlinuz ($(stat -c %s "$OUTDIR/vmlinuz") bytes, $KV) and" \
+    "$OUTDIR/initrd.img ($(stat -c %s "$OUTDIR/initrd.img") bytes) in $(elapsed)s"
