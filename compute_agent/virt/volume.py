@@ -107,5 +107,5 @@ def load(conf, volume_type):
     except Exception:
         raise exception.InvalidRequest(
             'block_device_info.block_device_mapping.connection_info.'
-            'driver_volume_type', 'no volume driver for %r' % volume_type)
+            'driver_volume_type', 'no volume driver for %r' % volume_type) from None
     return mgr.driver
