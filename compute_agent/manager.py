@@ -265,8 +265,14 @@ class Manager:
     do_pause = _simple('pause')
     do_unpause = _simple('unpause')
     do_suspend = _simple('suspend')
-    do_resume = _simple('resume')
     del _simple
+
+    def do_resume(self, context, instance):
+        record = self._run(
+            context, 'resume', instance['uuid'],
+            lambda spec: self.driver.resume(spec['instance'],
+                                            spec['network_info']))
+        return self._refresh_vnc(record, context)
 
     def do_destroy(self, context, instance, network_info=(),
                    block_device_info=None, cleanup=True):

@@ -24,6 +24,9 @@ VERSIONS = ('2012-08-10', 'latest')
 LABEL = 'config-2'
 
 
+PAD_TO = 64 * 1024
+
+
 def _get(instance, key, default=None):
     if isinstance(instance, dict):
         return instance.get(key, default)
@@ -186,6 +189,13 @@ def build_config_drive(path, instance, network_info, admin_password=None,
     try:
         with os.fdopen(fd, 'wb') as f:
             _write_iso(tree, f)
+            # With cache=none QEMU opens disks O_DIRECT and refuses a raw disk
+            # whose size is not a multiple of the host's block size ("Image
+            # size is not a multiple of request alignment"); an ISO is only
+            # 2 KiB-aligned. Zeros after the ISO's end are harmless.
+            size = f.tell()
+            if size % PAD_TO:
+                f.truncate(size + PAD_TO - size % PAD_TO)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)

@@ -1,0 +1,85 @@
+"""compute-agent: the service.
+
+Loads the configuration (a bad value exits 2 naming the option), sets up
+logging, reconciles instances, serves RPC until SIGTERM/SIGINT (graceful:
+in-flight work finishes, the rest stays queued), reloads on SIGHUP.
+"""
+
+import logging
+import signal
+import sys
+import threading
+
+from oslo_config import cfg
+
+from compute_agent import conf as ca_conf
+from compute_agent import exception
+from compute_agent import log
+
+LOG = logging.getLogger('compute_agent')
+
+CLI_OPTS = [
+    cfg.BoolOpt('debug', short='d', default=False, mutable=True,
+                help='Log at DEBUG level.'),
+    cfg.StrOpt('log-file', default=None,
+               help='Log to this file instead of stderr.'),
+    cfg.BoolOpt('log-json', default=False,
+                help='Log one JSON object per line.'),
+]
+
+
+def load_config(argv, conf=None):
+    conf = conf or ca_conf.CONF
+    conf.register_cli_opts(CLI_OPTS)
+    conf(argv, project='compute-agent', prog='compute-agent',
+         default_config_files=[], default_config_dirs=[])
+    ca_conf.check(conf)
+    return conf
+
+
+def setup_logging(conf):
+    log.setup(debug=conf.debug, log_file=conf.log_file,
+              json_format=conf.log_json)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        conf = load_config(argv)
+    except (exception.ConfigError, cfg.Error, ValueError) as e:
+        print('compute-agent: %s' % e, file=sys.stderr)
+        return 2
+    setup_logging(conf)
+    from compute_agent.service import Service     # after logging is set up
+    service = Service(conf)
+    stop = threading.Event()
+
+    def on_term(signum, _frame):
+        LOG.info('signal %d: stopping', signum)
+        stop.set()
+
+    def on_hup(_signum, _frame):
+        LOG.info('SIGHUP: reloading configuration and logging')
+        conf.mutate_config_files()
+        setup_logging(conf)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, on_hup)
+    try:
+        service.start()
+    except Exception:
+        LOG.exception('failed to start')
+        return 1
+    while not stop.wait(1.0):
+        if service.server.error is not None:
+            LOG.error('RPC server gave up: %s', service.server.error)
+            service.stop(0)
+            return 1
+    service.stop()
+    LOG.info('stopped')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

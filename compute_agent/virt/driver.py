@@ -1,0 +1,487 @@
+"""The libvirt driver: carries out guest operations (mechanism, not policy).
+
+What a guest looks like is the builder's decision (``builder.build`` returns
+a ``GuestPlan``); this module creates the plan's files, plugs its VIFs and
+drives libvirt. Every operation is safe to repeat (the manager redelivers a
+request whose outcome it did not record), a failed spawn leaves nothing
+behind, and every path the driver touches lies in the validated instance
+directory under ``instances_path``.
+
+Domains are looked up by instance uuid; their names are the instance names.
+Calls go through ``connection.Connection.call`` so a libvirtd restart under
+a running agent costs one reconnect, not an error.
+"""
+
+import glob
+import logging
+import os
+import shutil
+import tempfile
+
+import libvirt
+
+from compute_agent import exception
+from compute_agent.images.cache import ImageCache
+from compute_agent.virt import builder
+from compute_agent.virt import configdrive
+from compute_agent.virt import connection
+from compute_agent.virt import disks
+from compute_agent.virt import guest
+from compute_agent.virt import host
+from compute_agent.virt import schema
+from compute_agent.virt import volume
+from compute_agent.vif.loader import VifDrivers
+
+LOG = logging.getLogger(__name__)
+
+UNRESCUE_XML = 'unrescue.xml'
+CONSOLE_LOG = 'console.log'
+RUNNING_TIMEOUT = 60
+ACTIVE_STATES = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED,
+                 libvirt.VIR_DOMAIN_PAUSED)
+CONFIG_DRIVE_ALIGN = 64 * 1024
+
+
+def _uuid(instance):
+    return instance if isinstance(instance, str) else instance['uuid']
+
+
+class _Undo:
+    """What one spawn/rescue created, so a failure removes exactly that."""
+
+    def __init__(self):
+        self.files, self.vifs, self.volumes = [], [], []
+        self.dir = None          # the instance dir, if this call made it
+        self.domain = False      # True once this call defined the domain
+
+
+class LibvirtDriver:
+    """Guest operations on one libvirt host.
+
+    ``on_power_event(uuid, power_state)`` is called from a worker thread for
+    every lifecycle event libvirt reports (power states of PROTOCOL.md
+    section 4). Errors: ``InstanceNotFound`` (no domain for the uuid),
+    ``HypervisorUnavailable`` (libvirtd unreachable), ``ImageNotFound``,
+    ``ImageChecksumMismatch``, ``InvalidRequest``, ``VifPlugFailed``,
+    ``InstanceInvalidState``; libvirt's own failures as ``libvirtError``.
+    """
+
+    def __init__(self, conf, on_power_event=None, image_cache=None,
+                 vif_drivers=None):
+        self.conf = conf
+        self.connection = connection.Connection(conf, on_power_event)
+        self.image_cache = image_cache or ImageCache(conf)
+        self.vif_drivers = vif_drivers or VifDrivers(conf)
+
+    def close(self):
+        self.connection.close()
+
+    def healthy(self):
+        """libvirtd answers (for the systemd watchdog)."""
+        try:
+            self._call(lambda c: c.getLibVersion())
+            return True
+        except Exception:
+            return False
+
+    # -- lookups ---------------------------------------------------------------
+    def _call(self, fn):
+        return self.connection.call(fn)
+
+    @staticmethod
+    def _find(conn, uuid):
+        try:
+            return conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as e:
+            if guest.is_no_domain(e):
+                return None
+            raise
+
+    def _on_domain(self, instance, fn):
+        """``fn(dom)`` on the instance's domain; InstanceNotFound if none."""
+        uuid = _uuid(instance)
+
+        def run(conn):
+            dom = self._find(conn, uuid)
+            if dom is None:
+                raise exception.InstanceNotFound(uuid=uuid)
+            return fn(dom)
+        return self._call(run)
+
+    def exists(self, instance):
+        uuid = _uuid(instance)
+        return self._call(lambda c: self._find(c, uuid) is not None)
+
+    def _dir(self, instance, create=False):
+        """The validated instance dir; by uuid, the domain name gives it."""
+        name = (self._on_domain(instance, lambda d: d.name())
+                if isinstance(instance, str) else instance['name'])
+        return disks.instance_dir(self.conf, name, create=create)
+
+    # -- spawn -----------------------------------------------------------------
+    def _plan(self, instance, image_meta, network_info, block_device_info,
+              rescue=False, rescue_image_meta=None):
+        return builder.build(self.conf, instance, image_meta, network_info,
+                             block_device_info, rescue=rescue,
+                             rescue_image_meta=rescue_image_meta,
+                             vif_drivers=self.vif_drivers)
+
+    def spawn(self, instance, image_meta, network_info=(), block_device_info=None,
+              admin_password=None, injected_files=()):
+        """Create and start the guest; returns the devices chosen.
+
+        A repeated spawn of an existing domain starts it if it is shut off
+        and otherwise returns: its files were complete before it was defined.
+        """
+        network_info = network_info or []
+        plan = self._plan(instance, image_meta, network_info, block_device_info)
+        uuid = instance['uuid']
+        if self._call(lambda c: self._find(c, uuid)) is not None:
+            self._boot(instance, network_info)
+            return dict(plan.devices)
+        schema.validate_domain(plan.domain.format())   # before any side effect
+        xml = plan.domain.to_xml()
+        undo = _Undo()
+        try:
+            inst_dir = self._make_dir(instance, undo)
+            self._create_files(plan.files, inst_dir, instance, [image_meta],
+                               network_info, admin_password, injected_files, undo)
+            self._connect_volumes(block_device_info, undo)
+            self._call(lambda c: c.defineXML(xml))
+            undo.domain = True
+            self._boot(instance, network_info, undo)
+        except BaseException:
+            self._rollback(instance, undo)
+            raise
+        return dict(plan.devices)
+
+    def _start(self, dom):
+        """Start the domain unless it is active; safe to re-run after a reconnect."""
+        if guest.libvirt_state(dom) not in ACTIVE_STATES:
+            dom.create()
+            guest.wait_running(dom, RUNNING_TIMEOUT)
+
+    def _make_dir(self, instance, undo):
+        path = disks.instance_dir(self.conf, instance['name'])
+        existed = os.path.isdir(path)
+        path = disks.instance_dir(self.conf, instance['name'], create=True)
+        if not existed:
+            undo.dir = path
+        return path
+
+    def _create_files(self, files, inst_dir, instance, metas, network_info,
+                      admin_password, injected_files, undo):
+        """Create each planned file (images fetched through the cache)."""
+        for f in files:
+            path = disks.safe_join(inst_dir, f.name, field='disk.name')
+            if f.kind == 'config':
+                configdrive.build_config_drive(path, instance, network_info,
+                                               admin_password, injected_files)
+            else:
+                base = fmt = None
+                if f.image_id:
+                    meta = next((m for m in metas if m and m.get('id') == f.image_id),
+                                {'id': f.image_id})
+                    base, fmt = self.image_cache.fetch(meta), meta.get('disk_format')
+                disks.create_disk(self.conf, inst_dir, f, base_path=base,
+                                  disk_format=fmt)
+            undo.files.append(path)
+
+    def _connect_volumes(self, block_device_info, undo):
+        for bdm in (block_device_info or {}).get('block_device_mapping') or ():
+            info = bdm['connection_info']
+            drv = volume.load(self.conf, info['driver_volume_type'])
+            drv.connect(info)
+            undo.volumes.append((drv, info))
+
+    def _boot(self, instance, network_info, undo=None):
+        """Plug VIFs, start the domain, then let the VIF drivers finish.
+
+        libvirt drops an OVS port when its guest stops, so every start
+        (spawn, power on, reboot, resume, rescue) plugs again and runs the
+        drivers' post_start hooks.
+        """
+        plugged = self.vif_drivers.plug_all(instance, network_info or [])
+        if undo is not None:
+            undo.vifs.extend(plugged)
+        self._on_domain(instance, self._start)
+        self.vif_drivers.post_start_all(instance, network_info or [])
+
+    def _rollback(self, instance, undo):
+        """Remove what the failed call created; log (never raise) trouble."""
+        steps = []
+        if undo.domain:
+            steps.append(lambda: self._remove_domain(instance['uuid']))
+        steps += [lambda d=d, v=v: d.unplug(instance, v) for d, v in reversed(undo.vifs)]
+        steps += [lambda d=d, i=i: d.disconnect(i) for d, i in reversed(undo.volumes)]
+        if undo.dir:
+            steps.append(lambda: shutil.rmtree(undo.dir, ignore_errors=True))
+        else:
+            steps += [lambda p=p: _unlink(p) for p in undo.files]
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                LOG.exception('Rollback step failed for instance %s', instance['uuid'])
+
+    # -- destroy -----------------------------------------------------------------
+    def _remove_domain(self, uuid):
+        def run(conn):
+            dom = self._find(conn, uuid)
+            if dom is not None:
+                guest.destroy_if_active(dom)
+                guest.undefine(dom)
+        self._call(run)
+
+    def destroy(self, instance, network_info=(), block_device_info=None, cleanup=True):
+        """Stop and undefine the guest, unplug VIFs, remove its directory.
+
+        Repeatable: a missing domain, VIF or directory is not an error. VIF
+        and volume failures do not stop the cleanup; the first is re-raised.
+        """
+        self._remove_domain(instance['uuid'])
+        errors = []
+        for drv, vif in self.vif_drivers.for_network_info(network_info or []):
+            _collect(errors, drv.unplug, instance, vif)
+        for bdm in (block_device_info or {}).get('block_device_mapping') or ():
+            info = bdm['connection_info']
+            _collect(errors, lambda i=info: volume.load(
+                self.conf, i['driver_volume_type']).disconnect(i))
+        if cleanup:
+            path = disks.instance_dir(self.conf, instance['name'])
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+        if errors:
+            raise errors[0]
+
+    # -- rescue ------------------------------------------------------------------
+    def rescue(self, instance, image_meta, network_info=(), rescue_image_meta=None,
+               rescue_password=None):
+        """Boot the rescue image with the instance's root disk second.
+
+        The guest's defined XML is kept in ``unrescue.xml`` (kept, not
+        overwritten, when rescue is repeated). The config drive of the
+        rescue is a separate ``disk.config.rescue`` carrying the rescue
+        password, so the instance's own ``disk.config`` stays untouched.
+        Returns the devices chosen. On failure the original guest is restored.
+        """
+        network_info = network_info or []
+        inst_dir = self._dir(instance)
+        saved = disks.safe_join(inst_dir, UNRESCUE_XML)
+        original = self._on_domain(instance, lambda d: d.XMLDesc(guest.INACTIVE_XML))
+        wrote_saved = not os.path.exists(saved)
+        if wrote_saved:
+            _write_atomic(saved, original)
+        plan = self._plan(instance, image_meta, network_info, None, rescue=True,
+                          rescue_image_meta=rescue_image_meta)
+        files = []
+        for f in plan.files:
+            if f.kind == 'config':
+                f = type(f)(name=f.name + '.rescue', kind='config')
+                for disk in plan.domain.disks:
+                    if disk.source_file == os.path.join(plan.instance_dir, 'disk.config'):
+                        disk.source_file += '.rescue'
+            if f.name.endswith('.rescue'):
+                files.append(f)
+        schema.validate_domain(plan.domain.format())
+        xml = plan.domain.to_xml()
+        undo, stopped = _Undo(), False
+        try:
+            self._create_files(files, inst_dir, instance, [rescue_image_meta, image_meta],
+                               network_info, rescue_password, (), undo)
+            stopped = True
+            self._on_domain(instance, guest.destroy_if_active)
+            self._call(lambda c: c.defineXML(xml))
+            self._boot(instance, network_info)
+        except BaseException:
+            LOG.warning('Rescue of %s failed; restoring the guest', instance['uuid'])
+            try:
+                if stopped:
+                    self.unrescue(instance, network_info)
+                else:       # the guest was not touched: only drop our files
+                    for path in undo.files:
+                        _unlink(path)
+                    if wrote_saved:
+                        _unlink(saved)
+            except Exception:
+                LOG.exception('Restoring %s after a failed rescue failed',
+                              instance['uuid'])
+            raise
+        return dict(plan.devices)
+
+    def unrescue(self, instance, network_info=()):
+        """Put back the guest as defined before rescue; drop rescue files."""
+        inst_dir = self._dir(instance)
+        saved = disks.safe_join(inst_dir, UNRESCUE_XML)
+        try:
+            with open(saved) as f:
+                xml = f.read()
+        except FileNotFoundError:
+            raise exception.InstanceInvalidState(
+                'Cannot unrescue instance %s: it is not rescued (no %s)'
+                % (_uuid(instance), UNRESCUE_XML)) from None
+        self._on_domain(instance, guest.destroy_if_active)
+        self._call(lambda c: c.defineXML(xml))
+        self._boot(instance, network_info)
+        for path in glob.glob(os.path.join(glob.escape(inst_dir), '*.rescue')):
+            _unlink(disks.safe_join(inst_dir, os.path.basename(path)))
+        _unlink(saved)
+
+    def is_rescued(self, instance):
+        return os.path.exists(disks.safe_join(self._dir(instance), UNRESCUE_XML))
+
+    # -- power -------------------------------------------------------------------
+    def reboot(self, instance, network_info=(), block_device_info=None,
+               reboot_type='SOFT', image_meta=None):
+        """'SOFT' (ACPI shutdown, wait, start) or 'HARD'; returns which happened.
+
+        SOFT falls back to HARD when the guest is not running or does not
+        shut down within ``[libvirt] wait_soft_reboot_seconds``. HARD
+        rebuilds the XML from the builder (so a changed policy applies) over
+        the existing files; ``image_meta`` defaults to what the defined XML
+        shows (an iso root is a cdrom).
+        """
+        if reboot_type == 'SOFT' and self._soft_reboot(instance, network_info):
+            return 'SOFT'
+        self._hard_reboot(instance, network_info or [], block_device_info, image_meta)
+        return 'HARD'
+
+    def _soft_reboot(self, instance, network_info):
+        def run(dom):
+            if guest.libvirt_state(dom) not in (libvirt.VIR_DOMAIN_RUNNING,
+                                                libvirt.VIR_DOMAIN_BLOCKED):
+                return False
+            dom.shutdown()
+            if not guest.wait_for(dom, (libvirt.VIR_DOMAIN_SHUTOFF,),
+                                  self.conf.libvirt.wait_soft_reboot_seconds):
+                LOG.info('Instance %s ignored the ACPI shutdown; rebooting hard',
+                         instance['uuid'])
+                return False
+            return True
+        if not self._on_domain(instance, run):
+            return False
+        self._boot(instance, network_info)
+        return True
+
+    def _hard_reboot(self, instance, network_info, block_device_info, image_meta):
+        self._on_domain(instance, guest.destroy_if_active)
+        if not self.is_rescued(instance):    # a rescued guest reboots as rescued
+            if image_meta is None:
+                defined = self._on_domain(instance, lambda d: d.XMLDesc(guest.INACTIVE_XML))
+                root = os.path.join(self.conf.instances_path, instance['name'], 'disk')
+                image_meta = {'id': instance.get('image_ref'),
+                              'disk_format': 'iso' if guest.has_cdrom_root(defined, root)
+                              else None}
+            plan = self._plan(instance, image_meta, network_info, block_device_info)
+            schema.validate_domain(plan.domain.format())
+            xml = plan.domain.to_xml()
+            self._call(lambda c: c.defineXML(xml))
+        self._boot(instance, network_info)
+
+    def power_off(self, instance, timeout=60):
+        """ACPI shutdown, waiting up to ``timeout`` s, then a hard stop.
+
+        Returns True if the guest shut down cleanly (or was already off).
+        """
+        def run(dom):
+            state = guest.libvirt_state(dom)
+            if state not in ACTIVE_STATES:
+                return True
+            if state != libvirt.VIR_DOMAIN_PAUSED and timeout > 0:
+                dom.shutdown()
+                if guest.wait_for(dom, (libvirt.VIR_DOMAIN_SHUTOFF,), timeout):
+                    return True
+            guest.destroy_if_active(dom)
+            return False
+        return self._on_domain(instance, run)
+
+    def power_on(self, instance, network_info=(), block_device_info=None):
+        """Start a stopped guest (plugging its VIFs again); no-op if active."""
+        self._boot(instance, network_info)
+
+    def pause(self, instance):
+        self._on_domain(instance, lambda d: guest.libvirt_state(d) == libvirt.VIR_DOMAIN_PAUSED
+                        or d.suspend())
+
+    def unpause(self, instance):
+        self._on_domain(instance, lambda d: guest.libvirt_state(d) != libvirt.VIR_DOMAIN_PAUSED
+                        or d.resume())
+
+    def suspend(self, instance):
+        """Save the guest's memory to libvirt's managed save image and stop it."""
+        self._on_domain(instance, lambda d: guest.power_state(d) == guest.SUSPENDED
+                        or d.managedSave(0))
+
+    def resume(self, instance, network_info=()):
+        """Start from the managed save image (create() restores it)."""
+        self._boot(instance, network_info)
+
+    # -- queries -------------------------------------------------------------------
+    def get_power_state(self, instance):
+        """PROTOCOL power state; 0 NOSTATE for a missing domain."""
+        uuid = _uuid(instance)
+
+        def run(conn):
+            dom = self._find(conn, uuid)
+            return guest.NOSTATE if dom is None else guest.power_state(dom)
+        return self._call(run)
+
+    def list_domains(self):
+        """``{uuid: power_state}`` of every domain on the host."""
+        def run(conn):
+            out = {}
+            for dom in conn.listAllDomains(0):
+                try:
+                    out[dom.UUIDString()] = guest.power_state(dom)
+                except libvirt.libvirtError as e:
+                    if not guest.is_no_domain(e):   # undefined meanwhile
+                        raise
+            return out
+        return self._call(run)
+
+    def get_console_output(self, instance, tail_lines=100):
+        """Last ``tail_lines`` lines of the serial console log."""
+        return guest.tail(disks.safe_join(self._dir(instance), CONSOLE_LOG),
+                          int(tail_lines))
+
+    def get_vnc_console(self, instance):
+        """``{'host', 'port'}`` of the running guest's VNC server."""
+        port = guest.vnc_port(self._on_domain(instance, lambda d: d.XMLDesc(0)))
+        if port is None:
+            raise exception.InstanceInvalidState(
+                'Instance %s has no VNC console (not running, or VNC disabled)'
+                % _uuid(instance))
+        return {'host': self.conf.vnc.server_proxyclient_address, 'port': port}
+
+    def get_host_stats(self):
+        """The host record of PROTOCOL.md section 4 (host_state_update args)."""
+        return self._call(lambda c: host.host_stats(c, self.conf.instances_path))
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _collect(errors, fn, *args):
+    try:
+        fn(*args)
+    except Exception as e:
+        LOG.exception('Cleanup step failed')
+        errors.append(e)
+
+
+def _write_atomic(path, text):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.part',
+                               prefix='.%s.' % os.path.basename(path))
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise

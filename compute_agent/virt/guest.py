@@ -1,0 +1,156 @@
+"""One-guest helpers of the driver: state mapping, waiting, XML, console.
+
+Kept apart from ``driver`` so the driver reads as the sequence of steps of
+each operation; everything here works on one ``virDomain``, its XML or one
+of its files.
+"""
+
+import os
+import time
+
+import libvirt
+from lxml import etree
+
+from compute_agent import exception
+from compute_agent.virt import connection
+
+NOSTATE = connection.NOSTATE
+RUNNING = connection.RUNNING
+PAUSED = connection.PAUSED
+SHUTDOWN = connection.SHUTDOWN
+CRASHED = connection.CRASHED
+SUSPENDED = connection.SUSPENDED
+
+# libvirt domain state -> PROTOCOL.md section 4 power state.
+LIBVIRT_POWER_STATE = {
+    libvirt.VIR_DOMAIN_NOSTATE: NOSTATE,
+    libvirt.VIR_DOMAIN_RUNNING: RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: RUNNING,   # running, waiting on I/O
+    libvirt.VIR_DOMAIN_PAUSED: PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: SHUTDOWN,  # shutting down: still going down
+    libvirt.VIR_DOMAIN_SHUTOFF: SHUTDOWN,
+    libvirt.VIR_DOMAIN_CRASHED: CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: SUSPENDED,
+}
+
+UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                  | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                  | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+# SECURE keeps a VNC password, so the XML restored by unrescue is complete.
+INACTIVE_XML = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+CONSOLE_TAIL_BYTES = 1 << 20     # enough for any sane tail_lines
+POLL = 0.2
+
+
+def power_state(dom):
+    """PROTOCOL power state of ``dom``; SHUTOFF with a managed save is SUSPENDED."""
+    state, _reason = dom.state()
+    if state == libvirt.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage(0):
+        return SUSPENDED
+    return LIBVIRT_POWER_STATE.get(state, NOSTATE)
+
+
+def libvirt_state(dom):
+    return dom.state()[0]
+
+
+def is_no_domain(exc):
+    return (isinstance(exc, libvirt.libvirtError)
+            and exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN)
+
+
+def wait_for(dom, states, timeout, what='state'):
+    """Wait until ``dom``'s libvirt state is one of ``states``; True if so.
+
+    Polled, not event-driven: state changes of a guest take 0.1-1 s and the
+    events are the manager's, so polling keeps the driver self-contained.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if libvirt_state(dom) in states:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL)
+
+
+def wait_running(dom, timeout=60):
+    """create() returns a running guest; wait a little in case it did not."""
+    if not wait_for(dom, (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED),
+                    timeout):
+        raise exception.AgentError(
+            'Domain %s did not reach RUNNING within %ss (state %s)'
+            % (dom.name(), timeout, libvirt_state(dom)))
+
+
+def destroy_if_active(dom, attempts=3):
+    """Hard stop; a guest that stopped meanwhile is not an error.
+
+    QEMU can take a moment to die on a loaded host, and libvirt then fails
+    with "Failed to terminate process ... Device or resource busy"
+    (SYSTEM_ERROR): asking again is what works.
+    """
+    for attempt in range(attempts):
+        try:
+            if dom.isActive():
+                dom.destroy()
+            return
+        except libvirt.libvirtError as e:
+            code = e.get_error_code()
+            if code == libvirt.VIR_ERR_OPERATION_INVALID:
+                return    # "domain is not running"
+            if code != libvirt.VIR_ERR_SYSTEM_ERROR or attempt == attempts - 1:
+                raise
+            time.sleep(1)
+
+
+def undefine(dom):
+    """Undefine with its managed save image, NVRAM and snapshot metadata."""
+    try:
+        dom.undefineFlags(UNDEFINE_FLAGS)
+    except libvirt.libvirtError as e:
+        if is_no_domain(e):
+            return
+        if e.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+            raise
+        dom.undefine()
+
+
+def vnc_port(xml):
+    """The VNC port of a live domain XML, or None (not running / no VNC)."""
+    node = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
+    for graphics in node.iterfind('devices/graphics'):
+        if graphics.get('type') == 'vnc':
+            port = int(graphics.get('port') or -1)
+            return port if port > 0 else None
+    return None
+
+
+def has_cdrom_root(xml, root_path):
+    """True if the disk at ``root_path`` is a cdrom (an iso-booted guest)."""
+    node = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
+    for d in node.iterfind('devices/disk'):
+        src = d.find('source')
+        if src is not None and src.get('file') == root_path:
+            return d.get('device') == 'cdrom'
+    return False
+
+
+def tail(path, lines):
+    """Last ``lines`` lines of a (console log) file; '' if it does not exist.
+
+    Reads at most the last ``CONSOLE_TAIL_BYTES``: a console log grows for
+    the guest's lifetime. Carriage returns from the serial line are dropped.
+    """
+    if lines <= 0:
+        return ''
+    try:
+        with open(path, 'rb') as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - CONSOLE_TAIL_BYTES))
+            data = f.read()
+    except FileNotFoundError:
+        return ''
+    text = data.decode('utf-8', 'replace').replace('\r', '')
+    out = text.splitlines()[-lines:]
+    return '\n'.join(out) + ('\n' if out and text.endswith('\n') else '')

@@ -1,0 +1,558 @@
+"""LibvirtDriver against a real libvirtd and QEMU (TCG), with real files.
+
+One guest is spawned per module and carried through pause, suspend, power,
+reboot and rescue checks (each test leaves it running and booted); a second
+one powers itself off to check lifecycle events, and libvirtd is restarted
+under the live driver last. Each state is checked against libvirt's own view
+through a separate connection. Needs root, libvirtd (tools/start-services.sh)
+and the test guest (tools/build-test-guest.sh); skips otherwise, fails in CI.
+"""
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+
+import libvirt    # a hard dependency: missing is an error, never a skip
+import pytest
+from lxml import etree
+from oslo_config import cfg
+
+from compute_agent import conf as agent_conf
+from compute_agent import exception
+from compute_agent.vif.base import VifDriver
+from compute_agent.vif.loader import VifDrivers
+from compute_agent.virt import config as vconfig
+from compute_agent.virt import driver as driver_mod
+from compute_agent.virt import xmlbase
+
+try:
+    from tests.functional.guest_fixture import (  # noqa: F401
+        BOOT_MARKER, WORK_ROOT, read_console, skip_or_fail, test_guest)
+except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
+    from guest_fixture import (  # noqa: F401
+        BOOT_MARKER, WORK_ROOT, read_console, skip_or_fail, test_guest)
+
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
+
+URI = 'qemu:///system'
+BOOTED = 'BLOCK-DEVICES:'        # last line before the guest may wait on the network
+LIBVIRTD_PIDFILE = '/run/libvirtd.pid'
+SERVICES_STATE_DIR = os.environ.get('CA_SERVICES_STATE_DIR', '/run/compute-agent-services')
+SERVICES_LOG_DIR = os.environ.get('CA_SERVICES_LOG_DIR', '/var/log/compute-agent-services')
+IMAGE_META = {'id': 'test-root', 'disk_format': 'qcow2'}
+TIMINGS = {}
+
+
+def _open_libvirt():
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        return libvirt.open(URI)
+    except libvirt.libvirtError as e:
+        skip_or_fail(f'libvirtd is not reachable at {URI}: {e} (run tools/start-services.sh)')
+
+
+class Events:
+    """Records on_power_event calls; wait() blocks until a matching one."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.items = []
+
+    def __call__(self, uuid_, state):
+        with self.cond:
+            self.items.append((time.monotonic(), uuid_, state))
+            self.cond.notify_all()
+
+    def wait(self, uuid_, state, timeout, since=0.0):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for t, u, s in self.items:
+                    if u == uuid_ and s == state and t >= since:
+                        return t
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    mine = [(round(t - since, 1), s) for t, u, s in self.items
+                            if u == uuid_]
+                    raise AssertionError(f'no power event {state} for {uuid_} in '
+                                         f'{timeout}s; got {mine}')
+                self.cond.wait(left)
+
+
+class UserNetDriver(VifDriver):
+    """A VIF driver for user-mode NICs (no host devices) that logs plug/unplug."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def get_config(self, instance, vif, virt_type):
+        return vconfig.Interface(type='user', mac=vif['address'], model='virtio')
+
+    def plug(self, instance, vif):
+        self.calls.append(('plug', instance['uuid'], vif['id']))
+
+    def unplug(self, instance, vif):
+        self.calls.append(('unplug', instance['uuid'], vif['id']))
+
+
+class UserNetVifs(VifDrivers):
+    """The real VifDrivers, with every VIF type served by UserNetDriver."""
+
+    def __init__(self):
+        super().__init__(conf=None)
+        self.calls = []
+        self.driver = UserNetDriver(self.calls)
+
+    def get(self, vif_type, field='network_info.type'):
+        return self.driver
+
+
+def user_vif():
+    return {'id': str(uuid.uuid4()), 'address': 'fa:16:3e:00:00:01', 'type': 'user',
+            'devname': 'tapuser', 'network': {'id': 'n', 'bridge': None, 'mtu': 1500,
+                                              'subnets': []}, 'details': {}}
+
+
+@pytest.fixture(scope='module')
+def env(test_guest):
+    """Image store + instances dir (traversable by libvirt-qemu) + config."""
+    probe = _open_libvirt()
+    probe.close()
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    os.chmod(WORK_ROOT, 0o755)
+    root = tempfile.mkdtemp(prefix='driver-', dir=WORK_ROOT)
+    os.chmod(root, 0o755)      # mkdtemp's 0700 would keep QEMU out
+    store = os.path.join(root, 'images')
+    os.mkdir(store)
+    shutil.copyfile(test_guest['kernel'], os.path.join(store, 'test-kernel'))
+    shutil.copyfile(test_guest['initrd'], os.path.join(store, 'test-ramdisk'))
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2',
+                    os.path.join(store, 'test-root'), '64M'], check=True, timeout=60)
+    conf = agent_conf.register_all(cfg.ConfigOpts())
+    conf([], default_config_files=[])
+    conf.set_override('instances_path', os.path.join(root, 'instances'))
+    conf.set_override('image_store_url', 'file://' + store, group='images')
+    conf.set_override('virt_type', 'qemu', group='libvirt')
+    conf.set_override('connection_uri', URI, group='libvirt')
+    conf.set_override('connect_retries', 10, group='libvirt')
+    conf.set_override('connect_retry_interval', 0.5, group='libvirt')
+    conf.set_override('wait_soft_reboot_seconds', 30, group='libvirt')
+    conf.set_override('enabled', True, group='vnc')
+    try:
+        yield conf
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        if TIMINGS:
+            print('\ndriver timings: ' + ', '.join(f'{k} {v:.2f}s' for k, v in TIMINGS.items()))
+
+
+@pytest.fixture(scope='module')
+def events():
+    return Events()
+
+
+@pytest.fixture(scope='module')
+def driver(env, events):
+    drv = driver_mod.LibvirtDriver(env, on_power_event=events)
+    yield drv
+    drv.close()
+
+
+@pytest.fixture
+def lv():
+    """A separate connection: libvirt's own view of the guests."""
+    conn = _open_libvirt()
+    yield conn
+    try:
+        conn.close()
+    except libvirt.libvirtError:
+        pass
+
+
+def make_instance(prefix, **extra):
+    u = str(uuid.uuid4())
+    inst = {'uuid': u, 'name': f'{prefix}-{u[:8]}',
+            'flavor': {'memory_mb': 128, 'vcpus': 1, 'root_gb': 0},
+            'image_ref': 'test-root', 'kernel_id': 'test-kernel',
+            'ramdisk_id': 'test-ramdisk', 'config_drive': True, 'metadata': {}}
+    inst.update(extra)
+    return inst
+
+
+def inst_dir(conf, inst):
+    return os.path.join(conf.instances_path, inst['name'])
+
+
+def wait_console(conf, inst, text, timeout=60):
+    path = os.path.join(inst_dir(conf, inst), 'console.log')
+    deadline = time.monotonic() + timeout
+    while True:
+        log = read_console(path)
+        if text in log:
+            return log
+        if time.monotonic() >= deadline:
+            raise AssertionError(f'{text!r} not on {path} within {timeout}s:\n'
+                                 + '\n'.join(log.splitlines()[-30:]))
+        time.sleep(0.1)
+
+
+def first_console_line(conf, inst, timeout=60):
+    path = os.path.join(inst_dir(conf, inst), 'console.log')
+    deadline = time.monotonic() + timeout
+    while not read_console(path).strip():
+        assert time.monotonic() < deadline, f'{path} stayed empty'
+        time.sleep(0.05)
+
+
+def state(lv, inst):
+    return lv.lookupByUUIDString(inst['uuid']).state()[0]
+
+
+def no_domain(lv, inst):
+    try:
+        lv.lookupByUUIDString(inst['uuid'])
+    except libvirt.libvirtError as e:
+        return e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
+    return False
+
+
+def canonical(xml):
+    return xmlbase.canonical(etree.fromstring(xml.encode()))
+
+
+@pytest.fixture(scope='module')
+def guest(env, driver):
+    """The module's guest, spawned with kernel/ramdisk, qcow2 overlay, config drive."""
+    inst = make_instance('ca-drv')
+    start = time.monotonic()
+    devices = driver.spawn(inst, IMAGE_META, [], None)
+    TIMINGS['spawn to RUNNING'] = time.monotonic() - start
+    first_console_line(env, inst)
+    TIMINGS['spawn to first console line'] = time.monotonic() - start
+    wait_console(env, inst, BOOT_MARKER)
+    TIMINGS['spawn to boot marker'] = time.monotonic() - start
+    wait_console(env, inst, BOOTED)
+    yield {'instance': inst, 'devices': devices}
+    start = time.monotonic()
+    driver.destroy(inst, [], None)
+    TIMINGS['destroy'] = time.monotonic() - start
+
+
+# -- the module guest ---------------------------------------------------------
+
+def test_spawn_boots_with_config_drive(env, driver, guest, lv):
+    inst = guest['instance']
+    assert guest['devices'] == {'root': 'vda', 'config_drive': 'vdz'}
+    log = wait_console(env, inst, f"INSTANCE-UUID: {inst['uuid']}")
+    assert BOOT_MARKER in log
+    out = driver.get_console_output(inst, 200)
+    assert BOOT_MARKER in out and f"INSTANCE-UUID: {inst['uuid']}" in out
+    assert driver.get_console_output(inst['uuid'], 2).count('\n') <= 2
+    assert 'BLOCK-DEVICES: vda vdb' in log   # vdz is the guest's second disk
+    assert state(lv, inst) == libvirt.VIR_DOMAIN_RUNNING
+    assert lv.lookupByUUIDString(inst['uuid']).name() == inst['name']
+    assert driver.get_power_state(inst) == 1
+    assert driver.list_domains()[inst['uuid']] == 1
+    assert driver.exists(inst)
+    files = sorted(os.listdir(inst_dir(env, inst)))
+    assert files == ['console.log', 'disk', 'disk.config', 'kernel', 'ramdisk'], files
+
+    # Idempotent: the running guest is left alone.
+    dom_id = lv.lookupByUUIDString(inst['uuid']).ID()
+    assert driver.spawn(inst, IMAGE_META, [], None) == guest['devices']
+    assert lv.lookupByUUIDString(inst['uuid']).ID() == dom_id
+
+    vnc = driver.get_vnc_console(inst)
+    live = etree.fromstring(lv.lookupByUUIDString(inst['uuid']).XMLDesc(0).encode())
+    assert vnc == {'host': env.vnc.server_proxyclient_address,
+                   'port': int(live.find('devices/graphics').get('port'))}
+    assert vnc['port'] >= 5900
+
+
+def test_host_stats(driver, guest):
+    stats = driver.get_host_stats()
+    assert set(stats) == {'hypervisor_type', 'hypervisor_version', 'vcpus', 'vcpus_used',
+                          'memory_mb', 'memory_mb_used', 'local_gb', 'local_gb_used',
+                          'running_vms'}
+    assert stats['hypervisor_type'] == 'QEMU'
+    assert stats['hypervisor_version'] > 1000000
+    assert stats['vcpus'] >= 1 and stats['vcpus_used'] >= 1
+    assert 0 < stats['memory_mb_used'] < stats['memory_mb']
+    assert 0 < stats['local_gb_used'] <= stats['local_gb']
+    assert stats['running_vms'] >= 1
+
+
+def test_pause_unpause(driver, guest, lv, events):
+    inst = guest['instance']
+    since = time.monotonic()
+    driver.pause(inst)
+    assert state(lv, inst) == libvirt.VIR_DOMAIN_PAUSED
+    assert driver.get_power_state(inst) == 3
+    driver.pause(inst)                      # repeatable
+    events.wait(inst['uuid'], 3, 10, since)
+    driver.unpause(inst)
+    assert state(lv, inst) == libvirt.VIR_DOMAIN_RUNNING
+    assert driver.get_power_state(inst) == 1
+    driver.unpause(inst)
+
+
+def test_suspend_resume(driver, guest, lv, events):
+    inst = guest['instance']
+    since = time.monotonic()
+    driver.suspend(inst)
+    dom = lv.lookupByUUIDString(inst['uuid'])
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+    assert dom.hasManagedSaveImage(0)
+    assert driver.get_power_state(inst) == 7
+    assert driver.list_domains()[inst['uuid']] == 7
+    events.wait(inst['uuid'], 7, 10, since)
+    driver.resume(inst)
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert not dom.hasManagedSaveImage(0)
+    assert driver.get_power_state(inst) == 1
+
+
+def test_power_off_on(env, driver, guest, lv):
+    inst = guest['instance']
+    assert driver.power_off(inst, timeout=30) is True      # ACPI: clean
+    assert state(lv, inst) == libvirt.VIR_DOMAIN_SHUTOFF
+    assert driver.get_power_state(inst) == 4
+    assert driver.power_off(inst) is True                   # repeatable
+    driver.power_on(inst)
+    assert state(lv, inst) == libvirt.VIR_DOMAIN_RUNNING
+    wait_console(env, inst, BOOTED)
+
+
+def test_reboot_soft(env, driver, guest, lv):
+    inst = guest['instance']
+    start = time.monotonic()
+    assert driver.reboot(inst, [], None, 'SOFT') == 'SOFT'
+    TIMINGS['soft reboot'] = time.monotonic() - start
+    assert state(lv, inst) == libvirt.VIR_DOMAIN_RUNNING
+    wait_console(env, inst, BOOTED)
+
+
+def test_reboot_soft_falls_back_to_hard(env, driver, guest, lv, monkeypatch):
+    """A guest that ignores ACPI is rebooted hard after wait_soft_reboot_seconds."""
+    inst = guest['instance']
+    monkeypatch.setattr(libvirt.virDomain, 'shutdown', lambda self: 0)
+    env.set_override('wait_soft_reboot_seconds', 3, group='libvirt')
+    try:
+        start = time.monotonic()
+        assert driver.reboot(inst, [], None, 'SOFT') == 'HARD'
+        assert time.monotonic() - start >= 3
+    finally:
+        env.set_override('wait_soft_reboot_seconds', 30, group='libvirt')
+    assert state(lv, inst) == libvirt.VIR_DOMAIN_RUNNING
+    wait_console(env, inst, BOOTED)
+
+
+def test_reboot_hard(env, driver, guest, lv):
+    inst = guest['instance']
+    before = canonical(lv.lookupByUUIDString(inst['uuid']).XMLDesc(
+        libvirt.VIR_DOMAIN_XML_INACTIVE))
+    old_id = lv.lookupByUUIDString(inst['uuid']).ID()
+    assert driver.reboot(inst, [], None, 'HARD') == 'HARD'
+    dom = lv.lookupByUUIDString(inst['uuid'])
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING and dom.ID() != old_id
+    # Regenerated by the builder from the same inputs: the same definition.
+    assert canonical(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) == before
+    wait_console(env, inst, BOOTED)
+
+
+def test_rescue_unrescue(env, driver, guest, lv):
+    inst = guest['instance']
+    d = inst_dir(env, inst)
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+    original = lv.lookupByUUIDString(inst['uuid']).XMLDesc(flags)
+
+    devices = driver.rescue(inst, IMAGE_META, [], rescue_password='s3cret')
+    assert devices['rescue'] == 'vda' and devices['root'] == 'vdb'
+    live = lv.lookupByUUIDString(inst['uuid']).XMLDesc(0)
+    sources = [(disk.find('target').get('dev'), disk.find('source').get('file'))
+               for disk in etree.fromstring(live.encode()).iterfind('devices/disk')]
+    assert sources[0] == ('vda', os.path.join(d, 'disk.rescue'))
+    assert sources[1] == ('vdb', os.path.join(d, 'disk'))
+    assert sources[2][1] == os.path.join(d, 'disk.config.rescue')
+    with open(os.path.join(d, 'unrescue.xml')) as f:
+        assert canonical(f.read()) == canonical(original)
+    log = wait_console(env, inst, BOOTED)
+    assert 'BLOCK-DEVICES: vda vdb vdc' in log, log
+    assert f"INSTANCE-UUID: {inst['uuid']}" in log
+    assert driver.get_power_state(inst) == 1
+    assert sorted(glob.glob(os.path.join(d, '*.rescue'))) == [
+        os.path.join(d, n) for n in ('disk.config.rescue', 'disk.rescue',
+                                     'kernel.rescue', 'ramdisk.rescue')]
+
+    driver.unrescue(inst, [])
+    dom = lv.lookupByUUIDString(inst['uuid'])
+    assert canonical(dom.XMLDesc(flags)) == canonical(original)
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert not glob.glob(os.path.join(d, '*.rescue'))
+    assert not os.path.exists(os.path.join(d, 'unrescue.xml'))
+    log = wait_console(env, inst, BOOTED)
+    assert 'BLOCK-DEVICES: vda vdb' in log
+    with pytest.raises(exception.InstanceInvalidState):
+        driver.unrescue(inst, [])
+
+
+# -- other guests and failures ---------------------------------------------------
+
+def test_self_poweroff_event_then_destroy(env, events, lv):
+    inst = make_instance('ca-drv-off', metadata={'poweroff': '1'})
+    vifs, net = UserNetVifs(), [user_vif()]
+    driver = driver_mod.LibvirtDriver(env, on_power_event=events, vif_drivers=vifs)
+    try:
+        driver.spawn(inst, IMAGE_META, net, None)
+        assert vifs.calls == [('plug', inst['uuid'], net[0]['id'])]
+        wait_console(env, inst, 'POWERING-OFF', timeout=90)
+        seen = time.monotonic()
+        t = events.wait(inst['uuid'], 4, 30, since=seen - 5)
+        TIMINGS['POWERING-OFF to power event'] = max(0.0, t - seen)
+        assert state(lv, inst) == libvirt.VIR_DOMAIN_SHUTOFF
+        assert driver.get_power_state(inst) == 4
+    finally:
+        start = time.monotonic()
+        driver.destroy(inst, net, None)
+        TIMINGS['destroy (shut off guest)'] = time.monotonic() - start
+    assert vifs.calls[-1] == ('unplug', inst['uuid'], net[0]['id'])
+    assert no_domain(lv, inst)
+    assert not os.path.exists(inst_dir(env, inst))
+    assert driver.get_power_state(inst) == 0
+    assert inst['uuid'] not in driver.list_domains()
+    driver.destroy(inst, net, None)                 # repeatable
+    with pytest.raises(exception.InstanceNotFound):
+        driver.power_on(inst)
+    driver.close()
+
+
+def test_spawn_missing_image_rolls_back(env, driver, lv):
+    inst = make_instance('ca-drv-noimg', image_ref='no-such-image')
+    with pytest.raises(exception.ImageNotFound):
+        driver.spawn(inst, {'id': 'no-such-image', 'disk_format': 'qcow2'}, [], None)
+    assert no_domain(lv, inst)
+    assert not os.path.exists(inst_dir(env, inst))
+
+
+def test_spawn_start_failure_rolls_back(env, lv, monkeypatch):
+    """A failure after define: domain undefined, VIFs unplugged, files gone."""
+    inst = make_instance('ca-drv-nostart')
+    vifs, net = UserNetVifs(), [user_vif()]
+    driver = driver_mod.LibvirtDriver(env, vif_drivers=vifs)
+
+    def fail(self):
+        raise RuntimeError('injected start failure')
+    monkeypatch.setattr(libvirt.virDomain, 'create', fail)
+    with pytest.raises(RuntimeError, match='injected'):
+        driver.spawn(inst, IMAGE_META, net, None)
+    assert no_domain(lv, inst)
+    assert not os.path.exists(inst_dir(env, inst))
+    assert vifs.calls == [('plug', inst['uuid'], net[0]['id']),
+                          ('unplug', inst['uuid'], net[0]['id'])]
+    driver.close()
+
+
+def test_unreachable_libvirtd_raises_hypervisor_unavailable(env):
+    conf = agent_conf.register_all(cfg.ConfigOpts())
+    conf([], default_config_files=[])
+    conf.set_override('instances_path', env.instances_path)
+    conf.set_override('connection_uri', 'qemu+unix:///system?socket=/nonexistent/sock',
+                      group='libvirt')
+    conf.set_override('connect_retries', 3, group='libvirt')
+    conf.set_override('connect_retry_interval', 0.05, group='libvirt')
+    drv = driver_mod.LibvirtDriver(conf)
+    start = time.monotonic()
+    with pytest.raises(exception.HypervisorUnavailable):
+        drv.get_power_state(str(uuid.uuid4()))
+    assert time.monotonic() - start < 5      # 3 attempts, 0.05 + 0.1 s apart
+    drv.close()
+
+
+# -- libvirtd restart (last: it disturbs every other libvirt client) -------------
+
+def _pid_running(pid):
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+def _restart_libvirtd():
+    """Stop libvirtd and start it again the way tools/start-services.sh does."""
+    try:
+        with open(LIBVIRTD_PIDFILE) as f:
+            pid = int(f.read().strip())
+    except (FileNotFoundError, ValueError):
+        skip_or_fail(f'no libvirtd pid in {LIBVIRTD_PIDFILE}')
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while _pid_running(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    os.makedirs(SERVICES_LOG_DIR, exist_ok=True)
+    with open(os.path.join(SERVICES_LOG_DIR, 'libvirtd.log'), 'ab') as log:
+        # setsid -f: detached from the test session, like `setsid tini ... &`.
+        subprocess.run(['setsid', '-f', 'tini', '-s', '--', 'libvirtd'],
+                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                       check=True, timeout=10)
+    deadline = time.monotonic() + 60
+    while subprocess.run(['virsh', '-c', URI, 'list'], capture_output=True,
+                         timeout=15, check=False).returncode != 0:
+        assert time.monotonic() < deadline, 'libvirtd did not come back within 60 s'
+        time.sleep(0.2)
+    # Keep tools/stop-services.sh able to stop the new one.
+    if os.path.exists(os.path.join(SERVICES_STATE_DIR, 'libvirtd')):
+        with open(LIBVIRTD_PIDFILE) as f:
+            new = f.read().strip()
+        with open(f'/proc/{new}/stat') as f:
+            tini = f.read().rsplit(')', 1)[1].split()[1]
+        with open(os.path.join(SERVICES_STATE_DIR, 'libvirtd.tini.pid'), 'w') as f:
+            f.write(tini + '\n')
+
+
+def _wait_reconnects(connection, more_than, timeout=30):
+    deadline = time.monotonic() + timeout
+    while connection.reconnects <= more_than:
+        assert time.monotonic() < deadline, 'the driver did not reconnect by itself'
+        time.sleep(0.05)
+
+
+def test_libvirtd_restart_under_live_driver(driver, guest, events, monkeypatch):
+    inst, connection = guest['instance'], driver.connection
+    assert driver.get_power_state(inst) == 1
+
+    # 1. libvirtd restarts while the agent is idle: the close callback makes
+    # it reconnect without any call, and events flow again.
+    reconnects = connection.reconnects
+    start = time.monotonic()
+    _restart_libvirtd()
+    TIMINGS['libvirtd restart'] = time.monotonic() - start
+    _wait_reconnects(connection, reconnects)
+    TIMINGS['libvirtd restart to reconnected'] = time.monotonic() - start
+    since = time.monotonic()
+    driver.pause(inst)
+    events.wait(inst['uuid'], 3, 10, since)
+    driver.unpause(inst)
+    events.wait(inst['uuid'], 1, 10, since)
+
+    # 2. A call on a connection that died unnoticed fails with a connection
+    # error and is re-run once on a new connection. (The background reopen
+    # is off and the liveness check lies once, so the call hits the corpse.)
+    monkeypatch.setattr(connection, '_reopen_after_close', lambda reason: None)
+    lies = iter([True])
+    real_alive = connection._alive
+    monkeypatch.setattr(connection, '_alive', lambda c: next(lies, None) or real_alive(c))
+    reconnects = connection.reconnects
+    _restart_libvirtd()
+    assert driver.get_power_state(inst) == 1
+    assert next(lies, 'used') == 'used'
+    assert connection.reconnects == reconnects + 1
