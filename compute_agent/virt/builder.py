@@ -9,6 +9,7 @@ each behind an option.
 
 import os
 
+from compute_agent import exception
 from compute_agent.virt import blockinfo
 from compute_agent.virt import config
 from compute_agent.virt import volume
@@ -36,7 +37,7 @@ class _Context:
         self.namer = blockinfo.DeviceNamer(
             self.prefix, blockinfo.claimed_by_block_device_info(self.bdi))
         self.volume_devs = set(blockinfo.volume_devices(self.bdi))
-        self.root_dev = (blockinfo.strip_dev(self.bdi.get('root_device_name'))
+        self.root_dev = (not rescue and blockinfo.strip_dev(self.bdi.get('root_device_name'))
                          or self.namer.nth(0))
         self.devices = {}
         self.files = []
@@ -68,6 +69,7 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
     """
     ctx = _Context(conf, instance, image_meta, block_device_info, rescue,
                    rescue_image_meta)
+    _check_block_devices(ctx)
     flavor = instance['flavor']
     dom = config.Domain(type=ctx.virt_type, name=instance['name'],
                         uuid=instance['uuid'], memory_unit='KiB',
@@ -174,6 +176,41 @@ def _sysinfo(instance):
 
 # --- disks ------------------------------------------------------------------
 
+def _check_block_devices(ctx):
+    """Refuse block_device_info that would give libvirt clashing disks.
+
+    Each device name may be used once, never for the root disk unless a
+    volume is the root, and only with this guest's disk prefix (its bus).
+    """
+    if ctx.virt_type == 'lxc':
+        return      # lxc guests get no disks from block_device_info
+    bdi = ctx.bdi
+    root = blockinfo.strip_dev(bdi.get('root_device_name')) or ctx.namer.nth(0)
+    named = [('block_device_info.ephemerals[%d].device_name' % i,
+              e['device_name'], False)
+             for i, e in enumerate(bdi.get('ephemerals') or ())]
+    if bdi.get('swap'):
+        named.append(('block_device_info.swap.device_name',
+                      bdi['swap']['device_name'], False))
+    named += [('block_device_info.block_device_mapping[%d].mount_device' % i,
+               v['mount_device'], True)
+              for i, v in enumerate(bdi.get('block_device_mapping') or ())]
+    seen = {}
+    for field, name, is_volume in named:
+        dev = blockinfo.strip_dev(name)
+        if not (dev.startswith(ctx.prefix) and len(dev) == len(ctx.prefix) + 1):
+            raise exception.InvalidRequest(
+                field, 'must be /dev/%s<letter> on this host (%s guests)'
+                % (ctx.prefix, ctx.virt_type), uuid=ctx.instance['uuid'])
+        if dev in seen:
+            raise exception.InvalidRequest(
+                field, '%s is also used by %s' % (name, seen[dev]),
+                uuid=ctx.instance['uuid'])
+        if dev == root and not is_volume:
+            raise exception.InvalidRequest(
+                field, '%s is the root device' % name, uuid=ctx.instance['uuid'])
+        seen[dev] = field
+
 def _file_disk(ctx, name, dev, bus=None, device='disk', fmt='raw'):
     disk = config.Disk(type='file', device=device, source_file=ctx.path(name),
                        target_dev=dev, target_bus=bus or ctx.bus)
@@ -193,7 +230,8 @@ def _root_format(ctx):
 def _root_disk(ctx, name, kind, image_id, iso, dev):
     if iso:
         ctx.files.append(DiskFile(name, 'iso', image_id=image_id))
-        return _file_disk(ctx, name, 'hda', bus='ide', device='cdrom')
+        cdrom = next(d for d in ('hda', 'hdb', 'hdc', 'hdd') if ctx.rescue or ctx.namer.is_free(d))
+        return _file_disk(ctx, name, cdrom, bus='ide', device='cdrom')
     fmt = _root_format(ctx)
     ctx.files.append(DiskFile(name, kind, fmt=fmt, image_id=image_id,
                               size_bytes=ctx.instance['flavor']['root_gb'] * GiB))
@@ -241,7 +279,9 @@ def _disks(ctx, dom):
         info = bdm['connection_info']
         dev = blockinfo.strip_dev(bdm['mount_device'])
         driver = volume.load(ctx.conf, info['driver_volume_type'])
-        dom.add_device(driver.get_config(info, dev, ctx.bus))
+        disk = dom.add_device(driver.get_config(info, dev, ctx.bus))
+        if ctx.virt_type == 'uml':      # the UML driver takes no <driver>
+            disk.driver_name = disk.driver_type = disk.driver_cache = None
         ctx.devices['volume%d' % i] = dev
 
 
