@@ -56,7 +56,19 @@ class Manager:
     # --- the dispatcher interface ------------------------------------------
 
     def validate(self, method, args, version_):
-        return validation.validate(method, args)
+        """Schema checks, plus for spawn the builder's and VIF drivers' own
+        (a dry run, no side effects): an invalid spawn creates nothing."""
+        args = validation.validate(method, args)
+        if method == 'spawn':
+            try:
+                self.driver.check_spawn(args['instance'], args['image_meta'],
+                                        args['network_info'],
+                                        args['block_device_info'])
+            except exception.VifPlugFailed as e:
+                raise exception.InvalidRequest(
+                    'network_info', e.message,
+                    uuid=args['instance']['uuid']) from None
+        return args
 
     def key(self, method, args):
         if method in UNKEYED or method in states.READ_ONLY:
@@ -206,7 +218,7 @@ class Manager:
         try:
             return self.driver.get_vnc_console(instance)
         except Exception:
-            LOG.warning('%s: no VNC console', instance['uuid'])
+            LOG.debug('%s: no VNC console', instance['uuid'])
             return None
 
     def do_rescue(self, context, instance, rescue_image_meta=None,

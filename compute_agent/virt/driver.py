@@ -119,6 +119,15 @@ class LibvirtDriver:
         return disks.instance_dir(self.conf, name, create=create)
 
     # -- spawn -----------------------------------------------------------------
+    def check_spawn(self, instance, image_meta, network_info=(),
+                    block_device_info=None):
+        """All a spawn can tell about its request without side effects."""
+        self.vif_drivers.validate_all(network_info or [])
+        plan = self._plan(instance, image_meta, network_info or [],
+                          block_device_info)
+        schema.validate_domain(plan.domain.node)
+        return plan
+
     def _plan(self, instance, image_meta, network_info, block_device_info,
               rescue=False, rescue_image_meta=None):
         return builder.build(self.conf, instance, image_meta, network_info,
