@@ -352,9 +352,13 @@ DEFS = {
 }
 
 # method -> {arg: schema}; an arg with a "default" is optional.
-_INSTANCE = {'instance': _ref('instance')}
+# Only spawn needs the whole instance: every later operation works from the
+# record the agent kept, so there ``instance`` needs just its uuid (other
+# keys, when sent, are still type-checked).
+DEFS['instance_ref'] = dict(DEFS['instance'], required=['uuid'])
+_INSTANCE = {'instance': _ref('instance_ref')}
 ARGS = {
-    'spawn': dict(_INSTANCE, image_meta=_ref('image_meta'),
+    'spawn': dict(instance=_ref('instance'), image_meta=_ref('image_meta'),
                   network_info=_ref('network_info'),
                   block_device_info=_ref('block_device_info'),
                   admin_password=_ref('password'),
