@@ -83,17 +83,27 @@ class Manager:
 
     def report_invalid(self, method, uuid, error, context):
         """Report a rejected request; the instance's record is unchanged."""
-        record = self.journal.get_instance(uuid) or {}
-        self._report(uuid, context or {}, method + '.error', states.ERROR,
-                     record.get('task_state'),
-                     record.get('power_state', states.NOSTATE),
-                     _error_of(error), self.journal.instance_sequence(uuid))
+        with self._lock(uuid):
+            record = self.journal.get_instance(uuid)
+            # Saving the unchanged record bumps the sequence, so this report
+            # does not repeat the number of the last one.
+            seq = (self.journal.save_instance(uuid, record) if record
+                   else self.journal.instance_sequence(uuid))
+            record = record or {}
+            self._report(uuid, context or {}, method + '.error', states.ERROR,
+                         record.get('task_state'),
+                         record.get('power_state', states.NOSTATE),
+                         _error_of(error), seq)
 
     # --- records and reports -------------------------------------------------
 
     def _lock(self, uuid):
         with self._locks_guard:
             return self._locks[uuid]
+
+    def _delete(self, uuid):
+        with self._lock(uuid):      # not between report_invalid's get and save
+            self.journal.delete_instance(uuid)
 
     def _get(self, uuid):
         record = self.journal.get_instance(uuid)
@@ -143,20 +153,26 @@ class Manager:
 
     def _run(self, context, method, uuid, call, task=None, allowed=None):
         """Run a state-changing operation on an existing instance."""
-        record = self._get(uuid)
         tr = states.TRANSITIONS[method]
-        if record['vm_state'] not in (allowed or tr.allowed):
-            raise exception.InstanceInvalidState(
-                action=method, uuid=uuid, vm_state=record['vm_state'],
-                task_state=record['task_state'])
-        self._set(record, context, method + '.start', task_state=task or tr.task)
+        with self._lock(uuid):      # no power event between check and start
+            record = self._get(uuid)
+            if record['vm_state'] not in (allowed or tr.allowed):
+                raise exception.InstanceInvalidState(
+                    action=method, uuid=uuid, vm_state=record['vm_state'],
+                    task_state=record['task_state'])
+            self._set(record, context, method + '.start',
+                      task_state=task or tr.task)
         try:
             call(record['spec'])
         except Exception as exc:
             self._fail(record, context, method, exc)
             raise
         power = tr.end_power_state if method == 'destroy' else self._power(record)
-        self._set(record, context, method + '.end', vm_state=tr.end_vm_state,
+        end_vm_state = tr.end_vm_state
+        if (method in ('power_on', 'reboot')    # they boot a rescued guest
+                and self.driver.is_rescued(record['spec']['instance'])):
+            end_vm_state = states.RESCUED       # as rescued
+        self._set(record, context, method + '.end', vm_state=end_vm_state,
                   task_state=None, power_state=power, error=None)
         return record
 
@@ -173,7 +189,11 @@ class Manager:
             raise exception.InstanceInvalidState(
                 action='spawn', uuid=uuid, vm_state=old['vm_state'],
                 task_state=old['task_state'])
-        self._check_name_free(uuid, instance['name'])
+        try:
+            self._check_name_free(uuid, instance['name'])
+        except exception.InvalidRequest as exc:     # PROTOCOL 5: report it
+            self.report_invalid('spawn', uuid, exc, context)
+            raise
         if old:     # a failed attempt: clear what it left before retrying
             self.driver.destroy(old['spec']['instance'],
                                 old['spec']['network_info'],
@@ -195,7 +215,7 @@ class Manager:
             # Input only found wrong late (an image URL, say): report it, and
             # leave nothing, as for any other invalid spawn.
             self._fail(record, context, 'spawn', exc)
-            self.journal.delete_instance(uuid)
+            self._delete(uuid)
             raise
         except Exception as exc:
             self._fail(record, context, 'spawn', exc)
@@ -296,7 +316,7 @@ class Manager:
                                 block_device_info or spec['block_device_info'],
                                 cleanup=cleanup)
         record = self._run(context, 'destroy', uuid, call)
-        self.journal.delete_instance(uuid)
+        self._delete(uuid)
         return public(record)
 
     def do_get_info(self, context, instance_uuid):
@@ -319,7 +339,8 @@ class Manager:
         return self.driver.get_vnc_console(record['spec']['instance'])
 
     def do_get_host_stats(self, context):
-        return dict(self.driver.get_host_stats(), host=self.host)
+        return dict(self.driver.get_host_stats(), host=self.host,
+                    timestamp=_now())
 
     def do_ping(self, context):
         return {'host': self.host, 'version': version.RPC_API_VERSION,
@@ -362,7 +383,7 @@ class Manager:
                                     spec['block_device_info'], cleanup=True)
                 self._set(record, {}, 'recover', vm_state=states.DELETED,
                           task_state=None, power_state=states.NOSTATE)
-                self.journal.delete_instance(record['uuid'])
+                self._delete(record['uuid'])
                 continue
             vm_state = {states.RUNNING: states.RESCUED if task == 'rescuing'
                         else states.ACTIVE,

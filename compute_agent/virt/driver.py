@@ -123,6 +123,7 @@ class LibvirtDriver:
                     block_device_info=None):
         """All a spawn can tell about its request without side effects."""
         self.vif_drivers.validate_all(network_info or [])
+        self.image_cache.resolve_url(image_meta)    # a disallowed location
         plan = self._plan(instance, image_meta, network_info or [],
                           block_device_info)
         schema.validate_domain(plan.domain.node)

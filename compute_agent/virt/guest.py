@@ -116,6 +116,8 @@ def undefine(dom):
         if e.get_error_code() not in (libvirt.VIR_ERR_NO_SUPPORT,
                                       libvirt.VIR_ERR_INVALID_ARG):
             raise
+        if dom.hasManagedSaveImage(0):
+            dom.managedSaveRemove(0)
         dom.undefine()
 
 
