@@ -69,7 +69,7 @@ class Service:
         tasks = [(self.conf.report_interval, self.manager.host_state),
                  (self.conf.sync_power_state_interval,
                   self.manager.sync_power_states),
-                 (15, lambda: METRICS.count_instances(
+                 (self.conf.report_interval, lambda: METRICS.count_instances(
                      self.journal.list_instances()))]
         if watchdog:
             tasks.append((watchdog, self._watchdog))

@@ -12,6 +12,7 @@ lock second finds the image cached. A checksum verified once is recorded in
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import http.client
 import json
@@ -175,6 +176,13 @@ class ImageCache:
                          os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                # Temp files of this image are only written under this lock:
+                # any left now belong to a download that died (SIGKILL).
+                for stale in glob.glob(os.path.join(
+                        glob.escape(self.base_dir),
+                        '.%s.*.part' % glob.escape(os.path.basename(path)))):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(stale)
                 yield
             finally:
                 os.close(fd)      # releases the flock

@@ -23,6 +23,7 @@ import libvirt
 import tenacity
 
 from compute_agent import exception
+from compute_agent.metrics import METRICS
 from compute_agent.conf import libvirt as libvirt_conf
 
 LOG = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ class Connection:
             old, self._conn = self._conn, conn
             if old is not None:
                 self.reconnects += 1
+                METRICS.reconnects.labels('libvirt').inc()
                 LOG.warning('Reconnected to libvirt at %s', self.uri)
                 self._forget(old)
             self._register(conn)

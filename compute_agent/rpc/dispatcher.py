@@ -1,0 +1,46 @@
+"""What the RPC server needs from the instance manager.
+
+The server knows the wire; the dispatcher knows the methods. Keeping this
+interface narrow lets the server be tested with a double
+(tests/functional/rpc_fixtures.py) and the manager without a broker.
+"""
+
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Dispatcher(Protocol):
+
+    def validate(self, method: str, args: dict, version: str) -> dict:
+        """Return normalized args or raise InvalidRequest/UnsupportedVersion.
+
+        Runs on the consume thread before the request is queued: it must be
+        cheap and must not touch the hypervisor.
+        """
+
+    def key(self, method: str, args: dict) -> str | None:
+        """Serialization key (the instance uuid), or None to run at once.
+
+        Requests with the same key run one at a time in arrival order;
+        None is for read-only requests that may run beside anything (ping,
+        get_info): their outcome is journaled without an fsync, since running
+        one again after a power cut is harmless.
+        """
+
+    def dispatch(self, method: str, args: dict, context: dict) -> object:
+        """Do the work on a worker thread and return a JSON-able result.
+
+        Raise AgentError subclasses for expected failures; anything else
+        becomes a failure named after its class.
+        """
+
+    def report_invalid(self, method: str, uuid: str, error: Exception,
+                       context: dict) -> None:
+        """Emit the ``<method>.error`` state report for a rejected request."""
+
+    def instance_uuid_of(self, method: str, args: object) -> str | None:
+        """Best-effort instance uuid of a (possibly invalid) request.
+
+        Optional: the server falls back to ``args['instance']['uuid']`` or
+        ``args['instance_uuid']`` when the dispatcher does not have it.
+        """

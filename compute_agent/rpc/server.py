@@ -1,0 +1,420 @@
+"""The RPC server: consumes requests, hands them to workers, replies.
+
+One consume thread owns the broker connection and does every channel
+operation (kombu/py-amqp channels are not thread-safe): it decodes, checks
+the journal for duplicates, validates and queues work, then records, acks
+and publishes. Workers never touch the channel; they hand outcomes back
+through a queue and wake the loop through a pipe, which the loop select()s
+on beside the socket, so a finished call is answered at once and AMQP
+heartbeats keep being answered during long operations.
+
+Outcomes of every request that finished during one loop turn are recorded
+in a single journal transaction (group commit) before their acks; only
+requests with a serialization key (state-changing ones) need that commit to
+be fsynced (see ``Dispatcher.key``).
+"""
+
+import json
+import logging
+import queue
+import threading
+import time
+
+import amqp
+
+from compute_agent import exception
+from compute_agent.metrics import METRICS
+from compute_agent.rpc import envelope
+from compute_agent.rpc import iowait
+from compute_agent.rpc import jobs
+from compute_agent.rpc import publisher as publisher_mod
+from compute_agent.rpc import topology
+from compute_agent.rpc import transport
+from compute_agent.rpc.workers import KeyedExecutor
+
+LOG = logging.getLogger(__name__)
+
+_RUNNING_FLUSH = 1.0     # s a buffered 'running' row may wait for a commit
+
+
+class RPCServer:
+    """Serve ``dispatcher`` on ``<topic>``, ``<topic>.<host>`` and fanout.
+
+    ``journal`` records outcomes and holds the outbox; ``publisher`` (made
+    from the journal when not given) must be the one the notifier uses.
+    """
+
+    def __init__(self, conf, dispatcher, journal, publisher=None,
+                 broker=None):
+        self.conf = conf
+        self.dispatcher = dispatcher
+        self.journal = journal
+        self.publisher = publisher or publisher_mod.Publisher(journal, conf)
+        self.broker = broker or transport.Broker(conf)
+        self.executor = KeyedExecutor(conf.max_concurrent_builds)
+        self.ready = threading.Event()
+        self.error = None
+        self.stats = {'received': 0, 'duplicates': 0, 'dead_lettered': 0,
+                      'invalid': 0, 'completed': 0, 'reconnects': 0}
+        self._stop = threading.Event()
+        self._deadline = None
+        self._completions = queue.SimpleQueue()
+        self._skipped = queue.SimpleQueue()   # not started: stopping
+        self._inflight = {}       # uid -> Job; consume thread only
+        self._running_rows = []
+        self._running_since = 0.0
+        self._settle = jobs.Settlement()
+        self._connected = False
+        self._last_turn = time.monotonic()
+        self._thread = None
+        self._waker = iowait.Waker()
+        self._more = False        # frames may be left in py-amqp's buffer
+        self.publisher.set_waker(self._waker.wake)
+
+    # ----------------------------------------------------------- public
+
+    def start(self):
+        stale = self.journal.forget_running()
+        if stale:
+            LOG.warning('%d requests were interrupted by the last stop; they '
+                        'run again when redelivered', len(stale))
+        self._thread = threading.Thread(target=self._run, name='rpc-consume',
+                                        daemon=True)
+        self._thread.start()
+        threading.Thread(target=self.journal.prune_periodically,
+                         args=(self.conf.journal_max_age,
+                               self.conf.journal_max_entries, self._stop),
+                         name='journal-prune', daemon=True).start()
+
+    def stop(self, graceful_timeout=None):
+        """Stop consuming; let in-flight work finish for up to the timeout.
+
+        Finished work is acked and answered; unfinished work stays unacked
+        and is redelivered to whoever consumes next.
+        """
+        if graceful_timeout is None:
+            graceful_timeout = self.conf.graceful_shutdown_timeout
+        self._deadline = time.monotonic() + graceful_timeout
+        self._stop.set()
+        self._waker.wake()
+        if self._thread is not None:
+            self._thread.join(graceful_timeout + 15)
+
+    def wait(self):
+        if self._thread is not None:
+            self._thread.join()
+
+    def healthy(self):
+        """Consume loop alive, connected and turning (for a watchdog)."""
+        return bool(self._thread and self._thread.is_alive()
+                    and self._connected
+                    and time.monotonic() - self._last_turn < 30)
+
+    # ---------------------------------------------------- connection loop
+
+    def _run(self):
+        failures = 0   # consecutive connections that never got to consume
+        try:
+            while not self._stop.is_set():
+                try:
+                    conn = self.broker.connect(self._stop)
+                except transport.Stopped:
+                    break
+                except Exception as e:  # noqa: BLE001 - attempts exhausted
+                    LOG.error('Giving up on the broker: %s', e)
+                    self.error = e
+                    break
+                try:
+                    self._serve(conn)
+                except amqp.exceptions.PreconditionFailed as e:
+                    failures += 1
+                    LOG.error('The broker refused a declaration (%s): an '
+                              'existing queue or exchange has other flags '
+                              '(amqp_durable_queues, rabbit_quorum_queue?)',
+                              e)
+                except (conn.connection_errors + conn.channel_errors
+                        + (OSError,)) as e:
+                    failures = 0 if self.ready.is_set() else failures + 1
+                    self.stats['reconnects'] += 1
+                    METRICS.reconnects.labels('broker').inc()
+                    LOG.warning('Broker connection lost (%s); reconnecting',
+                                e or type(e).__name__)
+                except Exception:  # noqa: BLE001 - e.g. the journal failed
+                    # Start over: unacked deliveries go back to the queue
+                    # and running jobs are picked up again by uid.
+                    failures += 1
+                    self.stats['reconnects'] += 1
+                    METRICS.reconnects.labels('broker').inc()
+                    LOG.exception('RPC consume loop failed; reconnecting')
+                finally:
+                    self._connected = False
+                    self.ready.clear()
+                    self._settle.detach()
+                    self.publisher.detach()
+                    _release(conn)
+                if failures:  # connects but cannot serve: back off
+                    self._stop.wait(min(
+                        self.conf.rpc.reconnect_interval_max,
+                        self.conf.rpc.reconnect_interval * 2 ** failures))
+        except Exception as e:  # noqa: BLE001
+            LOG.exception('RPC consume loop failed')
+            self.error = e
+        finally:
+            self.executor.shutdown()
+            LOG.info('RPC server stopped (%s)', self.stats)
+
+    def _serve(self, conn):
+        channel = conn.channel()
+        channel.auto_decode = False  # bodies stay bytes; we decode them
+        pub_channel = conn.channel()
+        queues = topology.declare(channel, self.conf)
+        # Per-consumer prefetch: global QoS is deprecated in RabbitMQ 4.
+        channel.basic_qos(0, self.conf.rpc.prefetch_count, False)
+        self._settle.attach(channel)
+        tags = [channel.basic_consume(q, callback=self._on_message,
+                                      on_cancel=_cancelled) for q in queues]
+        self.publisher.attach(pub_channel)
+        self._connected = True
+        self.ready.set()
+        LOG.info('Consuming %s', ', '.join(queues))
+        amqp_conn = conn.connection
+        iowait.buffer_reads(amqp_conn.transport)
+        beat_every = max(0.5, min(5.0, (amqp_conn.heartbeat or 20) / 4.0))
+        next_beat_check = 0.0
+        while True:
+            self._last_turn = now = time.monotonic()
+            if self._stop.is_set():
+                if tags:
+                    for tag in tags:
+                        channel.basic_cancel(tag)
+                    tags = []
+                    LOG.info('Stopped consuming; waiting up to %.0fs for %d '
+                             'requests', self._deadline - now,
+                             len(self._inflight))
+                try:
+                    while True:
+                        self._inflight.pop(self._skipped.get_nowait().uid, None)
+                except queue.Empty:
+                    pass
+                if not self._inflight or now >= self._deadline:
+                    break
+            if self._wait_io(amqp_conn) or self._more:
+                self._more = iowait.drain(amqp_conn, self._settle)
+            self._finish_jobs()
+            self._send_call_heartbeats()
+            self.publisher.pump()
+            if now >= next_beat_check:
+                conn.heartbeat_check()
+                next_beat_check = now + beat_every
+        self._flush_on_stop(amqp_conn)
+
+    def _flush_on_stop(self, amqp_conn):
+        if self._inflight:
+            LOG.warning('%d requests unfinished at stop; left unacked for '
+                        'redelivery', len(self._inflight))
+        end = time.monotonic() + 5
+        while self.publisher.waiting() and time.monotonic() < end:
+            self._finish_jobs()
+            self.publisher.pump()
+            self._wait_io(amqp_conn, limit=0.2)
+            self._more = iowait.drain(amqp_conn, self._settle)
+        self._finish_jobs()
+
+    def _wait_io(self, amqp_conn, limit=1.0):
+        timeout = limit
+        if self._more or not self._completions.empty():
+            timeout = 0
+        for due in (self.publisher.next_due(),
+                    jobs.next_beat_in(self._inflight.values())):
+            if due is not None:
+                timeout = min(timeout, due)
+        return self._waker.wait(amqp_conn.sock, timeout)
+
+    # ---------------------------------------------------------- requests
+
+    def _on_message(self, message):
+        gen, tag = self._settle.gen, message.delivery_tag
+        self._settle.delivered(tag)
+        self.stats['received'] += 1
+        if self._stop.is_set():
+            return  # not started: left unacked, requeued when we close
+        try:
+            request = envelope.parse_request(envelope.loads(message.body))
+        except envelope.DecodeError as e:
+            self.stats['dead_lettered'] += 1
+            METRICS.rejected.labels('-').inc()
+            LOG.error('Undecodable message dead-lettered (%s): %s', e,
+                      envelope.redact_body(message.body))
+            self._settle.reject(tag)
+            return
+        if LOG.isEnabledFor(logging.DEBUG):
+            LOG.debug('Received %s%s', envelope.summary(request),
+                      ' (redelivered)' if message.delivery_info.get(
+                          'redelivered') else '')
+        METRICS.received.labels(request.method).inc()
+        uid = request.unique_id or 'nouid-' + envelope.new_id()
+        job = self._inflight.get(uid)
+        if job is not None:
+            self.stats['duplicates'] += 1
+            LOG.info('Duplicate of running request %s: settled when it ends',
+                     envelope.summary(request))
+            job.add_delivery(gen, tag, request)
+            return
+        job = jobs.Job(uid, request)
+        job.add_delivery(gen, tag, request)
+        done = self.journal.lookup(uid) if request.unique_id else None
+        if done and done['status'] == 'done':
+            self.stats['duplicates'] += 1
+            LOG.info('Request %s already done; answering from the journal',
+                     envelope.summary(request))
+            job.instance_uuid = done['instance_uuid']
+            self._complete(job, done['result_json'], done['failure'])
+            return
+        try:
+            envelope.check_request(request)
+            job.args = self.dispatcher.validate(request.method, request.args,
+                                                request.version)
+        except Exception as e:  # noqa: BLE001 - invalid, whatever the cause
+            self._invalid(job, e)
+            return
+        try:
+            job.key = self.dispatcher.key(request.method, job.args)
+        except Exception:  # noqa: BLE001
+            LOG.exception('key() failed for %s', envelope.summary(request))
+        job.instance_uuid = job.key or jobs.instance_uuid_of(
+            self.dispatcher, request.method, job.args)
+        self._inflight[uid] = job
+        if not self._running_rows:
+            self._running_since = time.monotonic()
+        self._running_rows.append((uid, request.method, job.instance_uuid))
+        self.executor.submit(job.key, lambda: self._work(job))
+
+    def _invalid(self, job, error):
+        request = job.request
+        self.stats['invalid'] += 1
+        if isinstance(error, exception.AgentError):
+            LOG.warning('Invalid request %s: %s', envelope.summary(request),
+                        error)
+        else:
+            LOG.exception('Validation of %s failed', envelope.summary(request))
+        uuid = getattr(error, 'uuid', None) or jobs.instance_uuid_of(
+            self.dispatcher, request.method, request.args)
+        if uuid:
+            self.executor.submit(None, lambda: self.dispatcher.report_invalid(
+                request.method, uuid, error, request.context))
+        if request.is_call:
+            job.instance_uuid = uuid
+            self._complete(job, 'null', envelope.serialize_failure(error))
+        else:
+            self.stats['dead_lettered'] += 1
+            METRICS.rejected.labels(request.method).inc()
+            self._settle.reject(job.deliveries[0][1])
+
+    def _work(self, job):
+        """Worker thread: run the request, hand the outcome back."""
+        if self._stop.is_set():
+            # Stopping: what has not started stays unacked, for redelivery.
+            self._skipped.put(job)
+            self._waker.wake()
+            return
+        request = job.request
+        result_json, failure = 'null', None
+        outcome, started = 'success', time.monotonic()
+        try:
+            result = self.dispatcher.dispatch(request.method, job.args,
+                                              request.context)
+            result_json = json.dumps(result)  # not JSON-able: a failure
+        except exception.AgentError as e:
+            LOG.info('%s failed: %s: %s', envelope.summary(request),
+                     type(e).__name__, e)
+            outcome, failure = type(e).__name__, envelope.serialize_failure(e)
+        except BaseException as e:  # noqa: BLE001 - even SystemExit: a failure
+            LOG.exception('%s failed unexpectedly', envelope.summary(request))
+            outcome, failure = type(e).__name__, envelope.serialize_failure(e)
+        METRICS.latency.labels(request.method, outcome).observe(
+            time.monotonic() - started)
+        self._complete(job, result_json, failure)
+
+    def _complete(self, job, result_json, failure):
+        job.result_json, job.failure = result_json, failure
+        self._completions.put(job)
+        self._waker.wake()
+
+    # ------------------------------------------------- outcomes and acks
+
+    def _finish_jobs(self):
+        """Record finished jobs (one transaction), ack them, queue replies."""
+        done = []
+        try:
+            while True:
+                done.append(self._completions.get_nowait())
+        except queue.Empty:
+            pass
+        running = self._running_rows
+        if not done and not self.publisher.has_confirmed() and not (
+                running and time.monotonic() - self._running_since >
+                _RUNNING_FLUSH):
+            return
+        replies = [(job.key is not None, reply_q, envelope.reply_body(
+            msg_id, job.result_json, job.failure))
+            for job in done for msg_id, reply_q in job.replies]
+        # Replies of read-only (keyless) requests need not survive a
+        # restart: they stay in memory only, like their outcome's fsync.
+        rows = [(publisher_mod.REPLY, '', q, body)
+                for durable, q, body in replies if durable]
+        self._running_rows = []
+        finished = {j.uid for j in done}
+        try:
+            ids = self.journal.record(
+                running=[r for r in running if r[0] not in finished],
+                done=[(j.uid, j.request.method, j.instance_uuid,
+                       j.result_json, j.failure) for j in done],
+                outbox=rows,
+                delete_outbox=self.publisher.take_confirmed(),
+                # Keyless requests are read-only (Dispatcher.key contract):
+                # running one again after a power cut is harmless.
+                durable=any(j.key is not None for j in done))
+        except Exception:  # noqa: BLE001
+            # Not recorded, so not acked: tried again next turn.
+            LOG.exception('Cannot record %d outcomes in the journal',
+                          len(done))
+            self._running_rows = running + self._running_rows
+            for job in done:
+                self._completions.put(job)
+            time.sleep(0.5)
+            return
+        # Queue the replies first (they are on disk either way), ack, and
+        # let pump() send them: the acks go out on the wire before them.
+        ids = iter(ids)
+        self.publisher.add(*[self.publisher.make_entry(
+            next(ids) if durable else self.publisher.memory_id(),
+            publisher_mod.REPLY, '', q, body, durable)
+            for durable, q, body in replies], wake=False)
+        for job in done:
+            self._inflight.pop(job.uid, None)
+        self.stats['completed'] += len(done)
+        for job in done:
+            METRICS.acked.labels(job.request.method).inc()
+        self._settle.ack([d for job in done for d in job.deliveries])
+
+    def _send_call_heartbeats(self):
+        """Call-monitor: ``ending: false`` every _timeout/2 s while running."""
+        for msg_id, reply_q in jobs.beats_due(self._inflight.values()):
+            self.publisher.publish(
+                publisher_mod.BEAT, '', reply_q,
+                envelope.reply_body(msg_id, ending=False), durable=False,
+                wake=False)
+
+
+def _cancelled(consumer_tag):
+    # The broker cancelled a consumer (queue deleted, node failover):
+    # start over on a fresh connection.
+    raise amqp.exceptions.ConsumerCancelled(
+        'consumer %s cancelled by the broker' % consumer_tag)
+
+
+def _release(conn):
+    try:
+        conn.release()
+    except Exception:  # noqa: BLE001 - the connection is already gone
+        pass

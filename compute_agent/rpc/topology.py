@@ -1,0 +1,73 @@
+"""The broker objects the agent declares (PROTOCOL.md section 1).
+
+Flags must equal what oslo.messaging peers declare for shared objects (the
+control exchange, the fanout exchange) or RabbitMQ closes the channel with
+406 PRECONDITION_FAILED; the server queues are the agent's own.
+"""
+
+FANOUT_QUEUE_EXPIRES_MS = 30 * 60 * 1000
+
+
+def names(conf):
+    topic, host = conf.rpc.topic, conf.host
+    return {
+        'exchange': conf.control_exchange,
+        'topic_queue': topic,
+        'host_queue': '%s.%s' % (topic, host),
+        'fanout_exchange': '%s_fanout' % topic,
+        'fanout_queue': '%s_fanout_%s' % (topic, host),
+        'dlx': '%s.dlx' % topic,
+        'dead_queue': '%s.dead' % topic,
+    }
+
+
+def server_queue_arguments(conf):
+    n = names(conf)
+    args = {'x-dead-letter-exchange': n['dlx']}
+    if conf.rpc.rabbit_quorum_queue:
+        args['x-queue-type'] = 'quorum'
+        if conf.rpc.rabbit_delivery_limit:
+            args['x-delivery-limit'] = conf.rpc.rabbit_delivery_limit
+    return args
+
+
+def declare(channel, conf):
+    """Declare everything on a py-amqp channel; return the queues to consume."""
+    n = names(conf)
+    # Same flags as oslo.messaging's topic_send/declare_topic_consumer.
+    channel.exchange_declare(n['exchange'], 'topic',
+                             durable=conf.rpc.amqp_durable_queues,
+                             auto_delete=False)
+    channel.exchange_declare(n['dlx'], 'fanout', durable=True,
+                             auto_delete=False)
+    channel.queue_declare(n['dead_queue'], durable=True, auto_delete=False)
+    channel.queue_bind(n['dead_queue'], n['dlx'], routing_key='')
+
+    args = server_queue_arguments(conf)
+    for queue in (n['topic_queue'], n['host_queue']):
+        channel.queue_declare(queue, durable=True, auto_delete=False,
+                              arguments=args)
+        channel.queue_bind(queue, n['exchange'], routing_key=queue)
+
+    # oslo's fanout exchange: non-durable, auto_delete (fanout_send declares
+    # it this way). The fanout queue stays a non-durable classic queue even
+    # in quorum mode: quorum queues must be durable, and a per-host fanout
+    # queue that expires after 30 idle minutes has nothing worth replicating.
+    channel.exchange_declare(n['fanout_exchange'], 'fanout', durable=False,
+                             auto_delete=True)
+    channel.queue_declare(n['fanout_queue'], durable=False, auto_delete=False,
+                          arguments={'x-expires': FANOUT_QUEUE_EXPIRES_MS,
+                                     'x-dead-letter-exchange': n['dlx']})
+    channel.queue_bind(n['fanout_queue'], n['fanout_exchange'],
+                       routing_key=conf.rpc.topic)
+    return [n['host_queue'], n['topic_queue'], n['fanout_queue']]
+
+
+def delete(channel, conf):
+    """Remove what ``declare`` made (tests and decommissioning)."""
+    n = names(conf)
+    for q in (n['host_queue'], n['topic_queue'], n['fanout_queue'],
+              n['dead_queue']):
+        channel.queue_delete(q)
+    for ex in (n['fanout_exchange'], n['dlx']):
+        channel.exchange_delete(ex)
