@@ -242,6 +242,21 @@ class Journal:
                 (uuid, record.get('name'), body, seq, time.time()))
         return seq
 
+    def next_sequence(self, uuid):
+        """Bump and return the sequence, leaving the record as it is.
+
+        For a report about a uuid with no live record (a rejected request):
+        a tombstone row keeps the numbers increasing for a later spawn.
+        """
+        with self._tx() as db:
+            db.execute("INSERT INTO instances (uuid, name, record, sequence,"
+                       " deleted, updated_at) VALUES (?, NULL, '{}', 0, 1, ?)"
+                       ' ON CONFLICT (uuid) DO NOTHING', (uuid, time.time()))
+            db.execute('UPDATE instances SET sequence = sequence + 1'
+                       ' WHERE uuid = ?', (uuid,))
+            return db.execute('SELECT sequence FROM instances WHERE uuid = ?',
+                              (uuid,)).fetchone()[0]
+
     def list_instances(self):
         return [json.loads(r[0]) for r in self._query(
             'SELECT record FROM instances WHERE deleted = 0 ORDER BY uuid')]

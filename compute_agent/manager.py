@@ -84,12 +84,8 @@ class Manager:
     def report_invalid(self, method, uuid, error, context):
         """Report a rejected request; the instance's record is unchanged."""
         with self._lock(uuid):
-            record = self.journal.get_instance(uuid)
-            # Saving the unchanged record bumps the sequence, so this report
-            # does not repeat the number of the last one.
-            seq = (self.journal.save_instance(uuid, record) if record
-                   else self.journal.instance_sequence(uuid))
-            record = record or {}
+            record = self.journal.get_instance(uuid) or {}
+            seq = self.journal.next_sequence(uuid)
             self._report(uuid, context or {}, method + '.error', states.ERROR,
                          record.get('task_state'),
                          record.get('power_state', states.NOSTATE),

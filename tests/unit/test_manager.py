@@ -498,13 +498,8 @@ def test_report_invalid_racing_a_destroy_does_not_resurrect_it(h, monkeypatch):
     with pytest.raises(exception.InstanceNotFound):
         h.info(uuid)
     assert h.call('list_instances') == []
-    h.check_reports = False     # the duplicate sequence of the xfail below
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'BUG: report_invalid reuses journal.instance_sequence() for a uuid with '
-    'no live record, so its report repeats the last sequence (here the '
-    'destroy.end one); needs a journal call that bumps a tombstone sequence'))
 def test_report_invalid_after_destroy_gets_a_new_sequence(h):
     h.check_reports = False
     instance, _ = h.spawn()
