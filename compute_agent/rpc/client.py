@@ -163,6 +163,11 @@ class AgentClient:
         heartbeat every timeout/2 s while the operation runs, each of which
         extends the wait. Raises RemoteError, Timeout or Unroutable.
         """
+        return self.call_args(method, args, timeout=timeout, host=host)
+
+    def call_args(self, method, args, timeout=None, host=None):
+        """``call`` with the request's args as one dict, so that an argument
+        may be named ``timeout`` or ``host`` (power_off has a ``timeout``)."""
         timeout = self.timeout if timeout is None else timeout
         msg_id = uuid.uuid4().hex
         with self._lock:
@@ -224,7 +229,7 @@ class AgentClient:
     def _op(self, method, cast, timeout, args):
         if cast:
             return self.cast(method, **args)
-        return self.call(method, timeout=timeout, **args)
+        return self.call_args(method, args, timeout=timeout)
 
     def spawn(self, instance, image_meta, network_info=None,
               block_device_info=None, admin_password=None,
