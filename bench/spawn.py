@@ -1,0 +1,853 @@
+"""Benchmark: spawn latency of the agent vs doing the same work by hand.
+
+Not a test. Needs root, RabbitMQ on localhost:5672 and libvirtd
+(tools/start-services.sh) and the tiny test guest (built on demand by
+tools/build-test-guest.sh into $CA_TEST_CACHE/guest). Guests run as domain
+type ``qemu`` (TCG). In one run, against baselines measured in the same run:
+
+  agent      cast -> ``spawn.end`` report with vm_state active, through a
+             real ``compute-agent`` subprocess on the local broker (its own
+             host, topic, exchange and state topic), of the test guest
+             (kernel + ramdisk boot, qcow2 root overlay, config drive) with
+             every image already in the agent's cache; --n sequential
+             spawns, each destroyed afterwards (not timed): p50/p95.
+  floor      the same work without the agent, in this process: ``qemu-img
+             create -f qcow2 -b <cached base> -F qcow2``, the config drive
+             (compute_agent.virt.configdrive.build_config_drive), hardlinks
+             of the cached kernel/ramdisk, ``createXML`` of the domain XML
+             the agent produces (compute_agent.virt.builder.build with the
+             agent's own config file and the same request), then waiting
+             for RUNNING: p50/p95. Agent and floor runs alternate, so load
+             from elsewhere on the machine hits both alike.
+  ratio      agent p50 / floor p50 (target <= 1.10).
+  burst      wall time from casting --concurrent spawns at once to the
+             last ``spawn.end`` report (max_concurrent_builds >= that),
+             vs one spawn's p50 (target <= 3x); beside it the same burst
+             by hand (the floor's work in --concurrent threads). --bursts
+             of each, alternating, the median counts.
+  fetches    --concurrent concurrent spawns of one image the agent has not
+             cached (a copy of the root image under a fresh id): GETs of it
+             counted by the image store, an http.server on 127.0.0.1 in this
+             process ([images] image_store_url points at it). Target: 1.
+
+Everything it makes (domains, directories, queues and exchanges, the agent
+process, the HTTP server) is removed at the end, also on Ctrl-C.
+
+    .venv/bin/python bench/spawn.py [--n 10] [--concurrent 10] [--bursts 2]
+                                    [--breakdown] [--keep-logs] [--agent-debug]
+
+--breakdown runs the agent with wall-clock timers around the steps of its
+spawn path (builder, RelaxNG, journal, qemu-img, config drive, defineXML,
+create, ...) and prints where a sequential spawn's time goes. Exit status:
+0 every target met, 1 a target missed, 2 the run failed, 130 interrupted.
+"""
+
+import argparse
+import functools
+import glob
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+URL = 'rabbit://guest:guest@localhost:5672/'
+LIBVIRT_URI = 'qemu:///system'
+WORK_ROOT = os.environ.get('CA_BENCH_WORKDIR', '/var/lib/compute-agent-bench')
+CACHE = os.environ.get('CA_TEST_CACHE', '/var/tmp/compute-agent-test-cache')
+AGENT = os.path.join(REPO, '.venv', 'bin', 'compute-agent')
+QEMU_LOG_DIR = '/var/log/libvirt/qemu'
+
+TARGET_RATIO = 1.10
+TARGET_BURST = 3.0
+TARGET_FETCHES = 1
+REPORT_TIMEOUT = 180
+
+
+class Failed(Exception):
+    pass
+
+
+def pct(values, p):
+    """Nearest-rank percentile (p95 of 10 samples is the largest)."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(-(-p * len(s) // 100)) - 1))
+    return s[k]
+
+
+# ------------------------------------------------------------ image store
+
+class Store:
+    """The image store: a directory served by http.server, counting GETs."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.gets = {}
+        self._lock = threading.Lock()
+        store = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):
+                with store._lock:
+                    store.gets[self.path] = store.gets.get(self.path, 0) + 1
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(
+            ('127.0.0.1', 0),
+            functools.partial(Handler, directory=directory))
+        self.server.daemon_threads = True
+        self.url = 'http://127.0.0.1:%d' % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       name='image-store', daemon=True)
+        self.thread.start()
+
+    def count(self, image_id):
+        with self._lock:
+            return self.gets.get('/' + image_id, 0)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ------------------------------------------------------------------ bench
+
+class Bench:
+
+    def __init__(self, args):
+        self.args = args
+        self.suffix = uuid.uuid4().hex[:8]
+        self.prefix = 'bs-%s-' % self.suffix
+        self.host = 'bench-spawn-' + self.suffix
+        self.topic = 'bench-spawn-' + self.suffix
+        self.exchange = 'bench-spawn-' + self.suffix
+        self.state_topic = 'bench-state-' + self.suffix
+        self.work = None
+        self.store = None
+        self.agent = None
+        self.agent_log = None
+        self.client = None
+        self.watcher = None
+        self.conn = None
+        self.conf = None
+        self.events = {}        # uuid -> [(t, args)]
+        self.guest = None
+        self.floor_threads = []
+        self.made_root = False
+        self.conn_lock = threading.Lock()
+        self.libvirtd_pids = None
+        self.agent_cpu = []     # agent CPU seconds (own + children) per spawn
+        self.timings = None     # --breakdown: the timed agent's output
+        self.timed_calls = None
+        self.window = None      # time.time() span of the sequential spawns
+        self.burst_windows = []  # (first cast, last active) of agent bursts
+
+    # ---------------------------------------------------------- setup
+
+    def setup(self):
+        if os.geteuid() != 0:
+            raise Failed('run as root (libvirt qemu:///system, /var/lib)')
+        out = subprocess.run(
+            [os.path.join(REPO, 'tools', 'build-test-guest.sh'),
+             os.path.join(CACHE, 'guest')],
+            capture_output=True, text=True, check=False)
+        if out.returncode:
+            raise Failed('build-test-guest.sh failed:\n' + out.stdout
+                         + out.stderr)
+        self.guest = os.path.join(CACHE, 'guest')
+        self.made_root = not os.path.isdir(WORK_ROOT)
+        os.makedirs(WORK_ROOT, exist_ok=True)
+        os.chmod(WORK_ROOT, 0o755)
+        self.work = tempfile.mkdtemp(prefix='run-', dir=WORK_ROOT)
+        os.chmod(self.work, 0o755)      # QEMU must traverse it
+        images = os.path.join(self.work, 'images')
+        os.mkdir(images)
+        shutil.copy(os.path.join(self.guest, 'vmlinuz'),
+                    os.path.join(images, 'bench-kernel'))
+        shutil.copy(os.path.join(self.guest, 'initrd.img'),
+                    os.path.join(images, 'bench-ramdisk'))
+        subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2',
+                        os.path.join(images, 'bench-root'), '64M'],
+                       check=True)
+        self.store = Store(images)
+        conf_path = os.path.join(self.work, 'agent.conf')
+        with open(conf_path, 'w') as f:
+            f.write(f"""[DEFAULT]
+host = {self.host}
+state_path = {self.work}/state
+instances_path = {self.work}/instances
+transport_url = {URL}
+control_exchange = {self.exchange}
+max_concurrent_builds = {max(10, self.args.concurrent)}
+graceful_shutdown_timeout = 10
+[rpc]
+topic = {self.topic}
+state_topic = {self.state_topic}
+[libvirt]
+virt_type = qemu
+[images]
+image_store_url = {self.store.url}
+[vnc]
+enabled = true
+server_listen = 127.0.0.1
+""")
+        from oslo_config import cfg
+
+        from compute_agent import conf as agent_conf
+        self.conf = agent_conf.register_all(cfg.ConfigOpts())
+        self.conf(['--config-file', conf_path], project='compute-agent',
+                  default_config_files=[], default_config_dirs=[])
+        os.makedirs(self.conf.instances_path, mode=0o755)
+        os.chmod(self.conf.instances_path, 0o755)
+
+        self.agent_log = os.path.join(self.work, 'agent.log')
+        argv = [AGENT, '--config-file', conf_path, '--log-file',
+                self.agent_log]
+        if self.args.agent_debug:
+            argv.append('--debug')
+        env = dict(os.environ)
+        if self.args.breakdown:
+            self.timings = os.path.join(self.work, 'timings.json')
+            env['CA_BENCH_TIMINGS'] = self.timings
+            argv = [sys.executable, os.path.abspath(__file__),
+                    '--_timed-agent'] + argv[1:]
+        # Own session: a Ctrl-C on the terminal reaches only this process,
+        # which then stops the agent itself.
+        self.agent = subprocess.Popen(argv, start_new_session=True, env=env,
+                                      stdin=subprocess.DEVNULL)
+
+        import libvirt
+
+        from compute_agent.rpc.client import AgentClient
+        libvirt.registerErrorHandler(lambda _c, _e: None, None)
+        self.conn = libvirt.open(LIBVIRT_URI)
+        self.client = AgentClient(URL, self.host, topic=self.topic,
+                                  exchange=self.exchange, timeout=10,
+                                  state_topic=self.state_topic)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.agent.poll() is not None:
+                raise Failed('the agent exited (%s); see %s'
+                             % (self.agent.returncode, self.agent_log))
+            try:
+                self.client.ping(timeout=2)
+                break
+            except Exception:   # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline:
+                    raise Failed('the agent does not answer ping; see %s'
+                                 % self.agent_log) from None
+                time.sleep(0.2)
+        self.watcher = self.client.open_watch()
+        self.libvirtd_pids = libvirtd_pids()
+
+    # ------------------------------------------------------ requests
+
+    def request(self, name, image_id='bench-root'):
+        u = str(uuid.uuid4())
+        instance = {'uuid': u, 'name': self.prefix + name,
+                    'image_ref': image_id, 'kernel_id': 'bench-kernel',
+                    'ramdisk_id': 'bench-ramdisk', 'config_drive': True,
+                    'hostname': self.prefix + name,
+                    'flavor': {'memory_mb': 128, 'vcpus': 1, 'root_gb': 1}}
+        return instance, {'id': image_id, 'disk_format': 'qcow2'}
+
+    def _pump(self, timeout):
+        ev = self.watcher.get(timeout=timeout)
+        if ev is None:
+            return
+        method, args, _ctx = ev
+        if method == 'instance_state_changed':
+            self.events.setdefault(args.get('instance_uuid'), []).append(
+                (time.perf_counter(), args))
+
+    def wait_event(self, uuids, event, vm_state, timeout=REPORT_TIMEOUT):
+        """Arrival time of ``event`` (with ``vm_state``) per uuid."""
+        deadline = time.monotonic() + timeout
+        got = {}
+        while True:
+            for u in uuids:
+                if u in got:
+                    continue
+                for t, a in self.events.get(u, ()):
+                    if a['event'] == event and a['vm_state'] == vm_state:
+                        got[u] = t
+                        break
+                    if a['event'].endswith('.error'):
+                        raise Failed('%s of %s failed: %s' % (
+                            event, u, json.dumps(a.get('error'))))
+            if len(got) == len(uuids):
+                return got
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Failed('no %s report for %d of %d instances within '
+                             '%ss; see %s' % (event, len(uuids) - len(got),
+                                              len(uuids), timeout,
+                                              self.agent_log))
+            self._pump(min(left, 1.0))
+
+    def spawn_agent(self, instances):
+        """Cast every spawn at once; seconds from the first cast to each
+        instance's spawn.end (active) report."""
+        for inst, _ in instances:
+            self.events.pop(inst['uuid'], None)
+        t0 = time.perf_counter()
+        for inst, meta in instances:
+            self.client.spawn(inst, meta, cast=True)
+        got = self.wait_event([i['uuid'] for i, _ in instances],
+                              'spawn.end', 'active')
+        return {u: t - t0 for u, t in got.items()}
+
+    def destroy_agent(self, instances):
+        for inst, _ in instances:
+            self.client.destroy(inst, cast=True)
+        self.wait_event([i['uuid'] for i, _ in instances], 'destroy.end',
+                        'deleted')
+        for inst, _ in instances:
+            self.events.pop(inst['uuid'], None)
+
+    # --------------------------------------------------------- floor
+
+    def spawn_floor(self, name, t0=None):
+        """The floor: the agent's spawn work done directly. Returns
+        (seconds from t0 (default: the start of this call) to RUNNING,
+        the domain, the instance dir); the guest is left running."""
+        import libvirt
+
+        from compute_agent.images.cache import ImageCache
+        from compute_agent.virt import builder
+        from compute_agent.virt import configdrive
+        inst, meta = self.request(name)
+        plan = builder.build(self.conf, inst, meta, [], None)
+        xml = plan.domain.to_xml()     # not timed: the agent's XML
+        cache = ImageCache(self.conf)
+        base = {f.name: cache.path_for(f.image_id) for f in plan.files
+                if f.image_id}
+        d = plan.instance_dir
+        if t0 is None:
+            t0 = time.perf_counter()
+        os.mkdir(d, 0o755)
+        for f in plan.files:
+            path = os.path.join(d, f.name)
+            if f.kind == 'root':
+                subprocess.run(
+                    ['qemu-img', 'create', '-q', '-f', 'qcow2', '-b',
+                     base[f.name], '-F', 'qcow2', path], check=True)
+            elif f.kind == 'config':
+                configdrive.build_config_drive(path, inst, [])
+            else:                       # kernel, ramdisk
+                os.link(base[f.name], path)
+        dom = self.libvirt().createXML(xml, 0)
+        deadline = time.monotonic() + 60
+        while dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+            if time.monotonic() > deadline:
+                raise Failed('floor guest %s not RUNNING within 60s'
+                             % inst['name'])
+            time.sleep(0.001)
+        return time.perf_counter() - t0, dom, d
+
+    def libvirt(self):
+        """The benchmark's own libvirt connection, reopened if libvirtd
+        restarted meanwhile."""
+        import libvirt
+        with self.conn_lock:
+            try:
+                alive = self.conn is not None and self.conn.isAlive() == 1
+            except libvirt.libvirtError:
+                alive = False
+            if not alive:
+                self.conn = libvirt.open(LIBVIRT_URI)
+            return self.conn
+
+    def destroy_floor(self, dom, d):
+        import libvirt
+        try:
+            dom.destroy()
+        except libvirt.libvirtError:
+            pass
+        shutil.rmtree(d, ignore_errors=True)
+
+    def floor_once(self, name):
+        elapsed, dom, d = self.spawn_floor(name)
+        self.destroy_floor(dom, d)
+        return elapsed
+
+    def floor_burst(self, count):
+        """``count`` floor spawns at once, one thread each (as the agent's
+        workers); seconds from the start to each one RUNNING."""
+        results, errors = [None] * count, []
+        t0 = time.perf_counter()
+
+        def one(i):
+            try:
+                results[i] = self.spawn_floor('fc%d' % i, t0)
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        threads = [threading.Thread(target=one, args=(i,), daemon=True)
+                   for i in range(count)]
+        self.floor_threads = threads
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for r in results:
+            if r is not None:
+                self.destroy_floor(*r[1:])
+        if errors:
+            raise Failed('floor burst: %s' % errors[0])
+        return sorted(r[0] for r in results)
+
+    # -------------------------------------------------------- the run
+
+    def run(self):
+        a = self.args
+        res = {}
+        # Warm-up (not timed): fills the agent's image cache, loads its
+        # schema, opens its libvirt connection.
+        warm = [self.request('warm')]
+        self.spawn_agent(warm)
+        self.destroy_agent(warm)
+        self.floor_once('warmfloor')
+        log('warm-up done; cache: %s' % sorted(self.store.gets.items()))
+
+        agent_t, floor_t = [], []
+        w0 = time.time()
+        for i in range(a.n):
+            order = ('agent', 'floor') if i % 2 == 0 else ('floor', 'agent')
+            for which in order:
+                if which == 'agent':
+                    req = [self.request('a%d' % i)]
+                    cpu0 = self.agent_cpu_s()
+                    agent_t.append(self.spawn_agent(req)[req[0][0]['uuid']])
+                    self.agent_cpu.append(self.agent_cpu_s() - cpu0)
+                    self.destroy_agent(req)
+                else:
+                    floor_t.append(self.floor_once('f%d' % i))
+            log('spawn %d/%d: agent %.0f ms, floor %.0f ms' % (
+                i + 1, a.n, agent_t[-1] * 1000, floor_t[-1] * 1000))
+        self.window = (w0, time.time())
+        res['agent'] = agent_t
+        res['floor'] = floor_t
+        res['agent_cpu'] = self.agent_cpu
+
+        # Bursts: agent and floor alternate (ABBA...), medians reported.
+        res['bursts'], res['floor_bursts'] = [], []
+        for r in range(a.bursts):
+            order = ('agent', 'floor') if r % 2 == 0 else ('floor', 'agent')
+            for which in order:
+                if which == 'agent':
+                    reqs = [self.request('c%d-%d' % (r, i))
+                            for i in range(a.concurrent)]
+                    w0 = time.time()
+                    each = sorted(self.spawn_agent(reqs).values())
+                    self.burst_windows.append((w0, w0 + each[-1]))
+                    res['bursts'].append(each)
+                    self.destroy_agent(reqs)
+                else:
+                    res['floor_bursts'].append(
+                        self.floor_burst(a.concurrent))
+                log('%s burst of %d: last running/active after %.0f ms' % (
+                    which, a.concurrent, (res['bursts'] if which == 'agent'
+                                          else res['floor_bursts'])[-1][-1]
+                    * 1000))
+        res['burst'] = statistics.median(b[-1] for b in res['bursts'])
+        res['floor_burst'] = statistics.median(
+            b[-1] for b in res['floor_bursts'])
+
+        fresh = 'bench-root-fresh-' + self.suffix
+        shutil.copy(os.path.join(self.store.directory, 'bench-root'),
+                    os.path.join(self.store.directory, fresh))
+        before = self.store.count(fresh)
+        reqs = [self.request('u%d' % i, fresh) for i in range(a.concurrent)]
+        times = self.spawn_agent(reqs)
+        res['fetches'] = self.store.count(fresh) - before
+        res['uncached_burst'] = max(times.values())
+        name = hashlib.sha1(fresh.encode()).hexdigest()
+        base = os.path.join(self.conf.instances_path, '_base')
+        res['base_files'] = sorted(f for f in os.listdir(base)
+                                   if f.startswith(name)
+                                   or f.startswith('.' + name))
+        log('uncached burst of %d: %d GETs, last active after %.0f ms' % (
+            a.concurrent, res['fetches'], res['uncached_burst'] * 1000))
+        self.destroy_agent(reqs)
+        res['notes'] = []
+        if libvirtd_pids() != self.libvirtd_pids:
+            res['notes'].append('libvirtd restarted during the run (pids %s '
+                                '-> %s): numbers are unreliable' % (
+                                    self.libvirtd_pids, libvirtd_pids()))
+        return res
+
+    def agent_cpu_s(self):
+        """CPU seconds of the agent process and its waited-for children
+        (qemu-img)."""
+        with open('/proc/%d/stat' % self.agent.pid) as f:
+            v = f.read().rsplit(')', 1)[1].split()
+        return sum(int(x) for x in v[11:15]) / os.sysconf('SC_CLK_TCK')
+
+    # ------------------------------------------------------- cleanup
+
+    def cleanup(self):
+        import contextlib
+        ign = contextlib.suppress(Exception)
+        for t in self.floor_threads:    # interrupted mid-burst: let them end
+            t.join(120)
+        if self.agent is not None and self.agent.poll() is None:
+            self.agent.send_signal(signal.SIGTERM)
+            try:
+                self.agent.wait(30)
+            except subprocess.TimeoutExpired:
+                self.agent.kill()
+                self.agent.wait()
+        for closer in (self.watcher, self.client):
+            if closer is not None:
+                with ign:
+                    closer.close()
+        if self.conn is not None:
+            import libvirt
+            with ign:
+                self.conn.close()
+            with ign:
+                self.conn = libvirt.open(LIBVIRT_URI)
+                for dom in self.conn.listAllDomains(0):
+                    if dom.name().startswith(self.prefix):
+                        with ign:
+                            if dom.isActive():
+                                dom.destroy()
+                        with ign:
+                            if dom.isPersistent():
+                                dom.undefineFlags(
+                                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                                    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            with ign:
+                self.conn.close()
+        # libvirt's per-domain logs of our guests (their names are ours).
+        for path in glob.glob(os.path.join(QEMU_LOG_DIR,
+                                           glob.escape(self.prefix) + '*')):
+            with ign:
+                os.unlink(path)
+        if self.conf is not None:
+            with ign:
+                import kombu
+
+                from compute_agent.rpc import topology
+                with kombu.Connection(URL.replace('rabbit://', 'amqp://')) \
+                        as c:
+                    ch = c.channel()
+                    topology.delete(ch, self.conf)
+                    ch.exchange_delete(self.exchange)
+        if self.timings and os.path.exists(self.timings):
+            with ign:       # written by the timed agent as it exited
+                with open(self.timings) as f:
+                    self.timed_calls = json.load(f)
+        if self.store is not None:
+            with ign:
+                self.store.close()
+        if self.work is not None:
+            if self.args.keep_logs and self.agent_log and os.path.exists(
+                    self.agent_log):
+                kept = os.path.join(WORK_ROOT, 'agent-%s.log' % self.suffix)
+                shutil.copy(self.agent_log, kept)
+                log('agent log kept in %s' % kept)
+            shutil.rmtree(self.work, ignore_errors=True)
+            if self.made_root:
+                with ign:   # unless a log is kept there
+                    os.rmdir(WORK_ROOT)
+
+
+def libvirtd_pids():
+    out = subprocess.run(['pgrep', '-x', 'libvirtd'], capture_output=True,
+                         text=True, check=False).stdout.split()
+    return sorted(int(p) for p in out)
+
+
+def loadavg():
+    with open('/proc/loadavg') as f:
+        return ' '.join(f.read().split()[:3])
+
+
+def log(msg):
+    print('bench/spawn: %s' % msg, file=sys.stderr, flush=True)
+
+
+def report(res, args):
+    ms = lambda s: '%.0f ms' % (s * 1000)      # noqa: E731
+    a50, a95 = statistics.median(res['agent']), pct(res['agent'], 95)
+    f50, f95 = statistics.median(res['floor']), pct(res['floor'], 95)
+    ratio = a50 / f50
+    burst_ratio = res['burst'] / a50
+    nb = len(res['bursts'])
+    med = ' (median of %d)' % nb if nb > 1 else ''
+    rows = [
+        ('agent cast->active p50 / p95 (n=%d)' % len(res['agent']),
+         '%s / %s' % (ms(a50), ms(a95)), '', ''),
+        ('floor by hand p50 / p95 (n=%d)' % len(res['floor']),
+         '%s / %s' % (ms(f50), ms(f95)), '', ''),
+        ('ratio agent p50 / floor p50', '%.3fx' % ratio,
+         '<= %.2fx' % TARGET_RATIO, ratio <= TARGET_RATIO),
+        ('  (agent - floor, median of the paired runs)',
+         '%+.0f ms' % (statistics.median(
+             x - y for x, y in zip(res['agent'], res['floor'])) * 1000),
+         '', ''),
+        ('  (agent CPU per spawn, own + qemu-img, p50)',
+         ms(statistics.median(res['agent_cpu'])), '', ''),
+        ('%d concurrent spawns, wall time%s' % (args.concurrent, med),
+         ms(res['burst']), '', ''),
+        ('  vs one spawn p50', '%.2fx' % burst_ratio,
+         '<= %.0fx' % TARGET_BURST, burst_ratio <= TARGET_BURST),
+        ('  (floor: %d at once by hand, wall time%s)' % (args.concurrent,
+                                                          med),
+         ms(res['floor_burst']), '', ''),
+        ('  (floor burst vs floor p50)', '%.2fx' % (res['floor_burst'] / f50),
+         '', ''),
+        ('  (agent burst vs floor burst)',
+         '%.2fx' % (res['burst'] / res['floor_burst']), '', ''),
+        ('%d concurrent spawns of an uncached image: '
+         'fetches' % args.concurrent, str(res['fetches']),
+         '== %d' % TARGET_FETCHES, res['fetches'] == TARGET_FETCHES),
+        ('  (their wall time)', ms(res['uncached_burst']), '', ''),
+    ]
+    w = max(len(r[0]) for r in rows)
+    print('%-*s  %15s  %9s  %s' % (w, 'measure', 'value', 'target', ''))
+    print('-' * (w + 34))
+    for name, value, target, ok in rows:
+        verdict = '' if ok == '' else ('PASS' if ok else 'MISS')
+        print('%-*s  %15s  %9s  %s' % (w, name, value, target, verdict))
+    print()
+    print('agent samples (ms): %s' % ' '.join(
+        '%.0f' % (t * 1000) for t in res['agent']))
+    print('floor samples (ms): %s' % ' '.join(
+        '%.0f' % (t * 1000) for t in res['floor']))
+    for i, each in enumerate(res['bursts']):
+        print('agent burst %d, each spawn.end after (ms): %s' % (
+            i + 1, ' '.join('%.0f' % (t * 1000) for t in each)))
+    for i, each in enumerate(res['floor_bursts']):
+        print('floor burst %d, each RUNNING after (ms):   %s' % (
+            i + 1, ' '.join('%.0f' % (t * 1000) for t in each)))
+    print('_base files of the uncached image: %s' % (
+        ', '.join(res['base_files']) or 'none'))
+    print('load average at the end: %s (%d CPUs)' % (loadavg(),
+                                                     os.cpu_count()))
+    for note in res['notes']:
+        print('NOTE: ' + note)
+    return all(ok for *_, ok in rows if ok != '')
+
+
+# Steps of the agent's spawn path timed by --breakdown: (module, attribute
+# path, label). Wall clock; the calls of one spawn nest (driver.spawn holds
+# _create_files holds disks.inspect_base ...).
+TIMED = [
+    ('compute_agent.manager', 'Manager.validate', 'validate: schema + dry run'),
+    ('compute_agent.virt.driver', 'LibvirtDriver.check_spawn',
+     '  dry run (builder, RelaxNG)'),
+    ('compute_agent.manager', 'Manager.do_spawn', 'manager.do_spawn'),
+    ('compute_agent.manager', 'Manager._set', '  record + report (x2)'),
+    ('compute_agent.journal', 'Journal.save_instance',
+     '    journal save_instance (fsync)'),
+    ('compute_agent.journal', 'Journal.outbox_add',
+     '    outbox add (fsync)'),
+    ('compute_agent.virt.driver', 'LibvirtDriver.spawn', '  driver.spawn'),
+    ('compute_agent.virt.driver', 'LibvirtDriver._plan',
+     '    builder (plan)'),
+    ('compute_agent.virt.schema', 'validate_domain', '    RelaxNG validation'),
+    ('compute_agent.virt.driver', 'LibvirtDriver._create_files',
+     '    files'),
+    ('compute_agent.images.cache', 'ImageCache.fetch',
+     '      image cache lookups'),
+    ('compute_agent.virt.disks', 'inspect_base', '      qemu-img info'),
+    ('compute_agent.virt.disks', 'create_overlay',
+     '      overlay (info + create)'),
+    ('compute_agent.virt.disks', 'link_or_copy', '      kernel/ramdisk link'),
+    ('compute_agent.virt.configdrive', 'build_config_drive',
+     '      config drive'),
+    ('libvirt', 'virConnect.defineXML', '    libvirt defineXML'),
+    ('compute_agent.vif.loader', 'VifDrivers.plug_all', '    VIF plug'),
+    ('compute_agent.virt.driver', 'LibvirtDriver._start', '    start'),
+    ('libvirt', 'virDomain.create', '      libvirt create'),
+    ('compute_agent.virt.guest', 'wait_running', '      wait RUNNING'),
+    ('compute_agent.virt.driver', 'LibvirtDriver.get_power_state',
+     '  power state'),
+    ('compute_agent.virt.driver', 'LibvirtDriver.get_vnc_console',
+     '  VNC port'),
+]
+
+
+def _label(path):
+    return next(label for _m, p, label in TIMED if p == path)
+
+
+def _timed_agent():
+    """The agent with wall-clock timers around TIMED (--breakdown); on exit
+    writes {label: [[start (time.time()), seconds], ...]} as JSON to
+    $CA_BENCH_TIMINGS."""
+    import atexit
+    import importlib
+
+    out = os.environ['CA_BENCH_TIMINGS']
+    calls = {}
+
+    def wrap(owner, attr, label):
+        fn = getattr(owner, attr)
+
+        @functools.wraps(fn)
+        def timed(*a, **k):
+            t, w = time.perf_counter(), time.time()
+            try:
+                return fn(*a, **k)
+            finally:
+                calls.setdefault(label, []).append(
+                    (w, time.perf_counter() - t, threading.get_ident()))
+        setattr(owner, attr, timed)
+
+    for module, path, label in TIMED:
+        owner = importlib.import_module(module)
+        *parents, attr = path.split('.')
+        for p in parents:
+            owner = getattr(owner, p)
+        wrap(owner, attr, label)
+
+    def dump():
+        with open(out, 'w') as f:
+            json.dump(calls, f)
+    atexit.register(dump)
+    from compute_agent.cmd import agent
+    sys.exit(agent.main(sys.argv[2:]))
+
+
+def breakdown(calls, window, n, agent_t, floor_t):
+    """Per-spawn wall time of each TIMED step of the spawns in ``window``
+    (the sequential ones): steps below do_spawn count only inside a
+    do_spawn call, validation only of spawn requests (with a dry run)."""
+    def inside(label, spans):
+        return [(w, d) for w, d, _tid in calls.get(label, ())
+                if any(a <= w <= b for a, b in spans)]
+    seq = [(window[0], window[1])]
+    spawns = [(w, w + d) for w, d in inside('manager.do_spawn', seq)]
+    dry = inside(_label('LibvirtDriver.check_spawn'), seq)
+    validations = [(w, w + d) for w, d in inside(_label('Manager.validate'), seq)
+                   if any(w <= x <= w + d for x, _ in dry)]
+    print('where the agent\'s time goes, per sequential spawn (n=%d; '
+          'indented rows are part of the row above them):' % n)
+    print('  %-36s %7s %10s %10s' % ('step', 'calls', 'p50 call', 'per spawn'))
+    for _module, _path, label in TIMED:
+        if label == _label('Manager.validate'):
+            d = [b - a for a, b in validations]
+        elif label == 'manager.do_spawn':
+            d = [b - a for a, b in spawns]
+        elif label == _label('LibvirtDriver.check_spawn'):
+            d = [x for _, x in dry]
+        else:
+            d = [x for _, x in inside(label, spawns)]
+        if d:
+            print('  %-36s %7.1f %8.1fms %8.1fms' % (
+                label, len(d) / n, statistics.median(d) * 1000,
+                sum(d) / n * 1000))
+    if spawns:
+        do50 = statistics.median(b - a for a, b in spawns)
+        print('  %-36s %7s %10s %8.1fms' % (
+            'cast->active p50 - do_spawn p50', '', '',
+            (statistics.median(agent_t) - do50) * 1000))
+        print('    (broker in, validation, queueing, report out)')
+        print('  %-36s %7s %10s %8.1fms' % ('floor p50 (for comparison)',
+                                            '', '',
+                                            statistics.median(floor_t) * 1000))
+
+
+def timeline(calls, window):
+    """One line per spawn of an agent burst: when (ms after the first
+    cast) each step started and ended, matched by worker thread."""
+    t0, t1 = window
+    steps = [_label(p) for p in (
+        'LibvirtDriver._create_files', 'virConnect.defineXML',
+        'virDomain.create', 'LibvirtDriver.get_power_state')]
+    spawns = sorted((w, w + d, tid) for w, d, tid in
+                    calls.get('manager.do_spawn', ()) if t0 <= w <= t1 + 1)
+    print('agent burst timeline, ms after the first cast '
+          '(start-end of each step; per spawn, by end):')
+    print('  %-11s %-11s %-11s %-11s %-11s %s' % (
+        'do_spawn', 'files', 'define', 'create', 'power', 'end'))
+    rows = []
+    for a, b, tid in spawns:
+        cells = ['%4.0f' % ((a - t0) * 1000)]
+        for label in steps:
+            m = [(w, d) for w, d, t in calls.get(label, ())
+                 if t == tid and a <= w <= b]
+            cells.append('%4.0f-%-5.0f' % ((m[0][0] - t0) * 1000,
+                                           (m[0][0] + m[0][1] - t0) * 1000)
+                         if m else '%-11s' % '-')
+        rows.append((b, cells))
+    for b, cells in sorted(rows):
+        print('  %-11s %s %5.0f' % (cells[0], ' '.join(cells[1:]),
+                                    (b - t0) * 1000))
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == '--_timed-agent':
+        return _timed_agent()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--n', type=int, default=10,
+                        help='sequential spawns of each kind (default 10)')
+    parser.add_argument('--concurrent', type=int, default=10,
+                        help='spawns cast at once (default 10)')
+    parser.add_argument('--bursts', type=int, default=2,
+                        help='concurrent bursts of each kind, alternating '
+                             'agent/floor; the median counts (default 2)')
+    parser.add_argument('--agent-debug', action='store_true',
+                        help='run the agent with --debug')
+    parser.add_argument('--keep-logs', action='store_true',
+                        help='keep the agent log in %s' % WORK_ROOT)
+    parser.add_argument('--breakdown', action='store_true',
+                        help='time the steps of the agent\'s spawn path '
+                             '(wrappers in the agent process) and print '
+                             'where the time of a sequential spawn goes')
+    args = parser.parse_args()
+    if min(args.n, args.concurrent, args.bursts) < 1:
+        parser.error('--n, --concurrent and --bursts must be >= 1')
+    bench = Bench(args)
+
+    def on_term(signum, _frame):
+        raise KeyboardInterrupt
+    # Explicitly: a shell starts background jobs with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_term)
+    try:
+        bench.setup()
+        res = bench.run()
+    except KeyboardInterrupt:
+        log('interrupted; cleaning up')
+        return 130
+    except Failed as e:
+        log('FAILED: %s' % e)
+        args.keep_logs = True
+        return 2
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            # clean up in peace
+            signal.signal(sig, signal.SIG_IGN)
+        bench.cleanup()
+    ok = report(res, args)
+    if bench.timed_calls is not None and bench.window is not None:
+        print()
+        breakdown(bench.timed_calls, bench.window, len(res['agent']),
+                  res['agent'], res['floor'])
+        for w in bench.burst_windows[:1]:
+            print()
+            timeline(bench.timed_calls, w)
+    return 0 if ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
