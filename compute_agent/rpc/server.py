@@ -20,9 +20,8 @@ import queue
 import threading
 import time
 
-import amqp
-
 from compute_agent import exception
+from compute_agent import log
 from compute_agent.metrics import METRICS
 from compute_agent.rpc import envelope
 from compute_agent.rpc import iowait
@@ -35,6 +34,15 @@ from compute_agent.rpc.workers import KeyedExecutor
 LOG = logging.getLogger(__name__)
 
 _RUNNING_FLUSH = 1.0     # s a buffered 'running' row may wait for a commit
+_CHILDREN = {}
+
+
+def _metric(metric, *labels):
+    """``metric.labels(*labels)`` without its cost on the hot path."""
+    child = _CHILDREN.get((metric, labels))
+    if child is None:
+        child = _CHILDREN[(metric, labels)] = metric.labels(*labels)
+    return child
 
 
 class RPCServer:
@@ -113,55 +121,24 @@ class RPCServer:
     # ---------------------------------------------------- connection loop
 
     def _run(self):
-        failures = 0   # consecutive connections that never got to consume
         try:
-            while not self._stop.is_set():
-                try:
-                    conn = self.broker.connect(self._stop)
-                except transport.Stopped:
-                    break
-                except Exception as e:  # noqa: BLE001 - attempts exhausted
-                    LOG.error('Giving up on the broker: %s', e)
-                    self.error = e
-                    break
-                try:
-                    self._serve(conn)
-                except amqp.exceptions.PreconditionFailed as e:
-                    failures += 1
-                    LOG.error('The broker refused a declaration (%s): an '
-                              'existing queue or exchange has other flags '
-                              '(amqp_durable_queues, rabbit_quorum_queue?)',
-                              e)
-                except (conn.connection_errors + conn.channel_errors
-                        + (OSError,)) as e:
-                    failures = 0 if self.ready.is_set() else failures + 1
-                    self.stats['reconnects'] += 1
-                    METRICS.reconnects.labels('broker').inc()
-                    LOG.warning('Broker connection lost (%s); reconnecting',
-                                e or type(e).__name__)
-                except Exception:  # noqa: BLE001 - e.g. the journal failed
-                    # Start over: unacked deliveries go back to the queue
-                    # and running jobs are picked up again by uid.
-                    failures += 1
-                    self.stats['reconnects'] += 1
-                    METRICS.reconnects.labels('broker').inc()
-                    LOG.exception('RPC consume loop failed; reconnecting')
-                finally:
-                    self._connected = False
-                    self.ready.clear()
-                    self._settle.detach()
-                    self.publisher.detach()
-                    _release(conn)
-                if failures:  # connects but cannot serve: back off
-                    self._stop.wait(min(
-                        self.conf.rpc.reconnect_interval_max,
-                        self.conf.rpc.reconnect_interval * 2 ** failures))
-        except Exception as e:  # noqa: BLE001
-            LOG.exception('RPC consume loop failed')
+            transport.supervise(self.broker, self._stop, self._serve,
+                                self.ready, self._disconnected)
+        except Exception as e:  # noqa: BLE001 - the broker is given up
+            LOG.error('RPC server gave up: %s', e)
             self.error = e
         finally:
             self.executor.shutdown()
             LOG.info('RPC server stopped (%s)', self.stats)
+
+    def _disconnected(self, lost):
+        """After each connection: forget its channels; count real losses."""
+        self._connected = False
+        self._settle.detach()
+        self.publisher.detach()
+        if lost:
+            self.stats['reconnects'] += 1
+            _metric(METRICS.reconnects, 'broker').inc()
 
     def _serve(self, conn):
         channel = conn.channel()
@@ -172,7 +149,8 @@ class RPCServer:
         channel.basic_qos(0, self.conf.rpc.prefetch_count, False)
         self._settle.attach(channel)
         tags = [channel.basic_consume(q, callback=self._on_message,
-                                      on_cancel=_cancelled) for q in queues]
+                                      on_cancel=topology.consumer_cancelled)
+                for q in queues]
         self.publisher.attach(pub_channel)
         self._connected = True
         self.ready.set()
@@ -200,9 +178,11 @@ class RPCServer:
                     break
             if self._wait_io(amqp_conn) or self._more:
                 self._more = iowait.drain(amqp_conn, self._settle)
-            self._finish_jobs()
-            self._send_call_heartbeats()
-            self.publisher.pump()
+            if not self._quiet():
+                with iowait.corked(amqp_conn.sock):
+                    self._finish_jobs()
+                    self._send_call_heartbeats()
+                    self.publisher.pump()
             if now >= next_beat_check:
                 conn.heartbeat_check()
                 next_beat_check = now + beat_every
@@ -242,7 +222,7 @@ class RPCServer:
             request = envelope.parse_request(envelope.loads(message.body))
         except envelope.DecodeError as e:
             self.stats['dead_lettered'] += 1
-            METRICS.rejected.labels('-').inc()
+            _metric(METRICS.rejected, '-').inc()
             LOG.error('Undecodable message dead-lettered (%s): %s', e,
                       envelope.redact_body(message.body))
             self._settle.reject(tag)
@@ -251,7 +231,7 @@ class RPCServer:
             LOG.debug('Received %s%s', envelope.summary(request),
                       ' (redelivered)' if message.delivery_info.get(
                           'redelivered') else '')
-        METRICS.received.labels(request.method).inc()
+        _metric(METRICS.received, request.method).inc()
         uid = request.unique_id or 'nouid-' + envelope.new_id()
         job = self._inflight.get(uid)
         if job is not None:
@@ -307,7 +287,7 @@ class RPCServer:
             self._complete(job, 'null', envelope.serialize_failure(error))
         else:
             self.stats['dead_lettered'] += 1
-            METRICS.rejected.labels(request.method).inc()
+            _metric(METRICS.rejected, request.method).inc()
             self._settle.reject(job.deliveries[0][1])
 
     def _work(self, job):
@@ -321,8 +301,10 @@ class RPCServer:
         result_json, failure = 'null', None
         outcome, started = 'success', time.monotonic()
         try:
-            result = self.dispatcher.dispatch(request.method, job.args,
-                                              request.context)
+            with log.request_context(request.context.get('request_id'),
+                                     job.instance_uuid):
+                result = self.dispatcher.dispatch(request.method, job.args,
+                                                  request.context)
             result_json = json.dumps(result)  # not JSON-able: a failure
         except exception.AgentError as e:
             LOG.info('%s failed: %s: %s', envelope.summary(request),
@@ -331,7 +313,7 @@ class RPCServer:
         except BaseException as e:  # noqa: BLE001 - even SystemExit: a failure
             LOG.exception('%s failed unexpectedly', envelope.summary(request))
             outcome, failure = type(e).__name__, envelope.serialize_failure(e)
-        METRICS.latency.labels(request.method, outcome).observe(
+        _metric(METRICS.latency, request.method, outcome).observe(
             time.monotonic() - started)
         self._complete(job, result_json, failure)
 
@@ -392,10 +374,18 @@ class RPCServer:
             for durable, q, body in replies], wake=False)
         for job in done:
             self._inflight.pop(job.uid, None)
+            _metric(METRICS.acked, job.request.method).inc()
         self.stats['completed'] += len(done)
-        for job in done:
-            METRICS.acked.labels(job.request.method).inc()
         self._settle.ack([d for job in done for d in job.deliveries])
+
+    def _quiet(self):
+        """Nothing to record, ack or send this turn (the common case right
+        after handing out work: get back to select, let the worker run)."""
+        if not self._completions.empty() or self._running_rows \
+                or not self.publisher.idle():
+            return False
+        due = jobs.next_beat_in(self._inflight.values())
+        return due is None or due > 0
 
     def _send_call_heartbeats(self):
         """Call-monitor: ``ending: false`` every _timeout/2 s while running."""
@@ -405,16 +395,3 @@ class RPCServer:
                 envelope.reply_body(msg_id, ending=False), durable=False,
                 wake=False)
 
-
-def _cancelled(consumer_tag):
-    # The broker cancelled a consumer (queue deleted, node failover):
-    # start over on a fresh connection.
-    raise amqp.exceptions.ConsumerCancelled(
-        'consumer %s cancelled by the broker' % consumer_tag)
-
-
-def _release(conn):
-    try:
-        conn.release()
-    except Exception:  # noqa: BLE001 - the connection is already gone
-        pass

@@ -300,7 +300,9 @@ def test_no_secrets_in_logs(agents):
             client.close()
         assert agent.stop() == 0
         log = agent.log()
-        assert 'req-' + agent.suffix in log      # the request id is logged...
+        # Lines about a request carry its request_id and instance uuid...
+        assert any('req-' + agent.suffix in line and inst['uuid'] in line
+                   for line in log.splitlines())
         for secret in SECRETS:                   # ...no secret ever is
             assert secret not in log, (secret, args)
         assert ':guest@' not in log              # transport_url's password
