@@ -24,6 +24,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -268,3 +269,51 @@ def destroy_quietly(conn, name):
             dom.undefine()
     except libvirt.libvirtError:
         pass
+
+
+# Where tools/start-services.sh keeps libvirtd's pid, log and markers.
+LIBVIRTD_PIDFILE = '/run/libvirtd.pid'
+SERVICES_LOG_DIR = os.environ.get('CA_SERVICES_LOG_DIR', '/var/log/compute-agent-services')
+SERVICES_STATE_DIR = os.environ.get('CA_SERVICES_STATE_DIR', '/run/compute-agent-services')
+
+
+def pid_running(pid):
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+def restart_libvirtd():
+    """Stop libvirtd and start it again the way tools/start-services.sh does."""
+    try:
+        with open(LIBVIRTD_PIDFILE) as f:
+            pid = int(f.read().strip())
+    except (FileNotFoundError, ValueError):
+        skip_or_fail(f'no libvirtd pid in {LIBVIRTD_PIDFILE}')
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while pid_running(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    os.makedirs(SERVICES_LOG_DIR, exist_ok=True)
+    with open(os.path.join(SERVICES_LOG_DIR, 'libvirtd.log'), 'ab') as log:
+        # setsid -f: detached from the test session, like `setsid tini ... &`.
+        subprocess.run(['setsid', '-f', 'tini', '-s', '--', 'libvirtd'],
+                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                       check=True, timeout=10)
+    deadline = time.monotonic() + 60
+    while subprocess.run(['virsh', '-c', 'qemu:///system', 'list'], capture_output=True,
+                         timeout=15, check=False).returncode != 0:
+        assert time.monotonic() < deadline, 'libvirtd did not come back within 60 s'
+        time.sleep(0.2)
+    # Keep tools/stop-services.sh able to stop the new one.
+    if os.path.exists(os.path.join(SERVICES_STATE_DIR, 'libvirtd')):
+        with open(LIBVIRTD_PIDFILE) as f:
+            new = f.read().strip()
+        with open(f'/proc/{new}/stat') as f:
+            tini = f.read().rsplit(')', 1)[1].split()[1]
+        with open(os.path.join(SERVICES_STATE_DIR, 'libvirtd.tini.pid'), 'w') as f:
+            f.write(tini + '\n')

@@ -11,7 +11,6 @@ and the test guest (tools/build-test-guest.sh); skips otherwise, fails in CI.
 import glob
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -33,19 +32,16 @@ from compute_agent.virt import xmlbase
 
 try:
     from tests.functional.guest_fixture import (  # noqa: F401
-        BOOT_MARKER, WORK_ROOT, read_console, skip_or_fail, test_guest)
+        BOOT_MARKER, WORK_ROOT, read_console, restart_libvirtd, skip_or_fail, test_guest)
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from guest_fixture import (  # noqa: F401
-        BOOT_MARKER, WORK_ROOT, read_console, skip_or_fail, test_guest)
+        BOOT_MARKER, WORK_ROOT, read_console, restart_libvirtd, skip_or_fail, test_guest)
 
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
 URI = 'qemu:///system'
 BOOTED = 'BLOCK-DEVICES:'        # last line before the guest may wait on the network
-LIBVIRTD_PIDFILE = '/run/libvirtd.pid'
-SERVICES_STATE_DIR = os.environ.get('CA_SERVICES_STATE_DIR', '/run/compute-agent-services')
-SERVICES_LOG_DIR = os.environ.get('CA_SERVICES_LOG_DIR', '/var/log/compute-agent-services')
 IMAGE_META = {'id': 'test-root', 'disk_format': 'qcow2'}
 TIMINGS = {}
 
@@ -477,48 +473,6 @@ def test_unreachable_libvirtd_raises_hypervisor_unavailable(env):
 
 # -- libvirtd restart (last: it disturbs every other libvirt client) -------------
 
-def _pid_running(pid):
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except FileNotFoundError:
-        return False
-
-
-def _restart_libvirtd():
-    """Stop libvirtd and start it again the way tools/start-services.sh does."""
-    try:
-        with open(LIBVIRTD_PIDFILE) as f:
-            pid = int(f.read().strip())
-    except (FileNotFoundError, ValueError):
-        skip_or_fail(f'no libvirtd pid in {LIBVIRTD_PIDFILE}')
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    while _pid_running(pid):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-    os.makedirs(SERVICES_LOG_DIR, exist_ok=True)
-    with open(os.path.join(SERVICES_LOG_DIR, 'libvirtd.log'), 'ab') as log:
-        # setsid -f: detached from the test session, like `setsid tini ... &`.
-        subprocess.run(['setsid', '-f', 'tini', '-s', '--', 'libvirtd'],
-                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                       check=True, timeout=10)
-    deadline = time.monotonic() + 60
-    while subprocess.run(['virsh', '-c', URI, 'list'], capture_output=True,
-                         timeout=15, check=False).returncode != 0:
-        assert time.monotonic() < deadline, 'libvirtd did not come back within 60 s'
-        time.sleep(0.2)
-    # Keep tools/stop-services.sh able to stop the new one.
-    if os.path.exists(os.path.join(SERVICES_STATE_DIR, 'libvirtd')):
-        with open(LIBVIRTD_PIDFILE) as f:
-            new = f.read().strip()
-        with open(f'/proc/{new}/stat') as f:
-            tini = f.read().rsplit(')', 1)[1].split()[1]
-        with open(os.path.join(SERVICES_STATE_DIR, 'libvirtd.tini.pid'), 'w') as f:
-            f.write(tini + '\n')
-
-
 def _wait_reconnects(connection, more_than, timeout=30):
     deadline = time.monotonic() + timeout
     while connection.reconnects <= more_than:
@@ -534,7 +488,7 @@ def test_libvirtd_restart_under_live_driver(driver, guest, events, monkeypatch):
     # it reconnect without any call, and events flow again.
     reconnects = connection.reconnects
     start = time.monotonic()
-    _restart_libvirtd()
+    restart_libvirtd()
     TIMINGS['libvirtd restart'] = time.monotonic() - start
     _wait_reconnects(connection, reconnects)
     TIMINGS['libvirtd restart to reconnected'] = time.monotonic() - start
@@ -552,7 +506,7 @@ def test_libvirtd_restart_under_live_driver(driver, guest, events, monkeypatch):
     real_alive = connection._alive
     monkeypatch.setattr(connection, '_alive', lambda c: next(lies, None) or real_alive(c))
     reconnects = connection.reconnects
-    _restart_libvirtd()
+    restart_libvirtd()
     assert driver.get_power_state(inst) == 1
     assert next(lies, 'used') == 'used'
     assert connection.reconnects == reconnects + 1

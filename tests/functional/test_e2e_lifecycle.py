@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 
@@ -35,10 +34,13 @@ try:
     from tests.functional.agent_fixture import (  # noqa: F401
         IMAGE_META, WORK_ROOT, agent, kombu_url, new_request_id, open_libvirt,
         skip_or_fail, test_guest, tree_snapshot, wait_until)
+    from tests.functional.guest_fixture import restart_libvirtd
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from agent_fixture import (  # noqa: F401
         IMAGE_META, WORK_ROOT, agent, kombu_url, new_request_id, open_libvirt,
         skip_or_fail, test_guest, tree_snapshot, wait_until)
+    from guest_fixture import restart_libvirtd
+
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.rabbit, pytest.mark.slow,
               pytest.mark.timeout(300)]
@@ -46,9 +48,6 @@ pytestmark = [pytest.mark.libvirt, pytest.mark.rabbit, pytest.mark.slow,
 BOOTED = 'COMPUTE-AGENT-TEST-GUEST BOOTED'
 READY = '\nREADY'                  # the guest handles ACPI from here on
 SECURE_INACTIVE = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
-LIBVIRTD_PIDFILE = '/run/libvirtd.pid'
-SERVICES_STATE_DIR = os.environ.get('CA_SERVICES_STATE_DIR', '/run/compute-agent-services')
-SERVICES_LOG_DIR = os.environ.get('CA_SERVICES_LOG_DIR', '/var/log/compute-agent-services')
 FILES = ['console.log', 'disk', 'disk.config', 'kernel', 'ramdisk']
 
 
@@ -487,7 +486,7 @@ def test_libvirtd_restart_under_running_agent(agent):
     inst, rec = agent.spawn(label='lvrestart')
     assert_record(rec, 'active', 1)
     agent.wait_console(inst['uuid'], 'BLOCK-DEVICES:')
-    _restart_libvirtd()
+    restart_libvirtd()
     lv = open_libvirt()
     try:
         check_op(agent, inst, 'pause', 'pausing', 'paused', 3)
@@ -514,43 +513,3 @@ def test_libvirtd_restart_under_running_agent(agent):
     assert agent.alive()
 
 
-def _pid_running(pid):
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except FileNotFoundError:
-        return False
-
-
-def _restart_libvirtd():
-    """Stop libvirtd and start it again the way tools/start-services.sh does
-    (as tests/functional/test_driver.py does, pid files included)."""
-    try:
-        with open(LIBVIRTD_PIDFILE) as f:
-            pid = int(f.read().strip())
-    except (FileNotFoundError, ValueError):
-        skip_or_fail(f'no libvirtd pid in {LIBVIRTD_PIDFILE}')
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    while _pid_running(pid):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-    os.makedirs(SERVICES_LOG_DIR, exist_ok=True)
-    with open(os.path.join(SERVICES_LOG_DIR, 'libvirtd.log'), 'ab') as log:
-        subprocess.run(['setsid', '-f', 'tini', '-s', '--', 'libvirtd'],
-                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                       check=True, timeout=10)
-    deadline = time.monotonic() + 60
-    while subprocess.run(['virsh', '-c', 'qemu:///system', 'list'], capture_output=True,
-                         timeout=15, check=False).returncode != 0:
-        assert time.monotonic() < deadline, 'libvirtd did not come back within 60 s'
-        time.sleep(0.2)
-    # Keep tools/stop-services.sh able to stop the new one.
-    if os.path.exists(os.path.join(SERVICES_STATE_DIR, 'libvirtd')):
-        with open(LIBVIRTD_PIDFILE) as f:
-            new = f.read().strip()
-        with open(f'/proc/{new}/stat') as f:
-            tini = f.read().rsplit(')', 1)[1].split()[1]
-        with open(os.path.join(SERVICES_STATE_DIR, 'libvirtd.tini.pid'), 'w') as f:
-            f.write(tini + '\n')
