@@ -129,6 +129,11 @@ class Publisher:
         LOG.error('Outbox over [rpc] outbox_max=%d: dropped the %d oldest '
                   'state reports', self.outbox_max, len(dropped))
 
+    def idle(self):
+        """Nothing to publish now and no confirmed rows to delete."""
+        return not (self._pending or self._confirmed) and (
+            not self._delayed or self.next_due() > 0)
+
     def waiting(self):
         """Messages not yet confirmed (pending, delayed or in flight)."""
         with self._lock:

@@ -381,8 +381,9 @@ class RPCServer:
     def _quiet(self):
         """Nothing to record, ack or send this turn (the common case right
         after handing out work: get back to select, let the worker run)."""
-        if not self._completions.empty() or self._running_rows \
-                or not self.publisher.idle():
+        if not self._completions.empty() or not self.publisher.idle() or (
+                self._running_rows and time.monotonic() -
+                self._running_since > _RUNNING_FLUSH):
             return False
         due = jobs.next_beat_in(self._inflight.values())
         return due is None or due > 0

@@ -5,6 +5,8 @@ control exchange, the fanout exchange) or RabbitMQ closes the channel with
 406 PRECONDITION_FAILED; the server queues are the agent's own.
 """
 
+import amqp
+
 FANOUT_QUEUE_EXPIRES_MS = 30 * 60 * 1000
 
 
@@ -71,3 +73,11 @@ def delete(channel, conf):
         channel.queue_delete(q)
     for ex in (n['fanout_exchange'], n['dlx']):
         channel.exchange_delete(ex)
+
+
+def consumer_cancelled(consumer_tag):
+    """basic_consume's on_cancel: the broker cancelled a consumer (queue
+    deleted, node failover); raising makes the server start over on a fresh
+    connection."""
+    raise amqp.exceptions.ConsumerCancelled(
+        'consumer %s cancelled by the broker' % consumer_tag)

@@ -12,6 +12,7 @@ import ssl
 import threading
 import urllib.parse
 
+import amqp
 import kombu
 import tenacity
 
@@ -130,7 +131,7 @@ class Broker:
                 error = e
                 LOG.warning('Cannot connect to broker %s:%s: %s',
                             host.hostname, host.port, e)
-                _close_quietly(conn)
+                close_quietly(conn)
                 continue
             with self._lock:
                 self._next = (idx + 1) % len(hosts)
@@ -178,7 +179,51 @@ def reconnect_policy(conf, stop_event=None):
         before_sleep=log_retry, retry_error_callback=give_up)
 
 
-def _close_quietly(conn):
+def supervise(broker, stop, serve, ready, disconnected):
+    """Connect and ``serve(conn)`` until ``stop`` is set, reconnecting.
+
+    ``serve`` sets ``ready`` once it consumes and returns only when
+    stopping; ``disconnected(lost)`` runs after each connection (``lost``:
+    it broke, as opposed to the stop). A connection that breaks before
+    ``ready`` (a 406 on a declaration, say) backs off like a failed
+    connect. Raises when the reconnect policy gives up.
+    """
+    failures = 0   # consecutive connections that never got to consume
+    conf = broker.conf
+    while not stop.is_set():
+        try:
+            conn = broker.connect(stop)
+        except Stopped:
+            return
+        lost = True
+        try:
+            serve(conn)
+            lost = False
+        except amqp.exceptions.PreconditionFailed as e:
+            failures += 1
+            LOG.error('The broker refused a declaration (%s): an existing '
+                      'queue or exchange has other flags '
+                      '(amqp_durable_queues, rabbit_quorum_queue?)', e)
+        except (conn.connection_errors + conn.channel_errors
+                + (OSError,)) as e:
+            failures = 0 if ready.is_set() else failures + 1
+            LOG.warning('Broker connection lost (%s); reconnecting',
+                        e or type(e).__name__)
+        except Exception:  # noqa: BLE001 - e.g. the journal failed
+            # Start over: unacked deliveries go back to the queue.
+            failures += 1
+            LOG.exception('Serving failed; reconnecting')
+        finally:
+            ready.clear()
+            disconnected(lost)
+            close_quietly(conn)
+        if failures:
+            stop.wait(min(conf.rpc.reconnect_interval_max,
+                          conf.rpc.reconnect_interval * 2 ** failures))
+
+
+def close_quietly(conn):
+    """Release a connection that may already be broken."""
     try:
         conn.release()
     except Exception:  # noqa: BLE001

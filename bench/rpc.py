@@ -1,0 +1,315 @@
+"""Benchmark: the agent's RPC server vs oslo.messaging vs raw kombu.
+
+Not a test. On the local broker, for each of
+  ours   compute_agent.rpc.server.RPCServer with a ping dispatcher (journal
+         on disk, synchronous=FULL for keyed requests, acks after the outcome
+         is recorded),
+  oslo   oslo_messaging.get_rpc_server(executor='threading'),
+  floor  a raw kombu echo responder (decode, reply, ack; no journal),
+each in its own process (as deployed; one process would make them fight
+over one GIL), measure
+  cast throughput: --casts casts (with a serialization key over 50
+    instances, so ours journals them durably: fsync, group commit) are
+    queued before the server starts, then timed from the first one the
+    server runs until it has processed them all (ours: run, journaled,
+    acked), counted by the server;
+  call round trip: a stock oslo RPCClient in this process calls ping
+    (p50, mean over --calls); the three servers take turns call by call so
+    that load from elsewhere on the machine hits them alike.
+Prints a table with the ratios ours/oslo and ours/floor.
+
+    .venv/bin/python bench/rpc.py [--calls 1000] [--casts 5000]
+"""
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import kombu
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+URL = 'rabbit://guest:guest@localhost:5672/'
+AMQP_URL = URL.replace('rabbit://', 'amqp://', 1)
+EXCHANGE = 'bench-ex'
+
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+        self.first = None
+        self.lock = threading.Lock()
+
+    def hit(self):
+        with self.lock:
+            self.n += 1
+            if self.first is None:
+                self.first = time.perf_counter()
+
+
+class PingDispatcher:
+    """Ours: ping is keyless (read-only); count carries a key."""
+
+    def __init__(self, counter):
+        self.counter = counter
+
+    def validate(self, method, args, version):
+        return args
+
+    def key(self, method, args):
+        return args.get('key')
+
+    def dispatch(self, method, args, context):
+        if method == 'count':
+            self.counter.hit()
+        return {'pong': True}
+
+    def report_invalid(self, *a):
+        pass
+
+
+class OsloEndpoint:
+    def __init__(self, counter):
+        self.counter = counter
+
+    def ping(self, ctxt):
+        return {'pong': True}
+
+    def count(self, ctxt, key=None):
+        self.counter.hit()
+        return {'pong': True}
+
+
+def declare_like_oslo(channel, topic, host):
+    channel.exchange_declare(EXCHANGE, 'topic', durable=False,
+                             auto_delete=False)
+    for q in (topic, '%s.%s' % (topic, host)):
+        channel.queue_declare(q, durable=False, auto_delete=False)
+        channel.queue_bind(q, EXCHANGE, routing_key=q)
+
+
+# ------------------------------------------------------------ the servers
+
+def ours(topic, host, counter, declare):
+    from oslo_config import cfg
+
+    from compute_agent import conf as agent_conf
+    from compute_agent.journal import Journal
+    from compute_agent.rpc import server as server_mod
+    from compute_agent.rpc import topology
+    conf = agent_conf.register_all(cfg.ConfigOpts())
+    conf([], project='bench', default_config_files=[])
+    conf.set_override('transport_url', URL)
+    conf.set_override('control_exchange', EXCHANGE)
+    conf.set_override('host', host)
+    conf.set_override('state_path', tempfile.mkdtemp(prefix='bench-'))
+    conf.set_override('topic', topic, group='rpc')
+    conf.set_override('prefetch_count', 200, group='rpc')
+    with kombu.Connection(AMQP_URL) as c:
+        topology.declare(c.channel(), conf)
+    declare()
+    server = server_mod.RPCServer(conf, PingDispatcher(counter),
+                                  Journal(conf.state_path))
+    server.start()
+
+    def stop():
+        server.stop(5)
+        with kombu.Connection(AMQP_URL) as c:
+            topology.delete(c.channel(), conf)
+    return (lambda: server.stats['completed']), stop
+
+
+def oslo(topic, host, counter, declare):
+    import oslo_messaging
+    from oslo_config import cfg
+    with kombu.Connection(AMQP_URL) as c:
+        declare_like_oslo(c.channel(), topic, host)
+    declare()
+    transport = oslo_messaging.get_rpc_transport(cfg.CONF, url=URL)
+    server = oslo_messaging.get_rpc_server(
+        transport, oslo_messaging.Target(topic=topic, server=host,
+                                         exchange=EXCHANGE),
+        [OsloEndpoint(counter)], executor='threading')
+    server.start()
+
+    def stop():
+        server.stop()
+        server.wait()
+        transport.cleanup()
+        _delete_queues(topic, host)
+    return (lambda: counter.n), stop
+
+
+def floor(topic, host, counter, declare):
+    """Raw kombu: decode, reply on the default exchange, ack."""
+    from compute_agent.rpc import envelope
+    stopping = threading.Event()
+    with kombu.Connection(AMQP_URL) as c:
+        declare_like_oslo(c.channel(), topic, host)
+    declare()
+
+    def run():
+        with kombu.Connection(AMQP_URL) as conn:
+            ex = kombu.Exchange(EXCHANGE, 'topic', durable=False)
+            queues = [kombu.Queue(n, ex, routing_key=n, durable=False)
+                      for n in (topic, '%s.%s' % (topic, host))]
+            producer = kombu.Producer(conn.channel())
+
+            def on_message(message):
+                payload = envelope.loads(message.body)
+                if payload.get('method') == 'count':
+                    counter.hit()
+                if payload.get('_reply_q'):
+                    producer.publish(
+                        envelope.pack(envelope.build_reply(
+                            payload['_msg_id'], {'pong': True})),
+                        exchange='', routing_key=payload['_reply_q'],
+                        serializer='json')
+                message.ack()
+
+            with kombu.Consumer(conn.channel(), queues, on_message=on_message,
+                                prefetch_count=200):
+                while not stopping.is_set():
+                    try:
+                        conn.drain_events(timeout=0.2)
+                    except TimeoutError:
+                        pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def stop():
+        stopping.set()
+        thread.join(5)
+        _delete_queues(topic, host)
+    return (lambda: counter.n), stop
+
+
+SERVERS = {'ours': ours, 'oslo': oslo, 'floor': floor}
+
+
+def _delete_queues(topic, host):
+    with kombu.Connection(AMQP_URL) as c:
+        ch = c.channel()
+        for q in (topic, '%s.%s' % (topic, host)):
+            ch.queue_delete(q)
+
+
+def publish_casts(topic, host, casts):
+    from compute_agent.rpc import envelope
+    with kombu.Connection(AMQP_URL) as conn:
+        ch = conn.channel()
+        for i in range(casts):
+            body = json.dumps(envelope.pack(envelope.build_request(
+                'count', {'key': 'instance-%d' % (i % 50)},
+                context={'request_id': 'req-%d' % i}))).encode()
+            msg = ch.prepare_message(body, content_type='application/json',
+                                     content_encoding='utf-8',
+                                     properties={'delivery_mode': 2})
+            ch.basic_publish(msg, exchange=EXCHANGE,
+                             routing_key='%s.%s' % (topic, host))
+        ch.queue_declare('%s.%s' % (topic, host), passive=True)
+
+
+def serve(name, topic, host, casts, pipe):
+    """Child process: preload casts, time them, then serve until told."""
+    logging.basicConfig(level=logging.WARNING)
+    counter = Counter()
+    processed, stop = SERVERS[name](
+        topic, host, counter, lambda: publish_casts(topic, host, casts))
+    deadline = time.monotonic() + 300
+    while processed() < casts and time.monotonic() < deadline:
+        time.sleep(0.001)
+    done = processed() >= casts
+    pipe.send((casts - 1) / (time.perf_counter() - counter.first)
+              if done else None)
+    pipe.recv()   # stop
+    stop()
+    pipe.send('stopped')
+
+
+# ------------------------------------------------------------- the client
+
+def measure_calls(clients, calls):
+    times = {name: [] for name in clients}
+    names = list(clients)
+    for i in range(calls):
+        for name in names[i % 3:] + names[:i % 3]:
+            t = time.perf_counter()
+            clients[name].call({}, 'ping')
+            times[name].append(time.perf_counter() - t)
+    return {name: {'p50_ms': statistics.median(t) * 1000,
+                   'mean_ms': statistics.mean(t) * 1000}
+            for name, t in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--calls', type=int, default=1000)
+    parser.add_argument('--casts', type=int, default=5000)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import oslo_messaging
+    from oslo_config import cfg
+    ctx = multiprocessing.get_context('spawn')
+    transport = oslo_messaging.get_rpc_transport(cfg.CONF, url=URL)
+    children, clients, results = {}, {}, {}
+    for name in SERVERS:   # one at a time: the cast bursts do not overlap
+        suffix = uuid.uuid4().hex[:8]
+        topic, host = 'bench-' + suffix, 'h-' + suffix
+        mine, theirs = ctx.Pipe()
+        proc = ctx.Process(target=serve, args=(name, topic, host, args.casts,
+                                               theirs))
+        proc.start()
+        rate = mine.recv()
+        if rate is None:
+            raise SystemExit('%s: casts not processed in time' % name)
+        results[name] = {'casts_per_s': rate}
+        children[name] = (proc, mine)
+        clients[name] = oslo_messaging.get_rpc_client(
+            transport, oslo_messaging.Target(topic=topic, server=host,
+                                             exchange=EXCHANGE), timeout=30)
+        for _ in range(50):  # warm up: connections, reply queue
+            clients[name].call({}, 'ping')
+    for name, r in measure_calls(clients, args.calls).items():
+        results[name].update(r)
+    for proc, pipe in children.values():
+        pipe.send('stop')
+        pipe.recv()
+        proc.join(10)
+    reply_q = getattr(getattr(transport, '_driver', None), '_reply_q', None)
+    transport.cleanup()
+    with kombu.Connection(AMQP_URL) as c:
+        ch = c.channel()
+        if reply_q:
+            ch.queue_delete(reply_q)
+        ch.exchange_delete(EXCHANGE)
+    report(results)
+
+
+def report(results):
+    print('%-6s %10s %10s %12s' % ('', 'call p50', 'call mean', 'casts/s'))
+    for name, r in results.items():
+        print('%-6s %8.2fms %8.2fms %12.0f' % (
+            name, r['p50_ms'], r['mean_ms'], r['casts_per_s']))
+    ours_r = results['ours']
+    for other in ('oslo', 'floor'):
+        r = results[other]
+        print('ours/%-5s call p50 %.2fx  call mean %.2fx  cast throughput '
+              '%.2fx' % (other, ours_r['p50_ms'] / r['p50_ms'],
+                         ours_r['mean_ms'] / r['mean_ms'],
+                         ours_r['casts_per_s'] / r['casts_per_s']))
+    print('(call ratio < 1 and throughput ratio > 1 favour ours)')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,129 @@
+"""A private RabbitMQ node for tests that restart the broker (or use TLS).
+
+Restarting the machine's shared broker would break every other test running
+against it, so these tests start their own node beside it: its own node
+name, ports and data directory under a temp dir, started with the Debian
+wrapper (which drops to the rabbitmq user) and removed at the end.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def available():
+    return bool(shutil.which('rabbitmq-server') and shutil.which('rabbitmqctl')
+                and os.geteuid() == 0)
+
+
+class PrivateBroker:
+
+    def __init__(self, tls=None):
+        """``tls``: dict with cacertfile/certfile/keyfile for a TLS listener."""
+        self.dir = tempfile.mkdtemp(prefix='ca-rmq-')
+        os.chmod(self.dir, 0o755)
+        self.suffix = uuid.uuid4().hex[:8]
+        self.node = 'catest%s@%s' % (self.suffix, socket.gethostname()
+                                      .split('.')[0])
+        self.port = _free_port()
+        self.tls_port = _free_port() if tls else None
+        self.dist_port = _free_port()
+        for sub in ('mnesia', 'log'):
+            os.makedirs(os.path.join(self.dir, sub))
+        with open(os.path.join(self.dir, 'enabled_plugins'), 'w') as f:
+            f.write('[].\n')
+        lines = ['listeners.tcp.default = %d' % self.port,
+                 'loopback_users = none']
+        if tls:
+            lines += ['listeners.ssl.default = %d' % self.tls_port,
+                      'ssl_options.cacertfile = %s' % tls['cacertfile'],
+                      'ssl_options.certfile = %s' % tls['certfile'],
+                      'ssl_options.keyfile = %s' % tls['keyfile'],
+                      'ssl_options.verify = verify_none',
+                      'ssl_options.fail_if_no_peer_cert = false']
+        with open(os.path.join(self.dir, 'rabbitmq.conf'), 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+        subprocess.run(['chown', '-R', 'rabbitmq:rabbitmq', self.dir],
+                       check=True)
+        self.env = dict(
+            os.environ,
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=os.path.join(self.dir, 'mnesia'),
+            RABBITMQ_LOG_BASE=os.path.join(self.dir, 'log'),
+            RABBITMQ_PID_FILE=os.path.join(self.dir, 'pid'),
+            RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(self.dir,
+                                                       'enabled_plugins'),
+            RABBITMQ_CONFIG_FILE=os.path.join(self.dir, 'rabbitmq'))
+
+    @property
+    def url(self):
+        return 'rabbit://guest:guest@localhost:%d/' % self.port
+
+    def ctl(self, *args, timeout=60):
+        return subprocess.run(['rabbitmqctl', '-n', self.node] + list(args),
+                              env=self.env, capture_output=True, text=True,
+                              timeout=timeout, check=True)
+
+    def start(self):
+        subprocess.run(['rabbitmq-server', '-detached'], env=self.env,
+                       check=True, capture_output=True, timeout=60)
+        self.ctl('wait', os.path.join(self.dir, 'pid'), timeout=120)
+        return self
+
+    def stop_app(self):
+        self.ctl('stop_app')
+
+    def start_app(self):
+        self.ctl('start_app')
+
+    def stop(self):
+        """Stop the whole node (data kept: start() brings it back)."""
+        self.ctl('stop')
+        pidfile = os.path.join(self.dir, 'pid')
+        end = time.monotonic() + 30
+        while os.path.exists(pidfile) and time.monotonic() < end:
+            try:
+                with open(pidfile) as f:
+                    os.kill(int(f.read().strip()), 0)
+            except (OSError, ValueError):
+                break
+            time.sleep(0.2)
+
+    def destroy(self):
+        try:
+            self.stop()
+        except Exception:  # noqa: BLE001 - already down
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def list_queues(self):
+        out = self.ctl('list_queues', '-q', 'name', 'messages').stdout
+        return dict(line.rsplit(None, 1) for line in out.splitlines()
+                    if line.strip() and not line.startswith('name'))
+
+
+@pytest.fixture
+def private_broker():
+    """A private RabbitMQ node; skipped (failed in CI) if it cannot run."""
+    if not available():
+        msg = 'cannot start a private RabbitMQ node (need root and rabbitmq)'
+        if os.environ.get('CI'):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    broker = PrivateBroker().start()
+    yield broker
+    broker.destroy()
