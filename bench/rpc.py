@@ -26,6 +26,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -125,6 +126,7 @@ def ours(topic, host, counter, declare):
         server.stop(5)
         with kombu.Connection(AMQP_URL) as c:
             topology.delete(c.channel(), conf)
+        shutil.rmtree(conf.state_path, ignore_errors=True)
     return (lambda: server.stats['completed']), stop
 
 

@@ -126,6 +126,8 @@ class Journal:
         ``durable``: fsync at commit (see the module doc for when not).
         Returns the new outbox ids, in order.
         """
+        if not (running or done or outbox or delete_outbox):
+            return []
         now = time.time()
         ids = []
         with self._tx(durable) as db:

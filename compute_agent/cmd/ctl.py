@@ -166,7 +166,7 @@ def run(opts, client):
         method, args = request_of(opts, client)
         uuid = (args.get('instance') or {}).get('uuid')
         if not opts.wait:
-            show(opts, client.call(method, **args))
+            show(opts, client.call_args(method, args))
             return 0
         watcher = client.open_watch(uuid)
         try:

@@ -8,7 +8,6 @@ none is left, py-amqp's internal buffer included, which is what makes
 select() on the socket alone safe afterwards.
 """
 
-import contextlib
 import os
 import select
 import socket
@@ -92,21 +91,3 @@ def buffer_reads(amqp_transport, size=65536):
         return
     amqp_transport._quick_recv = lambda n: recv(max(n, size))
 
-
-@contextlib.contextmanager
-def corked(sock):
-    """Hold back small writes (acks, replies of one loop turn) and send
-    them as one TCP segment train: one trip through the loopback/network
-    stack instead of one per frame. No-op where TCP_CORK is unknown."""
-    cork = getattr(socket, 'TCP_CORK', None)
-    if cork is None:
-        yield
-        return
-    sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
-    try:
-        yield
-    finally:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
-        except OSError:
-            pass  # connection gone; the caller sees it on the next read

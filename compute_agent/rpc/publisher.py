@@ -2,7 +2,9 @@
 
 Replies and state reports are written to the journal's outbox first and
 deleted only after the broker confirmed them, so nothing is lost while the
-broker is away; after a reconnect they go out again oldest first.
+broker is away; after a reconnect they go out again oldest first. Replies of
+read-only requests are kept in memory only (they survive reconnects, not a
+restart) and call-monitor heartbeats are dropped at a reconnect.
 
 Any thread may hand over a message (``publish``); only the consume thread
 touches the channel (``attach``/``pump``/``detach``) because kombu channels
@@ -128,11 +130,6 @@ class Publisher:
         self._confirmed.extend(dropped)
         LOG.error('Outbox over [rpc] outbox_max=%d: dropped the %d oldest '
                   'state reports', self.outbox_max, len(dropped))
-
-    def idle(self):
-        """Nothing to publish now and no confirmed rows to delete."""
-        return not (self._pending or self._confirmed) and (
-            not self._delayed or self.next_due() > 0)
 
     def waiting(self):
         """Messages not yet confirmed (pending, delayed or in flight)."""

@@ -35,12 +35,22 @@ LOG = logging.getLogger(__name__)
 
 _RUNNING_FLUSH = 1.0     # s a buffered 'running' row may wait for a commit
 _CHILDREN = {}
+_LABEL_SETS = {}
+_MAX_LABEL_SETS = 100
 
 
 def _metric(metric, *labels):
-    """``metric.labels(*labels)`` without its cost on the hot path."""
+    """``metric.labels(*labels)`` without its cost on the hot path.
+
+    Labels come from requests before validation, so past _MAX_LABEL_SETS
+    per metric new method names are counted as "other": a sender cannot
+    grow the metrics without bound.
+    """
     child = _CHILDREN.get((metric, labels))
     if child is None:
+        if _LABEL_SETS.setdefault(metric, 0) >= _MAX_LABEL_SETS:
+            return metric.labels('other', *labels[1:])
+        _LABEL_SETS[metric] += 1
         child = _CHILDREN[(metric, labels)] = metric.labels(*labels)
     return child
 
@@ -178,11 +188,9 @@ class RPCServer:
                     break
             if self._wait_io(amqp_conn) or self._more:
                 self._more = iowait.drain(amqp_conn, self._settle)
-            if not self._quiet():
-                with iowait.corked(amqp_conn.sock):
-                    self._finish_jobs()
-                    self._send_call_heartbeats()
-                    self.publisher.pump()
+            self._finish_jobs()
+            self._send_call_heartbeats()
+            self.publisher.pump()
             if now >= next_beat_check:
                 conn.heartbeat_check()
                 next_beat_check = now + beat_every
@@ -377,16 +385,6 @@ class RPCServer:
             _metric(METRICS.acked, job.request.method).inc()
         self.stats['completed'] += len(done)
         self._settle.ack([d for job in done for d in job.deliveries])
-
-    def _quiet(self):
-        """Nothing to record, ack or send this turn (the common case right
-        after handing out work: get back to select, let the worker run)."""
-        if not self._completions.empty() or not self.publisher.idle() or (
-                self._running_rows and time.monotonic() -
-                self._running_since > _RUNNING_FLUSH):
-            return False
-        due = jobs.next_beat_in(self._inflight.values())
-        return due is None or due > 0
 
     def _send_call_heartbeats(self):
         """Call-monitor: ``ending: false`` every _timeout/2 s while running."""
