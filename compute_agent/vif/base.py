@@ -25,6 +25,7 @@ import uuid
 
 from compute_agent import exception
 from compute_agent.conf.base import register_group_opts
+from compute_agent.vif import netdev
 from compute_agent.virt import config
 
 #: Kernel limit is IFNAMSIZ (16) including the NUL: 15 characters. VIF
@@ -186,3 +187,14 @@ class VifDriver(abc.ABC):
         if virt_type in ('kvm', 'qemu'):
             iface.model = 'virtio'
         return iface
+
+
+class TapVifDriver(VifDriver):
+    """A driver whose host side ends in a tap: unplug deletes the tap."""
+
+    def unplug(self, instance, vif):
+        self.validate(vif)
+        try:
+            netdev.delete_link(self.devname(vif))
+        except netdev.NetdevError as e:
+            raise self.unplug_failed(vif, str(e)) from None

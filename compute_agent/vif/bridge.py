@@ -12,7 +12,7 @@ from compute_agent.vif import base
 from compute_agent.vif import netdev
 
 
-class BridgeDriver(base.VifDriver):
+class BridgeDriver(base.TapVifDriver):
     opts = ((vif_conf.bridge_group, vif_conf.bridge_opts),)
 
     def validate(self, vif):
@@ -63,10 +63,3 @@ class BridgeDriver(base.VifDriver):
                 netdev.set_mtu(devname, mtu)
         except netdev.NetdevError as e:
             raise self.failed(vif, str(e)) from None
-
-    def unplug(self, instance, vif):
-        self.validate(vif)
-        try:
-            netdev.delete_link(self.devname(vif))
-        except netdev.NetdevError as e:
-            raise self.unplug_failed(vif, str(e)) from None

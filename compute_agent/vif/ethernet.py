@@ -14,7 +14,7 @@ from compute_agent.vif import base
 from compute_agent.vif import netdev
 
 
-class EthernetDriver(base.VifDriver):
+class EthernetDriver(base.TapVifDriver):
     opts = ((vif_conf.ethernet_group, vif_conf.ethernet_opts),)
 
     def get_config(self, instance, vif, virt_type):
@@ -48,10 +48,3 @@ class EthernetDriver(base.VifDriver):
             netdev.ensure_tap(self.devname(vif), mtu=self.mtu(vif), uid=uid)
         except netdev.NetdevError as e:
             raise self.failed(vif, str(e)) from None
-
-    def unplug(self, instance, vif):
-        self.validate(vif)
-        try:
-            netdev.delete_link(self.devname(vif))
-        except netdev.NetdevError as e:
-            raise self.unplug_failed(vif, str(e)) from None
