@@ -83,6 +83,16 @@ def open_libvirt():
     return libvirt.open(LIBVIRT_URI)
 
 
+def no_domain(lv, uuid):
+    """True when libvirt connection ``lv`` has no domain with this uuid."""
+    import libvirt
+    try:
+        lv.lookupByUUIDString(uuid)
+    except libvirt.libvirtError as e:
+        return e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
+    return False
+
+
 def wait_until(predicate, timeout, message, interval=0.1):
     """Poll ``predicate`` until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout

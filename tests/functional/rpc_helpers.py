@@ -12,10 +12,31 @@ import uuid as uuidlib
 
 import kombu
 
+from compute_agent.rpc import envelope
+
 try:
     from tests.functional.rpc_fixtures import kombu_url
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from rpc_fixtures import kombu_url
+
+SECRET_TOKEN = 'tok-SECRET-0123'
+SECRET_PW = 'pw-SECRET-4567'
+
+
+def make_instance(name='vm1', **extra):
+    inst = {'uuid': str(uuidlib.uuid4()), 'name': name,
+            'flavor': {'memory_mb': 64, 'vcpus': 1, 'root_gb': 0}}
+    inst.update(extra)
+    return inst
+
+
+def raw_request(method, reply_q=None, unique_id=None, **args):
+    """A request body as a sender would publish it (envelope 2.0)."""
+    payload = envelope.build_request(
+        method, args, context={'request_id': 'req-raw'},
+        msg_id=uuidlib.uuid4().hex if reply_q else None, reply_q=reply_q,
+        unique_id=unique_id)
+    return envelope.dumps(payload)
 
 
 # ------------------------------------------------------------ raw AMQP access

@@ -33,12 +33,12 @@ from compute_agent.virt import xmlbase
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
         IMAGE_META, WORK_ROOT, agent, kombu_url, new_request_id, open_libvirt,
-        skip_or_fail, test_guest, tree_snapshot, wait_until)
+        no_domain, skip_or_fail, test_guest, tree_snapshot, wait_until)
     from tests.functional.guest_fixture import restart_libvirtd
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from agent_fixture import (  # noqa: F401
         IMAGE_META, WORK_ROOT, agent, kombu_url, new_request_id, open_libvirt,
-        skip_or_fail, test_guest, tree_snapshot, wait_until)
+        no_domain, skip_or_fail, test_guest, tree_snapshot, wait_until)
     from guest_fixture import restart_libvirtd
 
 
@@ -71,14 +71,6 @@ def dom_of(lv, inst):
 
 def lv_state(lv, inst):
     return dom_of(lv, inst).state()[0]
-
-
-def no_domain(lv, uuid):
-    try:
-        lv.lookupByUUIDString(uuid)
-    except libvirt.libvirtError as e:
-        return e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
-    return False
 
 
 def canonical(xml):

@@ -30,10 +30,10 @@ from compute_agent.rpc.client import RemoteError
 
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
-        agent, open_libvirt, skip_or_fail, test_guest, wait_until)
+        agent, open_libvirt, no_domain, skip_or_fail, test_guest, wait_until)
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from agent_fixture import (  # noqa: F401
-        agent, open_libvirt, skip_or_fail, test_guest, wait_until)
+        agent, open_libvirt, no_domain, skip_or_fail, test_guest, wait_until)
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.rabbit, pytest.mark.slow,
               pytest.mark.timeout(300)]
@@ -114,14 +114,6 @@ def make_vif(vif_type, devname, bridge=None, mtu=None, ip=None, cidr=None, **ext
 def live_interfaces(lv, inst):
     xml = lv.lookupByUUIDString(inst['uuid']).XMLDesc(0)
     return etree.fromstring(xml.encode()).findall('devices/interface')
-
-
-def no_domain(lv, uuid):
-    try:
-        lv.lookupByUUIDString(uuid)
-    except libvirt.libvirtError as e:
-        return e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
-    return False
 
 
 def assert_active(rec):

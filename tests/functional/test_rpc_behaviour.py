@@ -17,35 +17,18 @@ try:
     from tests.functional.rpc_fixtures import (  # noqa: F401
         agents, broker_url, kombu_url, oslo_client, oslo_transport, wait_for)
     from tests.functional.rpc_helpers import (
-        get_all, publish_raw, queue_depth)
+        SECRET_PW, SECRET_TOKEN, get_all, make_instance, publish_raw, queue_depth,
+        raw_request)
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from rpc_fixtures import (  # noqa: F401
         agents, broker_url, kombu_url, oslo_client, oslo_transport, wait_for)
-    from rpc_helpers import get_all, publish_raw, queue_depth
+    from rpc_helpers import (
+        SECRET_PW, SECRET_TOKEN, get_all, make_instance, publish_raw, queue_depth,
+        raw_request)
 
 from compute_agent.rpc import client as client_mod
-from compute_agent.rpc import envelope
 
 pytestmark = [pytest.mark.rabbit]
-
-SECRET_TOKEN = 'tok-SECRET-0123'
-SECRET_PW = 'pw-SECRET-4567'
-
-
-def _instance(name='vm1', **extra):
-    inst = {'uuid': str(uuid.uuid4()), 'name': name,
-            'flavor': {'memory_mb': 64, 'vcpus': 1, 'root_gb': 0}}
-    inst.update(extra)
-    return inst
-
-
-def _raw_request(method, reply_q=None, unique_id=None, **args):
-    payload = envelope.build_request(
-        method, args, context={'request_id': 'req-raw'},
-        msg_id=uuid.uuid4().hex if reply_q else None, reply_q=reply_q,
-        unique_id=unique_id)
-    return envelope.dumps(payload)
-
 
 # ------------------------------------------------------ (6) two hosts
 
@@ -131,9 +114,9 @@ def test_long_operation_keeps_the_connection(agents):
 def test_graceful_stop_finishes_or_leaves_for_redelivery(agents):
     agent = agents()
     conf = agent.conf
-    publish_raw(conf, _raw_request('work', token='short', key='a',
+    publish_raw(conf, raw_request('work', token='short', key='a',
                                    seconds=1))
-    publish_raw(conf, _raw_request('work', token='long', key='b',
+    publish_raw(conf, raw_request('work', token='long', key='b',
                                    seconds=6))
     wait_for(lambda: agent.dispatcher.runs['long'] == 1)
     t = time.monotonic()
@@ -155,7 +138,7 @@ def test_secrets_never_logged(agents, oslo_transport, caplog):
     agent = agents()
     client = oslo_client(oslo_transport, agent.conf)
     ctxt = {'request_id': 'req-s', 'auth_token': SECRET_TOKEN}
-    inst = _instance()
+    inst = make_instance()
     client.call(ctxt, 'spawn', instance=inst, image_meta={'id': 'i'},
                 admin_password=SECRET_PW)
     bad = dict(inst, name=None)
