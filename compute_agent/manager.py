@@ -276,10 +276,17 @@ class Manager:
             lambda spec: self.driver.power_off(spec['instance'], timeout)))
 
     def do_power_on(self, context, instance):
+        return self._start_guest(context, 'power_on', instance)
+
+    def do_resume(self, context, instance):
+        return self._start_guest(context, 'resume', instance)
+
+    def _start_guest(self, context, method, instance):
+        """power_on/resume: the guest starts again, its VIFs plugged again."""
         record = self._run(
-            context, 'power_on', instance['uuid'],
-            lambda spec: self.driver.power_on(spec['instance'],
-                                              spec['network_info']))
+            context, method, instance['uuid'],
+            lambda spec: getattr(self.driver, method)(spec['instance'],
+                                                      spec['network_info']))
         return self._refresh_vnc(record, context)
 
     def _simple(method):
@@ -294,13 +301,6 @@ class Manager:
     do_unpause = _simple('unpause')
     do_suspend = _simple('suspend')
     del _simple
-
-    def do_resume(self, context, instance):
-        record = self._run(
-            context, 'resume', instance['uuid'],
-            lambda spec: self.driver.resume(spec['instance'],
-                                            spec['network_info']))
-        return self._refresh_vnc(record, context)
 
     def do_destroy(self, context, instance, network_info=(),
                    block_device_info=None, cleanup=True):
