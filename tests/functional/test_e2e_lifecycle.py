@@ -247,9 +247,9 @@ def test_power_operations(agent, guest, lv):
     # SOFT: an ACPI shutdown the guest honours (only once it is READY), then a start.
     agent.wait_console(uuid, READY)
     old_id = dom_of(lv, inst).ID()
-    start = time.monotonic()
     check_op(agent, inst, 'reboot', 'rebooting', 'active', 1, reboot_type='SOFT')
-    assert time.monotonic() - start < 25, 'a SOFT reboot that fell back to HARD?'
+    # The guest honoured the ACPI shutdown: no fallback to a hard reboot.
+    assert '%s ignored the ACPI shutdown' % uuid not in agent.log_file.read_text()
     assert dom_of(lv, inst).ID() != old_id
     assert lv_state(lv, inst) == libvirt.VIR_DOMAIN_RUNNING
     assert 'ignored the ACPI shutdown' not in agent.log_file.read_text(errors='replace')

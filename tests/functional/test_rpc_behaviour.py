@@ -4,6 +4,7 @@ declarations. Same setup as test_rpc_wire.py (FakeDispatcher test double).
 """
 
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -78,11 +79,11 @@ def test_keyless_requests_do_not_wait_for_busy_workers(agents,
     client = oslo_client(oslo_transport, agent.conf)
     for i in range(4):  # every build worker busy
         client.cast({}, 'work', token='busy-%d' % i, key='b%d' % i,
-                    seconds=3)
-    time.sleep(0.3)
-    start = time.monotonic()
+                    seconds=5)
+    wait_for(lambda: sum(agent.dispatcher.active.values()) == 4)
     assert client.call({}, 'ping')['host'] == agent.conf.host
-    assert time.monotonic() - start < 1.5
+    # Answered while all four were still running: it did not queue behind.
+    assert sum(agent.dispatcher.active.values()) == 4
 
 
 # ------------------------------------------------------ (7) call monitor
@@ -92,9 +93,8 @@ def test_call_monitor_heartbeats_keep_a_slow_call_alive(agents,
     agent = agents()
     client = oslo_client(oslo_transport, agent.conf, timeout=30,
                          call_monitor_timeout=2)
-    start = time.monotonic()
+    # 5 s of work behind a 2 s call monitor: only the heartbeats keep it alive.
     assert client.call({}, 'sleep', seconds=5) == {'slept': 5}
-    assert time.monotonic() - start >= 5
 
 
 def test_long_operation_keeps_the_connection(agents):
@@ -119,9 +119,9 @@ def test_graceful_stop_finishes_or_leaves_for_redelivery(agents):
     publish_raw(conf, raw_request('work', token='long', key='b',
                                    seconds=6))
     wait_for(lambda: agent.dispatcher.runs['long'] == 1)
-    t = time.monotonic()
     agent.server.stop(graceful_timeout=2)
-    assert time.monotonic() - t < 8
+    # stop() returned at the deadline, not after 'long' finished.
+    assert agent.dispatcher.active['b'] == 1
     assert not agent.server.healthy()
     # 'short' finished and was acked; 'long' was left for redelivery.
     assert queue_depth(conf, agent.names['host_queue']) == 1
@@ -185,7 +185,8 @@ def _queue_args(name):
     return None
 
 
-@pytest.mark.skipif(not shutil.which('rabbitmqctl'), reason='no rabbitmqctl')
+@pytest.mark.skipif(not shutil.which('rabbitmqctl') and not os.environ.get('CI'),
+                    reason='no rabbitmqctl (in CI a missing one fails)')
 def test_quorum_mode_declarations(agents, oslo_transport):
     agent = agents(rabbit_quorum_queue=True, rabbit_delivery_limit=3)
     assert oslo_client(oslo_transport, agent.conf).call({}, 'ping')

@@ -72,11 +72,9 @@ def test_broker_round_robin_and_policy(conf):
     broker = transport.Broker(conf)
     tried = []
     broker.connection = lambda host: tried.append(host.port) or _Refusing()
-    start = time.monotonic()
     with pytest.raises(ConnectionRefusedError):
         broker.connect()
     assert tried == [1, 2, 2, 1, 1, 2]  # every host per attempt, rotating
-    assert time.monotonic() - start < 2
 
 
 def test_policy_stops_on_event(conf):
