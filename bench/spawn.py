@@ -23,8 +23,12 @@ type ``qemu`` (TCG). In one run, against baselines measured in the same run:
   burst      wall time from casting --concurrent spawns at once to the
              last ``spawn.end`` report (max_concurrent_builds >= that),
              vs one spawn's p50 (target <= 3x); beside it the same burst
-             by hand (the floor's work in --concurrent threads). --bursts
-             of each, alternating, the median counts.
+             by hand (the floor's work in --concurrent threads, one
+             libvirt connection each). --bursts of each, alternating, the
+             median counts.
+  bound      CPU seconds libvirtd and the new QEMU spend to start one guest
+             (around the floor's sequential starts) x --concurrent / CPUs:
+             no agent's burst can be shorter on this host.
   fetches    --concurrent concurrent spawns of one image the agent has not
              cached (a copy of the root image under a fresh id): GETs of it
              counted by the image store, an http.server on 127.0.0.1 in this
@@ -151,6 +155,7 @@ class Bench:
         self.conn_lock = threading.Lock()
         self.libvirtd_pids = None
         self.agent_cpu = []     # agent CPU seconds (own + children) per spawn
+        self.start_cpu = []     # libvirtd + QEMU CPU seconds per floor start
         self.timings = None     # --breakdown: the timed agent's output
         self.timed_calls = None
         self.window = None      # time.time() span of the sequential spawns
@@ -321,10 +326,11 @@ server_listen = 127.0.0.1
 
     # --------------------------------------------------------- floor
 
-    def spawn_floor(self, name, t0=None):
-        """The floor: the agent's spawn work done directly. Returns
-        (seconds from t0 (default: the start of this call) to RUNNING,
-        the domain, the instance dir); the guest is left running."""
+    def spawn_floor(self, name, t0=None, conn=None):
+        """The floor: the agent's spawn work done directly, on ``conn``
+        (default: the benchmark's connection). Returns (seconds from t0
+        (default: the start of this call) to RUNNING, the domain, the
+        instance dir); the guest is left running."""
         import libvirt
 
         from compute_agent.images.cache import ImageCache
@@ -350,7 +356,7 @@ server_listen = 127.0.0.1
                 configdrive.build_config_drive(path, inst, [])
             else:                       # kernel, ramdisk
                 os.link(base[f.name], path)
-        dom = self.libvirt().createXML(xml, 0)
+        dom = (conn or self.libvirt()).createXML(xml, 0)
         deadline = time.monotonic() + 60
         while dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
             if time.monotonic() > deadline:
@@ -381,19 +387,28 @@ server_listen = 127.0.0.1
         shutil.rmtree(d, ignore_errors=True)
 
     def floor_once(self, name):
+        """One floor spawn; also records the CPU libvirtd and the new QEMU
+        spent to start the guest (nothing else runs meanwhile)."""
+        lv0 = cpu_s(libvirtd_pids())
         elapsed, dom, d = self.spawn_floor(name)
+        with open('/run/libvirt/qemu/%s.pid' % dom.name()) as f:
+            qemu = int(f.read())
+        self.start_cpu.append(cpu_s([qemu]) + cpu_s(libvirtd_pids()) - lv0)
         self.destroy_floor(dom, d)
         return elapsed
 
     def floor_burst(self, count):
-        """``count`` floor spawns at once, one thread each (as the agent's
-        workers); seconds from the start to each one RUNNING."""
+        """``count`` floor spawns at once, one thread and one libvirt
+        connection each (libvirtd runs at most 5 calls of one connection at
+        a time); seconds from the start to each one RUNNING."""
+        import libvirt
         results, errors = [None] * count, []
+        conns = [libvirt.open(LIBVIRT_URI) for _ in range(count)]
         t0 = time.perf_counter()
 
         def one(i):
             try:
-                results[i] = self.spawn_floor('fc%d' % i, t0)
+                results[i] = self.spawn_floor('fc%d' % i, t0, conns[i])
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
         threads = [threading.Thread(target=one, args=(i,), daemon=True)
@@ -406,6 +421,8 @@ server_listen = 127.0.0.1
         for r in results:
             if r is not None:
                 self.destroy_floor(*r[1:])
+        for c in conns:
+            c.close()
         if errors:
             raise Failed('floor burst: %s' % errors[0])
         return sorted(r[0] for r in results)
@@ -442,6 +459,7 @@ server_listen = 127.0.0.1
         res['agent'] = agent_t
         res['floor'] = floor_t
         res['agent_cpu'] = self.agent_cpu
+        res['start_cpu'] = self.start_cpu[1:]       # without the warm-up
 
         # Bursts: agent and floor alternate (ABBA...), medians reported.
         res['bursts'], res['floor_bursts'] = [], []
@@ -567,6 +585,19 @@ server_listen = 127.0.0.1
                     os.rmdir(WORK_ROOT)
 
 
+def cpu_s(pids):
+    """User + system CPU seconds of ``pids`` (0 for any that are gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open('/proc/%d/stat' % pid) as f:
+                v = f.read().rsplit(')', 1)[1].split()
+        except OSError:
+            continue
+        total += int(v[11]) + int(v[12])
+    return total / os.sysconf('SC_CLK_TCK')
+
+
 def libvirtd_pids():
     out = subprocess.run(['pgrep', '-x', 'libvirtd'], capture_output=True,
                          text=True, check=False).stdout.split()
@@ -588,6 +619,10 @@ def report(res, args):
     f50, f95 = statistics.median(res['floor']), pct(res['floor'], 95)
     ratio = a50 / f50
     burst_ratio = res['burst'] / a50
+    start_cpu = statistics.median(res['start_cpu'])
+    # No agent can start N guests faster than the host's CPUs can do the
+    # libvirtd + QEMU work of N starts (guests booting meanwhile only add).
+    bound = args.concurrent * start_cpu / os.cpu_count()
     nb = len(res['bursts'])
     med = ' (median of %d)' % nb if nb > 1 else ''
     rows = [
@@ -614,6 +649,11 @@ def report(res, args):
          '', ''),
         ('  (agent burst vs floor burst)',
          '%.2fx' % (res['burst'] / res['floor_burst']), '', ''),
+        ('  (libvirtd + QEMU CPU to start one guest, p50)', ms(start_cpu),
+         '', ''),
+        ('  (CPU bound: %d x that / %d CPUs, vs one spawn p50)' % (
+            args.concurrent, os.cpu_count()),
+         '%s = %.2fx' % (ms(bound), bound / a50), '', ''),
         ('%d concurrent spawns of an uncached image: '
          'fetches' % args.concurrent, str(res['fetches']),
          '== %d' % TARGET_FETCHES, res['fetches'] == TARGET_FETCHES),

@@ -105,6 +105,14 @@ opts = [
         'connect_retries', default=10, min=0,
         help='Attempts to open the libvirt connection before an operation '
              'fails with HypervisorUnavailable.'),
+    cfg.IntOpt(
+        'connection_pool_size', default=4, min=1, max=64,
+        help='libvirt connections the agent keeps open. libvirtd serves at '
+             'most max_client_requests (default 5) calls of one connection '
+             'at a time, so with one connection short lookups queue behind '
+             'slow domain starts; each call takes the least busy connection. '
+             'test:/// URIs always use one (each connection there would be '
+             'a separate mock host).'),
     cfg.FloatOpt(
         'connect_retry_interval', default=1.0, min=0.0,
         help='Seconds between libvirt connection attempts (doubling, '

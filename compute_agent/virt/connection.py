@@ -1,11 +1,18 @@
-"""The agent's one libvirt connection, kept alive across libvirtd restarts.
+"""The agent's libvirt connections, kept alive across libvirtd restarts.
 
 libvirtd is restarted by package upgrades and crashes; the agent must not
-need a restart too. So the connection is opened lazily (the agent starts
+need a restart too. So connections are opened lazily (the agent starts
 even while libvirtd is down), retried with backoff (a starting libvirtd
-answers within seconds), and re-opened when it turns out dead: a close
-callback marks it as soon as the socket drops, and a call that fails with a
-connection-type error on a dead connection is re-run once on a new one.
+answers within seconds), and re-opened when they turn out dead: a close
+callback marks the primary one as soon as the socket drops, and a call that
+fails with a connection-type error on a dead connection is re-run once on a
+new one.
+
+There is a small pool of them (``[libvirt] connection_pool_size``): libvirtd
+runs at most ``max_client_requests`` (5) calls of one client at a time, so on
+a single connection ten concurrent spawns would queue every short lookup
+behind slow ``create()`` calls. Each call takes the least busy connection;
+the first one (the primary) also carries the event callbacks.
 
 Lifecycle events need libvirt's event loop: ``virEventRegisterDefaultImpl``
 must run before the first connection is opened and ``virEventRunDefaultImpl``
@@ -91,31 +98,48 @@ def is_connection_error(exc):
             and exc.get_error_code() in CONNECTION_ERRORS)
 
 
-class Connection:
-    """A lazily opened, self-healing connection to ``connection_uri(conf)``.
+class _Slot:
+    """One pooled connection and the number of calls running on it."""
 
-    ``get()`` returns a live ``virConnect``; ``call(fn)`` runs ``fn(conn)``
-    and re-runs it once on a fresh connection when the first one died under
-    it. Both raise ``HypervisorUnavailable`` when libvirtd does not answer
-    within ``[libvirt] connect_retries`` attempts.
+    def __init__(self, primary):
+        self.primary = primary
+        self.conn = None
+        self.busy = 0
+        self.lock = threading.Lock()      # serialises (re)opening
+
+
+class Connection:
+    """Lazily opened, self-healing connections to ``connection_uri(conf)``.
+
+    ``get()`` returns the live primary ``virConnect``; ``call(fn)`` runs
+    ``fn(conn)`` on the least busy pooled connection and re-runs it once on a
+    fresh connection when the first one died under it. Both raise
+    ``HypervisorUnavailable`` when libvirtd does not answer within
+    ``[libvirt] connect_retries`` attempts.
     """
 
     def __init__(self, conf, on_power_event=None):
         self.conf = conf
         self.uri = libvirt_conf.connection_uri(conf)
         self.on_power_event = on_power_event
-        self._conn = None
+        size = conf.libvirt.connection_pool_size
+        if self.uri.startswith('test:') and self.uri != 'test:///default':
+            size = 1            # each connection would be its own mock host
+        self._slots = [_Slot(primary=i == 0) for i in range(size)]
         self._callback_id = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()      # slot busy counters
         self._closed = False
         self._events = queue.Queue()
         self._worker = None
-        self.reconnects = 0          # connections opened after the first
+        self.reconnects = 0          # connections re-opened after a loss
 
     # -- opening -------------------------------------------------------------
     def get(self):
-        """A live connection, opening (retrying) a new one when needed."""
-        conn = self._conn
+        """The primary connection, opening (retrying) a new one when needed."""
+        return self._live(self._slots[0])
+
+    def _live(self, slot):
+        conn = slot.conn
         if conn is not None and self._alive(conn):
             return conn
         attempts = max(1, self.conf.libvirt.connect_retries)
@@ -128,29 +152,30 @@ class Connection:
             before_sleep=tenacity.before_sleep_log(LOG, logging.WARNING),
             reraise=True)
         try:
-            return retrying(self._open_once)
+            return retrying(self._open_once, slot)
         except libvirt.libvirtError as e:
             raise exception.HypervisorUnavailable(
                 uri=self.uri, reason=e.get_error_message()) from e
 
-    def _open_once(self):
+    def _open_once(self, slot):
         # The lock is held per attempt only, never across a backoff sleep.
-        with self._lock:
+        with slot.lock:
             if self._closed:
                 raise exception.HypervisorUnavailable(
                     uri=self.uri, reason='connection closed by the agent')
-            if self._conn is not None and self._alive(self._conn):
-                return self._conn          # another thread reopened it
+            if slot.conn is not None and self._alive(slot.conn):
+                return slot.conn          # another thread reopened it
             start_event_loop()
-            self._start_worker()
+            if slot.primary:
+                self._start_worker()
             conn = libvirt.open(self.uri)
-            old, self._conn = self._conn, conn
+            old, slot.conn = slot.conn, conn
             if old is not None:
                 self.reconnects += 1
                 METRICS.reconnects.labels('libvirt').inc()
                 LOG.warning('Reconnected to libvirt at %s', self.uri)
-                self._forget(old)
-            self._register(conn)
+                self._forget(old, slot.primary)
+            self._register(conn, slot.primary)
             return conn
 
     @staticmethod
@@ -160,12 +185,14 @@ class Connection:
         except libvirt.libvirtError:
             return False
 
-    def _register(self, conn):
-        """Callbacks live on one connection: set them up on each new one."""
+    def _register(self, conn, primary):
+        """Callbacks live on one connection: set them up on each new primary."""
         try:
             conn.setKeepAlive(5, 3)
         except libvirt.libvirtError:
             pass            # local (non-remote) drivers have no keepalive
+        if not primary:
+            return
         try:
             conn.registerCloseCallback(self._on_close, None)
         except libvirt.libvirtError as e:
@@ -173,10 +200,13 @@ class Connection:
         self._callback_id = conn.domainEventRegisterAny(
             None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
 
-    def _forget(self, conn):
+    def _forget(self, conn, primary):
         """Drop a dead connection; its callbacks may already be gone."""
-        for fn in (lambda: conn.domainEventDeregisterAny(self._callback_id),
-                   conn.unregisterCloseCallback, conn.close):
+        steps = [conn.close]
+        if primary:
+            steps[:0] = [lambda: conn.domainEventDeregisterAny(self._callback_id),
+                         conn.unregisterCloseCallback]
+        for fn in steps:
             try:
                 fn()
             except libvirt.libvirtError:
@@ -184,23 +214,33 @@ class Connection:
 
     # -- calls ---------------------------------------------------------------
     def call(self, fn):
-        """``fn(conn)``; re-run once on a new connection if this one died."""
-        conn = self.get()
+        """``fn(conn)`` on the least busy connection; re-run once on a new
+        connection if that one died. Objects ``fn`` returns (domains) stay
+        usable: pooled connections are only closed when they are dead."""
+        with self._lock:
+            slot = min(self._slots, key=lambda s: s.busy)   # ties: the primary
+            slot.busy += 1
         try:
-            return fn(conn)
-        except libvirt.libvirtError as e:
-            if not is_connection_error(e) or self._alive(conn):
-                raise
-            LOG.warning('libvirt connection lost (%s); reconnecting', e)
-        return fn(self.get())
+            conn = self._live(slot)
+            try:
+                return fn(conn)
+            except libvirt.libvirtError as e:
+                if not is_connection_error(e) or self._alive(conn):
+                    raise
+                LOG.warning('libvirt connection lost (%s); reconnecting', e)
+            return fn(self._live(slot))
+        finally:
+            with self._lock:
+                slot.busy -= 1
 
     def close(self):
-        """Stop delivering events and close the connection."""
-        with self._lock:
-            self._closed = True
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            self._forget(conn)
+        """Stop delivering events and close every connection."""
+        self._closed = True
+        for slot in self._slots:
+            with slot.lock:
+                conn, slot.conn = slot.conn, None
+            if conn is not None:
+                self._forget(conn, slot.primary)
         self._events.put(None)
 
     # -- events (the event loop thread only enqueues) -------------------------

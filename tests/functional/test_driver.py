@@ -482,9 +482,38 @@ def _wait_reconnects(connection, more_than, timeout=30):
         time.sleep(0.05)
 
 
+def _on_every_pooled_connection(connection, fn):
+    """Run ``fn(conn)`` in as many concurrent calls as the pool has
+    connections, all parked until each has started, so every pooled
+    connection serves one; returns their results and the connections."""
+    size = len(connection._slots)
+    arrived = threading.Barrier(size, timeout=30)
+    out, errors = [], []
+
+    def parked(conn):
+        arrived.wait()
+        return fn(conn), conn
+
+    def call():
+        try:
+            out.append(connection.call(parked))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=call) for _ in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len({id(c) for _r, c in out}) == size
+    return out
+
+
 def test_libvirtd_restart_under_live_driver(driver, guest, events, monkeypatch):
     inst, connection = guest['instance'], driver.connection
     assert driver.get_power_state(inst) == 1
+    assert len(connection._slots) > 1      # the default pool
+    _on_every_pooled_connection(connection, lambda c: c.getLibVersion())
 
     # 1. libvirtd restarts while the agent is idle: the close callback makes
     # it reconnect without any call, and events flow again.
@@ -499,6 +528,10 @@ def test_libvirtd_restart_under_live_driver(driver, guest, events, monkeypatch):
     events.wait(inst['uuid'], 3, 10, since)
     driver.unpause(inst)
     events.wait(inst['uuid'], 1, 10, since)
+    # The other pooled connections died too; each is reopened on its next use.
+    for found, _conn in _on_every_pooled_connection(
+            connection, lambda c: c.lookupByUUIDString(inst['uuid']).isActive()):
+        assert found == 1
 
     # 2. A call on a connection that died unnoticed fails with a connection
     # error and is re-run once on a new connection. (The background reopen

@@ -151,8 +151,27 @@ def test_missing_base_is_a_clear_error(conf, inst, tmp_path):
     with pytest.raises(disks.DiskCreateError) as ei:
         disks.create_disk(conf, inst, DiskFile('disk', 'root', 'qcow2'),
                           str(tmp_path / 'nope'))
-    assert 'qemu-img info exited' in str(ei.value) and 'nope' in str(ei.value)
+    assert 'No such file' in str(ei.value) and 'nope' in str(ei.value)
     assert os.listdir(inst) == []
+
+
+def test_base_inspected_once_per_file_version(conf, inst, tmp_path, raw_base,
+                                              monkeypatch):
+    runs = []
+    real = disks.qemu_img_info
+    monkeypatch.setattr(disks, 'qemu_img_info', lambda p: runs.append(p) or real(p))
+    for name in ('a', 'b'):
+        disks.create_disk(conf, inst, DiskFile(name, 'root', 'qcow2'), raw_base)
+    assert runs == [raw_base]
+    # A base replaced under the same name (new inode) is inspected afresh:
+    # an image that gained a backing file is still refused.
+    evil = str(tmp_path / 'evil.qcow2')
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', '/etc/passwd',
+                    '-F', 'raw', evil], check=True)
+    os.replace(evil, raw_base)
+    with pytest.raises(disks.DiskCreateError, match='backing'):
+        disks.create_disk(conf, inst, DiskFile('c', 'root', 'qcow2'), raw_base)
+    assert runs == [raw_base, raw_base]
 
 
 def test_blank_ephemeral(conf, inst):
