@@ -3,7 +3,8 @@
 Start order matters: records are reconciled with libvirt (``recover``)
 before any message is consumed, and systemd hears READY=1 only once the
 queues are consumed. Periodic work (host reports, power sync, watchdog,
-metrics) runs on one small thread, never on the consume loop.
+metrics, image cache cleanup) runs on one small thread, never on the
+consume loop.
 """
 
 import logging
@@ -13,6 +14,7 @@ import time
 from compute_agent import journal as journal_mod
 from compute_agent import manager as manager_mod
 from compute_agent import systemd
+from compute_agent.images import cleanup
 from compute_agent.metrics import METRICS
 from compute_agent.rpc import notifier as notifier_mod
 from compute_agent.rpc import publisher as publisher_mod
@@ -64,13 +66,18 @@ class Service:
         return self.server.healthy() and self.driver.healthy()
 
     def _periodic_loop(self):
-        """Host reports, power sync, watchdog pings and metrics gauges."""
+        """Host reports, power sync, watchdog pings, metrics gauges and
+        image cache cleanup."""
         watchdog = systemd.watchdog_interval()
+        images = self.conf.images
         tasks = [(self.conf.report_interval, self.manager.host_state),
                  (self.conf.sync_power_state_interval,
                   self.manager.sync_power_states),
                  (self.conf.report_interval, lambda: METRICS.count_instances(
-                     self.journal.list_instances()))]
+                     self.journal.list_instances())),
+                 (images.image_cache_manager_interval
+                  if images.remove_unused_base_images else 0,
+                  self._remove_unused_images)]
         if watchdog:
             tasks.append((watchdog, self._watchdog))
         due = [time.monotonic()] * len(tasks)
@@ -85,6 +92,11 @@ class Service:
                         LOG.exception('periodic task %s failed',
                                       getattr(task, '__name__', task))
             self._stop.wait(max(0.1, min(due) - time.monotonic()))
+
+    def _remove_unused_images(self):
+        cleanup.remove_unused(
+            self.driver.image_cache,
+            self.conf.images.remove_unused_original_minimum_age_seconds)
 
     def _watchdog(self):
         if self.healthy():

@@ -27,6 +27,25 @@ opts = [
     cfg.IntOpt(
         'download_retries', default=3, min=0,
         help='Retries of a failed (not missing) image download.'),
+    cfg.IntOpt(
+        'image_cache_manager_interval', default=2400, min=0,
+        deprecated_opts=[cfg.DeprecatedOpt('image_cache_manager_interval',
+                                           group='DEFAULT')],
+        help='Seconds between passes that remove unused cached images '
+             '(see remove_unused_base_images); 0 disables them.'),
+    cfg.BoolOpt(
+        'remove_unused_base_images', default=True,
+        deprecated_opts=[cfg.DeprecatedOpt('remove_unused_base_images',
+                                           group='DEFAULT')],
+        help='Remove cached images (in <instances_path>/_base) that no '
+             'instance disk uses.'),
+    cfg.IntOpt(
+        'remove_unused_original_minimum_age_seconds', default=86400, min=60,
+        deprecated_opts=[cfg.DeprecatedOpt(
+            'remove_unused_original_minimum_age_seconds', group='DEFAULT')],
+        help='An unused cached image is removed only this many seconds '
+             'after its last use, so images spawned now and then are not '
+             'downloaded again each time.'),
 ]
 
 

@@ -5,9 +5,12 @@ are overlays or copies of them. A download streams into a temp file in
 ``_base`` (hashing as it goes), is fsynced and renamed into place, so a
 cached file is always complete. Concurrent fetches of one image - threads of
 this agent or other processes (a second agent, a tool) - are serialised by
-an in-process lock plus an ``flock`` on ``<sha1>.lock``; whoever gets the
-lock second finds the image cached. A checksum verified once is recorded in
-``<sha1>.info`` and trusted afterwards, so spawns do not rehash gigabytes.
+an in-process lock plus an exclusive ``flock`` on ``<sha1>.lock``; whoever
+gets the lock second finds the image cached. A checksum verified once is
+recorded in ``<sha1>.info`` and trusted afterwards, so spawns do not rehash
+gigabytes. Each use touches ``<sha1>.info`` (its mtime is the last use)
+under a shared ``flock``, so ``cleanup`` (which removes images under the
+exclusive one) never removes an image between its check and its use.
 """
 
 import contextlib
@@ -138,12 +141,22 @@ class ImageCache:
         want = parse_checksum(checksum or meta.get('checksum'))
         url = self.resolve_url(meta)
         path = self.path_for(image_id)
-        if self._ready(path, image_id, want, may_hash=False):
-            return path
-        with self._locked(image_id, path):
+        with self.flock(path, fcntl.LOCK_SH):
+            if self._ready(path, image_id, want, may_hash=False):
+                self._touch(path, image_id)
+                return path
+        with self.locked(path):
             if not self._ready(path, image_id, want, may_hash=True):
                 self._download(image_id, url, path, want)
+            self._touch(path, image_id)
         return path
+
+    def _touch(self, path, image_id):
+        """Record a use: the mtime of ``<sha1>.info`` is the last one."""
+        try:
+            os.utime(self._side(path, '.info'))
+        except FileNotFoundError:
+            self._write_info(path, image_id, {})
 
     def _ready(self, path, image_id, want, may_hash):
         """True if cached and matching ``want``; raises on a known mismatch."""
@@ -152,7 +165,7 @@ class ImageCache:
         if want is None:
             return True
         algo, expected = want
-        digests = self._read_info(path).get('digests', {})
+        digests = self.read_info(path).get('digests', {})
         actual = digests.get(algo)
         if actual is None:
             if not may_hash:
@@ -167,25 +180,47 @@ class ImageCache:
         return True
 
     @contextlib.contextmanager
-    def _locked(self, image_id, path):
+    def locked(self, path):
+        """Exclusive use of the cached image ``path``: threads and processes."""
         with self._mutex:
-            lock = self._locks.setdefault(image_id, threading.Lock())
-        with lock:
-            os.makedirs(self.base_dir, mode=0o755, exist_ok=True)
-            fd = os.open(self._side(path, '.lock'),
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            lock = self._locks.setdefault(path, threading.Lock())
+        with lock, self.flock(path, fcntl.LOCK_EX):
+            # Temp files of this image are only written under this lock:
+            # any left now belong to a download that died (SIGKILL).
+            for stale in glob.glob(os.path.join(
+                    glob.escape(self.base_dir),
+                    '.%s.*.part' % glob.escape(os.path.basename(path)))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stale)
+            yield
+
+    @contextlib.contextmanager
+    def flock(self, path, mode):
+        """``flock(mode)`` on ``<path>.lock``, the file that is there now.
+
+        ``cleanup`` deletes the lock file of an image it removes (while
+        holding it), so a waiter may end up locking a deleted file: it then
+        closes it and locks the current one instead.
+        """
+        lock_path = self._side(path, '.lock')
+        os.makedirs(self.base_dir, mode=0o755, exist_ok=True)
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                # Temp files of this image are only written under this lock:
-                # any left now belong to a download that died (SIGKILL).
-                for stale in glob.glob(os.path.join(
-                        glob.escape(self.base_dir),
-                        '.%s.*.part' % glob.escape(os.path.basename(path)))):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(stale)
-                yield
-            finally:
-                os.close(fd)      # releases the flock
+                fcntl.flock(fd, mode)
+                current = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if current:
+                break
+            os.close(fd)
+        try:
+            yield
+        finally:
+            os.close(fd)      # releases the flock
 
     def _download(self, image_id, url, path, want):
         retrying = tenacity.Retrying(
@@ -243,7 +278,7 @@ class ImageCache:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
 
-    def _read_info(self, path):
+    def read_info(self, path):
         try:
             with open(self._side(path, '.info')) as f:
                 return json.load(f)

@@ -5,6 +5,7 @@ process has its own): these tests are about the service, not guests. Guests
 on real QEMU are covered by test_e2e_*.py and test_driver.py.
 """
 
+import hashlib
 import http.server
 import os
 import shutil
@@ -390,3 +391,36 @@ def test_sample_config_and_unit_are_installed_with_the_project():
         assert os.path.exists(os.path.join(REPO, path)), path
     for script in ('compute-agent', 'compute-agent-ctl', 'compute-agent-render'):
         assert os.path.exists(os.path.join(os.path.dirname(sys.executable), script))
+
+
+def test_unused_cached_images_are_removed(agents, tmp):
+    """The periodic cleanup of a running agent removes a cached image no
+    instance uses once it is old enough, and keeps the one a guest runs on."""
+    agent = agents(extra={'images': {'image_cache_manager_interval': '1',
+                                     'remove_unused_original_minimum_age_seconds': '60'}})
+    base = os.path.join(agent.tmp, 'state', 'instances', '_base')
+    os.makedirs(base)
+    old = time.time() - 2 * 86400
+    stale = os.path.join(base, hashlib.sha1(b'gone-image').hexdigest())
+    for path in (stale, stale + '.info', stale + '.lock'):
+        open(path, 'w').close()
+        os.utime(path, (old, old))
+    agent.start()
+    client = agent.client()
+    inst = _instance()
+    try:
+        client.spawn(inst, {'id': 'img', 'disk_format': 'qcow2'})
+        used = os.path.join(base, hashlib.sha1(b'img').hexdigest())
+        for path in (used, used + '.info'):
+            os.utime(path, (old, old))      # old, but a guest's disk is on it
+        rpc_fixtures.wait_for(lambda: not os.path.exists(stale), timeout=30,
+                              message='the unused image is removed')
+        assert sorted(os.listdir(base)) == sorted(
+            os.path.basename(used) + s for s in ('', '.info', '.lock'))
+        client.destroy(inst)
+        rpc_fixtures.wait_for(lambda: os.listdir(base) == [], timeout=30,
+                              message='the image of the destroyed guest is removed')
+    finally:
+        client.close()
+    assert 'Removed cached image %s (?)' % os.path.basename(stale) in agent.log()
+    assert 'Removed cached image %s (img)' % os.path.basename(used) in agent.log()
