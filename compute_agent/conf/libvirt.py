@@ -106,13 +106,16 @@ opts = [
         help='Attempts to open the libvirt connection before an operation '
              'fails with HypervisorUnavailable.'),
     cfg.IntOpt(
-        'connection_pool_size', default=4, min=1, max=64,
-        help='libvirt connections the agent keeps open. libvirtd serves at '
-             'most max_client_requests (default 5) calls of one connection '
-             'at a time, so with one connection short lookups queue behind '
-             'slow domain starts; each call takes the least busy connection. '
-             'test:/// URIs always use one (each connection there would be '
-             'a separate mock host).'),
+        'connection_pool_size', default=0, min=0, max=1024,
+        help='Most libvirt connections the agent opens (each only when '
+             'first needed); 0 means max_concurrent_builds + 2, a '
+             'connection for every operation that may run at once plus two '
+             'for lookups and periodic tasks. A call takes an idle '
+             'connection when there is one: a short call on a connection '
+             'that has a domain start in flight waits for that connection '
+             '(measured: 80-600 ms in a burst of 10 spawns, ~0 ms on an '
+             'idle one). test:/// URIs other than test:///default always '
+             'use one (each connection there is a separate mock host).'),
     cfg.FloatOpt(
         'connect_retry_interval', default=1.0, min=0.0,
         help='Seconds between libvirt connection attempts (doubling, '

@@ -71,6 +71,30 @@ def test_busy_connections_are_not_queued_behind():
         pool.close()
 
 
+def test_default_size_gives_every_concurrent_operation_a_connection():
+    pool = make(0)
+    try:
+        assert len(pool._slots) == pool.conf.max_concurrent_builds + 2
+        # Connections are opened when first needed, not up front.
+        pool.call(lambda c: c)
+        assert sum(s.conn is not None for s in pool._slots) == 1
+    finally:
+        pool.close()
+
+
+def test_a_short_call_gets_an_idle_connection_when_there_is_one():
+    pool = make(4)
+    try:
+        got, done = hold(pool, 3)       # three slow calls in flight
+        try:
+            short = pool.call(lambda c: c)
+            assert all(short is not c for c in got)
+        finally:
+            done()
+    finally:
+        pool.close()
+
+
 def test_pooled_connections_share_the_host():
     pool = make(2)
     try:
