@@ -19,6 +19,11 @@ run:
   share      bool properties x CPU per qom-get, against libvirt's per-start
              CPU.
 
+QEMU 7.2's QMP monitor reads its socket one byte per main-loop iteration
+(strace of its "IO mon_iothread": poll, an eventfd read, four eventfd writes
+and a 1-byte recvmsg per byte), so a command's cost grows with its length;
+the two commands give the CPU per request byte.
+
     .venv/bin/python bench/qmp_cost.py [--starts 10] [--commands 2000]
 
 Needs root and libvirtd (qemu:///system); nothing else. Exit 0, or 2 when
@@ -111,10 +116,7 @@ class Qmp:
         self.cmd('qmp_capabilities')
 
     def cmd(self, name, **args):
-        msg = {'execute': name}
-        if args:
-            msg['arguments'] = args
-        self.f.write(json.dumps(msg) + '\n')
+        self.f.write(self._request(name, args))
         self.f.flush()
         while True:                         # skip events
             reply = json.loads(self.f.readline())
@@ -124,12 +126,20 @@ class Qmp:
                 return reply['return']
 
     def per_command(self, n, name, **args):
-        """(wall s, QEMU CPU s) per command over ``n`` of them."""
+        """(wall s, QEMU CPU s, request bytes) per command over ``n``."""
         c0, t0 = cpu_s(self.proc.pid), time.perf_counter()
         for _ in range(n):
             self.cmd(name, **args)
         return ((time.perf_counter() - t0) / n,
-                (cpu_s(self.proc.pid) - c0) / n)
+                (cpu_s(self.proc.pid) - c0) / n,
+                len(self._request(name, args)))
+
+    @staticmethod
+    def _request(name, args):
+        msg = {'execute': name}
+        if args:
+            msg['arguments'] = args
+        return json.dumps(msg) + '\n'
 
     def close(self):
         self.cmd('quit')
@@ -169,12 +179,15 @@ def main(argv=None):
         ('  QEMU CPU per start (mean)', '%.0f ms' % (qemu * ms)),
         ('QEMU alone: wall time to its QMP greeting',
          '%.0f ms' % (q.startup * ms)),
-        ('QMP query-status, QEMU CPU per command (baseline)',
+        ('QMP query-status (%d bytes), QEMU CPU per command' % status[2],
          '%.0f us' % (status[1] * 1e6)),
-        ('QMP qom-get, QEMU CPU / wall per command',
+        ('QMP qom-get (%d bytes), QEMU CPU / wall per command' % qom[2],
          '%.0f / %.0f us' % (qom[1] * 1e6, qom[0] * 1e6)),
-        ('  ratio qom-get / query-status CPU',
-         '%.2fx' % (qom[1] / status[1] if status[1] else float('nan'))),
+        ('  ratio qom-get / query-status: CPU, request bytes',
+         '%.2fx, %.2fx' % (qom[1] / status[1] if status[1] else float('nan'),
+                           qom[2] / status[2])),
+        ('  QEMU CPU per request byte (from the two)',
+         '%.1f us' % ((qom[1] - status[1]) / (qom[2] - status[2]) * 1e6)),
         ('vCPU bool properties (one qom-get each per start)', '%d' % len(props)),
         ('  their QEMU CPU per start', '%.0f ms' % (features * ms)),
         ('  share of libvirtd + QEMU CPU per start',
