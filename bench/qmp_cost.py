@@ -41,29 +41,13 @@ import tempfile
 import time
 import uuid
 
+from procstat import cpu_s
+from procstat import libvirtd_pids
+
 QEMU = '/usr/bin/qemu-system-x86_64'
 MACHINE = ['-machine', 'pc', '-accel', 'tcg', '-cpu', 'qemu64', '-m', '64']
 CPU_PATH = '/machine/unattached/device[0]'   # the first vCPU, as libvirt asks
 TICK = os.sysconf('SC_CLK_TCK')
-
-
-def cpu_s(pid):
-    """User + system CPU seconds of ``pid`` (0 if it is gone)."""
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            v = f.read().rsplit(')', 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(v[11]) + int(v[12])) / TICK
-
-
-def libvirtd_pid():
-    out = subprocess.run(['pgrep', '-x', 'libvirtd'], capture_output=True,
-                         text=True, check=False).stdout.split()
-    if not out:
-        raise SystemExit('bench/qmp_cost: libvirtd is not running '
-                         '(tools/start-services.sh)')
-    return int(out[0])
 
 
 def libvirt_starts(n):
@@ -71,7 +55,10 @@ def libvirt_starts(n):
     import libvirt
     libvirt.registerErrorHandler(lambda _c, _e: None, None)
     conn = libvirt.open('qemu:///system')
-    lvd = libvirtd_pid()
+    lvd = libvirtd_pids()
+    if not lvd:
+        raise SystemExit('bench/qmp_cost: libvirtd is not running '
+                         '(tools/start-services.sh)')
     out = []
     for i in range(n + 1):            # the first one warms caches, not kept
         name = 'qmp-cost-%s' % uuid.uuid4().hex[:8]
@@ -82,7 +69,7 @@ def libvirt_starts(n):
         dom = conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
         wall, lv = time.perf_counter() - t0, cpu_s(lvd) - lv0
         with open('/run/libvirt/qemu/%s.pid' % name) as f:
-            qemu = cpu_s(int(f.read()))
+            qemu = cpu_s([int(f.read())])
         dom.destroy()
         if i:
             out.append((wall, lv, qemu))
@@ -108,7 +95,7 @@ class Qmp:
                 break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit('bench/qmp_cost: QEMU did not start')
+                    raise SystemExit('bench/qmp_cost: QEMU did not start') from None
                 time.sleep(0.001)
         self.f = self.sock.makefile('rw')
         self.f.readline()                   # the greeting: QEMU is up
@@ -127,11 +114,11 @@ class Qmp:
 
     def per_command(self, n, name, **args):
         """(wall s, QEMU CPU s, request bytes) per command over ``n``."""
-        c0, t0 = cpu_s(self.proc.pid), time.perf_counter()
+        c0, t0 = cpu_s([self.proc.pid]), time.perf_counter()
         for _ in range(n):
             self.cmd(name, **args)
         return ((time.perf_counter() - t0) / n,
-                (cpu_s(self.proc.pid) - c0) / n,
+                (cpu_s([self.proc.pid]) - c0) / n,
                 len(self._request(name, args)))
 
     @staticmethod

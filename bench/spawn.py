@@ -63,6 +63,10 @@ import threading
 import time
 import uuid
 
+import spawn_breakdown
+from procstat import cpu_s
+from procstat import libvirtd_pids
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
@@ -228,8 +232,7 @@ server_listen = 127.0.0.1
         if self.args.breakdown:
             self.timings = os.path.join(self.work, 'timings.json')
             env['CA_BENCH_TIMINGS'] = self.timings
-            argv = [sys.executable, os.path.abspath(__file__),
-                    '--_timed-agent'] + argv[1:]
+            argv = [sys.executable, spawn_breakdown.__file__] + argv[1:]
         # Own session: a Ctrl-C on the terminal reaches only this process,
         # which then stops the agent itself.
         self.agent = subprocess.Popen(argv, start_new_session=True, env=env,
@@ -585,25 +588,6 @@ server_listen = 127.0.0.1
                     os.rmdir(WORK_ROOT)
 
 
-def cpu_s(pids):
-    """User + system CPU seconds of ``pids`` (0 for any that are gone)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open('/proc/%d/stat' % pid) as f:
-                v = f.read().rsplit(')', 1)[1].split()
-        except OSError:
-            continue
-        total += int(v[11]) + int(v[12])
-    return total / os.sysconf('SC_CLK_TCK')
-
-
-def libvirtd_pids():
-    out = subprocess.run(['pgrep', '-x', 'libvirtd'], capture_output=True,
-                         text=True, check=False).stdout.split()
-    return sorted(int(p) for p in out)
-
-
 def loadavg():
     with open('/proc/loadavg') as f:
         return ' '.join(f.read().split()[:3])
@@ -685,157 +669,7 @@ def report(res, args):
     return all(ok for *_, ok in rows if ok != '')
 
 
-# Steps of the agent's spawn path timed by --breakdown: (module, attribute
-# path, label). Wall clock; the calls of one spawn nest (driver.spawn holds
-# _create_files holds disks.inspect_base ...).
-TIMED = [
-    ('compute_agent.manager', 'Manager.validate', 'validate: schema + dry run'),
-    ('compute_agent.virt.driver', 'LibvirtDriver.check_spawn',
-     '  dry run (builder, RelaxNG)'),
-    ('compute_agent.manager', 'Manager.do_spawn', 'manager.do_spawn'),
-    ('compute_agent.manager', 'Manager._set', '  record + report (x2)'),
-    ('compute_agent.journal', 'Journal.save_instance',
-     '    journal save_instance (fsync)'),
-    ('compute_agent.journal', 'Journal.outbox_add',
-     '    outbox add (fsync)'),
-    ('compute_agent.virt.driver', 'LibvirtDriver.spawn', '  driver.spawn'),
-    ('compute_agent.virt.driver', 'LibvirtDriver._plan',
-     '    builder (plan)'),
-    ('compute_agent.virt.schema', 'validate_domain', '    RelaxNG validation'),
-    ('compute_agent.virt.driver', 'LibvirtDriver._create_files',
-     '    files'),
-    ('compute_agent.images.cache', 'ImageCache.fetch',
-     '      image cache lookups'),
-    ('compute_agent.virt.disks', 'inspect_base', '      qemu-img info'),
-    ('compute_agent.virt.disks', 'create_overlay',
-     '      overlay (info + create)'),
-    ('compute_agent.virt.disks', 'link_or_copy', '      kernel/ramdisk link'),
-    ('compute_agent.virt.configdrive', 'build_config_drive',
-     '      config drive'),
-    ('libvirt', 'virConnect.defineXML', '    libvirt defineXML'),
-    ('compute_agent.vif.loader', 'VifDrivers.plug_all', '    VIF plug'),
-    ('compute_agent.virt.driver', 'LibvirtDriver._start', '    start'),
-    ('libvirt', 'virDomain.create', '      libvirt create'),
-    ('compute_agent.virt.guest', 'wait_running', '      wait RUNNING'),
-    ('compute_agent.virt.driver', 'LibvirtDriver.get_power_state',
-     '  power state'),
-    ('compute_agent.virt.driver', 'LibvirtDriver.get_vnc_console',
-     '  VNC port'),
-]
-
-
-def _label(path):
-    return next(label for _m, p, label in TIMED if p == path)
-
-
-def _timed_agent():
-    """The agent with wall-clock timers around TIMED (--breakdown); on exit
-    writes {label: [[start (time.time()), seconds], ...]} as JSON to
-    $CA_BENCH_TIMINGS."""
-    import atexit
-    import importlib
-
-    out = os.environ['CA_BENCH_TIMINGS']
-    calls = {}
-
-    def wrap(owner, attr, label):
-        fn = getattr(owner, attr)
-
-        @functools.wraps(fn)
-        def timed(*a, **k):
-            t, w = time.perf_counter(), time.time()
-            try:
-                return fn(*a, **k)
-            finally:
-                calls.setdefault(label, []).append(
-                    (w, time.perf_counter() - t, threading.get_ident()))
-        setattr(owner, attr, timed)
-
-    for module, path, label in TIMED:
-        owner = importlib.import_module(module)
-        *parents, attr = path.split('.')
-        for p in parents:
-            owner = getattr(owner, p)
-        wrap(owner, attr, label)
-
-    def dump():
-        with open(out, 'w') as f:
-            json.dump(calls, f)
-    atexit.register(dump)
-    from compute_agent.cmd import agent
-    sys.exit(agent.main(sys.argv[2:]))
-
-
-def breakdown(calls, window, n, agent_t, floor_t):
-    """Per-spawn wall time of each TIMED step of the spawns in ``window``
-    (the sequential ones): steps below do_spawn count only inside a
-    do_spawn call, validation only of spawn requests (with a dry run)."""
-    def inside(label, spans):
-        return [(w, d) for w, d, _tid in calls.get(label, ())
-                if any(a <= w <= b for a, b in spans)]
-    seq = [(window[0], window[1])]
-    spawns = [(w, w + d) for w, d in inside('manager.do_spawn', seq)]
-    dry = inside(_label('LibvirtDriver.check_spawn'), seq)
-    validations = [(w, w + d) for w, d in inside(_label('Manager.validate'), seq)
-                   if any(w <= x <= w + d for x, _ in dry)]
-    print('where the agent\'s time goes, per sequential spawn (n=%d; '
-          'indented rows are part of the row above them):' % n)
-    print('  %-36s %7s %10s %10s' % ('step', 'calls', 'p50 call', 'per spawn'))
-    for _module, _path, label in TIMED:
-        if label == _label('Manager.validate'):
-            d = [b - a for a, b in validations]
-        elif label == 'manager.do_spawn':
-            d = [b - a for a, b in spawns]
-        elif label == _label('LibvirtDriver.check_spawn'):
-            d = [x for _, x in dry]
-        else:
-            d = [x for _, x in inside(label, spawns)]
-        if d:
-            print('  %-36s %7.1f %8.1fms %8.1fms' % (
-                label, len(d) / n, statistics.median(d) * 1000,
-                sum(d) / n * 1000))
-    if spawns:
-        do50 = statistics.median(b - a for a, b in spawns)
-        print('  %-36s %7s %10s %8.1fms' % (
-            'cast->active p50 - do_spawn p50', '', '',
-            (statistics.median(agent_t) - do50) * 1000))
-        print('    (broker in, validation, queueing, report out)')
-        print('  %-36s %7s %10s %8.1fms' % ('floor p50 (for comparison)',
-                                            '', '',
-                                            statistics.median(floor_t) * 1000))
-
-
-def timeline(calls, window):
-    """One line per spawn of an agent burst: when (ms after the first
-    cast) each step started and ended, matched by worker thread."""
-    t0, t1 = window
-    steps = [_label(p) for p in (
-        'LibvirtDriver._create_files', 'virConnect.defineXML',
-        'virDomain.create', 'LibvirtDriver.get_power_state')]
-    spawns = sorted((w, w + d, tid) for w, d, tid in
-                    calls.get('manager.do_spawn', ()) if t0 <= w <= t1 + 1)
-    print('agent burst timeline, ms after the first cast '
-          '(start-end of each step; per spawn, by end):')
-    print('  %-11s %-11s %-11s %-11s %-11s %s' % (
-        'do_spawn', 'files', 'define', 'create', 'power', 'end'))
-    rows = []
-    for a, b, tid in spawns:
-        cells = ['%4.0f' % ((a - t0) * 1000)]
-        for label in steps:
-            m = [(w, d) for w, d, t in calls.get(label, ())
-                 if t == tid and a <= w <= b]
-            cells.append('%4.0f-%-5.0f' % ((m[0][0] - t0) * 1000,
-                                           (m[0][0] + m[0][1] - t0) * 1000)
-                         if m else '%-11s' % '-')
-        rows.append((b, cells))
-    for b, cells in sorted(rows):
-        print('  %-11s %s %5.0f' % (cells[0], ' '.join(cells[1:]),
-                                    (b - t0) * 1000))
-
-
 def main():
-    if len(sys.argv) > 1 and sys.argv[1] == '--_timed-agent':
-        return _timed_agent()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--n', type=int, default=10,
                         help='sequential spawns of each kind (default 10)')
@@ -881,11 +715,12 @@ def main():
     ok = report(res, args)
     if bench.timed_calls is not None and bench.window is not None:
         print()
-        breakdown(bench.timed_calls, bench.window, len(res['agent']),
-                  res['agent'], res['floor'])
+        spawn_breakdown.breakdown(bench.timed_calls, bench.window,
+                                  len(res['agent']), res['agent'],
+                                  res['floor'])
         for w in bench.burst_windows[:1]:
             print()
-            timeline(bench.timed_calls, w)
+            spawn_breakdown.timeline(bench.timed_calls, w)
     return 0 if ok else 1
 
 
