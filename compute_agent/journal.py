@@ -170,7 +170,13 @@ class Journal:
         return rows
 
     def prune(self, max_age, max_entries):
-        """Drop finished requests older than max_age or beyond max_entries."""
+        """Drop finished requests older than max_age or beyond max_entries,
+        and instance tombstones older than max_age; return the rows dropped.
+
+        A tombstone only keeps a deleted (or never created) uuid's sequence
+        increasing; once its requests are forgotten too, a uuid spawned
+        again starts over, like a new one.
+        """
         cutoff = time.time() - max_age
         with self._tx(durable=False) as db:
             n = db.execute("DELETE FROM requests WHERE status = 'done' AND"
@@ -180,6 +186,8 @@ class Journal:
                 " (SELECT unique_id FROM requests WHERE status = 'done'"
                 "  ORDER BY finished_at DESC LIMIT -1 OFFSET ?)",
                 (max_entries,)).rowcount
+            n += db.execute('DELETE FROM instances WHERE deleted = 1 AND'
+                            ' updated_at < ?', (cutoff,)).rowcount
         return n
 
     def prune_periodically(self, max_age, max_entries, stop, interval=600):
@@ -189,7 +197,8 @@ class Journal:
             try:
                 n = self.prune(max_age, max_entries)
                 if n:
-                    LOG.info('Pruned %d finished requests', n)
+                    LOG.info('Pruned %d journal rows (finished requests, '
+                             'instance tombstones)', n)
             except Exception:  # noqa: BLE001 - try again next time
                 LOG.exception('Journal prune failed')
 
@@ -250,12 +259,13 @@ class Journal:
         For a report about a uuid with no live record (a rejected request):
         a tombstone row keeps the numbers increasing for a later spawn.
         """
+        now = time.time()
         with self._tx() as db:
             db.execute("INSERT INTO instances (uuid, name, record, sequence,"
                        " deleted, updated_at) VALUES (?, NULL, '{}', 0, 1, ?)"
-                       ' ON CONFLICT (uuid) DO NOTHING', (uuid, time.time()))
-            db.execute('UPDATE instances SET sequence = sequence + 1'
-                       ' WHERE uuid = ?', (uuid,))
+                       ' ON CONFLICT (uuid) DO NOTHING', (uuid, now))
+            db.execute('UPDATE instances SET sequence = sequence + 1,'
+                       ' updated_at = ? WHERE uuid = ?', (now, uuid))
             return db.execute('SELECT sequence FROM instances WHERE uuid = ?',
                               (uuid,)).fetchone()[0]
 

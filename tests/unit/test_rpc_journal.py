@@ -52,6 +52,20 @@ def test_prune_by_age_and_count(journal):
     assert journal.prune(max_age=0, max_entries=100) == 4
 
 
+def test_prune_drops_old_tombstones_only(journal):
+    journal.save_instance('live', {'name': 'a'})
+    journal.save_instance('gone', {'name': 'b'})
+    journal.delete_instance('gone')
+    journal.next_sequence('rejected')           # a tombstone of its own
+    assert journal.prune(max_age=3600, max_entries=100) == 0
+    assert journal.instance_sequence('gone') == 1
+    time.sleep(0.01)
+    assert journal.prune(max_age=0, max_entries=100) == 2
+    assert journal.get_instance('live') == {'name': 'a'}
+    assert journal.instance_sequence('gone') == 0
+    assert journal.instance_sequence('rejected') == 0
+
+
 def test_outbox_order_and_delete(journal):
     ids = [journal.outbox_add('report', 'ex', 'k', b'%d' % i)
            for i in range(5)]
