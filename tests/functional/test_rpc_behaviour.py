@@ -198,6 +198,29 @@ def test_quorum_mode_declarations(agents, oslo_transport):
     assert 'x-expires' in fanout_q
 
 
+def test_quorum_delivery_limit_ends_a_redelivery_loop(agents):
+    """Work that never finishes before the agent stops comes back after
+    every restart; with a delivery limit it lands in ``<topic>.dead``
+    instead of running forever, and the agent serves on."""
+    limit = 2
+    agent = agents(rabbit_quorum_queue=True, rabbit_delivery_limit=limit)
+    conf, dead = agent.conf, agent.names['dead_queue']
+    publish_raw(conf, raw_request('work', token='endless', seconds=10))
+    runs = 0
+    while queue_depth(conf, dead) == 0:
+        assert runs <= limit, 'delivered again past the delivery limit'
+        wait_for(lambda: agent.dispatcher.runs['endless'] == 1
+                 or queue_depth(conf, dead) == 1, timeout=15)
+        runs += agent.dispatcher.runs['endless']
+        agent.server.stop(graceful_timeout=0.2)   # unacked: comes back
+        agent.journal.close()
+        agent.start()
+    assert runs == limit + 1
+    assert queue_depth(conf, agent.names['host_queue']) == 0
+    publish_raw(conf, raw_request('work', token='next'))
+    wait_for(lambda: agent.dispatcher.runs['next'] == 1)
+
+
 def test_conflicting_declaration_is_retried_until_fixed(agents):
     suffix = uuid.uuid4().hex[:8]
     topic, host = 'compute-' + suffix, 'host-' + suffix
