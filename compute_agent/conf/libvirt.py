@@ -107,15 +107,13 @@ opts = [
              'fails with HypervisorUnavailable.'),
     cfg.IntOpt(
         'connection_pool_size', default=0, min=0, max=1024,
-        help='Most libvirt connections the agent opens (each only when '
-             'first needed); 0 means max_concurrent_builds + 2, a '
-             'connection for every operation that may run at once plus two '
-             'for lookups and periodic tasks. A call takes an idle '
-             'connection when there is one: a short call on a connection '
-             'that has a domain start in flight waits for that connection '
-             '(measured: 80-600 ms in a burst of 10 spawns, ~0 ms on an '
-             'idle one). test:/// URIs other than test:///default always '
-             'use one (each connection there is a separate mock host).'),
+        help='Most libvirt connections the agent opens, each when first '
+             'needed; 0 means max_concurrent_builds + 2 (one per operation '
+             'that may run at once, two for lookups and periodic tasks). A '
+             'call takes an idle connection if there is one: on a connection '
+             'with a domain start in flight even a short call waits. '
+             'test:/// URIs other than test:///default use one (each '
+             'connection there is a separate mock host).'),
     cfg.FloatOpt(
         'connect_retry_interval', default=1.0, min=0.0,
         help='Seconds between libvirt connection attempts (doubling, '
