@@ -45,6 +45,16 @@ def _describe(link):
     return _kind(link) or 'a device without a kind (physical NIC?)'
 
 
+def _one_of_kinds(ipr, name, kinds, action):
+    """The link ``name`` or None; NetdevError if it is not of one of
+    ``kinds`` (``action``, e.g. 'delete', is what is refused)."""
+    link = _one(ipr, name)
+    if link is not None and _kind(link) not in kinds:
+        raise NetdevError('refusing to %s %s: it is %s, not %s' % (
+            action, name, _describe(link), ' or '.join(kinds)))
+    return link
+
+
 def _netlink(what, name, exc):
     return NetdevError('%s %s: %s' % (what, name, exc))
 
@@ -165,12 +175,9 @@ def set_mtu(name, mtu, kinds=(TUN_KIND,)):
     Returns True if the device exists (whether or not the MTU changed).
     """
     with IPRoute() as ipr:
-        link = _one(ipr, name)
+        link = _one_of_kinds(ipr, name, kinds, 'set the mtu of')
         if link is None:
             return False
-        if _kind(link) not in kinds:
-            raise NetdevError('%s is %s, not %s' % (
-                name, _describe(link), ' or '.join(kinds)))
         if link.get_attr('IFLA_MTU') != mtu:
             try:
                 ipr.link('set', index=link['index'], mtu=mtu)
@@ -186,12 +193,9 @@ def delete_link(name, kinds=(TUN_KIND,)):
     name raises NetdevError and is left alone.
     """
     with IPRoute() as ipr:
-        link = _one(ipr, name)
+        link = _one_of_kinds(ipr, name, kinds, 'delete')
         if link is None:
             return False
-        if _kind(link) not in kinds:
-            raise NetdevError('refusing to delete %s: it is %s, not %s' % (
-                name, _describe(link), ' or '.join(kinds)))
         try:
             ipr.link('del', index=link['index'])
         except NetlinkError as e:
