@@ -26,8 +26,8 @@ the two commands give the CPU per request byte.
 
     .venv/bin/python bench/qmp_cost.py [--starts 10] [--commands 2000]
 
-Needs root and libvirtd (qemu:///system); nothing else. Exit 0, or 2 when
-the run failed.
+Needs root and libvirtd (qemu:///system); nothing else. Exits 0, or
+non-zero with a message naming what failed.
 """
 
 import argparse
@@ -67,10 +67,12 @@ def libvirt_starts(n):
                "</os><features><acpi/></features></domain>" % name)
         lv0, t0 = cpu_s(lvd), time.perf_counter()
         dom = conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
-        wall, lv = time.perf_counter() - t0, cpu_s(lvd) - lv0
-        with open('/run/libvirt/qemu/%s.pid' % name) as f:
-            qemu = cpu_s([int(f.read())])
-        dom.destroy()
+        try:
+            wall, lv = time.perf_counter() - t0, cpu_s(lvd) - lv0
+            with open('/run/libvirt/qemu/%s.pid' % name) as f:
+                qemu = cpu_s([int(f.read())])
+        finally:
+            dom.destroy()           # transient: nothing else is left behind
         if i:
             out.append((wall, lv, qemu))
     conn.close()
