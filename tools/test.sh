@@ -25,6 +25,11 @@ fi
 .venv/bin/pip install -q -U pip
 .venv/bin/pip install -q -e '.[test]'
 
+step "docs"
+# Same command as tox -e docs: a warning fails the run.
+.venv/bin/pip install -q -r docs/requirements.txt
+.venv/bin/sphinx-build -q -W --keep-going -b html docs/source docs/build/html
+
 step "test guest"
 tools/build-test-guest.sh "$CA_TEST_CACHE/guest"
 
