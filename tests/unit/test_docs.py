@@ -16,7 +16,7 @@ from compute_agent import exception
 from compute_agent import schemas
 from compute_agent import states
 
-PROTOCOL = pathlib.Path(__file__).resolve().parents[2] / 'docs' / 'source' / 'protocol'
+PROTOCOL_DIR = pathlib.Path(__file__).resolve().parents[2] / 'docs' / 'source' / 'protocol'
 NOT_SERVED = 'Not yet served'
 # The methods version 1.1 of the contract adds (docs: protocol-methods-1-1).
 METHODS_1_1 = (
@@ -29,7 +29,7 @@ _LABEL = re.compile(r'^\.\. _([a-z0-9-]+):\s*$', re.MULTILINE)
 
 def _sections(name):
     """{label: text up to the next label} of one protocol page."""
-    text = (PROTOCOL / name).read_text()
+    text = (PROTOCOL_DIR / name).read_text()
     marks = list(_LABEL.finditer(text))
     out = {}
     for i, mark in enumerate(marks):
@@ -44,7 +44,7 @@ def _sections(name):
 
 
 ALL = {}
-for _page in sorted(PROTOCOL.glob('*.rst')):
+for _page in sorted(PROTOCOL_DIR.glob('*.rst')):
     ALL.update(_sections(_page.name))
 
 
