@@ -23,7 +23,10 @@ from compute_agent import version
 LOG = logging.getLogger(__name__)
 
 PUBLIC_KEYS = ('uuid', 'name', 'host', 'vm_state', 'task_state', 'power_state',
-               'devices', 'vnc', 'created_at', 'updated_at', 'error')
+               'devices', 'vnc', 'created_at', 'updated_at', 'error',
+               'power_checked_at')
+# _reconcile without a sync's listing: ask libvirt about the one instance.
+_ASK = object()
 # Requests that may run beside anything else (no per-instance queue).
 UNKEYED = frozenset(('list_instances', 'get_host_stats', 'ping'))
 
@@ -52,6 +55,10 @@ class Manager:
         self._started = time.monotonic()
         self._locks = collections.defaultdict(threading.RLock)
         self._locks_guard = threading.Lock()
+        # uuid -> when libvirt last confirmed its power state: a sync that
+        # changes nothing costs no journal write, so it is kept here and
+        # saved with the next change.
+        self._checked = {}
 
     # --- the dispatcher interface ------------------------------------------
 
@@ -113,6 +120,8 @@ class Manager:
             before = (record.get('vm_state'), record.get('task_state'),
                       record.get('power_state'))
             record.update(changes, updated_at=_now())
+            if record['uuid'] in self._checked:
+                record['power_checked_at'] = self._checked[record['uuid']]
             seq = self.journal.save_instance(record['uuid'], record)
             after = (record['vm_state'], record['task_state'],
                      record['power_state'])
@@ -133,11 +142,19 @@ class Manager:
             sequence=sequence, timestamp=_now())
 
     def _power(self, record):
+        power = self._probe(record)
+        return states.NOSTATE if power is None else power
+
+    def _probe(self, record, retry=True):
+        """The power state libvirt confirms now, or None if it cannot be asked."""
         try:
-            return self.driver.get_power_state(record['spec']['instance'])
+            power = self.driver.get_power_state(record['spec']['instance'],
+                                                retry=retry)
         except Exception:
             LOG.exception('%s: cannot read power state', record['uuid'])
-            return states.NOSTATE
+            return None
+        self._checked[record['uuid']] = _now()
+        return power
 
     def _fail(self, record, context, method, exc):
         LOG.error('%s: %s failed: %s', record['uuid'], method, exc,
@@ -316,10 +333,16 @@ class Manager:
         return public(record)
 
     def do_get_info(self, context, instance_uuid):
-        return public(self._get(instance_uuid))
+        return self._public(self._get(instance_uuid))
 
     def do_list_instances(self, context):
-        return [public(r) for r in self.journal.list_instances()]
+        return [self._public(r) for r in self.journal.list_instances()]
+
+    def _public(self, record):
+        out = public(record)
+        out['power_checked_at'] = (self._checked.get(record['uuid'])
+                                   or out['power_checked_at'])
+        return out
 
     def do_get_console_output(self, context, instance_uuid, tail_lines=100):
         record = self._get(instance_uuid)
@@ -345,21 +368,70 @@ class Manager:
     # --- changes nobody asked for ---------------------------------------------
 
     def on_power_event(self, uuid, power_state=None):
-        """A libvirt lifecycle event; operations in flight report their own."""
+        """A libvirt lifecycle event; operations in flight report their own.
+
+        A stop is only reported once it has held for ``[libvirt]
+        stopped_event_delay`` s: a guest rebooting itself may pass through
+        one, and the state read when the delay is over is what counts.
+        """
+        delay = self.conf.libvirt.stopped_event_delay
+        if power_state == states.SHUTDOWN and delay > 0:
+            timer = threading.Timer(delay, self._reconcile,
+                                    (uuid, 'power.lifecycle', True))
+            timer.daemon = True
+            timer.start()
+            return
         self._reconcile(uuid, 'power.lifecycle', only_idle=True)
 
     def sync_power_states(self):
-        for record in self.journal.list_instances():
-            self._reconcile(record['uuid'], 'power.sync', only_idle=True)
+        """Check every record against one listing of libvirt's domains.
 
-    def _reconcile(self, uuid, event, only_idle):
+        When libvirt cannot be asked, each instance is reported once as
+        ``power.unknown`` (power_state 0, vm_state kept): silence is never
+        taken for a stop. The next sync that reaches libvirt corrects it.
+        """
+        started = _now()
+        try:
+            powers = self.driver.list_domains(retry=False)
+        except Exception as exc:
+            LOG.warning('power sync: libvirt cannot be asked: %s', exc)
+            powers = None
+        if powers is not None:
+            for uuid in powers:
+                self._checked[uuid] = started
+        for record in self.journal.list_instances():
+            self._reconcile(record['uuid'], 'power.sync', only_idle=True,
+                            listing=powers, listed_at=started)
+            try:
+                self.driver.trim_console_log(record['spec']['instance'])
+            except Exception:
+                LOG.exception('%s: trimming the console log failed',
+                              record['uuid'])
+
+    def _reconcile(self, uuid, event, only_idle, listing=_ASK, listed_at=None):
+        """Bring a record in line with libvirt.
+
+        ``listing`` is a sync's ``{uuid: power}`` (None: libvirt could not
+        be asked) read before the lock: a record changed since then is
+        asked about again.
+        """
         with self._lock(uuid):
             record = self.journal.get_instance(uuid)
             if record is None or (only_idle and record['task_state']):
                 return
             if record['vm_state'] in (states.BUILDING, states.DELETED):
                 return
-            power = self._power(record)
+            if listing is _ASK or record['updated_at'] >= listed_at:
+                power = self._probe(record)
+            elif listing is None:
+                power = None
+            else:
+                power = listing.get(uuid, states.NOSTATE)
+            if power is None:
+                if record['power_state'] != states.NOSTATE:
+                    self._set(record, {}, 'power.unknown',
+                              power_state=states.NOSTATE)
+                return
             vm_state = states.vm_state_for_power(record['vm_state'], power)
             if (vm_state, power) != (record['vm_state'], record['power_state']):
                 self._set(record, {}, event, vm_state=vm_state,
@@ -395,5 +467,6 @@ class Manager:
                       task_state=None, power_state=power, error=error)
 
     def host_state(self):
-        stats = self.driver.get_host_stats()
+        # No retries: a periodic report is skipped while libvirt is away.
+        stats = self.driver.get_host_stats(retry=False)
         self.notifier.host_state_update(host=self.host, timestamp=_now(), **stats)

@@ -18,6 +18,10 @@
 #   ca_rescue           print RESCUE-MODE
 #   ca_cd_wait=<s>      seconds to wait for the config drive (default 6)
 #   ca_debug            keep kernel messages on the console after /init starts
+#   ca_flood=<MiB>      write that many MiB of text to the console, then
+#                       FLOOD-DONE (a guest that fills its console log)
+#   ca_reboot_once      reboot itself once (REBOOTING-ONCE), remembered in a
+#                       marker on the last MiB of the first disk (vda)
 # Console lines printed by /init (one per line, at the start of the line):
 #   COMPUTE-AGENT-TEST-GUEST BOOTED
 #   KERNEL-CMDLINE: ...
@@ -31,9 +35,12 @@
 #   POWERING-OFF | READY
 #   ACPI-POWER-BUTTON                   (graceful shutdown request; powers off)
 #   HEARTBEAT <n>                       (every 10 s once READY)
+#   FLOOD-DONE <MiB>                    (ca_flood)
+#   REBOOTING-ONCE | REBOOTED-ONCE      (ca_reboot_once: before / after)
 # The config drive's openstack/latest/meta_data.json may carry
-#   "meta": {"ping": "<ip>", "poweroff": "1"} with the same effect as
-# ca_ping / ca_poweroff.
+#   "meta": {"ping": "<ip>", "poweroff": "1", "flood": "<MiB>",
+#            "reboot_once": "1"} with the same effect as
+# ca_ping / ca_poweroff / ca_flood / ca_reboot_once.
 set -euo pipefail
 
 usage() { echo "usage: $0 OUTDIR" >&2; exit 2; }
@@ -375,6 +382,29 @@ if has_opt ca_poweroff || { [ -n "$META" ] && [ "$(json_str poweroff "$META")" =
     sync
     poweroff -f
     sleep 10
+fi
+FLOOD=$(opt_val ca_flood || true)
+[ -z "$FLOOD" ] && [ -n "$META" ] && FLOOD=$(json_str flood "$META")
+if [ -n "$FLOOD" ]; then
+    line=FLOOD-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-0123456789
+    yes "$line" | head -c $((FLOOD * 1048576)) >/dev/console
+    echo
+    echo "FLOOD-DONE $FLOOD"
+fi
+if { has_opt ca_reboot_once || { [ -n "$META" ] && [ "$(json_str reboot_once "$META")" = 1 ]; }; } &&
+        [ -b /dev/vda ]; then
+    # The disk outlives a reboot; the initramfs does not.
+    sectors=$(cat /sys/block/vda/size)
+    off=$(( sectors / 2048 - 1 ))
+    if [ "$(dd if=/dev/vda bs=1M skip=$off count=1 2>/dev/null | head -c 13)" = "REBOOTED-ONCE" ]; then
+        echo "REBOOTED-ONCE"
+    else
+        printf 'REBOOTED-ONCE' | dd of=/dev/vda bs=1M seek=$off conv=notrunc 2>/dev/null
+        sync
+        echo "REBOOTING-ONCE"
+        reboot -f
+        sleep 10
+    fi
 fi
 echo "READY"
 # Harmless heartbeat: shows on the console that the guest is still running

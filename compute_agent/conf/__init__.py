@@ -46,6 +46,9 @@ def check(conf):
         raise exception.ConfigError(
             group='libvirt', option='cpu_model',
             reason='only meaningful when cpu_mode is custom')
+    if conf.libvirt.virt_type in ('kvm', 'qemu'):
+        from compute_agent.virt import console
+        console.backups_allowed(conf)       # virtlogd must bound the log
 
 
 

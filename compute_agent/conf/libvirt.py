@@ -114,6 +114,24 @@ opts = [
              'with a domain start in flight even a short call waits. '
              'test:/// URIs other than test:///default use one (each '
              'connection there is a separate mock host).'),
+    cfg.IntOpt(
+        'console_log_max_bytes', default=8 * 1024 * 1024, min=64 * 1024,
+        help='Most bytes one guest\'s console log may take on disk, '
+             'rotated files included. The log is written by virtlogd, which '
+             'rotates it at its own max_size and keeps max_backups old '
+             'files (virtlogd_conf); the agent removes older files that '
+             'would exceed this, and refuses to start when virtlogd\'s '
+             'max_size alone is larger or rotation is off.'),
+    cfg.StrOpt(
+        'virtlogd_conf', default='/etc/libvirt/virtlogd.conf',
+        help='virtlogd\'s configuration file, read at start for its '
+             'max_size and max_backups (libvirt\'s defaults, 2 MiB and 3, '
+             'when it is missing or does not set them).'),
+    cfg.FloatOpt(
+        'stopped_event_delay', default=15.0, min=0.0,
+        help='Seconds a STOPPED lifecycle event must hold before it is '
+             'reported, so a guest that reboots itself is not reported as '
+             'stopped (nova waits 15 s too).'),
     cfg.FloatOpt(
         'connect_retry_interval', default=1.0, min=0.0,
         help='Seconds between libvirt connection attempts (doubling, '

@@ -12,6 +12,7 @@ import os
 from compute_agent import exception
 from compute_agent.virt import blockinfo
 from compute_agent.virt import config
+from compute_agent.virt import console
 from compute_agent.virt import volume
 from compute_agent.virt.plan import DiskFile, GuestPlan
 
@@ -330,11 +331,11 @@ def _config_drive(ctx, dom):
 
 def _consoles(ctx, dom):
     if ctx.virt_type in HVM_TYPES:
-        # QEMU's pty backend drops output while no client is attached, so
-        # the console also goes to a file that get_console_output reads.
-        dom.add_device(config.Serial(type='file',
-                                     source_path=ctx.path('console.log')))
-        dom.add_device(config.Serial(type='pty'))
+        # virtlogd writes the pty's output to the log and rotates it, so a
+        # guest cannot fill the disk (virt/console.py); QEMU's pty alone
+        # drops output while no client is attached.
+        dom.add_device(config.Serial(type='pty', log_file=ctx.path(console.CONSOLE_LOG),
+                                     log_append=True))
     else:
         dom.add_device(config.Console(type='pty'))
 

@@ -146,11 +146,11 @@ class Connection:
         """The primary connection, opening (retrying) a new one when needed."""
         return self._live(self._slots[0])
 
-    def _live(self, slot):
+    def _live(self, slot, retry=True):
         conn = slot.conn
         if conn is not None and self._alive(conn):
             return conn
-        attempts = max(1, self.conf.libvirt.connect_retries)
+        attempts = max(1, self.conf.libvirt.connect_retries) if retry else 1
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(attempts),
             wait=tenacity.wait_exponential(
@@ -221,22 +221,24 @@ class Connection:
                 pass
 
     # -- calls ---------------------------------------------------------------
-    def call(self, fn):
+    def call(self, fn, retry=True):
         """``fn(conn)`` on the least busy connection; re-run once on a new
         connection if that one died. Objects ``fn`` returns (domains) stay
-        usable: pooled connections are only closed when they are dead."""
+        usable: pooled connections are only closed when they are dead.
+        ``retry=False`` makes one connection attempt instead of
+        ``[libvirt] connect_retries``."""
         with self._lock:
             slot = min(self._slots, key=lambda s: s.busy)   # ties: the primary
             slot.busy += 1
         try:
-            conn = self._live(slot)
+            conn = self._live(slot, retry)
             try:
                 return fn(conn)
             except libvirt.libvirtError as e:
                 if not is_connection_error(e) or self._alive(conn):
                     raise
                 LOG.warning('libvirt connection lost (%s); reconnecting', e)
-            return fn(self._live(slot))
+            return fn(self._live(slot, retry))
         finally:
             with self._lock:
                 slot.busy -= 1

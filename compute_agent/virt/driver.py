@@ -25,6 +25,7 @@ from compute_agent.images.cache import ImageCache
 from compute_agent.virt import builder
 from compute_agent.virt import configdrive
 from compute_agent.virt import connection
+from compute_agent.virt import console
 from compute_agent.virt import disks
 from compute_agent.virt import guest
 from compute_agent.virt import host
@@ -35,7 +36,6 @@ from compute_agent.vif.loader import VifDrivers
 LOG = logging.getLogger(__name__)
 
 UNRESCUE_XML = 'unrescue.xml'
-CONSOLE_LOG = 'console.log'
 RUNNING_TIMEOUT = 60
 ACTIVE_STATES = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED,
                  libvirt.VIR_DOMAIN_PAUSED)
@@ -72,6 +72,7 @@ class LibvirtDriver:
         self.connection = connection.Connection(conf, on_power_event)
         self.image_cache = image_cache or ImageCache(conf)
         self.vif_drivers = vif_drivers or VifDrivers(conf)
+        self._console_keep = None     # rotated console logs kept, read lazily
 
     def close(self):
         self.connection.close()
@@ -427,16 +428,20 @@ class LibvirtDriver:
         self._boot(instance, network_info)
 
     # -- queries -------------------------------------------------------------------
-    def get_power_state(self, instance):
-        """PROTOCOL power state; 0 NOSTATE for a missing domain."""
+    def get_power_state(self, instance, retry=True):
+        """PROTOCOL power state; 0 NOSTATE for a missing domain.
+
+        ``retry=False``: one connection attempt, for periodic checks that
+        must tell quickly that libvirt cannot be asked.
+        """
         uuid = _uuid(instance)
 
         def run(conn):
             dom = self._find(conn, uuid)
             return guest.NOSTATE if dom is None else guest.power_state(dom)
-        return self._call(run)
+        return self.connection.call(run, retry=retry)
 
-    def list_domains(self):
+    def list_domains(self, retry=True):
         """``{uuid: power_state}`` of every domain on the host."""
         def run(conn):
             out = {}
@@ -447,12 +452,18 @@ class LibvirtDriver:
                     if not guest.is_no_domain(e):   # undefined meanwhile
                         raise
             return out
-        return self._call(run)
+        return self.connection.call(run, retry=retry)
+
+    def trim_console_log(self, instance):
+        """Drop rotated console logs beyond ``[libvirt] console_log_max_bytes``."""
+        if self._console_keep is None:
+            self._console_keep = console.backups_allowed(self.conf)
+        path = disks.instance_dir(self.conf, instance['name'])
+        return console.prune(path, self._console_keep)
 
     def get_console_output(self, instance, tail_lines=100):
         """Last ``tail_lines`` lines of the serial console log."""
-        return guest.tail(disks.safe_join(self._dir(instance), CONSOLE_LOG),
-                          int(tail_lines))
+        return console.tail(self._dir(instance), int(tail_lines))
 
     def get_vnc_console(self, instance):
         """``{'host', 'port'}`` of the running guest's VNC server."""
@@ -463,9 +474,10 @@ class LibvirtDriver:
                 % _uuid(instance))
         return {'host': self.conf.vnc.server_proxyclient_address, 'port': port}
 
-    def get_host_stats(self):
+    def get_host_stats(self, retry=True):
         """The host record of PROTOCOL.md section 4 (host_state_update args)."""
-        return self._call(lambda c: host.host_stats(c, self.conf.instances_path))
+        return self.connection.call(
+            lambda c: host.host_stats(c, self.conf.instances_path), retry=retry)
 
 
 def _unlink(path):

@@ -5,7 +5,6 @@ each operation; everything here works on one ``virDomain``, its XML or one
 of its files.
 """
 
-import os
 import time
 
 import libvirt
@@ -38,7 +37,6 @@ UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                   | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
 # SECURE keeps a VNC password, so the XML restored by unrescue is complete.
 INACTIVE_XML = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
-CONSOLE_TAIL_BYTES = 1 << 20     # enough for any sane tail_lines
 POLL = 0.2
 
 
@@ -139,23 +137,3 @@ def has_cdrom_root(xml, root_path):
         if src is not None and src.get('file') == root_path:
             return d.get('device') == 'cdrom'
     return False
-
-
-def tail(path, lines):
-    """Last ``lines`` lines of a (console log) file; '' if it does not exist.
-
-    Reads at most the last ``CONSOLE_TAIL_BYTES``: a console log grows for
-    the guest's lifetime. Carriage returns from the serial line are dropped.
-    """
-    if lines <= 0:
-        return ''
-    try:
-        with open(path, 'rb') as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - CONSOLE_TAIL_BYTES))
-            data = f.read()
-    except FileNotFoundError:
-        return ''
-    text = data.decode('utf-8', 'replace').replace('\r', '')
-    out = text.splitlines()[-lines:]
-    return '\n'.join(out) + ('\n' if out and text.endswith('\n') else '')

@@ -287,6 +287,12 @@ def pid_running(pid):
 
 def restart_libvirtd():
     """Stop libvirtd and start it again the way tools/start-services.sh does."""
+    stop_libvirtd()
+    start_libvirtd()
+
+
+def stop_libvirtd():
+    """SIGTERM libvirtd (SIGKILL after 15 s); its guests keep running."""
     try:
         with open(LIBVIRTD_PIDFILE) as f:
             pid = int(f.read().strip())
@@ -298,6 +304,10 @@ def restart_libvirtd():
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
+
+
+def start_libvirtd():
+    """Start libvirtd as tools/start-services.sh does; wait until it answers."""
     os.makedirs(SERVICES_LOG_DIR, exist_ok=True)
     with open(os.path.join(SERVICES_LOG_DIR, 'libvirtd.log'), 'ab') as log:
         # setsid -f: detached from the test session, like `setsid tini ... &`.

@@ -43,7 +43,7 @@ HOST_STATE_KEYS = frozenset(('host', 'hypervisor_type', 'hypervisor_version',
                              'running_vms', 'timestamp'))
 RECORD_KEYS = frozenset(('uuid', 'name', 'host', 'vm_state', 'task_state',
                          'power_state', 'devices', 'vnc', 'created_at',
-                         'updated_at', 'error'))
+                         'updated_at', 'error', 'power_checked_at'))
 VM_STATES = frozenset(('building', 'active', 'stopped', 'paused', 'suspended',
                        'rescued', 'error', 'deleted'))
 TASK_STATES = frozenset((None, 'spawning', 'rebooting', 'rebooting_hard',
@@ -136,6 +136,8 @@ class Harness:
                 ('connection_uri', 'test:///default', 'libvirt'),
                 ('virt_type', 'qemu', 'libvirt'),
                 ('disk_cachemode', 'writethrough', 'libvirt'),
+                # A stop is reported at once: the debounce has its own tests.
+                ('stopped_event_delay', 0, 'libvirt'),
                 ('image_store_url', 'file://' + self.store, 'images'),
                 ('host', HOST, None),
                 ('state_path', os.path.join(self.root, 'state'), None),

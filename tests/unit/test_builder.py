@@ -176,8 +176,9 @@ def test_hvm_disk_boot(virt_type):
     assert one(root, 'target/@bus') == 'virtio'
     assert one(root, 'source/@file') == DIR + '/disk'
     serials = xp(node, 'devices/serial')
-    assert [s.get('type') for s in serials] == ['file', 'pty']
-    assert one(serials[0], 'source/@path') == DIR + '/console.log'
+    assert [s.get('type') for s in serials] == ['pty']
+    assert one(serials[0], 'log/@file') == DIR + '/console.log'
+    assert one(serials[0], 'log/@append') == 'on'
     assert xp(node, 'devices/console') == []
     assert plan.instance_dir == DIR
     assert_valid_and_defined(plan)

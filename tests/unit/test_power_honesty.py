@@ -1,0 +1,126 @@
+"""Honest power reports on test:///default (docs: protocol, reports).
+
+- libvirt that cannot be asked gives one ``power.unknown`` report per
+  instance (power_state 0, vm_state kept), never an inferred stop, and the
+  next sync that reaches libvirt corrects it as ``power.sync``;
+- ``power_checked_at`` moves only when libvirt answered;
+- a STOPPED event is reported only if the stop still holds after
+  ``[libvirt] stopped_event_delay``.
+
+Making libvirt unreachable: the driver's URI is pointed at a socket that
+does not exist and its open connections are dropped, so every call fails as
+it does when libvirtd is down (the real case is in
+tests/functional/test_e2e_honest_power.py).
+"""
+
+import time
+
+import pytest
+
+from compute_agent import states
+
+try:
+    from tests.unit import manager_fixtures as mf
+except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
+    import manager_fixtures as mf
+
+UNREACHABLE = 'test+unix:///default?socket=/nonexistent/compute-agent-test.sock'
+
+
+def triple(r):
+    return (r['vm_state'], r['task_state'], r['power_state'])
+
+
+def _events(h, uuid, since):
+    return [(r['event'],) + triple(r) for r in h.notifier.reports[since:]
+            if r['instance_uuid'] == uuid]
+
+
+def _cut_libvirt(h):
+    uri = h.driver.connection.uri
+    h.driver.connection.uri = UNREACHABLE
+    for slot in h.driver.connection._slots:
+        slot.conn = None
+    return uri
+
+
+@pytest.fixture
+def h(tmp_path):
+    harness = mf.Harness(tmp_path)
+    yield harness
+    harness.close()
+
+
+def test_unreachable_libvirt_is_unknown_never_stopped(h):
+    h.conf.set_override('connect_retries', 1, 'libvirt')
+    active, _ = h.spawn()
+    stopped, _ = h.spawn()
+    h.call('power_off', instance=stopped, timeout=0)
+    checked = {i['uuid']: h.info(i['uuid'])['power_checked_at'] for i in (active, stopped)}
+    assert all(checked.values())
+    since = len(h.notifier.reports)
+    uri = _cut_libvirt(h)
+    h.manager.sync_power_states()
+    h.manager.sync_power_states()            # once only
+    assert _events(h, active['uuid'], since) == [
+        ('power.unknown', states.ACTIVE, None, states.NOSTATE)]
+    assert _events(h, stopped['uuid'], since) == [
+        ('power.unknown', states.STOPPED, None, states.NOSTATE)]
+    for inst in (active, stopped):
+        assert h.info(inst['uuid'])['power_checked_at'] == checked[inst['uuid']]
+    # A lifecycle event while libvirt cannot be asked: unknown, not stopped.
+    h.manager.on_power_event(active['uuid'], states.RUNNING)
+    assert len(h.notifier.reports) == since + 2
+
+    h.driver.connection.uri = uri
+    mark = len(h.notifier.reports)
+    h.manager.sync_power_states()
+    assert _events(h, active['uuid'], mark) == [
+        ('power.sync', states.ACTIVE, None, states.RUNNING)]
+    assert _events(h, stopped['uuid'], mark) == [
+        ('power.sync', states.STOPPED, None, states.SHUTDOWN)]
+    for inst in (active, stopped):
+        assert h.info(inst['uuid'])['power_checked_at'] > checked[inst['uuid']]
+
+
+def test_a_sync_that_changes_nothing_still_confirms(h):
+    inst, _ = h.spawn()
+    first = h.info(inst['uuid'])['power_checked_at']
+    time.sleep(0.01)
+    seen = len(h.notifier.reports)
+    h.manager.sync_power_states()
+    assert len(h.notifier.reports) == seen
+    assert h.info(inst['uuid'])['power_checked_at'] > first
+    assert h.call('list_instances')[0]['power_checked_at'] == \
+        h.info(inst['uuid'])['power_checked_at']
+
+
+def test_a_sync_does_not_apply_a_listing_older_than_the_record(h):
+    """A record changed after the sync listed the domains is asked again."""
+    inst, _ = h.spawn()
+    stale = {inst['uuid']: states.SHUTDOWN}
+    seen = len(h.notifier.reports)
+    h.manager._reconcile(inst['uuid'], 'power.sync', only_idle=True,
+                         listing=stale, listed_at='1970-01-01T00:00:00+00:00')
+    assert len(h.notifier.reports) == seen      # libvirt says running
+
+
+def test_stop_reported_only_when_it_holds(tmp_path):
+    h = mf.Harness(tmp_path, events=True)
+    try:
+        h.conf.set_override('stopped_event_delay', 1.0, 'libvirt')
+        inst, _ = h.spawn()
+        uuid = inst['uuid']
+        since = len(h.notifier.reports)
+        dom = h.domain(uuid)
+        dom.destroy()               # a reboot as some hypervisors show it
+        dom.create()
+        time.sleep(2.0)             # past the delay: the check has run
+        assert _events(h, uuid, since) == []
+        dom.destroy()               # a real stop
+        report = h.notifier.wait_for(
+            lambda r: r['instance_uuid'] == uuid and r['event'] == 'power.lifecycle')
+        assert report is not None
+        assert triple(report) == (states.STOPPED, None, states.SHUTDOWN)
+    finally:
+        h.close()
