@@ -4,7 +4,8 @@ Plugins are entry points (stevedore) in the groups of :data:`KINDS`; a
 request names one by a field (a VIF's ``type``, a volume's
 ``connection_info.driver_volume_type``, an image URL's scheme).
 ``load(namespace, name, field, conf)`` returns the plugin object, made with
-``conf`` once and then cached per (namespace, name) for that ``conf``.
+``conf`` once and then cached per (namespace, name) for that ``conf`` (the
+cache lives in the conf object, so it goes when the conf goes).
 
 Errors:
 
@@ -17,7 +18,6 @@ Errors:
 
 import logging
 import threading
-import weakref
 
 from stevedore import driver as stevedore_driver
 from stevedore import exception as stevedore_exc
@@ -48,7 +48,19 @@ class PluginLoadFailed(exception.AgentError):
 
 _lock = threading.RLock()
 _classes = {}      # (namespace, name) -> plugin class (or factory)
-_objects = {}      # (namespace, name, id(conf)) -> (conf weakref or None, object)
+_objects = {}      # (namespace, name) -> object made without a conf
+_CONF_CACHE = '_compute_agent_plugins'
+
+
+def _cache_of(conf):
+    """(namespace, name) -> object, for objects made with ``conf``.
+
+    Kept in the conf object itself: plugins hold their conf, so a cache
+    outside it would keep every conf (and its plugins) alive for good.
+    """
+    if conf is None:
+        return _objects
+    return vars(conf).setdefault(_CONF_CACHE, {})
 
 
 def names(namespace):
@@ -114,11 +126,11 @@ def load(namespace, name, field, conf=None):
     """
     if not isinstance(name, str) or not name:
         check_name(namespace, name, field)          # raises
-    key = (namespace, name, id(conf))
+    key = (namespace, name)
     with _lock:
-        cached = _objects.get(key)
-        if cached is not None and (cached[0] is None or cached[0]() is conf):
-            return cached[1]
+        cache = _cache_of(conf)
+        if key in cache:
+            return cache[key]
         check_name(namespace, name, field)
         cls = _plugin_class(namespace, name, field)
         try:
@@ -129,17 +141,13 @@ def load(namespace, name, field, conf=None):
             LOG.exception('Plugin %s of %s failed to initialize', name, namespace)
             raise PluginLoadFailed(name=name, namespace=namespace, field=field,
                                    cause='%s: %s' % (type(e).__name__, e)) from e
-        ref = None
-        if conf is not None:
-            # Forget the object with its conf, so a later conf that reuses
-            # the id never gets it.
-            ref = weakref.ref(conf, lambda _r, key=key: _objects.pop(key, None))
-        _objects[key] = (ref, obj)
+        cache[key] = obj
         return obj
 
 
 def forget():
-    """Drop every cache (tests that install or remove plugins)."""
+    """Drop the class and entry point caches, and the objects made without a
+    conf (tests that install or remove plugins)."""
     with _lock:
         _classes.clear()
         _objects.clear()

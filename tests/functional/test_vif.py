@@ -413,8 +413,9 @@ def test_thirdparty_driver_picked_by_entry_point(tmp_path):
     # Not installed in this process: its type is unknown here.
     drivers = VifDrivers(make_conf())
     assert 'thirdparty' not in drivers.known_types()
-    with pytest.raises(exception.InvalidRequest, match="unknown VIF type 'thirdparty'"):
+    with pytest.raises(exception.InvalidRequest, match='unknown VIF type') as err:
         drivers.get('thirdparty')
+    assert 'thirdparty' not in err.value.message
 
     site = tmp_path / 'site'
     site.mkdir()
@@ -477,14 +478,16 @@ def test_invalid_vifs_create_nothing(names, vif_type, problem):
     network_info = [vif]
     if problem == 'bad_mac':
         vif['address'] = 'fa:16:3e:zz:00:01'
-        expected, match = exception.VifPlugFailed, "address 'fa:16:3e:zz:00:01' is not"
+        expected, match = exception.VifPlugFailed, 'address must be a MAC address'
+
     elif problem == 'long_devname':
         vif['devname'] = tap + 'xy'                          # 15 characters
-        expected, match = exception.VifPlugFailed, 'at most 14'
+        expected, match = exception.VifPlugFailed, 'devname must be 1-14 letters'
     else:
         # A good VIF first: nothing is plugged before every type is known.
         network_info.append(make_vif('nosuchtype', names.tap()))
-        expected, match = exception.InvalidRequest, "unknown VIF type 'nosuchtype'"
+        expected, match = exception.InvalidRequest, r'unknown VIF type \(installed: '
+
     with pytest.raises(expected, match=match) as err:
         drivers.plug_all(make_instance('x'), network_info)
     if expected is exception.VifPlugFailed:
