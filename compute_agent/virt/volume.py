@@ -11,6 +11,7 @@ import hashlib
 import os
 
 from compute_agent import plugins
+from compute_agent.conf.base import register_group_opts
 from compute_agent.virt import config
 
 NAMESPACE = plugins.VOLUME_DRIVERS
@@ -20,8 +21,20 @@ FIELD = 'block_device_info.block_device_mapping.connection_info.driver_volume_ty
 
 
 class VolumeDriver:
+    """Base class; one instance per agent, shared by all volumes of its type.
+
+    Third parties register theirs under ``compute_agent.volume_drivers``
+    with the ``driver_volume_type`` as the name. The schema shapes ``data``
+    only for the built-in types: any other driver checks its own ``data``.
+    """
+
+    #: (OptGroup, [Opt]) pairs the driver reads; registered when loaded.
+    opts = ()
+
     def __init__(self, conf):
         self.conf = conf
+        for group, opts in self.opts:
+            register_group_opts(conf, group, opts)
 
     def get_config(self, connection_info, target_dev, target_bus):
         raise NotImplementedError

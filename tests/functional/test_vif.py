@@ -21,7 +21,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import tomllib
 import uuid
 
 import pytest
@@ -39,8 +38,10 @@ from compute_agent.virt import schema
 try:
     from tests.functional.guest_fixture import (  # noqa: F401
         destroy_quietly, libvirt_conn, skip_or_fail)
+    from tests.functional.plugin_install import fake_install
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from guest_fixture import destroy_quietly, libvirt_conn, skip_or_fail  # noqa: F401
+    from plugin_install import fake_install
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 THIRDPARTY = REPO / 'tests' / 'fixtures' / 'thirdparty_vif'
@@ -392,23 +393,6 @@ def test_ethernet_refuses_foreign_device(names):
 
 # -- 4. third-party driver by entry point ------------------------------------------------
 
-def _fake_install(target):
-    """What `pip install tests/fixtures/thirdparty_vif` leaves for discovery:
-    a .dist-info whose entry_points.txt comes from the fixture's pyproject."""
-    project = tomllib.loads((THIRDPARTY / 'pyproject.toml').read_text())['project']
-    dist = target / 'thirdparty_vif-1.0.dist-info'
-    dist.mkdir()
-    (dist / 'METADATA').write_text(
-        'Metadata-Version: 2.1\nName: %s\nVersion: %s\n'
-        % (project['name'], project['version']))
-    lines = []
-    for group, eps in project['entry-points'].items():
-        lines.append('[%s]' % group)
-        lines += ['%s = %s' % kv for kv in eps.items()]
-    (dist / 'entry_points.txt').write_text('\n'.join(lines) + '\n')
-    shutil.copytree(THIRDPARTY / 'thirdparty_vif', target / 'thirdparty_vif')
-
-
 def test_thirdparty_driver_picked_by_entry_point(tmp_path):
     # Not installed in this process: its type is unknown here.
     drivers = VifDrivers(make_conf())
@@ -417,9 +401,7 @@ def test_thirdparty_driver_picked_by_entry_point(tmp_path):
         drivers.get('thirdparty')
     assert 'thirdparty' not in err.value.message
 
-    site = tmp_path / 'site'
-    site.mkdir()
-    _fake_install(site)
+    site = fake_install(THIRDPARTY, tmp_path / 'site')
     log = tmp_path / 'calls.log'
     script = textwrap.dedent('''
         import json, sys
