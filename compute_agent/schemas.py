@@ -2,6 +2,9 @@
 
 JSON Schema (Draft 2020-12) for the ``args`` of every method, the format
 checkers they use and the limits behind them; ``validation`` applies them.
+Names, ids and addresses follow the rules of ``compute_agent.rules`` (each
+defined there once); a volume's ``driver_volume_type`` is only shaped here,
+the installed volume driver plugins decide which ones exist.
 
 Conventions the schemas rely on:
 
@@ -27,19 +30,16 @@ import urllib.parse
 
 import jsonschema
 
+from compute_agent import rules
+
 
 INT_MAX = 2 ** 31 - 1   # sizes and counts end up in C ints / libvirt XML
-NAME_RE = r'^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'
-IMAGE_ID_RE = r'^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$'
-UUID_RE = (r'^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-'
-           r'[0-9A-Fa-f]{12}$')
-MAC_RE = r'^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$'
-IFNAME_RE = r'^[A-Za-z][A-Za-z0-9_.-]{0,13}$'   # <= 14 chars (IFNAMSIZ 16)
-VIF_TYPE_RE = r'^[a-z][a-z0-9_]{0,31}$'
+UUID_RE = rules.UUID.pattern
 CHECKSUM_RE = r'^[0-9a-f]{32}$|^sha256:[0-9a-f]{64}$'
-DEVICE_RE = r'^/dev/(vd|xvd|sd|hd|ubd)[a-z]$'
 DISK_FORMATS = ('qcow2', 'raw', 'iso', 'ami', 'aki', 'ari')
-VOLUME_TYPES = ('local', 'iscsi', 'rbd', 'nfs')
+#: Volume types whose ``data`` has a shape here; any other installed volume
+#: driver plugin checks its own ``data``.
+VOLUME_DATA_SHAPES = ('local', 'iscsi', 'rbd', 'nfs', 'nbd')
 SECRET_FIELDS = frozenset({'admin_password', 'rescue_password', 'auth_password'})
 
 
@@ -146,10 +146,7 @@ def _is_nfs_export(value):
 
 @_format('unicast-mac', 'must not be a multicast or all-zero MAC address')
 def _is_unicast_mac(value):
-    if not re.fullmatch(MAC_RE[1:-1], value):
-        return True     # "pattern" reports the shape
-    octets = [int(part, 16) for part in value.split(':')]
-    return not (octets[0] & 1) and any(octets)
+    return rules.MAC.check(value) != 'must not be a multicast or all-zero MAC address'
 
 
 @_format('base64', 'must be base64-encoded')
@@ -225,18 +222,17 @@ def _image_meta(nullable=False):
 
 
 DEFS = {
-    'uuid': {'type': 'string', 'pattern': UUID_RE, 'x-normalize': 'lower',
-             'x-reason': 'must be a UUID string (8-4-4-4-12 hex digits)'},
-    'image_id': _str(IMAGE_ID_RE),
-    'image_id_or_null': _str(IMAGE_ID_RE, nullable=True, default=None),
-    'device_name': _str(DEVICE_RE),
-    'ifname': _str(IFNAME_RE),
+    'uuid': rules.UUID.schema(**{'x-normalize': 'lower', 'x-reason': rules.UUID.reason}),
+    'image_id': rules.IMAGE_ID.schema(),
+    'image_id_or_null': rules.IMAGE_ID.schema(nullable=True, default=None),
+    'device_name': rules.DEVICE_PATH.schema(),
+    'ifname': rules.IFNAME.schema(),
     'ip': _str(format='ip-address'),
     'password': {'type': ['string', 'null'], 'maxLength': 255, 'default': None,
                  'x-reason': 'must be a string of at most 255 characters or null'},
     'instance': _obj({
         'uuid': _ref('uuid'),
-        'name': _str(NAME_RE),
+        'name': rules.INSTANCE_NAME.schema(),
         'flavor': _obj({
             'memory_mb': _int(minimum=1),
             'vcpus': _int(minimum=1),
@@ -259,15 +255,15 @@ DEFS = {
     }, required=['uuid', 'name', 'flavor']),
     'image_meta': _image_meta(),
     'vif': _obj({
-        'id': _str(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$'),
-        'address': _str(MAC_RE, format='unicast-mac', **{'x-normalize': 'lower'}),
-        'type': _str(VIF_TYPE_RE),
+        'id': rules.VIF_ID.schema(),
+        'address': rules.MAC.schema(format='unicast-mac', **{'x-normalize': 'lower'}),
+        'type': rules.PLUGIN_NAME.schema(),
         'devname': _ref('ifname'),
         'network': _obj({
             'id': _text(255, nullable=True),
-            'bridge': _str(IFNAME_RE, nullable=True),
+            'bridge': rules.IFNAME.schema(nullable=True),
             'label': _text(255, nullable=True),
-            'mtu': _int(minimum=68, maximum=65535, nullable=True),
+            'mtu': _int(minimum=rules.MTU_MIN, maximum=rules.MTU_MAX, nullable=True),
             'subnets': _list(_obj({
                 'cidr': _str(format='cidr'),
                 'gateway': _str(nullable=True, format='ip-address'),
@@ -280,7 +276,7 @@ DEFS = {
     }, required=['id', 'address', 'type']),
     'network_info': _list(_ref('vif'), default=[]),
     'block_device_info': _obj({
-        'root_device_name': _str(DEVICE_RE, nullable=True, default=None),
+        'root_device_name': rules.DEVICE_PATH.schema(nullable=True, default=None),
         'ephemerals': _list(_obj({
             'num': _int(),
             'device_name': _ref('device_name'),
@@ -292,11 +288,14 @@ DEFS = {
         }, required=['device_name', 'swap_size'], nullable=True, default=None),
         'block_device_mapping': _list(_obj({
             'mount_device': _ref('device_name'),
+            'volume_id': rules.VOLUME_ID.schema(),
             'connection_info': _obj({
-                'driver_volume_type': {'type': 'string', 'enum': list(VOLUME_TYPES)},
+                # Which types exist is the installed plugins' business
+                # (validation asks them); here only the name's shape.
+                'driver_volume_type': rules.PLUGIN_NAME.schema(),
                 'data': {'type': 'object'},
             }, required=['driver_volume_type', 'data'],
-                allOf=[_volume_branch(kind) for kind in VOLUME_TYPES]),
+                allOf=[_volume_branch(kind) for kind in VOLUME_DATA_SHAPES]),
         }, required=['mount_device', 'connection_info']), default=[]),
     }, nullable=True, default=None),
     'volume_data_local': _obj({'device_path': _str(format='abs-path')},
@@ -328,6 +327,18 @@ DEFS = {
                         'x-reason': 'must be a UUID string or null'},
         'secret_usage': _text(255, nullable=True),
     }, required=['name']),
+    # PROTOCOL 1.1: {"host", "port"} or {"socket"}, plus "export".
+    'volume_data_nbd': _obj({
+        'host': _str(format='host'),
+        'port': {'type': ['string', 'integer'], 'format': 'port',
+                 'minimum': 1, 'maximum': 65535,
+                 'x-reason': 'must be a port number 1-65535'},
+        'socket': _str(format='abs-path'),
+        'export': _text(255, nullable=True),
+    }, oneOf=[{'required': ['host', 'port'], 'not': {'required': ['socket']}},
+              {'required': ['socket'], 'not': {'anyOf': [{'required': ['host']},
+                                                         {'required': ['port']}]}}],
+        **{'x-reason': 'must be an object with host and port, or with socket'}),
     'volume_data_nfs': _obj({
         'export': _str(format='nfs-export'),
         'name': _str(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$'),

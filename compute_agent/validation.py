@@ -7,6 +7,11 @@ such as ``instance.flavor.memory_mb`` or ``network_info[0].address``;
 ``reason`` is a short phrase that never repeats the offending value (so a
 password, or anything else, cannot leak into logs, failure replies or state
 reports through it).
+
+After the schema, the rules that span fields or need the host: an
+``image_meta.id`` must be the ``instance.image_ref`` (PROTOCOL 1.1 section
+3), and every ``driver_volume_type`` must be an installed volume driver
+plugin.
 """
 
 import copy
@@ -17,6 +22,8 @@ import jsonschema
 from jsonschema import validators
 
 from compute_agent import exception
+from compute_agent import plugins
+from compute_agent import rules
 from compute_agent.schemas import (  # noqa: F401  (re-exported)
     ARGS, DEFS, FORMAT_CHECKER, FORMAT_REASONS, INT_MAX, METHODS, SCHEMAS,
     SECRET_FIELDS, UUID_RE)
@@ -28,19 +35,18 @@ def _is_integer(checker, value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-_ECMA_DOLLAR = re.compile(r'(?<!\\)\$')
 _PATTERNS = {}
 
 
 def _ecma_pattern(pattern):
     if pattern not in _PATTERNS:
-        _PATTERNS[pattern] = re.compile(_ECMA_DOLLAR.sub(r'\\Z', pattern))
+        _PATTERNS[pattern] = rules.compile_pattern(pattern)
     return _PATTERNS[pattern]
 
 
 def _pattern(validator, pattern, value, schema):
     if validator.is_type(value, 'string') and not _ecma_pattern(pattern).search(value):
-        yield jsonschema.ValidationError('does not match %s' % pattern)
+        yield jsonschema.ValidationError(rules.reason_for(pattern))
 
 
 _Base = jsonschema.Draft202012Validator
@@ -131,7 +137,7 @@ def _describe(error):
     if keyword in ('type', 'minimum', 'maximum'):
         return parts, _type_reason(schema), rank
     if keyword == 'pattern':
-        return parts, 'does not match %s' % error.validator_value, rank
+        return parts, rules.reason_for(error.validator_value), rank
     if keyword == 'format':
         return parts, FORMAT_REASONS.get(error.validator_value, 'is malformed'), rank
     if keyword == 'maxLength':
@@ -184,7 +190,7 @@ def _normalize(validator, schema, value):
 
 # -- public API -------------------------------------------------------------
 
-_UUID = _ecma_pattern(UUID_RE)
+_UUID = rules.UUID.regex
 _BY_UUID = frozenset(m for m, a in ARGS.items() if 'instance_uuid' in a)
 
 
@@ -228,4 +234,21 @@ def validate(method, args):
         field, reason = _best(errors)
         raise exception.InvalidRequest(field, reason,
                                        uuid=instance_uuid_of(method, args))
+    try:
+        _check_across(method, args)
+    except exception.InvalidRequest as e:
+        raise exception.InvalidRequest(e.field, e.reason,
+                                       uuid=instance_uuid_of(method, args)) from None
     return _normalize(validator, SCHEMAS[method], copy.deepcopy(args))
+
+
+def _check_across(method, args):
+    """The rules a schema cannot say (``args`` passed the schema)."""
+    if method == 'spawn':
+        rules.check_image_meta_id(args['instance'], args['image_meta'])
+    bdi = args.get('block_device_info') or {}
+    for i, bdm in enumerate(bdi.get('block_device_mapping') or ()):
+        plugins.check_name(
+            plugins.VOLUME_DRIVERS, bdm['connection_info']['driver_volume_type'],
+            'block_device_info.block_device_mapping[%d].connection_info.'
+            'driver_volume_type' % i)

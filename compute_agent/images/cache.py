@@ -29,11 +29,11 @@ import urllib.parse
 import tenacity
 
 from compute_agent import exception
+from compute_agent import rules
 from compute_agent.images import sources
 from compute_agent.virt.disks import safe_join
 
 LOG = logging.getLogger(__name__)
-ID_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._~-]{0,254}')
 CHUNK = 1 << 20
 FILE_MODE = 0o644             # QEMU (libvirt-qemu) reads backing files
 
@@ -119,12 +119,12 @@ class ImageCache:
                 'image_meta.location', 'file location outside the image store')
         return 'file://' + urllib.parse.quote(real)
 
-    def _source(self, url):
+    def _source(self, url, field):
         scheme = urllib.parse.urlsplit(url).scheme.lower()
         with self._mutex:
-            if scheme not in self._sources:
-                self._sources[scheme] = sources.get_source(self.conf, scheme)
-            return self._sources[scheme]
+            if scheme in self._sources:
+                return self._sources[scheme]
+        return sources.get_source(self.conf, scheme, field)
 
     # -- fetching --
     def fetch(self, image_meta_or_id, checksum=None):
@@ -140,6 +140,9 @@ class ImageCache:
         _check_id(image_id)
         want = parse_checksum(checksum or meta.get('checksum'))
         url = self.resolve_url(meta)
+        # Where the URL came from, for an error about its scheme.
+        field = ('image_meta.location' if meta.get('location')
+                 else '[images] image_store_url')
         path = self.path_for(image_id)
         with self.flock(path, fcntl.LOCK_SH):
             if self._ready(path, image_id, want, may_hash=False):
@@ -147,7 +150,7 @@ class ImageCache:
                 return path
         with self.locked(path):
             if not self._ready(path, image_id, want, may_hash=True):
-                self._download(image_id, url, path, want)
+                self._download(image_id, url, path, want, field)
             self._touch(path, image_id)
         return path
 
@@ -222,7 +225,7 @@ class ImageCache:
         finally:
             os.close(fd)      # releases the flock
 
-    def _download(self, image_id, url, path, want):
+    def _download(self, image_id, url, path, want, field):
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.conf.images.download_retries + 1),
             wait=self.retry_wait, retry=tenacity.retry_if_exception(_transient),
@@ -230,10 +233,10 @@ class ImageCache:
             reraise=True)
         for attempt in retrying:
             with attempt:
-                self._download_once(image_id, url, path, want)
+                self._download_once(image_id, url, path, want, field)
 
-    def _download_once(self, image_id, url, path, want):
-        source = self._source(url)
+    def _download_once(self, image_id, url, path, want, field):
+        source = self._source(url, field)
         with self._mutex:
             self.downloads += 1
         fd, tmp = tempfile.mkstemp(dir=self.base_dir, suffix='.part',
@@ -303,9 +306,7 @@ class ImageCache:
 
 def _check_id(image_id):
     # The id becomes part of a URL and a store file name: no '/', no '..'.
-    if not isinstance(image_id, str) or not ID_RE.fullmatch(image_id):
-        raise exception.InvalidRequest(
-            'image_meta.id', 'must match ^[A-Za-z0-9][A-Za-z0-9._~-]{0,254}$')
+    rules.IMAGE_ID.require(image_id, 'image_meta.id')
 
 
 def _hash_file(path, algo):

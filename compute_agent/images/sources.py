@@ -1,11 +1,9 @@
 """Where image bytes come from: one pluggable source per URL scheme.
 
 The cache only knows ``ImageSource.open(url)``; sources are looked up by URL
-scheme in the ``compute_agent.image_sources`` entry point group, so another
-image service (s3, rbd export, ...) is added by registering an entry point,
-without touching the cache. The built-in file/http/https sources are also
-used directly when the package's entry points are not installed (a source
-checkout run in place).
+scheme in the ``compute_agent.image_sources`` entry point group (through
+``compute_agent.plugins``), so another image service (s3, rbd export, ...) is
+added by registering an entry point, without touching the cache.
 """
 
 import abc
@@ -14,12 +12,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from stevedore import driver
-from stevedore import exception as stevedore_exc
-
 from compute_agent import exception
+from compute_agent import plugins
 
-NAMESPACE = 'compute_agent.image_sources'
+NAMESPACE = plugins.IMAGE_SOURCES
 
 
 class ImageSource(abc.ABC):
@@ -100,21 +96,10 @@ class HttpSource(ImageSource):
         return resp, size
 
 
-BUILTIN = {'file': FileSource, 'http': HttpSource, 'https': HttpSource}
+def get_source(conf, scheme, field='image_meta.location'):
+    """The source registered for ``scheme`` (cached per conf).
 
-
-def get_source(conf, scheme):
-    """Load and instantiate the source registered for ``scheme``.
-
-    Raises ``InvalidRequest`` (field ``image.url``) when nothing serves it.
+    Raises ``InvalidRequest`` naming ``field`` when nothing serves the scheme.
     """
-    scheme = scheme.lower()
-    try:
-        mgr = driver.DriverManager(
-            NAMESPACE, scheme, invoke_on_load=True, invoke_args=(conf,))
-        return mgr.driver
-    except stevedore_exc.NoMatches:
-        if scheme in BUILTIN:
-            return BUILTIN[scheme](conf)
-        raise exception.InvalidRequest(
-            'image.url', f'no image source for scheme {scheme}') from None
+    scheme = scheme.lower() if isinstance(scheme, str) else scheme
+    return plugins.load(NAMESPACE, scheme, field, conf)

@@ -20,62 +20,35 @@ before touching anything on the host: drivers do not trust their callers.
 """
 
 import abc
-import re
-import uuid
 
 from compute_agent import exception
+from compute_agent import rules
 from compute_agent.conf.base import register_group_opts
 from compute_agent.vif import netdev
 from compute_agent.virt import config
 
-#: Kernel limit is IFNAMSIZ (16) including the NUL: 15 characters. VIF
-#: device names are kept to 14 (PROTOCOL.md: "tap" + 11), like nova.
-IFNAME_MAX = 15
-DEVNAME_MAX = 14
+#: VIF device names: at most 14 characters (PROTOCOL.md: "tap" + 11).
+DEVNAME_MAX = rules.IFNAME_MAX
 DEFAULT_DEVNAME_PREFIX = 'tap'
-# Characters accepted in device names; the kernel allows more (anything but
-# '/', ':' and whitespace), libvirt and ovs-vsctl do not always quote them.
-_IFNAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
-_MAC_RE = re.compile(r'^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$')
-_VIF_ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$')
-# libvirt treats target dev names with these prefixes as its own generated
-# ones: it drops them and makes up "vnetN" instead, so they cannot be asked
-# for (and a VIF must never claim a device libvirt handed to another guest).
-LIBVIRT_RESERVED_PREFIXES = ('vnet', 'vif', 'macvtap', 'macvlan')
-MTU_MIN, MTU_MAX = 68, 65535
+LIBVIRT_RESERVED_PREFIXES = rules.LIBVIRT_RESERVED_PREFIXES
 
 
-def check_ifname(name, what, max_len=IFNAME_MAX):
-    """Return a reason string if ``name`` is not a usable device name."""
-    if not isinstance(name, str) or not name:
-        return '%s must be a non-empty string, not %r' % (what, name)
-    if len(name) > max_len:
-        return '%s %r is %d characters long; at most %d are allowed' % (
-            what, name, len(name), max_len)
-    if not _IFNAME_RE.match(name):
-        return ('%s %r may only contain letters, digits, "_", "." and "-" '
-                'and must start with a letter or digit' % (what, name))
-    return None
+def check_ifname(name, what, max_len=rules.IFNAME_MAX):
+    """The reason ``name`` is not a usable device name (``what`` first), or None."""
+    reason = rules.IFNAME.check(name)
+    if reason is None and len(name) > max_len:
+        reason = 'must be at most %d characters' % max_len
+    return '%s %s' % (what, reason) if reason else None
 
 
 def check_mac(mac):
-    if not isinstance(mac, str) or not _MAC_RE.match(mac):
-        return 'address %r is not a MAC address (xx:xx:xx:xx:xx:xx)' % (mac,)
-    if int(mac[:2], 16) & 1:
-        return 'address %s is a multicast MAC address' % mac
-    if mac.replace(':', '').strip('0') == '':
-        return 'address %s is the all-zero MAC address' % mac
-    return None
+    reason = rules.MAC.check(mac)
+    return 'address ' + reason if reason else None
 
 
 def check_mtu(mtu, what='network.mtu'):
-    if mtu is None:
-        return None
-    if isinstance(mtu, bool) or not isinstance(mtu, int):
-        return '%s must be an integer, not %r' % (what, mtu)
-    if not MTU_MIN <= mtu <= MTU_MAX:
-        return '%s %d is outside %d..%d' % (what, mtu, MTU_MIN, MTU_MAX)
-    return None
+    reason = rules.check_mtu(mtu)
+    return '%s %s' % (what, reason) if reason else None
 
 
 class VifDriver(abc.ABC):
@@ -114,17 +87,16 @@ class VifDriver(abc.ABC):
     def validate(self, vif):
         """Raise VifPlugFailed unless ``vif`` is safe to act on.
 
-        Checks the id, MAC, device name (length, characters, prefix) and MTU;
-        subclasses add their own checks (bridge names, ...) by overriding and
-        calling super().
+        Checks the id, MAC, device name (length, characters, prefix) and MTU
+        with the rules of ``compute_agent.rules``; subclasses add their own
+        checks (bridge names, ...) by overriding and calling super(). The
+        reasons name the VIF field and never repeat its value.
         """
         if not isinstance(vif, dict):
-            raise exception.VifPlugFailed(
-                vif_id='?', reason='a VIF must be an object, not %r' % (vif,))
-        vif_id = vif.get('id')
-        if not isinstance(vif_id, str) or not _VIF_ID_RE.match(vif_id):
-            raise self.failed(vif, 'id %r must be 1-255 letters, digits, '
-                                   '".", "_" or "-"' % (vif_id,))
+            raise exception.VifPlugFailed(vif_id='?', reason='a VIF must be an object')
+        reason = rules.VIF_ID.check(vif.get('id'))
+        if reason:
+            raise self.failed(vif, 'id ' + reason)
         self.check(vif, check_mac(vif.get('address')))
         network = vif.get('network')
         if network is not None and not isinstance(network, dict):
@@ -137,19 +109,23 @@ class VifDriver(abc.ABC):
         devname = self.devname(vif)
         self.check(vif, check_ifname(devname, 'devname', DEVNAME_MAX))
         if not devname.startswith(prefix):
-            raise self.failed(vif, 'devname %r does not start with %r' % (
-                devname, prefix))
-        for reserved in LIBVIRT_RESERVED_PREFIXES:
-            if devname.startswith(reserved):
-                raise self.failed(vif, 'devname %r uses libvirt\'s reserved '
-                                       'prefix %r' % (devname, reserved))
+            raise self.failed(vif, 'devname does not start with details.devname_prefix '
+                                   '(default %s)' % DEFAULT_DEVNAME_PREFIX)
+        if devname.startswith(LIBVIRT_RESERVED_PREFIXES):
+            raise self.failed(vif, 'devname must not start with a prefix libvirt '
+                                   'reserves (%s)' % ', '.join(LIBVIRT_RESERVED_PREFIXES))
+
+    @staticmethod
+    def _id_of(vif):
+        """The VIF's id for messages; '?' unless it keeps the VIF id rule."""
+        vif_id = vif.get('id') if isinstance(vif, dict) else None
+        return vif_id if rules.VIF_ID.ok(vif_id) else '?'
 
     def failed(self, vif, reason):
-        vif_id = vif.get('id') if isinstance(vif, dict) else None
-        return exception.VifPlugFailed(vif_id=vif_id or '?', reason=reason)
+        return exception.VifPlugFailed(vif_id=self._id_of(vif), reason=reason)
 
     def unplug_failed(self, vif, reason):
-        vif_id = (vif.get('id') if isinstance(vif, dict) else None) or '?'
+        vif_id = self._id_of(vif)
         return exception.VifPlugFailed(
             'Failed to unplug VIF %s: %s' % (vif_id, reason),
             vif_id=vif_id, reason=reason)
@@ -160,10 +136,7 @@ class VifDriver(abc.ABC):
 
     @staticmethod
     def check_uuid(value):
-        try:
-            return str(uuid.UUID(str(value))) == str(value).lower()
-        except ValueError:
-            return False
+        return rules.UUID.ok(value)
 
     # -- helpers shared by the built-in drivers ---------------------------------
 

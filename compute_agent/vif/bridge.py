@@ -20,7 +20,7 @@ class BridgeDriver(base.TapVifDriver):
         bridge = (vif.get('network') or {}).get('bridge')
         self.check(vif, base.check_ifname(bridge, 'network.bridge'))
         if bridge == self.devname(vif):
-            raise self.failed(vif, 'network.bridge and devname are both %r' % bridge)
+            raise self.failed(vif, 'network.bridge and devname name the same device')
 
     def get_config(self, instance, vif, virt_type):
         self.validate(vif)

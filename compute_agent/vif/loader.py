@@ -1,58 +1,39 @@
-"""Picks the VIF driver for a VIF's ``type`` from the installed plugins."""
+"""Picks the VIF driver for a VIF's ``type`` from the installed plugins.
+
+Loading goes through ``compute_agent.plugins`` (one loader for every plugin
+kind); this module adds what a whole ``network_info`` needs: every type and
+every VIF checked before anything is plugged, rollback, reverse unplug.
+"""
 
 import logging
-import threading
-
-from stevedore import driver as stevedore_driver
-from stevedore import extension
 
 from compute_agent import exception
+from compute_agent import plugins
 
 LOG = logging.getLogger(__name__)
 
-NAMESPACE = 'compute_agent.vif_drivers'
-
-
-def _reraise(_manager, _entry_point, exc):
-    # Without this stevedore logs a plugin's import/init error and reports
-    # "no driver found", hiding the cause.
-    raise exc
+NAMESPACE = plugins.VIF_DRIVERS
 
 
 class VifDrivers:
-    """Loads each driver once, on first use; unknown types are errors."""
+    """The VIF drivers of one agent (one ``conf``); unknown types are errors.
 
-    def __init__(self, conf):
+    ``drivers`` maps a VIF type to a driver object and overrides the entry
+    point lookup for that type (tests, embedding).
+    """
+
+    def __init__(self, conf, drivers=None):
         self.conf = conf
-        self._drivers = {}
-        self._lock = threading.Lock()
+        self._drivers = dict(drivers or {})
 
     def known_types(self):
-        return sorted(extension.ExtensionManager(NAMESPACE).names())
+        return sorted(set(plugins.names(NAMESPACE)) | set(self._drivers))
 
     def get(self, vif_type, field='network_info.type'):
-        with self._lock:
-            if vif_type not in self._drivers:
-                if not isinstance(vif_type, str) or not vif_type:
-                    raise exception.InvalidRequest(
-                        field, 'a VIF type is required (known: %s)' % ', '.join(
-                            self.known_types()))
-                try:
-                    mgr = stevedore_driver.DriverManager(
-                        NAMESPACE, vif_type, invoke_on_load=True,
-                        invoke_args=(self.conf,),
-                        on_load_failure_callback=_reraise)
-                except Exception as e:
-                    known = self.known_types()
-                    if vif_type in known:   # installed, but broken
-                        LOG.exception('VIF driver %r failed to load', vif_type)
-                        reason = 'VIF driver %r failed to load: %s' % (vif_type, e)
-                    else:
-                        reason = 'unknown VIF type %r (known: %s)' % (
-                            vif_type, ', '.join(known))
-                    raise exception.InvalidRequest(field, reason) from None
-                self._drivers[vif_type] = mgr.driver
+        """The driver for ``vif_type``; InvalidRequest on ``field`` if unknown."""
+        if isinstance(vif_type, str) and vif_type in self._drivers:
             return self._drivers[vif_type]
+        return plugins.load(NAMESPACE, vif_type, field, self.conf)
 
     def for_network_info(self, network_info):
         """(driver, vif) pairs; every type is checked before any is used."""

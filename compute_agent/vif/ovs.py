@@ -40,8 +40,8 @@ class OvsDriver(base.VifDriver):
         super().validate(vif)
         # libvirt parses <parameters interfaceid=...> as a UUID.
         if not self.check_uuid(vif['id']):
-            raise self.failed(vif, 'id %r is not a UUID (libvirt needs the OVS '
-                                   'interface id to be one)' % vif['id'])
+            raise self.failed(vif, 'id must be a UUID (libvirt needs the OVS '
+                                   'interface id to be one)')
         self.check(vif, base.check_ifname(self.bridge(vif),
                                           '[ovs] integration_bridge'))
 

@@ -7,14 +7,12 @@ are never handed out again.
 
 import string
 
+from compute_agent import rules
 from compute_agent.conf import libvirt as libvirt_conf
 
-BUS_BY_PREFIX = {'vd': 'virtio', 'xvd': 'xen', 'ubd': 'uml', 'sd': 'scsi',
-                 'hd': 'ide'}
-
-
-def strip_dev(name):
-    return name[5:] if name and name.startswith('/dev/') else name
+#: Disk name prefix -> bus (the device naming rule lives in ``rules``).
+BUS_BY_PREFIX = rules.DISK_BUSES
+strip_dev = rules.strip_dev
 
 
 class DeviceNamer:

@@ -16,14 +16,13 @@ other local users cannot read guest disks.
 import functools
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 
 from compute_agent import exception
+from compute_agent import rules
 
-NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,62}')
 QEMU_IMG_TIMEOUT = 120
 CONVERT_TIMEOUT = 3600        # copying a large image can take a while
 MKFS_TIMEOUT = 600
@@ -48,22 +47,22 @@ def safe_join(directory, filename, field='file name'):
     """``directory/filename`` where filename is one plain path component.
 
     Refuses separators, '.', '..', NUL and a symlink leading out of
-    ``directory`` (InvalidRequest on ``field``).
+    ``directory`` (InvalidRequest on ``field``; the reason does not repeat
+    the name).
     """
     if (not isinstance(filename, str) or filename in ('', '.', '..')
             or '/' in filename or '\0' in filename):
-        raise exception.InvalidRequest(field, f'invalid file name {filename!r}')
+        raise exception.InvalidRequest(
+            field, 'must be one plain file name (no "/", NUL, "." or "..")')
     path = os.path.join(directory, filename)
     if not _inside(directory, path):
-        raise exception.InvalidRequest(field, f'{filename!r} leads outside {directory}')
+        raise exception.InvalidRequest(field, 'leads outside its directory')
     return path
 
 
 def instance_dir(conf, name, create=False):
     """Validated ``<instances_path>/<name>``; made 0755 when ``create``."""
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise exception.InvalidRequest(
-            'instance.name', 'must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$')
+    rules.INSTANCE_NAME.require(name, 'instance.name')
     root = os.path.realpath(conf.instances_path)
     path = safe_join(root, name, field='instance.name')
     if create:
@@ -73,7 +72,7 @@ def instance_dir(conf, name, create=False):
         except FileExistsError:
             pass
         if not os.path.isdir(path) or not _inside(root, path):
-            raise exception.InvalidRequest('instance.name', f'{path} is not a directory')
+            raise exception.InvalidRequest('instance.name', 'is not a directory')
         os.chmod(path, DIR_MODE)
     return path
 

@@ -1,24 +1,40 @@
 """Volume drivers: a block_device_mapping entry becomes a guest disk.
 
 Chosen by ``connection_info.driver_volume_type`` from the entry point group
-``compute_agent.volume_drivers``. ``get_config`` is pure (it only describes
-the disk); host-side attachment steps belong in ``connect``/``disconnect``.
+``compute_agent.volume_drivers``: the accepted types are the installed
+plugins (a third party adds one by registering an entry point). ``get_config``
+is pure (it only describes the disk); host-side attachment steps belong in
+``connect``/``disconnect``.
 """
 
 import hashlib
 import os
 
-from stevedore import driver as stevedore_driver
-
-from compute_agent import exception
+from compute_agent import plugins
+from compute_agent.conf.base import register_group_opts
 from compute_agent.virt import config
 
-NAMESPACE = 'compute_agent.volume_drivers'
+NAMESPACE = plugins.VOLUME_DRIVERS
+#: The field a volume type comes from, when the caller does not say which
+#: mapping entry (``block_device_info.block_device_mapping[i]...``).
+FIELD = 'block_device_info.block_device_mapping.connection_info.driver_volume_type'
 
 
 class VolumeDriver:
+    """Base class; one instance per agent, shared by all volumes of its type.
+
+    Third parties register theirs under ``compute_agent.volume_drivers``
+    with the ``driver_volume_type`` as the name. The schema shapes ``data``
+    only for the built-in types: any other driver checks its own ``data``.
+    """
+
+    #: (OptGroup, [Opt]) pairs the driver reads; registered when loaded.
+    opts = ()
+
     def __init__(self, conf):
         self.conf = conf
+        for group, opts in self.opts:
+            register_group_opts(conf, group, opts)
 
     def get_config(self, connection_info, target_dev, target_bus):
         raise NotImplementedError
@@ -100,12 +116,10 @@ class NfsVolumeDriver(VolumeDriver):
         return self._disk('file', target_dev, target_bus, source_file=path)
 
 
-def load(conf, volume_type):
-    try:
-        mgr = stevedore_driver.DriverManager(
-            NAMESPACE, volume_type, invoke_on_load=True, invoke_args=(conf,))
-    except Exception:
-        raise exception.InvalidRequest(
-            'block_device_info.block_device_mapping.connection_info.'
-            'driver_volume_type', 'no volume driver for %r' % volume_type) from None
-    return mgr.driver
+def load(conf, volume_type, field=FIELD):
+    """The volume driver for ``volume_type`` (cached per conf).
+
+    InvalidRequest on ``field`` when no such driver is installed;
+    ``plugins.PluginLoadFailed`` when it is installed but does not load.
+    """
+    return plugins.load(NAMESPACE, volume_type, field, conf)

@@ -190,12 +190,14 @@ def _fmt(r):
 class AgentEnv:
     """One real agent process, its directories, config and broker names."""
 
-    def __init__(self, test_guest, label='e2e', url=None):
+    def __init__(self, test_guest, label='e2e', url=None, env=None):
+        """``env``: the agent's environment (None: this process's)."""
         from compute_agent.rpc.client import AgentClient
 
         self.url = url or broker_url()
         self.tag = secrets.token_hex(3)                  # 6 hex chars
         self.label = label
+        self.env = env
         self.host = f'e2e-{label}-{self.tag}'
         self.topic = f'compute-e2e-{self.tag}'
         self.state_topic = f'sched-e2e-{self.tag}'
@@ -277,7 +279,7 @@ class AgentEnv:
                 [str(AGENT_BIN), '--config-file', str(self.config_file),
                  '--log-file', str(self.log_file)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=str(self.root))
+                cwd=str(self.root), env=self.env)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

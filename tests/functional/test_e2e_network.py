@@ -280,7 +280,8 @@ BAD_VIFS = {
     'long-devname': ({'devname': 'tapca' + 'x' * 10}, 'network_info[0].devname', ''),
     'reserved-devname': ({'devname': 'vnet' + secrets.token_hex(3)}, 'network_info',
                          'devname'),
-    'ovs-id-not-uuid': ({'type': 'ovs', 'id': 'port-1'}, 'network_info', 'not a UUID'),
+    'ovs-id-not-uuid': ({'type': 'ovs', 'id': 'port-1'}, 'network_info',
+                        'id must be a UUID'),
 }
 
 

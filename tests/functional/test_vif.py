@@ -21,7 +21,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import tomllib
 import uuid
 
 import pytest
@@ -39,8 +38,10 @@ from compute_agent.virt import schema
 try:
     from tests.functional.guest_fixture import (  # noqa: F401
         destroy_quietly, libvirt_conn, skip_or_fail)
+    from tests.functional.plugin_install import fake_install
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from guest_fixture import destroy_quietly, libvirt_conn, skip_or_fail  # noqa: F401
+    from plugin_install import fake_install
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 THIRDPARTY = REPO / 'tests' / 'fixtures' / 'thirdparty_vif'
@@ -392,33 +393,15 @@ def test_ethernet_refuses_foreign_device(names):
 
 # -- 4. third-party driver by entry point ------------------------------------------------
 
-def _fake_install(target):
-    """What `pip install tests/fixtures/thirdparty_vif` leaves for discovery:
-    a .dist-info whose entry_points.txt comes from the fixture's pyproject."""
-    project = tomllib.loads((THIRDPARTY / 'pyproject.toml').read_text())['project']
-    dist = target / 'thirdparty_vif-1.0.dist-info'
-    dist.mkdir()
-    (dist / 'METADATA').write_text(
-        'Metadata-Version: 2.1\nName: %s\nVersion: %s\n'
-        % (project['name'], project['version']))
-    lines = []
-    for group, eps in project['entry-points'].items():
-        lines.append('[%s]' % group)
-        lines += ['%s = %s' % kv for kv in eps.items()]
-    (dist / 'entry_points.txt').write_text('\n'.join(lines) + '\n')
-    shutil.copytree(THIRDPARTY / 'thirdparty_vif', target / 'thirdparty_vif')
-
-
 def test_thirdparty_driver_picked_by_entry_point(tmp_path):
     # Not installed in this process: its type is unknown here.
     drivers = VifDrivers(make_conf())
     assert 'thirdparty' not in drivers.known_types()
-    with pytest.raises(exception.InvalidRequest, match="unknown VIF type 'thirdparty'"):
+    with pytest.raises(exception.InvalidRequest, match='unknown VIF type') as err:
         drivers.get('thirdparty')
+    assert 'thirdparty' not in err.value.message
 
-    site = tmp_path / 'site'
-    site.mkdir()
-    _fake_install(site)
+    site = fake_install(THIRDPARTY, tmp_path / 'site')
     log = tmp_path / 'calls.log'
     script = textwrap.dedent('''
         import json, sys
@@ -477,14 +460,16 @@ def test_invalid_vifs_create_nothing(names, vif_type, problem):
     network_info = [vif]
     if problem == 'bad_mac':
         vif['address'] = 'fa:16:3e:zz:00:01'
-        expected, match = exception.VifPlugFailed, "address 'fa:16:3e:zz:00:01' is not"
+        expected, match = exception.VifPlugFailed, 'address must be a MAC address'
+
     elif problem == 'long_devname':
         vif['devname'] = tap + 'xy'                          # 15 characters
-        expected, match = exception.VifPlugFailed, 'at most 14'
+        expected, match = exception.VifPlugFailed, 'devname must be 1-14 letters'
     else:
         # A good VIF first: nothing is plugged before every type is known.
         network_info.append(make_vif('nosuchtype', names.tap()))
-        expected, match = exception.InvalidRequest, "unknown VIF type 'nosuchtype'"
+        expected, match = exception.InvalidRequest, r'unknown VIF type \(installed: '
+
     with pytest.raises(expected, match=match) as err:
         drivers.plug_all(make_instance('x'), network_info)
     if expected is exception.VifPlugFailed:

@@ -153,25 +153,41 @@ def test_schema_would_catch_a_non_uuid_interfaceid():
 
 # -- validation: every driver, before anything else --------------------------------
 
+IFNAME_REASON = 'must be 1-14 letters, digits, "_", "." or "-", starting with a letter'
+# (label, changes to a good VIF, the exact reason) - never the value itself
 BAD_VIFS = [
-    ('bad MAC', dict(address='fa:16:3e:12:34'), 'not a MAC address'),
-    ('MAC with junk', dict(address='fa:16:3e:12:34:5g'), 'not a MAC address'),
-    ('multicast MAC', dict(address='01:00:5e:00:00:01'), 'multicast'),
-    ('zero MAC', dict(address='00:00:00:00:00:00'), 'all-zero'),
-    ('no MAC', dict(address=DELETE), 'not a MAC address'),
-    ('long devname', dict(devname='tap0123456789ab'), 'at most 14'),
-    ('devname chars', dict(devname='tap;rm -rf'), 'may only contain'),
-    ('devname slash', dict(devname='tap/../x'), 'may only contain'),
-    ('no tap prefix', dict(devname='eth0'), "does not start with 'tap'"),
+    ('bad MAC', dict(address='fa:16:3e:12:34'),
+     'address must be a MAC address (xx:xx:xx:xx:xx:xx)'),
+    ('MAC with junk', dict(address='fa:16:3e:12:34:5g'),
+     'address must be a MAC address (xx:xx:xx:xx:xx:xx)'),
+    ('multicast MAC', dict(address='01:00:5e:00:00:01'),
+     'address must not be a multicast or all-zero MAC address'),
+    ('zero MAC', dict(address='00:00:00:00:00:00'),
+     'address must not be a multicast or all-zero MAC address'),
+    ('no MAC', dict(address=DELETE), 'address must be a string'),
+    ('long devname', dict(devname='tap0123456789ab'), 'devname ' + IFNAME_REASON),
+    ('devname chars', dict(devname='tap;rm -rf'), 'devname ' + IFNAME_REASON),
+    ('devname slash', dict(devname='tap/../x'), 'devname ' + IFNAME_REASON),
+    ('devname digit first', dict(devname='0tap', details={'devname_prefix': '0'}),
+     'details.devname_prefix ' + IFNAME_REASON),
+    ('no tap prefix', dict(devname='eth0'),
+     'devname does not start with details.devname_prefix (default tap)'),
     ('reserved prefix', dict(devname='vnet0', details={'devname_prefix': 'vnet'}),
-     'reserved prefix'),
+     'devname must not start with a prefix libvirt reserves (vnet, vif, macvtap, macvlan)'),
     ('bad prefix', dict(devname='x y', details={'devname_prefix': 'x y'}),
-     'devname_prefix'),
-    ('MTU too small', dict(network={'bridge': 'br100', 'mtu': 67}), 'outside 68..65535'),
-    ('MTU too big', dict(network={'bridge': 'br100', 'mtu': 65536}), 'outside'),
-    ('MTU not int', dict(network={'bridge': 'br100', 'mtu': '1500'}), 'integer'),
-    ('MTU bool', dict(network={'bridge': 'br100', 'mtu': True}), 'integer'),
-    ('bad id', dict(id='../x'), 'id'),
+     'details.devname_prefix ' + IFNAME_REASON),
+    ('long prefix', dict(devname='tapxxxxxxxxxxx', details={'devname_prefix': 'tapxxxxxxxxxxx'}),
+     'details.devname_prefix must be at most 13 characters'),
+    ('MTU too small', dict(network={'bridge': 'br100', 'mtu': 67}),
+     'network.mtu must be between 68 and 65535'),
+    ('MTU too big', dict(network={'bridge': 'br100', 'mtu': 65536}),
+     'network.mtu must be between 68 and 65535'),
+    ('MTU not int', dict(network={'bridge': 'br100', 'mtu': '1500'}),
+     'network.mtu must be an integer or null'),
+    ('MTU bool', dict(network={'bridge': 'br100', 'mtu': True}),
+     'network.mtu must be an integer or null'),
+    ('bad id', dict(id='../x'), 'id does not match ^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$'),
+    ('no id', dict(id=DELETE), 'id must be a string'),
     ('network not object', dict(network='br100'), 'network must be an object'),
 ]
 
@@ -191,29 +207,43 @@ def test_bad_vif_refused_by_every_method(drivers, vif_type, label, changes, mess
     for call in calls:
         with pytest.raises(exception.VifPlugFailed) as err:
             call()
-        assert message in err.value.message, err.value.message
-        assert isinstance(err.value.kwargs['vif_id'], str)
+        assert err.value.kwargs['reason'] == message
+        vif_id = err.value.kwargs['vif_id']
+        assert vif_id == (VIF_ID if label not in ('bad id', 'no id') else '?')
+        for key, value in changes.items():     # the bad value is never echoed
+            if isinstance(value, str) and key != 'id':
+                assert value not in err.value.message
 
 
 @pytest.mark.parametrize('bridge,message', [
-    (None, 'non-empty string'),
-    ('', 'non-empty string'),
-    ('br' + 'x' * 14, 'at most 15'),
-    ('br 100', 'may only contain'),
-    ('-br', 'may only contain'),
-    ('tap3f1a2b3c-4d', 'both'),
+    (None, 'network.bridge must be a string'),
+    ('', 'network.bridge ' + IFNAME_REASON),
+    ('br' + 'x' * 13, 'network.bridge ' + IFNAME_REASON),       # 15 characters
+    ('br 100', 'network.bridge ' + IFNAME_REASON),
+    ('-br', 'network.bridge ' + IFNAME_REASON),
+    ('0br', 'network.bridge ' + IFNAME_REASON),
+    ('tap3f1a2b3c-4d', 'network.bridge and devname name the same device'),
 ])
 def test_bridge_name_checked(drivers, bridge, message):
     v = vif('bridge', network={'bridge': bridge, 'mtu': 1500})
-    with pytest.raises(exception.VifPlugFailed, match=message):
+    with pytest.raises(exception.VifPlugFailed) as err:
         drivers.get('bridge').plug(INSTANCE, v)
+    assert err.value.kwargs['reason'] == message
+
+
+@pytest.mark.parametrize('bridge', ['br100', 'b' * 14, 'br-int', 'br_0.1'])
+def test_bridge_names_accepted(drivers, bridge):
+    v = vif('bridge', network={'bridge': bridge, 'mtu': 1500})
+    assert drivers.get('bridge').get_config(INSTANCE, v, 'kvm').source_bridge == bridge
 
 
 def test_ovs_needs_uuid_id(drivers):
     v = vif('ovs', id='port-1', devname='tapport-1')
-    with pytest.raises(exception.VifPlugFailed, match='not a UUID') as err:
+    with pytest.raises(exception.VifPlugFailed) as err:
         drivers.get('ovs').get_config(INSTANCE, v, 'kvm')
-    assert 'port-1' in err.value.message
+    assert err.value.kwargs['reason'] == (
+        'id must be a UUID (libvirt needs the OVS interface id to be one)')
+    assert err.value.kwargs['vif_id'] == 'port-1'      # the VIF is named
 
 
 def test_ovs_checks_configured_bridge_name():
@@ -226,7 +256,7 @@ def test_error_names_vif_and_cause(drivers):
     with pytest.raises(exception.VifPlugFailed) as err:
         drivers.get('bridge').plug(INSTANCE, vif('bridge', address='nope'))
     assert err.value.message == (
-        "Failed to plug VIF %s: address 'nope' is not a MAC address "
+        "Failed to plug VIF %s: address must be a MAC address "
         "(xx:xx:xx:xx:xx:xx)" % VIF_ID)
     assert err.value.to_dict()['class'] == 'VifPlugFailed'
 
@@ -243,8 +273,8 @@ def test_unknown_type_is_invalid_request(drivers):
     with pytest.raises(exception.InvalidRequest) as err:
         drivers.plug_all(INSTANCE, [vif('bridge'), vif('nosuch', id=str(uuid.uuid4()))])
     assert err.value.field == 'network_info[1].type'
-    assert "unknown VIF type 'nosuch'" in err.value.reason
-    assert 'bridge, ethernet, ovs' in err.value.reason
+    assert err.value.reason == 'unknown VIF type (installed: bridge, ethernet, ovs)'
+    assert 'nosuch' not in err.value.message
 
 
 @pytest.mark.parametrize('bad_type', [None, '', 3])
@@ -285,8 +315,8 @@ class Recorder(base.VifDriver):
 
 def recorder_drivers(fail_on=()):
     calls = []
-    drivers = loader.VifDrivers(make_conf())
-    drivers._drivers['rec'] = Recorder(drivers.conf, calls, fail_on)
+    conf = make_conf()
+    drivers = loader.VifDrivers(conf, drivers={'rec': Recorder(conf, calls, fail_on)})
     return drivers, calls
 
 
