@@ -162,9 +162,9 @@ class Prop:
             _prune(node, top)
             return
         text = self.kind.to_xml(value)
-        if top.__class__ is Node:
+        if top.__class__ is Node and not text.isprintable():
             xmlnode.check(text)
-        node = _find(top, self.steps, create=True, rank=obj._RANK) if self.steps else top
+        node = _find(top, self.steps, True, obj._RANK) if self.steps else top
         if self.attr:
             node.set(self.attr, text)
         else:

@@ -87,52 +87,64 @@ class Node:
 
 
 def _escape_attr(value, ascii_only):
-    if not value.isalnum():
+    if ('&' in value or '<' in value or '>' in value or '"' in value
+            or '\n' in value or '\r' in value or '\t' in value):
         value = (value.replace('&', '&amp;').replace('<', '&lt;')
                  .replace('>', '&gt;').replace('"', '&quot;')
                  .replace('\n', '&#10;').replace('\r', '&#13;')
                  .replace('\t', '&#9;'))
     if ascii_only and not value.isascii():
-        # lxml's quirk for an element that is not its document's root.
+        # lxml's quirk for the attributes of an element that is not its
+        # document's root, when it is serialized alone.
         value = ''.join(c if c < '\x80' else '&#x%X;' % ord(c) for c in value)
     return value
 
 
 def _escape_text(text):
-    if text.isalnum():
-        return text
-    return (text.replace('&', '&amp;').replace('<', '&lt;')
-            .replace('>', '&gt;').replace('\r', '&#13;'))
+    if '&' in text or '<' in text or '>' in text or '\r' in text:
+        text = (text.replace('&', '&amp;').replace('<', '&lt;')
+                .replace('>', '&gt;').replace('\r', '&#13;'))
+    return text
 
 
-def _write(node, out, pretty, depth, ascii_only):
-    out.append('<' + node.tag)
-    for key, value in node.attrib.items():
-        out.append(' %s="%s"' % (key, _escape_attr(value, ascii_only)))
+# libxml2 indents by two spaces a level, up to 30 levels.
+_INDENT = ['\n' + '  ' * min(depth, 30) for depth in range(32)]
+
+
+def _write(node, out, depth, ascii_only):
+    """Pretty-print ``node`` as libxml2 does (depth None: not pretty)."""
+    tag = node.tag
+    if node.attrib:
+        out.append('<' + tag + ''.join([
+            ' %s="%s"' % (key, _escape_attr(value, ascii_only))
+            for key, value in node.attrib.items()]))
+    else:
+        out.append('<' + tag)
     children, text = node.children, node.text
     if not children:
-        if text is None:
-            out.append('/>')
-        else:
-            out.append('>%s</%s>' % (_escape_text(text), node.tag))
+        out.append('/>' if text is None else
+                   '>%s</%s>' % (_escape_text(text), tag))
         return
     out.append('>')
     if text is not None:        # mixed content: libxml2 stops indenting
         out.append(_escape_text(text))
-        pretty = False
-    for child in children:
-        if pretty:
-            out.append('\n' + '  ' * (depth + 1))
-        _write(child, out, pretty, depth + 1, ascii_only)
-    if pretty:
-        out.append('\n' + '  ' * depth)
-    out.append('</%s>' % node.tag)
+        depth = None
+    if depth is None:
+        for child in children:
+            _write(child, out, None, False)
+        out.append('</%s>' % tag)
+    else:
+        indent = _INDENT[min(depth + 1, 31)]
+        for child in children:
+            out.append(indent)
+            _write(child, out, depth + 1, False)
+        out.append(_INDENT[min(depth, 31)] + '</%s>' % tag)
 
 
 def serialize(node, pretty=True):
     """The text lxml's ``tostring(encoding='unicode')`` gives for ``node``."""
     out = []
-    _write(node, out, pretty, 0, node.parent is not None)
+    _write(node, out, 0 if pretty else None, node.parent is not None)
     if pretty:
         out.append('\n')
     return ''.join(out)
