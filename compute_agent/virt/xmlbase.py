@@ -56,7 +56,8 @@ def _insert_ordered(parent, child, rank):
     """
     mine = rank.get(child.tag) if rank else None
     if mine is not None:
-        for i, sibling in enumerate(parent):
+        siblings = parent.children if parent.__class__ is Node else parent
+        for i, sibling in enumerate(siblings):
             theirs = rank.get(sibling.tag)
             if theirs is not None and theirs > mine:
                 parent.insert(i, child)
@@ -150,7 +151,9 @@ class Prop:
         return None if text is None else self.kind.from_xml(text)
 
     def __set__(self, obj, value):
-        top = _el(obj)
+        top = obj._n
+        if top.__class__ is Node and top.lx is not None:
+            top = _el(obj)
         if value is None:
             node = _find(top, self.steps)
             if node is None:
@@ -162,8 +165,29 @@ class Prop:
             _prune(node, top)
             return
         text = self.kind.to_xml(value)
-        if top.__class__ is Node and not text.isprintable():
-            xmlnode.check(text)
+        if top.__class__ is Node:
+            # The builder's hot path: one loop, no lxml, no helper calls.
+            if not text.isprintable():
+                xmlnode.check(text)
+            node = top
+            for step in self.steps:
+                for child in node.children:
+                    if child.tag == step:
+                        node = child
+                        break
+                else:
+                    child = Node(step)
+                    if node.children:
+                        _insert_ordered(node, child, obj._RANK)
+                    else:
+                        child.parent = node
+                        node.children.append(child)
+                    node = child
+            if self.attr:
+                node.attrib[self.attr] = text
+            else:
+                node.text = text
+            return
         node = _find(top, self.steps, True, obj._RANK) if self.steps else top
         if self.attr:
             node.set(self.attr, text)
