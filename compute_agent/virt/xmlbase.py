@@ -13,41 +13,70 @@ import copy
 
 from lxml import etree
 
+from compute_agent.virt import xmlnode
+from compute_agent.virt.xmlnode import Node
 
 def _split(path):
-    """'a/b/@c' -> (['a', 'b'], 'c');  'a/b' -> (['a', 'b'], None)."""
+    """'a/b/@c' -> (('a', 'b'), 'c');  'a/b' -> (('a', 'b'), None)."""
     parts = [p for p in path.split('/') if p not in ('', '.')]
     attr = None
     if parts and parts[-1].startswith('@'):
         attr = parts.pop()[1:]
-    return parts, attr
+    return tuple(parts), attr
 
 
-def _find(node, steps, create=False, order=()):
+def _el(obj):
+    """The element an object views now: its Node, or that Node's lxml twin
+    once its tree was materialized (the Node is then dead)."""
+    node = obj._n
+    if node.__class__ is Node and node.lx is not None:
+        node = obj._n = node.lx
+    return node
+
+
+def _find(node, steps, create=False, rank=None):
     for step in steps:
         child = node.find(step)
         if child is None:
             if not create:
                 return None
-            child = etree.Element(step)
-            _insert_ordered(node, child, order)
+            child = (Node(step) if node.__class__ is Node
+                     else etree.SubElement(node, step))
+            _insert_ordered(node, child, rank)
         node = child
     return node
 
 
-def _insert_ordered(parent, child, order):
-    """Insert before the first sibling that ``order`` puts after ``child``.
+def _insert_ordered(parent, child, rank):
+    """Insert before the first sibling that ``rank`` puts after ``child``.
 
     Keeps formatted XML in libvirt's customary order without the schema
-    needing it (libvirt's grammar is mostly interleaved).
+    needing it (libvirt's grammar is mostly interleaved). ``rank`` maps a
+    tag to its place in the class's ORDER.
     """
-    if child.tag in order:
-        rank = order.index(child.tag)
-        for i, sibling in enumerate(parent):
-            if sibling.tag in order and order.index(sibling.tag) > rank:
+    mine = rank.get(child.tag) if rank else None
+    if mine is not None:
+        siblings = parent.children if parent.__class__ is Node else parent
+        for i, sibling in enumerate(siblings):
+            theirs = rank.get(sibling.tag)
+            if theirs is not None and theirs > mine:
                 parent.insert(i, child)
                 return
-    parent.append(child)
+    if child.getparent() is not parent:
+        parent.append(child)
+
+
+def _attach(obj, steps, value):
+    """Parent element under ``obj`` (created) and ``value``'s element, of
+    one kind: a Node tree and an lxml tree never mix."""
+    parent = _find(_el(obj), steps, create=True, rank=obj._RANK)
+    child = _el(value)
+    if parent.__class__ is not child.__class__:
+        if parent.__class__ is Node:
+            parent = _find(obj.node, steps)
+        else:
+            child = value.node
+    return parent, child
 
 
 def _prune(node, stop):
@@ -113,28 +142,57 @@ class Prop:
     def __get__(self, obj, owner=None):
         if obj is None:
             return self
-        node = _find(obj.node, self.steps)
-        if node is None:
-            return None
+        node = _el(obj)
+        if self.steps:
+            node = _find(node, self.steps)
+            if node is None:
+                return None
         text = node.get(self.attr) if self.attr else node.text
         return None if text is None else self.kind.from_xml(text)
 
     def __set__(self, obj, value):
+        top = obj._n
+        if top.__class__ is Node and top.lx is not None:
+            top = _el(obj)
         if value is None:
-            node = _find(obj.node, self.steps)
+            node = _find(top, self.steps)
             if node is None:
                 return
             if self.attr:
                 node.attrib.pop(self.attr, None)
             else:
                 node.text = None
-            _prune(node, obj.node)
+            _prune(node, top)
             return
-        node = _find(obj.node, self.steps, create=True, order=obj.ORDER)
+        text = self.kind.to_xml(value)
+        if top.__class__ is Node:
+            # The builder's hot path: one loop, no lxml, no helper calls.
+            if not text.isprintable():
+                xmlnode.check(text)
+            node = top
+            for step in self.steps:
+                for child in node.children:
+                    if child.tag == step:
+                        node = child
+                        break
+                else:
+                    child = Node(step)
+                    if node.children:
+                        _insert_ordered(node, child, obj._RANK)
+                    else:
+                        child.parent = node
+                        node.children.append(child)
+                    node = child
+            if self.attr:
+                node.attrib[self.attr] = text
+            else:
+                node.text = text
+            return
+        node = _find(top, self.steps, True, obj._RANK) if self.steps else top
         if self.attr:
-            node.set(self.attr, self.kind.to_xml(value))
+            node.set(self.attr, text)
         else:
-            node.text = self.kind.to_xml(value)
+            node.text = text
 
 
 class Flag:
@@ -150,16 +208,17 @@ class Flag:
     def __get__(self, obj, owner=None):
         if obj is None:
             return self
-        return _find(obj.node, self.steps) is not None
+        return _find(_el(obj), self.steps) is not None
 
     def __set__(self, obj, value):
-        node = _find(obj.node, self.steps)
+        top = _el(obj)
+        node = _find(top, self.steps)
         if value and node is None:
-            _find(obj.node, self.steps, create=True, order=obj.ORDER)
+            _find(top, self.steps, create=True, rank=obj._RANK)
         elif not value and node is not None:
             parent = node.getparent()
             parent.remove(node)
-            _prune(parent, obj.node)
+            _prune(parent, top)
 
 
 class Child:
@@ -175,20 +234,20 @@ class Child:
     def __get__(self, obj, owner=None):
         if obj is None:
             return self
-        parent = _find(obj.node, self.steps)
+        parent = _find(_el(obj), self.steps)
         node = None if parent is None else parent.find(self.cls.TAG)
         return None if node is None else self.cls(node=node)
 
     def __set__(self, obj, value):
-        parent = _find(obj.node, self.steps)
+        parent = _find(_el(obj), self.steps)
         old = None if parent is None else parent.find(self.cls.TAG)
         if old is not None:
             parent.remove(old)
         if value is not None:
-            parent = _find(obj.node, self.steps, create=True, order=obj.ORDER)
-            _insert_ordered(parent, value.node, obj.ORDER)
+            parent, child = _attach(obj, self.steps, value)
+            _insert_ordered(parent, child, obj._RANK)
         elif parent is not None:
-            _prune(parent, obj.node)
+            _prune(parent, _el(obj))
 
 
 class Children:
@@ -208,43 +267,76 @@ class Children:
     def __get__(self, obj, owner=None):
         if obj is None:
             return self
-        parent = _find(obj.node, self.steps)
+        parent = _find(_el(obj), self.steps)
         if parent is None:
             return []
         return [self.cls(node=n) for n in parent.findall(self.cls.TAG)]
 
     def __set__(self, obj, values):
-        parent = _find(obj.node, self.steps)
+        parent = _find(_el(obj), self.steps)
         if parent is not None:
             for n in parent.findall(self.cls.TAG):
                 parent.remove(n)
         for value in values or ():
             self.append(obj, value)
         if not values and parent is not None:
-            _prune(parent, obj.node)
+            _prune(parent, _el(obj))
 
     def append(self, obj, value):
         if not isinstance(value, self.cls):
             raise TypeError('%s takes %s, not %s' % (
                 self.name, self.cls.__name__, type(value).__name__))
-        parent = _find(obj.node, self.steps, create=True, order=obj.ORDER)
-        parent.append(value.node)
+        parent, child = _attach(obj, self.steps, value)
+        parent.append(child)
+
+
+_PROPERTY_TYPES = (Prop, Flag, Child, Children)
 
 
 class XMLObject:
-    """Base of every model class: a view over one element named ``TAG``."""
+    """Base of every model class: a view over one element named ``TAG``.
+
+    An object made from scratch holds a pure-Python ``xmlnode.Node`` until
+    something asks for ``node`` (an lxml element); a parsed one views the
+    lxml element it was parsed into.
+    """
 
     TAG = None
     ORDER = ()          # customary order of child elements
+    _RANK = {}          # ORDER as {tag: index}, per class
+    _PROPS = {}         # declared properties by name, per class
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._RANK = {tag: i for i, tag in enumerate(cls.ORDER)}
+        props = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                if isinstance(value, _PROPERTY_TYPES):
+                    props[name] = value
+        cls._PROPS = props
 
     def __init__(self, node=None, **values):
-        self.node = node if node is not None else etree.Element(self.TAG)
+        self._n = Node(self.TAG) if node is None else node
+        props = self._PROPS
         for name, value in values.items():
-            if not isinstance(getattr(type(self), name, None),
-                              (Prop, Flag, Child, Children)):
+            prop = props.get(name)
+            if prop is None:
                 raise AttributeError('%s has no XML property %r' % (
                     type(self).__name__, name))
-            setattr(self, name, value)
+            prop.__set__(self, value)
+
+    @property
+    def node(self):
+        """The lxml element (made from the Node tree on first use)."""
+        node = _el(self)
+        if node.__class__ is Node:
+            node = self._n = xmlnode.materialize(node)
+        return node
+
+    @node.setter
+    def node(self, value):
+        self._n = value
 
     @classmethod
     def parse(cls, xml):
@@ -259,10 +351,16 @@ class XMLObject:
 
     def format(self):
         """A detached copy of the element."""
-        return copy.deepcopy(self.node)
+        node = _el(self)
+        if node.__class__ is Node:
+            return xmlnode.to_lxml(node)
+        return copy.deepcopy(node)
 
     def to_xml(self, pretty=True):
-        return etree.tostring(self.node, pretty_print=pretty, encoding='unicode')
+        node = _el(self)
+        if node.__class__ is Node:
+            return xmlnode.serialize(node, pretty)
+        return etree.tostring(node, pretty_print=pretty, encoding='unicode')
 
     def add(self, name, child):
         """Append ``child`` to the Children property ``name``."""
@@ -272,15 +370,10 @@ class XMLObject:
     @classmethod
     def properties(cls):
         """Declared properties by name, base classes first."""
-        props = {}
-        for klass in reversed(cls.__mro__):
-            for name, value in vars(klass).items():
-                if isinstance(value, (Prop, Flag, Child, Children)):
-                    props[name] = value
-        return props
+        return dict(cls._PROPS)
 
     def canonical(self):
-        return canonical(self.node)
+        return canonical(self.format())
 
     def __eq__(self, other):
         return type(self) is type(other) and self.canonical() == other.canonical()

@@ -1,0 +1,170 @@
+"""A pure-Python element for model objects built from scratch.
+
+An lxml element costs a libxml2 document and a call into C for each
+attribute; the builder makes ~60 of them per guest and throws them away
+after formatting. ``Node`` has just the part of lxml's element API that
+``xmlbase`` uses, and ``serialize`` writes it exactly as lxml's
+``tostring`` would. ``materialize`` turns a tree into lxml elements (one
+parse) when something needs a real element (RelaxNG, ``.node``); each Node
+then points at its lxml twin so views made before stay live.
+"""
+
+import re
+
+from lxml import etree
+
+# What lxml refuses in a string: C0 controls but tab/newline/CR, U+FFFE/F,
+# lone surrogates.
+_BAD = re.compile('[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]')
+_BAD_MSG = ('All strings must be XML compatible: Unicode or ASCII, '
+            'no NULL bytes or control characters')
+
+
+def check(text):
+    """Raise ValueError (as lxml does) for text XML cannot hold."""
+    if _BAD.search(text) is not None:
+        raise ValueError(_BAD_MSG)
+    return text
+
+
+class Node:
+    """tag, attrib, text and ordered children; no tails, no namespaces."""
+
+    __slots__ = ('tag', 'attrib', 'text', 'children', 'parent', 'lx')
+
+    def __init__(self, tag):
+        self.tag = tag
+        self.attrib = {}
+        self.text = None
+        self.children = []
+        self.parent = None
+        self.lx = None          # the lxml twin once materialized
+
+    def get(self, key, default=None):
+        return self.attrib.get(key, default)
+
+    def set(self, key, value):
+        self.attrib[key] = value
+
+    def find(self, tag):
+        for child in self.children:
+            if child.tag == tag:
+                return child
+        return None
+
+    def findall(self, tag):
+        return [c for c in self.children if c.tag == tag]
+
+    def getparent(self):
+        return self.parent
+
+    def __len__(self):
+        return len(self.children)
+
+    def __iter__(self):
+        return iter(self.children)
+
+    def _adopt(self, child):
+        if child.parent is not None:    # lxml moves an element appended twice
+            child.parent.remove(child)
+        child.parent = self
+
+    def append(self, child):
+        self._adopt(child)
+        self.children.append(child)
+
+    def insert(self, index, child):
+        self._adopt(child)
+        self.children.insert(index, child)
+
+    def remove(self, child):
+        for i, c in enumerate(self.children):
+            if c is child:
+                del self.children[i]
+                child.parent = None
+                return
+        raise ValueError('Element is not a child of this node.')
+
+
+def _escape_attr(value, ascii_only):
+    if ('&' in value or '<' in value or '>' in value or '"' in value
+            or '\n' in value or '\r' in value or '\t' in value):
+        value = (value.replace('&', '&amp;').replace('<', '&lt;')
+                 .replace('>', '&gt;').replace('"', '&quot;')
+                 .replace('\n', '&#10;').replace('\r', '&#13;')
+                 .replace('\t', '&#9;'))
+    if ascii_only and not value.isascii():
+        # lxml's quirk for the attributes of an element that is not its
+        # document's root, when it is serialized alone.
+        value = ''.join(c if c < '\x80' else '&#x%X;' % ord(c) for c in value)
+    return value
+
+
+def _escape_text(text):
+    if '&' in text or '<' in text or '>' in text or '\r' in text:
+        text = (text.replace('&', '&amp;').replace('<', '&lt;')
+                .replace('>', '&gt;').replace('\r', '&#13;'))
+    return text
+
+
+# libxml2 indents by two spaces a level, up to 30 levels.
+_INDENT = ['\n' + '  ' * min(depth, 30) for depth in range(32)]
+
+
+def _write(node, out, depth, ascii_only):
+    """Pretty-print ``node`` as libxml2 does (depth None: not pretty)."""
+    tag = node.tag
+    if node.attrib:
+        out.append('<' + tag + ''.join([
+            ' %s="%s"' % (key, _escape_attr(value, ascii_only))
+            for key, value in node.attrib.items()]))
+    else:
+        out.append('<' + tag)
+    children, text = node.children, node.text
+    if not children:
+        out.append('/>' if text is None else
+                   '>%s</%s>' % (_escape_text(text), tag))
+        return
+    out.append('>')
+    if text is not None:        # mixed content: libxml2 stops indenting
+        out.append(_escape_text(text))
+        depth = None
+    if depth is None:
+        for child in children:
+            _write(child, out, None, False)
+        out.append('</%s>' % tag)
+    else:
+        indent = _INDENT[min(depth + 1, 31)]
+        for child in children:
+            out.append(indent)
+            _write(child, out, depth + 1, False)
+        out.append(_INDENT[min(depth, 31)] + '</%s>' % tag)
+
+
+def serialize(node, pretty=True):
+    """The text lxml's ``tostring(encoding='unicode')`` gives for ``node``."""
+    out = []
+    _write(node, out, 0 if pretty else None, node.parent is not None)
+    if pretty:
+        out.append('\n')
+    return ''.join(out)
+
+
+def to_lxml(node):
+    """A detached lxml copy of ``node`` and its subtree."""
+    return etree.fromstring(serialize(node, pretty=False))
+
+
+def materialize(node):
+    """Give the whole tree of ``node`` lxml twins; return ``node``'s twin."""
+    root = node
+    while root.parent is not None:
+        root = root.parent
+    _pair(root, to_lxml(root))
+    return node.lx
+
+
+def _pair(node, lx):
+    node.lx = lx
+    for child, lx_child in zip(node.children, lx):
+        _pair(child, lx_child)
