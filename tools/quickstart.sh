@@ -17,7 +17,7 @@ T0=$(date +%s)
 step() { echo; echo "=== quickstart [$(( $(date +%s) - T0 ))s] $*"; }
 fail() { echo "quickstart: FAILED: $*" >&2; exit 1; }
 
-[[ $(id -u) -eq 0 ]] || fail "run as root (sudo tools/quickstart.sh)"
+[[ $(id -u) -eq 0 ]] || fail "run as root (or: sudo tools/quickstart.sh)"
 
 step "system packages"
 tools/install-system-packages.sh
