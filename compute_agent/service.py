@@ -22,8 +22,8 @@ from compute_agent.rpc import server as server_mod
 
 LOG = logging.getLogger(__name__)
 
-# Seconds between health probes (libvirt answering, outbox depth, gauges)
-# when no watchdog sets a faster pace.
+# Longest time between health probes (libvirt answering, outbox depth,
+# gauges); the watchdog interval or report_interval may make it shorter.
 PROBE_INTERVAL = 10.0
 # How much more start time to ask systemd for while waiting for the broker.
 _START_EXTEND = 30.0
@@ -89,7 +89,8 @@ class Service:
         add('image-cache', images.image_cache_manager_interval
             if images.remove_unused_base_images else 0,
             self._remove_unused_images)
-        add('health-probe', min(PROBE_INTERVAL, watchdog or PROBE_INTERVAL),
+        add('health-probe', min(i for i in (PROBE_INTERVAL, watchdog,
+                                            conf.report_interval) if i),
             self.health.probe)
         add('watchdog', watchdog, self.health.watchdog)
 
