@@ -38,16 +38,17 @@ class Health:
     # ------------------------------------------------------------ probes
 
     def probe(self):
-        """Periodic task: libvirt answering, outbox depth, gauges."""
-        self.libvirt_ok = bool(self.driver.healthy())
+        """Periodic task: outbox depth, gauges, then libvirt answering (last:
+        a hung libvirtd delays nothing but its own gauge)."""
         try:
             self.outbox = self.journal.outbox_count()
+            METRICS.count_instances(self.journal.list_instances())
         except Exception:  # noqa: BLE001 - the journal is closing
-            LOG.debug('outbox depth unavailable', exc_info=True)
+            LOG.debug('journal unavailable for the gauges', exc_info=True)
         METRICS.broker_connected.set(1 if self.server.connected else 0)
-        METRICS.libvirt_connected.set(1 if self.libvirt_ok else 0)
         METRICS.outbox_depth.set(self.outbox)
-        METRICS.count_instances(self.journal.list_instances())
+        self.libvirt_ok = bool(self.driver.healthy())
+        METRICS.libvirt_connected.set(1 if self.libvirt_ok else 0)
         self.update_status()
 
     def problems(self):
