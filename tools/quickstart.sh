@@ -103,7 +103,8 @@ done
 grep -E "COMPUTE-AGENT-TEST-GUEST BOOTED|INSTANCE-UUID|BLOCK-DEVICES" <<<"$out" \
     || fail "no boot marker on the console"
 grep -q "INSTANCE-UUID: $UUID" <<<"$out" || fail "the guest did not read its config drive"
-echo "VNC console: $("${CTL[@]}" vnc "$UUID")"
+echo "VNC console:"
+"${CTL[@]}" vnc "$UUID" || fail "no VNC console"
 
 step "rescue"
 "${CTL[@]}" --timeout 120 rescue "$UUID" --wait || fail "rescue"
