@@ -1,8 +1,16 @@
 """Prometheus metrics ([metrics] enabled): what the agent did and how fast.
 
 Counters and histograms are always kept (they are cheap); the HTTP endpoint
-is only served when enabled. A private registry keeps tests independent.
+is only served when enabled: ``/metrics`` for Prometheus and ``/healthz``
+(200 while the agent's own loops are alive, 503 otherwise; a JSON body
+saying the broker and libvirt state). A private registry keeps tests
+independent.
 """
+
+import http.server
+import json
+import socket
+import threading
 
 import prometheus_client as prom
 
@@ -32,6 +40,15 @@ class Metrics:
         self.instances = prom.Gauge(
             'compute_agent_instances', 'Instances by vm_state', ['vm_state'],
             registry=r)
+        self.broker_connected = prom.Gauge(
+            'compute_agent_broker_connected',
+            '1 while the agent consumes on a broker connection', registry=r)
+        self.libvirt_connected = prom.Gauge(
+            'compute_agent_libvirt_connected',
+            '1 while libvirtd answered the last probe', registry=r)
+        self.outbox_depth = prom.Gauge(
+            'compute_agent_outbox_depth',
+            'Messages waiting in the on-disk outbox for the broker', registry=r)
         self._server = None
 
     def count_instances(self, records):
@@ -42,20 +59,60 @@ class Metrics:
         for vm_state, n in counts.items():
             self.instances.labels(vm_state=str(vm_state)).set(n)
 
-    def serve(self, address, port):
-        """Start the HTTP endpoint in a daemon thread; returns the port."""
-        server, _thread = prom.start_http_server(port, addr=address,
-                                                 registry=self.registry)
+    def serve(self, address, port, health=None):
+        """Start the HTTP endpoint in a daemon thread; returns the port.
+
+        ``health()`` returns the /healthz dict; its ``alive`` key picks the
+        status code. Without it /healthz is 404.
+        """
+        cls = (_HTTPServer6 if ':' in address
+               else http.server.ThreadingHTTPServer)
+        server = cls((address, port), _handler(self, health))
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name='metrics-http',
+                         daemon=True).start()
         self._server = server
         return server.server_address[1]
 
     def stop(self):
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()
             self._server = None
 
     def render(self):
         return prom.generate_latest(self.registry).decode()
+
+
+class _HTTPServer6(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _handler(metrics, health):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            path = self.path.split('?', 1)[0]
+            if path == '/metrics':
+                self._send(200, prom.CONTENT_TYPE_LATEST,
+                           prom.generate_latest(metrics.registry))
+            elif path == '/healthz' and health is not None:
+                state = health()
+                self._send(200 if state.get('alive') else 503,
+                           'application/json',
+                           json.dumps(state, sort_keys=True).encode() + b'\n')
+            else:
+                self._send(404, 'text/plain', b'not found\n')
+
+        def _send(self, code, ctype, body):
+            self.send_response(code)
+            self.send_header('Content-Type', ctype)
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass      # scrapes are not worth a log line each
+    return Handler
 
 
 METRICS = Metrics()

@@ -2,17 +2,17 @@
 
 Start order matters: records are reconciled with libvirt (``recover``)
 before any message is consumed, and systemd hears READY=1 only once the
-queues are consumed. Periodic work (host reports, power sync, watchdog,
-metrics, image cache cleanup) runs on one small thread, never on the
-consume loop.
+queues are consumed. Periodic work (host reports, power sync, image cache
+cleanup, health probes, the watchdog) runs on ``periodic.Runner``: one
+thread per enabled task, never on the consume loop.
 """
 
 import logging
-import threading
-import time
 
+from compute_agent import health as health_mod
 from compute_agent import journal as journal_mod
 from compute_agent import manager as manager_mod
+from compute_agent import periodic
 from compute_agent import systemd
 from compute_agent.images import cleanup
 from compute_agent.metrics import METRICS
@@ -21,6 +21,12 @@ from compute_agent.rpc import publisher as publisher_mod
 from compute_agent.rpc import server as server_mod
 
 LOG = logging.getLogger(__name__)
+
+# Longest time between health probes (libvirt answering, outbox depth,
+# gauges); the watchdog interval or report_interval may make it shorter.
+PROBE_INTERVAL = 10.0
+# How much more start time to ask systemd for while waiting for the broker.
+_START_EXTEND = 30.0
 
 
 class Service:
@@ -37,80 +43,77 @@ class Service:
         self.server = server_mod.RPCServer(conf, self.manager, self.journal,
                                            self.publisher)
         self.sd = systemd.Notifier()
-        self._stop = threading.Event()
-        self._periodic = None
+        self.periodic = periodic.Runner()
+        self.health = health_mod.Health(
+            self.server, self.driver, self.journal, self.periodic, self.sd,
+            '%s.%s' % (conf.rpc.topic, conf.host))
 
     def start(self, ready_timeout=None):
         self.sd.status('reconciling instances with libvirt')
         self.manager.recover()
         if self.conf.metrics.enabled:
             port = METRICS.serve(self.conf.metrics.listen_address,
-                                 self.conf.metrics.port)
-            LOG.info('metrics on http://%s:%d/metrics',
+                                 self.conf.metrics.port,
+                                 health=self.health.snapshot)
+            LOG.info('metrics on http://%s:%d/metrics (and /healthz)',
                      self.conf.metrics.listen_address, port)
-        self.sd.status('connecting to the broker')
+        self.sd.status('connecting to the broker (%s)'
+                       % self.health.broker_address())
         self.server.start()
-        if not self.server.ready.wait(ready_timeout):
-            raise RuntimeError('queues not consumed within %ss' % ready_timeout)
-        self._periodic = threading.Thread(target=self._periodic_loop,
-                                          name='periodic', daemon=True)
-        self._periodic.start()
+        self._add_tasks()
+        # The watchdog and probes run while we wait for the broker too.
+        self.periodic.start()
+        waited = 0.0
+        while not self.server.ready.wait(1.0):
+            waited += 1.0
+            if self.server.error is not None:
+                raise RuntimeError('broker given up: %s' % self.server.error)
+            if ready_timeout is not None and waited >= ready_timeout:
+                raise RuntimeError('queues not consumed within %ss'
+                                   % ready_timeout)
+            if waited % 10 == 0:    # keep systemd's start job from timing out
+                self.sd.extend_timeout(
+                    _START_EXTEND, 'waiting for the broker (%s)'
+                    % self.health.broker_address())
         self.sd.ready('serving %s.%s' % (self.conf.rpc.topic, self.conf.host))
         LOG.info('serving topic %s as host %s', self.conf.rpc.topic,
                  self.conf.host)
+
+    def _add_tasks(self):
+        conf, images = self.conf, self.conf.images
+        watchdog = systemd.watchdog_interval()
+        add = self.periodic.add
+        add('host-state', conf.report_interval, self.manager.host_state)
+        add('power-sync', conf.sync_power_state_interval,
+            self.manager.sync_power_states)
+        add('image-cache', images.image_cache_manager_interval
+            if images.remove_unused_base_images else 0,
+            self._remove_unused_images)
+        add('health-probe', min(i for i in (PROBE_INTERVAL, watchdog,
+                                            conf.report_interval) if i),
+            self.health.probe)
+        add('watchdog', watchdog, self.health.watchdog)
 
     def _on_power_event(self, uuid, power_state):
         self.manager.on_power_event(uuid, power_state)
 
     def healthy(self):
-        return self.server.healthy() and self.driver.healthy()
-
-    def _periodic_loop(self):
-        """Host reports, power sync, watchdog pings, metrics gauges and
-        image cache cleanup."""
-        watchdog = systemd.watchdog_interval()
-        images = self.conf.images
-        tasks = [(self.conf.report_interval, self.manager.host_state),
-                 (self.conf.sync_power_state_interval,
-                  self.manager.sync_power_states),
-                 (self.conf.report_interval, lambda: METRICS.count_instances(
-                     self.journal.list_instances())),
-                 (images.image_cache_manager_interval
-                  if images.remove_unused_base_images else 0,
-                  self._remove_unused_images)]
-        if watchdog:
-            tasks.append((watchdog, self._watchdog))
-        due = [time.monotonic()] * len(tasks)
-        while not self._stop.is_set():
-            now = time.monotonic()
-            for i, (interval, task) in enumerate(tasks):
-                if interval and now >= due[i]:
-                    due[i] = now + interval
-                    try:
-                        task()
-                    except Exception:
-                        LOG.exception('periodic task %s failed',
-                                      getattr(task, '__name__', task))
-            self._stop.wait(max(0.1, min(due) - time.monotonic()))
+        """Loops alive (what the watchdog checks); see health.py."""
+        return not self.health.problems()
 
     def _remove_unused_images(self):
         cleanup.remove_unused(
             self.driver.image_cache,
             self.conf.images.remove_unused_original_minimum_age_seconds)
 
-    def _watchdog(self):
-        if self.healthy():
-            self.sd.watchdog()
-        else:
-            self.sd.status('unhealthy: broker or libvirt connection down')
-
     def stop(self, graceful_timeout=None):
         """Stop consuming, let in-flight work finish, leave the rest queued."""
         if graceful_timeout is None:
             graceful_timeout = self.conf.graceful_shutdown_timeout
         self.sd.stopping('draining in-flight operations')
-        self._stop.set()
+        self.health.stopping = True
         self.server.stop(graceful_timeout)
+        self.periodic.stop()
         METRICS.stop()
         self.driver.close()
         self.journal.close()

@@ -1,7 +1,7 @@
 """The sd_notify protocol: one datagram to the socket in $NOTIFY_SOCKET.
 
 Used for Type=notify readiness (READY=1), the watchdog (WATCHDOG=1), STATUS=
-lines and STOPPING=1. Without NOTIFY_SOCKET every call is a no-op.
+lines, EXTEND_TIMEOUT_USEC= and STOPPING=1. Without NOTIFY_SOCKET every call is a no-op.
 """
 
 import os
@@ -42,6 +42,13 @@ class Notifier:
 
     def stopping(self, status='stopping'):
         return self.notify(STOPPING=1, STATUS=status)
+
+    def extend_timeout(self, seconds, status=None):
+        """Ask for ``seconds`` more before the start (or stop) times out."""
+        fields = {'EXTEND_TIMEOUT_USEC': int(seconds * 1e6)}
+        if status:
+            fields['STATUS'] = status
+        return self.notify(**fields)
 
 
 def watchdog_interval():

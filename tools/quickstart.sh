@@ -17,7 +17,7 @@ T0=$(date +%s)
 step() { echo; echo "=== quickstart [$(( $(date +%s) - T0 ))s] $*"; }
 fail() { echo "quickstart: FAILED: $*" >&2; exit 1; }
 
-[[ $(id -u) -eq 0 ]] || fail "run as root (sudo tools/quickstart.sh)"
+[[ $(id -u) -eq 0 ]] || fail "run as root (or: sudo tools/quickstart.sh)"
 
 step "system packages"
 tools/install-system-packages.sh
@@ -103,7 +103,8 @@ done
 grep -E "COMPUTE-AGENT-TEST-GUEST BOOTED|INSTANCE-UUID|BLOCK-DEVICES" <<<"$out" \
     || fail "no boot marker on the console"
 grep -q "INSTANCE-UUID: $UUID" <<<"$out" || fail "the guest did not read its config drive"
-echo "VNC console: $("${CTL[@]}" vnc "$UUID")"
+echo "VNC console:"
+"${CTL[@]}" vnc "$UUID" || fail "no VNC console"
 
 step "rescue"
 "${CTL[@]}" --timeout 120 rescue "$UUID" --wait || fail "rescue"

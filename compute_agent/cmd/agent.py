@@ -1,6 +1,8 @@
 """compute-agent: the service.
 
-Loads the configuration (a bad value exits 2 naming the option), sets up
+Loads the configuration (/etc/compute-agent/compute-agent.conf and
+compute-agent.conf.d/ when no --config-file/--config-dir is given; a bad
+value exits 2 naming the option), sets up
 logging, reconciles instances, serves RPC until SIGTERM/SIGINT (graceful:
 in-flight work finishes, the rest stays queued), reloads on SIGHUP.
 """
@@ -15,6 +17,7 @@ from oslo_config import cfg
 from compute_agent import conf as ca_conf
 from compute_agent import exception
 from compute_agent import log
+from compute_agent.cmd import common
 
 LOG = logging.getLogger('compute_agent')
 
@@ -32,7 +35,9 @@ def load_config(argv, conf=None):
     conf = conf or ca_conf.CONF
     conf.register_cli_opts(CLI_OPTS)
     conf(argv, project='compute-agent', prog='compute-agent',
-         default_config_files=[], default_config_dirs=[])
+         version=common.version_string('compute-agent'),
+         default_config_files=common.default_config_files(),
+         default_config_dirs=common.default_config_dirs())
     ca_conf.check(conf)
     return conf
 

@@ -14,6 +14,7 @@ import sys
 from compute_agent import conf as ca_conf
 from compute_agent import exception
 from compute_agent import validation
+from compute_agent.cmd import common
 from compute_agent.vif.loader import VifDrivers
 from compute_agent.virt import builder
 from compute_agent.virt import schema
@@ -24,8 +25,11 @@ def parse_args(argv):
         prog='compute-agent-render',
         description='Print the libvirt domain XML for the args of a spawn '
                     'message (PROTOCOL.md sections 2-3).')
+    parser.add_argument('--version', action='version',
+                        version=common.version_string('compute-agent-render'))
     parser.add_argument('--config-file', action='append', default=[],
-                        help='Agent configuration file (repeatable).')
+                        help='Agent configuration file (repeatable; default '
+                             '%s when it exists).' % common.CONFIG_FILE)
     parser.add_argument('--request', required=True,
                         help='JSON file holding the "args" of a spawn message.')
     parser.add_argument('--rescue', action='store_true',
@@ -51,7 +55,9 @@ def main(argv=None):
     conf = ca_conf.CONF
     try:
         conf(['--config-file=%s' % f for f in opts.config_file],
-             project='compute-agent', default_config_files=[])
+             project='compute-agent',
+             default_config_files=common.default_config_files(),
+             default_config_dirs=common.default_config_dirs())
         ca_conf.check(conf)
     except Exception as e:  # oslo.config's own errors, or ConfigError
         print('compute-agent-render: configuration: %s' % e, file=sys.stderr)

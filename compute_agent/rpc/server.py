@@ -34,6 +34,7 @@ from compute_agent.rpc.workers import KeyedExecutor
 LOG = logging.getLogger(__name__)
 
 _RUNNING_FLUSH = 1.0     # s a buffered 'running' row may wait for a commit
+_STUCK_AFTER = 30.0      # s without a loop turn: the consume loop is stuck
 _CHILDREN = {}
 _LABEL_SETS = {}
 _MAX_LABEL_SETS = 100
@@ -121,6 +122,28 @@ class RPCServer:
     def wait(self):
         if self._thread is not None:
             self._thread.join()
+
+    @property
+    def connected(self):
+        """Consuming on a live broker connection."""
+        return self._connected
+
+    def liveness_problem(self):
+        """Why the consume loop is not alive, or None when it is.
+
+        Waiting for the broker is alive (the loop is in its reconnect
+        policy); only a dead thread or a connected loop that stopped turning
+        is not. Workers must be running too.
+        """
+        if self._thread is None or not self._thread.is_alive():
+            return 'consume thread not running'
+        idle = time.monotonic() - self._last_turn
+        if self._connected and idle > _STUCK_AFTER:
+            return 'consume loop stuck for %.0fs' % idle
+        dead = self.executor.dead_threads()
+        if dead and not self._stop.is_set():
+            return '%d worker threads died' % dead
+        return None
 
     def healthy(self):
         """Consume loop alive, connected and turning (for a watchdog)."""

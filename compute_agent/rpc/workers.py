@@ -47,6 +47,10 @@ class _Pool:
             except Exception:  # noqa: BLE001 - jobs report their own errors
                 LOG.exception('Unexpected error in worker job')
 
+    def dead(self):
+        """Threads of this pool that are no longer running."""
+        return sum(1 for t in self._threads if not t.is_alive())
+
     def shutdown(self):
         self._closed = True
         for _ in self._threads:
@@ -96,6 +100,10 @@ class KeyedExecutor:
             # the others.
             if nxt is not None:
                 self._pool.put(lambda: self._run_keyed(key, nxt))
+
+    def dead_threads(self):
+        """Worker threads that died (a liveness check: should be 0)."""
+        return self._pool.dead() + self._fast.dead()
 
     def shutdown(self):
         """Start nothing new; running jobs finish in their threads."""

@@ -7,6 +7,7 @@ on real QEMU are covered by test_e2e_*.py and test_driver.py.
 
 import hashlib
 import http.server
+import json
 import os
 import shutil
 import signal
@@ -323,6 +324,9 @@ def test_metrics_scrape(agents):
         time.sleep(2)       # the instances gauge is refreshed periodically
         text = urllib.request.urlopen('http://127.0.0.1:%d/metrics' % port,
                                       timeout=10).read().decode()
+        healthz = urllib.request.urlopen('http://127.0.0.1:%d/healthz' % port,
+                                         timeout=10)
+        health = json.loads(healthz.read())
     finally:
         client.destroy(inst)
         client.close()
@@ -335,6 +339,12 @@ def test_metrics_scrape(agents):
             'outcome="InstanceNotFound"} 1.0' in text)
     assert 'compute_agent_instances{vm_state="active"} 1.0' in text
     assert 'compute_agent_reconnects_total' in text
+    assert 'compute_agent_broker_connected 1.0' in text
+    assert 'compute_agent_outbox_depth ' in text
+    assert healthz.status == 200 and health['alive'] is True
+    assert health['broker'] == 'connected'
+    # test:///default answers like libvirtd
+    assert health['libvirt'] == 'connected', health
     assert agent.stop() == 0
 
 
@@ -364,23 +374,22 @@ def test_bad_config_value_exits_2_naming_the_option(tmp):
     assert 'virt_type' in proc.stderr
 
 
-def test_systemd_unit_verifies():
-    """``systemd-analyze verify`` is clean (it checks ExecStart exists)."""
+def test_systemd_unit_verifies(tmp):
+    """``systemd-analyze verify`` is clean (it checks ExecStart exists): the
+    unit as tools/install.sh installs it for this venv's prefix."""
     if shutil.which('systemd-analyze') is None:
         if os.environ.get('CI'):
             pytest.fail('systemd-analyze missing (package systemd)')
         pytest.skip('systemd-analyze missing')
-    unit = os.path.join(REPO, 'etc', 'systemd', 'compute-agent.service')
-    exec_start = '/usr/local/bin/compute-agent'
-    made = not os.path.exists(exec_start)
-    if made:        # what `pip install .` as root gives a production host
-        os.symlink(AGENT, exec_start)
-    try:
-        proc = subprocess.run(['systemd-analyze', 'verify', unit],
-                              capture_output=True, text=True, timeout=60)
-    finally:
-        if made:
-            os.unlink(exec_start)
+    with open(os.path.join(REPO, 'etc', 'systemd', 'compute-agent.service')) as f:
+        text = f.read()
+    prefix = os.path.dirname(os.path.dirname(AGENT))
+    assert '/opt/compute-agent/bin/compute-agent ' in text
+    unit = os.path.join(tmp, 'compute-agent.service')
+    with open(unit, 'w') as f:
+        f.write(text.replace('/opt/compute-agent', prefix))
+    proc = subprocess.run(['systemd-analyze', 'verify', unit],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and not (proc.stdout + proc.stderr).strip(), \
         proc.stdout + proc.stderr
 
