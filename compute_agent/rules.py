@@ -86,6 +86,9 @@ INSTANCE_NAME = Rule('instance name', r'^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$')
 #: image_id (PROTOCOL 1.1 section 3): part of a store URL and a file name.
 IMAGE_ID = Rule('image id', r'^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$')
 
+#: ``image_meta.checksum``: md5 hex, or sha256 as ``sha256:<hex>``.
+CHECKSUM = Rule('checksum', r'^[0-9a-f]{32}$|^sha256:[0-9a-f]{64}$')
+
 UUID = Rule('uuid', r'^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-'
                     r'[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$',
             reason='must be a UUID string (8-4-4-4-12 hex digits)')

@@ -35,7 +35,6 @@ from compute_agent import rules
 
 INT_MAX = 2 ** 31 - 1   # sizes and counts end up in C ints / libvirt XML
 UUID_RE = rules.UUID.pattern
-CHECKSUM_RE = r'^[0-9a-f]{32}$|^sha256:[0-9a-f]{64}$'
 DISK_FORMATS = ('qcow2', 'raw', 'iso', 'ami', 'aki', 'ari')
 #: Volume types whose ``data`` has a shape here; any other installed volume
 #: driver plugin checks its own ``data``.
@@ -146,7 +145,8 @@ def _is_nfs_export(value):
 
 @_format('unicast-mac', 'must not be a multicast or all-zero MAC address')
 def _is_unicast_mac(value):
-    return rules.MAC.check(value) != 'must not be a multicast or all-zero MAC address'
+    # a value of the wrong shape passes here: "pattern" reports that
+    return not rules.MAC.regex.search(value) or rules.MAC.extra(value) is None
 
 
 @_format('base64', 'must be base64-encoded')
@@ -214,7 +214,7 @@ def _image_meta(nullable=False):
         'id': _ref('image_id'),
         'disk_format': {'type': ['string', 'null'], 'enum': list(DISK_FORMATS) + [None],
                         'default': None},
-        'checksum': _str(CHECKSUM_RE, nullable=True, default=None),
+        'checksum': rules.CHECKSUM.schema(nullable=True, default=None),
         'size': _int(nullable=True, maximum=2 ** 63 - 1, default=None),
         'location': _str(nullable=True, format='url', maxLength=2048, default=None),
         'properties': {'type': 'object', 'default': {}},

@@ -21,7 +21,6 @@ import http.client
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 import urllib.parse
@@ -39,16 +38,17 @@ FILE_MODE = 0o644             # QEMU (libvirt-qemu) reads backing files
 
 
 def parse_checksum(checksum):
-    """``'<md5 hex>'`` or ``'sha256:<hex>'`` -> ``(algo, hex)``; None -> None."""
+    """``'<md5 hex>'`` or ``'sha256:<hex>'`` -> ``(algo, hex)``; None -> None.
+
+    The rule is ``rules.CHECKSUM``; here hex digits may be upper case too.
+    """
     if checksum is None:
         return None
-    value = checksum.lower() if isinstance(checksum, str) else ''
-    if re.fullmatch(r'[0-9a-f]{32}', value):
-        return 'md5', value
-    if re.fullmatch(r'sha256:[0-9a-f]{64}', value):
+    value = checksum.lower() if isinstance(checksum, str) else checksum
+    rules.CHECKSUM.require(value, 'image_meta.checksum')
+    if value.startswith('sha256:'):
         return 'sha256', value[7:]
-    raise exception.InvalidRequest(
-        'image_meta.checksum', 'expected <md5 hex> or sha256:<hex>')
+    return 'md5', value
 
 
 def _fmt(algo, digest):

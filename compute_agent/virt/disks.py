@@ -72,7 +72,8 @@ def instance_dir(conf, name, create=False):
         except FileExistsError:
             pass
         if not os.path.isdir(path) or not _inside(root, path):
-            raise exception.InvalidRequest('instance.name', 'is not a directory')
+            raise exception.InvalidRequest('instance.name',
+                                           'names something that is not a directory')
         os.chmod(path, DIR_MODE)
     return path
 

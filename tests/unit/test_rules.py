@@ -36,6 +36,12 @@ CASES = {
         ['', '.', '..', '../x', 'a/b', '.x', '-x', '_x', '~x', 'a' * 129, 'img\n', 'img 1',
          'a:b', 'a%2Fb', 'a?b', 'caf\u00e9', 'a\x00b', 'http://x/y'],
     ),
+    'CHECKSUM': (
+        ['d41d8cd98f00b204e9800998ecf8427e', 'sha256:' + 'a' * 64],
+        ['', 'abc', 'D41D8CD98F00B204E9800998ECF8427E', 'sha256:' + 'a' * 63,
+         'sha256:' + 'A' * 64, 'md5:d41d8cd98f00b204e9800998ecf8427e',
+         'd41d8cd98f00b204e9800998ecf8427e\n', 'sha1:' + 'a' * 40, 'sha256:xyz'],
+    ),
     'UUID': (
         [UUID, UUID.upper(), '00000000-0000-0000-0000-000000000000'],
         ['', 'x', UUID + '\n', UUID[:-1], UUID + 'a', UUID.replace('-', ''),
@@ -180,6 +186,7 @@ SCHEMA_USES = [
     ('IMAGE_ID', ('instance', 'ramdisk_id'), ()),
     ('IMAGE_ID', ('image_meta', 'id'), (('instance', 'image_ref'),)),
     ('UUID', ('instance', 'uuid'), ()),
+    ('CHECKSUM', ('image_meta', 'checksum'), ()),
     ('MAC', ('network_info', 0, 'address'), ()),
     ('VIF_ID', ('network_info', 0, 'id'), ()),
     ('IFNAME', ('network_info', 0, 'network', 'bridge'), ()),
