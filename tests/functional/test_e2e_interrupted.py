@@ -13,6 +13,8 @@ agent again, and checks the call's reply, get_info and libvirt's own view.
 Needs root, RabbitMQ, libvirtd and the test guest; fails in CI otherwise.
 """
 
+import os
+import signal
 import threading
 
 import libvirt    # a hard dependency: missing is an error, never a skip
@@ -76,9 +78,14 @@ class InFlight:
         return self.result
 
 
-def interrupt(agent, uuid, method, kill_when=None, meanwhile=None, **args):
-    """Call ``method``; SIGKILL the agent when its .start report arrives (and
-    ``kill_when()`` holds); run ``meanwhile()``; restart; return the reply."""
+def interrupt(agent, uuid, method, kill_when=None, meanwhile=None, before=None,
+              **args):
+    """Run ``before()``; call ``method``; SIGKILL the agent when its .start
+    report arrives (and ``kill_when()`` holds); run ``meanwhile()``; restart;
+    return the reply. The restart must have found the operation unfinished
+    (a ``recover`` report): the reply is its redelivery's."""
+    if before is not None:
+        before()
     since = agent.reports.mark()
     call = InFlight(agent, method, **args)
     agent.reports.wait(lambda r: r.get('event') == method + '.start'
@@ -89,8 +96,12 @@ def interrupt(agent, uuid, method, kill_when=None, meanwhile=None, **args):
     agent.kill()
     if meanwhile is not None:
         meanwhile()
+    restart = agent.reports.mark()
     agent.start()
-    return call.reply()
+    reply = call.reply()
+    assert [r for r in agent.reports.states(uuid, restart)
+            if r['event'] == 'recover'], 'the operation was not interrupted'
+    return reply
 
 
 def state(lv, uuid):
@@ -151,11 +162,23 @@ def test_power_off(agent, guest, lv, point):
     booted(agent, uuid)
 
 
+def qemu_pid(agent, inst):
+    with open(f"/run/libvirt/qemu/{inst['name']}.pid") as f:
+        return int(f.read().strip())
+
+
 def test_pause(agent, guest, lv):
-    """A redelivered pause completes."""
+    """A redelivered pause completes. QEMU is stopped (SIGSTOP) before the
+    pause, so the agent is certainly inside it when killed; QEMU then goes on
+    and libvirt finishes the pause the dead agent asked for."""
     uuid = guest['uuid']
-    rec = interrupt(agent, uuid, 'pause', instance={'uuid': uuid},
-                    kill_when=lambda: state(lv, uuid) == libvirt.VIR_DOMAIN_PAUSED)
+    pid = qemu_pid(agent, guest)
+    try:
+        rec = interrupt(agent, uuid, 'pause', instance={'uuid': uuid},
+                        before=lambda: os.kill(pid, signal.SIGSTOP),
+                        meanwhile=lambda: os.kill(pid, signal.SIGCONT))
+    finally:
+        os.kill(pid, signal.SIGCONT)
     assert_record(rec, 'paused', 3)
     settled(agent, uuid, 'paused', 3)
     assert state(lv, uuid) == libvirt.VIR_DOMAIN_PAUSED
