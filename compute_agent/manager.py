@@ -30,8 +30,10 @@ LOG = logging.getLogger(__name__)
 PUBLIC_KEYS = ('uuid', 'name', 'host', 'vm_state', 'task_state', 'power_state',
                'devices', 'vnc', 'created_at', 'updated_at', 'error')
 # Private keys of a record: 'spec' (the spawn request, no secrets), 'rescue'
-# (the rescue request while rescued, no password) and 'interrupted' (the
-# operation a restart interrupted, until its redelivery or the next one).
+# (the rescue request while rescued, no password), 'task_request_id' (the
+# request_id of the operation running or last run) and 'interrupted' (the
+# operation a restart interrupted and its request_id, until its redelivery
+# or the next operation).
 
 
 def _now():
@@ -168,11 +170,14 @@ class Manager:
         self._set(record, context, method + '.error', task_state=None,
                   error=_error_of(exc))
 
-    def _check(self, op, method, uuid, record):
+    def _check(self, op, method, uuid, record, context):
         """states.RUN or states.DONE; InstanceInvalidState otherwise."""
         vm_state = record['vm_state'] if record else None
-        verdict = states.verdict(op, vm_state,
-                                 record.get('interrupted') if record else None)
+        mark = (record or {}).get('interrupted') or {}
+        # Only the interrupted request's redelivery is let finish it.
+        redelivered = (mark.get('op') if mark.get('request_id')
+                       == context.get('request_id') else None)
+        verdict = states.verdict(op, vm_state, redelivered)
         if verdict is None:
             raise exception.InstanceInvalidState(
                 action=method, uuid=uuid, vm_state=vm_state,
@@ -192,13 +197,14 @@ class Manager:
         op = states.operation(method, args)
         with self._lock(uuid):      # no power event between check and start
             record = self._get(uuid)
-            if self._check(op, method, uuid, record) == states.DONE:
+            if self._check(op, method, uuid, record, context) == states.DONE:
                 if record.get('interrupted'):   # its redelivery: finished
                     self._set(record, context, method + '.end', interrupted=None)
                 return record
             start_vm_state = record['vm_state']
             self._set(record, context, method + '.start',
-                      task_state=states.TRANSITIONS[op].task, interrupted=None)
+                      task_state=states.TRANSITIONS[op].task, interrupted=None,
+                      task_request_id=context.get('request_id'))
         try:
             plan = prepare(record) if prepare else None
         except Exception as exc:
@@ -224,7 +230,7 @@ class Manager:
                  injected_files=(), plan=None):
         uuid = instance['uuid']
         old = self.journal.get_instance(uuid)
-        if self._check('spawn', 'spawn', uuid, old) == states.DONE:
+        if self._check('spawn', 'spawn', uuid, old, context) == states.DONE:
             return public(old)
         try:
             self._check_name_free(uuid, instance['name'])
@@ -246,7 +252,8 @@ class Manager:
                   'vm_state': None, 'task_state': None, 'power_state': None,
                   'devices': {}, 'vnc': None, 'created_at': _now(),
                   'error': None, 'spec': spec, 'rescue': None,
-                  'interrupted': None}
+                  'interrupted': None,
+                  'task_request_id': context.get('request_id')}
         self._set(record, context, 'spawn.start', vm_state=states.BUILDING,
                   task_state=states.TRANSITIONS['spawn'].task,
                   power_state=states.NOSTATE)
@@ -433,6 +440,11 @@ class Manager:
         restart interrupted (``states.RECOVERY``); the interrupted request's
         redelivery then completes it (``states.verdict``)."""
         for record in self.journal.list_instances():
+            if 'rescue' not in record:      # kept by an agent before 'rescue'
+                with self._lock(record['uuid']):
+                    rescued = self.driver.is_rescued(record['spec']['instance'])
+                    self._set(record, {}, 'recover', rescue={
+                        'rescue_image_meta': None} if rescued else None)
             if not record['task_state']:
                 self._reconcile(record['uuid'], 'recover', only_idle=True)
                 continue
@@ -464,7 +476,9 @@ class Manager:
                            vnc=self._vnc(spec['instance']))
         self._set(record, {}, 'recover', vm_state=vm_state, task_state=None,
                   power_state=power, error=error,
-                  interrupted=states.TASK_OPERATION.get(task), **changes)
+                  interrupted={'op': states.TASK_OPERATION.get(task),
+                               'request_id': record.get('task_request_id')},
+                  **changes)
         if vm_state == states.DELETED:
             self._delete(record['uuid'])
 

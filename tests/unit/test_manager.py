@@ -925,7 +925,9 @@ def test_recover_then_redelivery_finishes_an_interrupted_operation(h, case):
     if guest_did is not None:
         guest_did(h, uuid)
     # The killed agent's record: mid-operation, as its .start report said.
-    record = h.force_record(uuid, task_state=task)
+    ctx = mf.context()
+    record = h.force_record(uuid, task_state=task,
+                            task_request_id=ctx['request_id'])
     if method == 'spawn':
         h.force_record(uuid, vm_state=states.BUILDING, power_state=states.NOSTATE)
     elif method == 'power_on' and start == states.RESCUED:
@@ -943,12 +945,17 @@ def test_recover_then_redelivery_finishes_an_interrupted_operation(h, case):
     if method in ('rescue', 'unrescue'):
         assert not h.driver.is_rescued(instance)
 
-    # The redelivery: success, ending where the operation ends.
     h.manager = manager
+    if method == 'pause' and settled[0] == states.PAUSED_VM:
+        # Another request (not the redelivery) is judged by the state alone.
+        with pytest.raises(exception.InstanceInvalidState):
+            h.call(method, instance=instance, **extra)
+    # The redelivery (the same request): success, ending where the
+    # operation ends.
     if method == 'spawn':
-        _inst, result = h.spawn(instance)
+        _inst, result = h.spawn(instance, ctx=ctx)
     else:
-        result = h.call(method, instance=instance, **extra)
+        result = h.call(method, ctx=ctx, instance=instance, **extra)
     assert triple(result) == end[:1] + (None,) + end[1:]
     assert result['error'] is None
     assert h.info(uuid) == result
@@ -960,7 +967,25 @@ def test_recover_then_redelivery_finishes_an_interrupted_operation(h, case):
     # ... and the mark is gone: the same request again is judged afresh.
     if method == 'pause':
         with pytest.raises(exception.InstanceInvalidState):
-            h.call(method, instance=instance, **extra)
+            h.call(method, ctx=ctx, instance=instance, **extra)
+
+
+def test_recover_upgrades_records_kept_before_the_rescue_key(h):
+    """An older agent did not keep the rescue request in the record; the
+    guest's own files say whether it is rescued."""
+    rescued, plain = bring_to(h, states.RESCUED), bring_to(h, states.ACTIVE)
+    for instance in (rescued, plain):
+        record = h.journal.get_instance(instance['uuid'])
+        del record['rescue']
+        h.journal.save_instance(instance['uuid'], record)
+    seen = len(h.notifier.reports)
+    h.manager.recover()
+    assert len(h.notifier.reports) == seen          # no state changed
+    assert h.journal.get_instance(rescued['uuid'])['rescue'] == {
+        'rescue_image_meta': None}
+    assert h.journal.get_instance(plain['uuid'])['rescue'] is None
+    h.call('power_off', instance=rescued, timeout=0)
+    assert h.call('power_on', instance=rescued)['vm_state'] == states.RESCUED
 
 
 def test_recover_reports_drift_of_idle_records(h):
