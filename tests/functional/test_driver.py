@@ -9,6 +9,7 @@ and the test guest (tools/build-test-guest.sh); skips otherwise, fails in CI.
 """
 
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -449,6 +450,34 @@ def test_self_poweroff_event_then_destroy(env, events, lv):
     with pytest.raises(exception.InstanceNotFound):
         driver.power_on(inst)
     driver.close()
+
+
+def test_qcow2_ephemeral_and_swap_boot(env, driver, lv):
+    """use_cow_images (the default): ephemeral and swap disks are qcow2
+    overlays on blank bases cached in _base, which QEMU opens and the guest
+    sees as disks."""
+    inst = make_instance('ca-drv-local', config_drive=False,
+                         flavor={'memory_mb': 128, 'vcpus': 1, 'root_gb': 0,
+                                 'ephemeral_gb': 1, 'swap': 16})
+    try:
+        assert spawn(driver, inst) == {'root': 'vda', 'ephemeral': 'vdb',
+                                       'swap': 'vdc'}
+        log = wait_console(env, inst, BOOTED)
+        assert 'BLOCK-DEVICES: vda vdb vdc' in log, log
+        base = os.path.join(os.path.realpath(env.instances_path), '_base')
+        for name, blank in (('disk.local', 'ephemeral_%d' % (1 << 30)),
+                            ('disk.swap', 'swap_%d' % (16 << 20))):
+            info = json.loads(subprocess.run(
+                ['qemu-img', 'info', '-U', '--output=json',
+                 os.path.join(inst_dir(env, inst), name)],
+                check=True, capture_output=True, text=True).stdout)
+            assert info['format'] == 'qcow2', info
+            assert os.path.dirname(info['backing-filename']) == base
+            assert os.path.basename(info['backing-filename']).startswith(blank)
+        assert state(lv, inst) == libvirt.VIR_DOMAIN_RUNNING
+    finally:
+        driver.destroy(inst, [], None)
+    assert not os.path.exists(inst_dir(env, inst))
 
 
 def test_spawn_missing_image_rolls_back(env, driver, lv):
