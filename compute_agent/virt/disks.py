@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 
 from compute_agent import exception
 
@@ -33,6 +34,7 @@ FILE_MODE = 0o644
 IMAGE_FORMATS = {'qcow2': 'qcow2', 'raw': 'raw', 'iso': 'raw', 'ami': 'raw',
                  'aki': 'raw', 'ari': 'raw'}
 FS_LABEL = 'ephemeral0'
+_BLANK_LOCK = threading.Lock()
 
 
 class DiskCreateError(exception.AgentError):
@@ -251,11 +253,12 @@ def blank_base(base_dir, kind, size_bytes, fs_format=None):
         raise DiskCreateError(path=base_dir, reason=f'no blank base for {kind!r}')
     suffix = f'_{fs_format}' if kind == 'ephemeral' and fs_format else ''
     path = os.path.join(base_dir, f'{kind}_{int(size_bytes)}{suffix}')
-    if not os.path.exists(path):
-        os.makedirs(base_dir, mode=DIR_MODE, exist_ok=True)
-        prepare = (_swap_prepare if kind == 'swap'
-                   else _ephemeral_prepare(fs_format, FS_LABEL))
-        _blank(path, size_bytes, prepare, 'raw')
+    with _BLANK_LOCK:       # concurrent spawns format it once
+        if not os.path.exists(path):
+            os.makedirs(base_dir, mode=DIR_MODE, exist_ok=True)
+            prepare = (_swap_prepare if kind == 'swap'
+                       else _ephemeral_prepare(fs_format, FS_LABEL))
+            _blank(path, size_bytes, prepare, 'raw')
     return path
 
 
