@@ -19,9 +19,11 @@ import time
 # path, label). Wall clock; the calls of one spawn nest (driver.spawn holds
 # _create_files holds disks.inspect_base ...).
 TIMED = [
-    ('compute_agent.manager', 'Manager.validate', 'validate: schema + dry run'),
-    ('compute_agent.virt.driver', 'LibvirtDriver.check_spawn',
-     '  dry run (builder, RelaxNG)'),
+    ('compute_agent.manager', 'Manager.validate', 'validate: schema + plan'),
+    ('compute_agent.virt.planner', 'Planner.spawn',
+     '  plan (VIF checks, builder, RelaxNG)'),
+    ('compute_agent.virt.builder', 'build', '    builder'),
+    ('compute_agent.virt.schema', 'validate_domain', '    RelaxNG validation'),
     ('compute_agent.manager', 'Manager.do_spawn', 'manager.do_spawn'),
     ('compute_agent.manager', 'Manager._set', '  record + report (x2)'),
     ('compute_agent.journal', 'Journal.save_instance',
@@ -29,9 +31,6 @@ TIMED = [
     ('compute_agent.journal', 'Journal.outbox_add',
      '    outbox add (fsync)'),
     ('compute_agent.virt.driver', 'LibvirtDriver.spawn', '  driver.spawn'),
-    ('compute_agent.virt.driver', 'LibvirtDriver._plan',
-     '    builder (plan)'),
-    ('compute_agent.virt.schema', 'validate_domain', '    RelaxNG validation'),
     ('compute_agent.virt.driver', 'LibvirtDriver._create_files',
      '    files'),
     ('compute_agent.images.cache', 'ImageCache.fetch',
@@ -43,7 +42,7 @@ TIMED = [
     ('compute_agent.virt.configdrive', 'build_config_drive',
      '      config drive'),
     ('libvirt', 'virConnect.defineXML', '    libvirt defineXML'),
-    ('compute_agent.vif.loader', 'VifDrivers.plug_all', '    VIF plug'),
+    ('compute_agent.virt.driver', 'LibvirtDriver._boot', '    VIF plug + start'),
     ('compute_agent.virt.driver', 'LibvirtDriver._start', '    start'),
     ('libvirt', 'virDomain.create', '      libvirt create'),
     ('compute_agent.virt.guest', 'wait_running', '      wait RUNNING'),
@@ -103,7 +102,7 @@ def breakdown(calls, window, n, agent_t, floor_t):
                 if any(a <= w <= b for a, b in spans)]
     seq = [(window[0], window[1])]
     spawns = [(w, w + d) for w, d in inside('manager.do_spawn', seq)]
-    dry = inside(_label('LibvirtDriver.check_spawn'), seq)
+    dry = inside(_label('Planner.spawn'), seq)
     validations = [(w, w + d) for w, d in inside(_label('Manager.validate'), seq)
                    if any(w <= x <= w + d for x, _ in dry)]
     print('where the agent\'s time goes, per sequential spawn (n=%d; '
@@ -114,8 +113,10 @@ def breakdown(calls, window, n, agent_t, floor_t):
             d = [b - a for a, b in validations]
         elif label == 'manager.do_spawn':
             d = [b - a for a, b in spawns]
-        elif label == _label('LibvirtDriver.check_spawn'):
+        elif label == _label('Planner.spawn'):
             d = [x for _, x in dry]
+        elif label in (_label('build'), _label('validate_domain')):
+            d = [x for _, x in inside(label, [(w, w + x) for w, x in dry])]
         else:
             d = [x for _, x in inside(label, spawns)]
         if d:

@@ -1,12 +1,16 @@
 """The instance manager: the state machine between the wire and the driver.
 
-It implements the RPC dispatcher interface (``rpc/dispatcher.py``): requests
-arrive validated and serialized per instance; the manager checks the
-operation makes sense in the instance's state (``states.TRANSITIONS``), moves
-the record through its states, calls the driver, and reports every change of
-(vm_state, task_state, power_state) with a per-instance sequence number.
-Records live in the journal, so they survive restarts; ``recover()``
-reconciles them with libvirt at start.
+It implements the RPC dispatcher interface (``rpc/dispatcher.py``). A
+request is validated and planned once, at the boundary (``validate``: a
+spawn's ``virt.plan.GuestPlan`` travels with the job as ``args['plan']``);
+operations on an existing instance are planned from its stored request (the
+record's ``spec``) before the guest is touched. Requests arrive serialized
+per instance; the manager applies the state machine of ``states`` (which
+operation may run, its task_state, its end), calls the driver with the plan,
+and reports every change of (vm_state, task_state, power_state) with a
+per-instance sequence number. Records live in the journal, so they survive
+restarts; ``recover()`` settles them with libvirt at start, finishing or
+rolling back what a restart interrupted (``states.RECOVERY``).
 """
 
 import collections
@@ -19,16 +23,20 @@ from compute_agent import exception
 from compute_agent import states
 from compute_agent import validation
 from compute_agent import version
+from compute_agent.virt import planner as planner_mod
 
 LOG = logging.getLogger(__name__)
 
 PUBLIC_KEYS = ('uuid', 'name', 'host', 'vm_state', 'task_state', 'power_state',
                'devices', 'vnc', 'created_at', 'updated_at', 'error',
                'power_checked_at')
+# Private keys of a record: 'spec' (the spawn request, no secrets), 'rescue'
+# (the rescue request while rescued, no password), 'task_request_id' (the
+# request_id of the operation running or last run) and 'interrupted' (the
+# operation a restart interrupted and its request_id, until its redelivery
+# or the next operation).
 # _reconcile without a sync's listing: ask libvirt about the one instance.
 _ASK = object()
-# Requests that may run beside anything else (no per-instance queue).
-UNKEYED = frozenset(('list_instances', 'get_host_stats', 'ping'))
 
 
 def _now():
@@ -59,26 +67,30 @@ class Manager:
         # changes nothing costs no journal write, so it is kept here and
         # saved with the next change.
         self._checked = {}
+        self.planner = planner_mod.Planner(conf, driver.vif_drivers,
+                                           driver.image_cache)
 
     # --- the dispatcher interface ------------------------------------------
 
     def validate(self, method, args, version_):
-        """Schema checks, plus for spawn the builder's and VIF drivers' own
-        (a dry run, no side effects): an invalid spawn creates nothing."""
+        """Schema checks, then what can be planned without the record: a
+        spawn's whole plan (its VIF drivers' checks, image location, the
+        guest and its XML), a rescue's image location. No side effects: an
+        invalid request creates and changes nothing."""
         args = validation.validate(method, args)
         if method == 'spawn':
-            try:
-                self.driver.check_spawn(args['instance'], args['image_meta'],
-                                        args['network_info'],
-                                        args['block_device_info'])
-            except exception.VifPlugFailed as e:
-                raise exception.InvalidRequest(
-                    'network_info', e.message,
-                    uuid=args['instance']['uuid']) from None
+            args['plan'] = self.planner.spawn(
+                args['instance'], args['image_meta'], args['network_info'],
+                args['block_device_info'], args['admin_password'],
+                args['injected_files'])
+        elif method == 'rescue':
+            self.planner.check_location(args['rescue_image_meta'],
+                                        'rescue_image_meta',
+                                        args['instance']['uuid'])
         return args
 
     def key(self, method, args):
-        if method in UNKEYED or method in states.READ_ONLY:
+        if method in states.READ_ONLY:
             return None
         return validation.instance_uuid_of(method, args)
 
@@ -89,11 +101,13 @@ class Manager:
         return getattr(self, 'do_' + method)(context or {}, **args)
 
     def report_invalid(self, method, uuid, error, context):
-        """Report a rejected request; the instance's record is unchanged."""
+        """Report a rejected request; the instance's record is unchanged and
+        the report carries its states (``error`` when there is none)."""
         with self._lock(uuid):
             record = self.journal.get_instance(uuid) or {}
             seq = self.journal.next_sequence(uuid)
-            self._report(uuid, context or {}, method + '.error', states.ERROR,
+            self._report(uuid, context or {}, method + '.error',
+                         record.get('vm_state') or states.ERROR,
                          record.get('task_state'),
                          record.get('power_state', states.NOSTATE),
                          _error_of(error), seq)
@@ -164,49 +178,86 @@ class Manager:
                   task_state=None, power_state=self._power(record),
                   error=_error_of(exc))
 
-    def _run(self, context, method, uuid, call, task=None, allowed=None):
-        """Run a state-changing operation on an existing instance."""
-        tr = states.TRANSITIONS[method]
+    def _refused(self, record, context, method, exc):
+        """The operation failed before it touched the guest: its states are
+        as they were (PROTOCOL 1.1 section 5), the error is recorded."""
+        LOG.warning('%s: %s refused: %s', record['uuid'], method, exc,
+                    extra={'instance_uuid': record['uuid'],
+                           'request_id': context.get('request_id')})
+        self._set(record, context, method + '.error', task_state=None,
+                  error=_error_of(exc))
+
+    def _check(self, op, method, uuid, record, context):
+        """states.RUN or states.DONE; InstanceInvalidState otherwise."""
+        vm_state = record['vm_state'] if record else None
+        mark = (record or {}).get('interrupted') or {}
+        # Only the interrupted request's redelivery is let finish it.
+        redelivered = (mark.get('op') if mark.get('request_id')
+                       == context.get('request_id') else None)
+        verdict = states.verdict(op, vm_state, redelivered)
+        if verdict is None:
+            raise exception.InstanceInvalidState(
+                action=method, uuid=uuid, vm_state=vm_state,
+                task_state=record['task_state'] if record else None)
+        return verdict
+
+    def _run(self, context, method, uuid, call, prepare=None, args=None,
+             end_changes=None):
+        """Run a state-changing operation on an existing instance.
+
+        ``prepare(record)`` plans it from the stored request and makes ready
+        whatever the guest is not touched by (a failure there leaves the
+        states as they were); ``call(record, plan)`` changes the guest (a
+        failure there leaves vm_state ``error``). ``end_changes`` are saved
+        with the end state.
+        """
+        op = states.operation(method, args)
         with self._lock(uuid):      # no power event between check and start
             record = self._get(uuid)
-            if record['vm_state'] not in (allowed or tr.allowed):
-                raise exception.InstanceInvalidState(
-                    action=method, uuid=uuid, vm_state=record['vm_state'],
-                    task_state=record['task_state'])
+            if self._check(op, method, uuid, record, context) == states.DONE:
+                if record.get('interrupted'):   # its redelivery: finished
+                    self._set(record, context, method + '.end', interrupted=None)
+                return record
+            start_vm_state = record['vm_state']
             self._set(record, context, method + '.start',
-                      task_state=task or tr.task)
+                      task_state=states.TRANSITIONS[op].task, interrupted=None,
+                      task_request_id=context.get('request_id'))
         try:
-            call(record['spec'])
+            plan = prepare(record) if prepare else None
+        except Exception as exc:
+            self._refused(record, context, method, exc)
+            raise
+        try:
+            call(record, plan)
         except Exception as exc:
             self._fail(record, context, method, exc)
             raise
-        power = tr.end_power_state if method == 'destroy' else self._power(record)
-        end_vm_state = tr.end_vm_state
-        if (method in ('power_on', 'reboot')    # they boot a rescued guest
-                and self.driver.is_rescued(record['spec']['instance'])):
-            end_vm_state = states.RESCUED       # as rescued
-        self._set(record, context, method + '.end', vm_state=end_vm_state,
-                  task_state=None, power_state=power, error=None)
+        changes = dict(end_changes or {})
+        rescued = bool(changes.get('rescue', record.get('rescue')))
+        self._set(record, context, method + '.end',
+                  vm_state=states.end_vm_state(op, start_vm_state, rescued),
+                  task_state=None, power_state=self._power(record), error=None,
+                  **changes)
         return record
 
     # --- operations ----------------------------------------------------------
 
     def do_spawn(self, context, instance, image_meta, network_info=(),
                  block_device_info=None, admin_password=None,
-                 injected_files=()):
+                 injected_files=(), plan=None):
         uuid = instance['uuid']
         old = self.journal.get_instance(uuid)
-        if old and old['vm_state'] == states.ACTIVE:
-            return public(old)          # a repeated spawn is a success
-        if old and old['vm_state'] not in states.TRANSITIONS['spawn'].allowed:
-            raise exception.InstanceInvalidState(
-                action='spawn', uuid=uuid, vm_state=old['vm_state'],
-                task_state=old['task_state'])
+        if self._check('spawn', 'spawn', uuid, old, context) == states.DONE:
+            return public(old)
         try:
             self._check_name_free(uuid, instance['name'])
         except exception.InvalidRequest as exc:     # PROTOCOL 5: report it
             self.report_invalid('spawn', uuid, exc, context)
             raise
+        if plan is None:        # not validated through validate()
+            plan = self.planner.spawn(instance, image_meta, network_info,
+                                      block_device_info, admin_password,
+                                      injected_files)
         if old:     # a failed attempt: clear what it left before retrying
             self.driver.destroy(old['spec']['instance'],
                                 old['spec']['network_info'],
@@ -217,13 +268,14 @@ class Manager:
         record = {'uuid': uuid, 'name': instance['name'], 'host': self.host,
                   'vm_state': None, 'task_state': None, 'power_state': None,
                   'devices': {}, 'vnc': None, 'created_at': _now(),
-                  'error': None, 'spec': spec}
+                  'error': None, 'spec': spec, 'rescue': None,
+                  'interrupted': None,
+                  'task_request_id': context.get('request_id')}
         self._set(record, context, 'spawn.start', vm_state=states.BUILDING,
-                  task_state='spawning', power_state=states.NOSTATE)
+                  task_state=states.TRANSITIONS['spawn'].task,
+                  power_state=states.NOSTATE)
         try:
-            devices = self.driver.spawn(instance, image_meta, network_info,
-                                        block_device_info, admin_password,
-                                        injected_files)
+            devices = self.driver.spawn(plan)
         except exception.InvalidRequest as exc:
             # Input only found wrong late (an image URL, say): report it, and
             # leave nothing, as for any other invalid spawn.
@@ -233,7 +285,8 @@ class Manager:
         except Exception as exc:
             self._fail(record, context, 'spawn', exc)
             raise
-        self._set(record, context, 'spawn.end', vm_state=states.ACTIVE,
+        self._set(record, context, 'spawn.end',
+                  vm_state=states.end_vm_state('spawn', None, False),
                   task_state=None, power_state=self._power(record),
                   devices=devices, vnc=self._vnc(instance))
         return public(record)
@@ -254,19 +307,36 @@ class Manager:
             LOG.debug('%s: no VNC console', instance['uuid'])
             return None
 
+    def _guest_plan(self, record):
+        """The plan of the guest as it is defined now: rescued or not."""
+        rescue = record.get('rescue')
+        if rescue:
+            return self.planner.rescue(record['spec'],
+                                       rescue.get('rescue_image_meta'))
+        return self.planner.guest(record['spec'])
+
+    def _vifs(self, record):
+        return self.planner.vifs(record['spec'])
+
     def do_rescue(self, context, instance, rescue_image_meta=None,
                   rescue_password=None):
-        def call(spec):
-            self.driver.rescue(spec['instance'], spec['image_meta'],
-                               spec['network_info'], rescue_image_meta,
-                               rescue_password)
-        record = self._run(context, 'rescue', instance['uuid'], call)
+        def prepare(record):
+            plan = self.planner.rescue(record['spec'], rescue_image_meta,
+                                       rescue_password)
+            self.driver.prepare_rescue(plan)
+            return plan
+        record = self._run(
+            context, 'rescue', instance['uuid'],
+            lambda record, plan: self.driver.rescue(plan), prepare,
+            end_changes={'rescue': {'rescue_image_meta': rescue_image_meta}})
         return self._refresh_vnc(record, context)
 
     def do_unrescue(self, context, instance):
-        def call(spec):
-            self.driver.unrescue(spec['instance'], spec['network_info'])
-        record = self._run(context, 'unrescue', instance['uuid'], call)
+        record = self._run(
+            context, 'unrescue', instance['uuid'],
+            lambda record, vifs: self.driver.unrescue(
+                record['spec']['instance'], vifs), self._vifs,
+            end_changes={'rescue': None})
         return self._refresh_vnc(record, context)
 
     def _refresh_vnc(self, record, context):
@@ -277,20 +347,17 @@ class Manager:
         return public(record)
 
     def do_reboot(self, context, instance, reboot_type='SOFT'):
-        hard = reboot_type == 'HARD'
-
-        def call(spec):
-            self.driver.reboot(spec['instance'], spec['network_info'],
-                               spec['block_device_info'], reboot_type)
-        record = self._run(context, 'reboot', instance['uuid'], call,
-                           task='rebooting_hard' if hard else 'rebooting',
-                           allowed=states.HARD_REBOOT_FROM if hard else None)
+        record = self._run(
+            context, 'reboot', instance['uuid'],
+            lambda record, plan: self.driver.reboot(plan, reboot_type),
+            self._guest_plan, args={'reboot_type': reboot_type})
         return self._refresh_vnc(record, context)
 
     def do_power_off(self, context, instance, timeout=60):
         return public(self._run(
             context, 'power_off', instance['uuid'],
-            lambda spec: self.driver.power_off(spec['instance'], timeout)))
+            lambda record, _plan: self.driver.power_off(
+                record['spec']['instance'], timeout)))
 
     def do_power_on(self, context, instance):
         return self._start_guest(context, 'power_on', instance)
@@ -302,15 +369,16 @@ class Manager:
         """power_on/resume: the guest starts again, its VIFs plugged again."""
         record = self._run(
             context, method, instance['uuid'],
-            lambda spec: getattr(self.driver, method)(spec['instance'],
-                                                      spec['network_info']))
+            lambda record, vifs: getattr(self.driver, method)(
+                record['spec']['instance'], vifs), self._vifs)
         return self._refresh_vnc(record, context)
 
     def _simple(method):
         def operation(self, context, instance):
             return public(self._run(
                 context, method, instance['uuid'],
-                lambda spec: getattr(self.driver, method)(spec['instance'])))
+                lambda record, _plan: getattr(self.driver, method)(
+                    record['spec']['instance'])))
         operation.__name__ = 'do_' + method
         return operation
 
@@ -323,7 +391,8 @@ class Manager:
                    block_device_info=None, cleanup=True):
         uuid = instance['uuid']
 
-        def call(spec):
+        def call(record, _plan):
+            spec = record['spec']
             self.driver.destroy(spec['instance'],
                                 network_info or spec['network_info'],
                                 block_device_info or spec['block_device_info'],
@@ -432,39 +501,66 @@ class Manager:
                     self._set(record, {}, 'power.unknown',
                               power_state=states.NOSTATE)
                 return
-            vm_state = states.vm_state_for_power(record['vm_state'], power)
+            vm_state = states.vm_state_for_power(
+                record['vm_state'], power, bool(record.get('rescue')))
             if (vm_state, power) != (record['vm_state'], record['power_state']):
                 self._set(record, {}, event, vm_state=vm_state,
                           power_state=power)
 
     def recover(self):
-        """At start: settle every record left mid-operation by a restart."""
+        """At start: settle every record, finishing or rolling back what a
+        restart interrupted (``states.RECOVERY``); the interrupted request's
+        redelivery then completes it (``states.verdict``)."""
         for record in self.journal.list_instances():
-            task = record['task_state']
-            if not task:
+            if 'rescue' not in record:      # kept by an agent before 'rescue'
+                with self._lock(record['uuid']):
+                    rescued = self.driver.is_rescued(record['spec']['instance'])
+                    self._set(record, {}, 'recover', rescue={
+                        'rescue_image_meta': None} if rescued else None)
+            if not record['task_state']:
                 self._reconcile(record['uuid'], 'recover', only_idle=True)
                 continue
-            power = self._power(record)
-            if task == 'deleting':
-                spec = record['spec']
+            with self._lock(record['uuid']):
+                self._recover(record)
+
+    def _recover(self, record):
+        task = record['task_state']
+        spec = record['spec']
+        action = states.RECOVERY.get(task)
+        rescued = bool(record.get('rescue'))
+        changes = {}
+        try:
+            if action == 'destroy':
                 self.driver.destroy(spec['instance'], spec['network_info'],
                                     spec['block_device_info'], cleanup=True)
-                self._set(record, {}, 'recover', vm_state=states.DELETED,
-                          task_state=None, power_state=states.NOSTATE)
-                self._delete(record['uuid'])
-                continue
-            vm_state = {states.RUNNING: states.RESCUED if task == 'rescuing'
-                        else states.ACTIVE,
-                        states.SHUTDOWN: states.STOPPED,
-                        states.PAUSED: states.PAUSED_VM,
-                        states.SUSPENDED: states.SUSPENDED_VM}.get(power)
-            if task == 'spawning' and power != states.RUNNING:
-                vm_state = None
-            error = None if vm_state else {
-                'class': 'AgentRestarted',
-                'message': 'the agent restarted during %s' % task}
-            self._set(record, {}, 'recover', vm_state=vm_state or states.ERROR,
-                      task_state=None, power_state=power, error=error)
+            elif action == 'unrescue':
+                if self.driver.is_rescued(spec['instance']):
+                    self.driver.unrescue(spec['instance'], self._vifs(record))
+                rescued, changes['rescue'] = False, None
+            elif action == 'boot' and self.driver.exists(spec['instance']):
+                self.driver.power_on(spec['instance'], self._vifs(record))
+        except Exception:
+            LOG.exception('%s: recovering from %s failed', record['uuid'], task)
+        power = self._power(record)
+        vm_state, error = states.recovered(task, power, rescued)
+        if vm_state == states.ACTIVE and task == 'spawning':
+            changes.update(devices=self._devices(record),
+                           vnc=self._vnc(spec['instance']))
+        self._set(record, {}, 'recover', vm_state=vm_state, task_state=None,
+                  power_state=power, error=error,
+                  interrupted={'op': states.TASK_OPERATION.get(task),
+                               'request_id': record.get('task_request_id')},
+                  **changes)
+        if vm_state == states.DELETED:
+            self._delete(record['uuid'])
+
+    def _devices(self, record):
+        """The devices a spawn interrupted after its guest started chose."""
+        try:
+            return dict(self.planner.guest(record['spec']).devices)
+        except Exception:
+            LOG.exception('%s: cannot plan its devices', record['uuid'])
+            return record.get('devices') or {}
 
     def host_state(self):
         # No retries: a periodic report is skipped while libvirt is away.

@@ -1,53 +1,165 @@
 """Instance states (PROTOCOL.md section 4) and which operation may run when.
 
-The table is the whole state machine: for each state-changing method, the
-vm_states it may start from, the task_state while it runs, and the vm_state
-and power_state it ends in.
+The table is the whole state machine. For each state-changing operation:
+the vm_states it may start from, the task_state while it runs, the vm_state
+and power_state it ends in (and the vm_state when it boots a rescued
+guest), the states in which it is already done; then what a restart does to
+an operation it interrupted, and how a power state seen from outside moves
+a vm_state. The manager applies these rules and special-cases no method.
 """
 
 import collections
 
-# power_state values
+# power_state values (the only definition; virt/ imports them from here)
 NOSTATE, RUNNING, PAUSED, SHUTDOWN, CRASHED, SUSPENDED = 0, 1, 3, 4, 6, 7
 
 BUILDING, ACTIVE, STOPPED = 'building', 'active', 'stopped'
 PAUSED_VM, SUSPENDED_VM, RESCUED = 'paused', 'suspended', 'rescued'
 ERROR, DELETED = 'error', 'deleted'
 
-Transition = collections.namedtuple(
-    'Transition', 'allowed task end_vm_state end_power_state')
+# An end vm_state: the vm_state the operation started from (for the 1.1
+# device operations, e.g. attach_volume: any of active/stopped/paused,
+# task attaching_volume, back to where it was).
+PREVIOUS = 'previous'
 
-# None in ``allowed`` means "no record yet" (or a deleted one).
+Transition = collections.namedtuple(
+    'Transition', 'allowed task end_vm_state end_power_state rescued_end done_in',
+    defaults=(None, ()))
+# allowed          start vm_states; None means "no record yet" (or a deleted one)
+# task             the task_state while it runs
+# end_vm_state     where it ends (PREVIOUS: where it started)
+# end_power_state  the power state libvirt shows at the end (NOSTATE: no domain)
+# rescued_end      the end vm_state instead, when the guest it boots is rescued
+# done_in          start vm_states in which it is a success without running
+
+_ANY = (BUILDING, ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM, RESCUED, ERROR)
+
 TRANSITIONS = {
-    'spawn': Transition((None, DELETED, ERROR), 'spawning', ACTIVE, RUNNING),
+    # A repeated spawn of an active instance is a success (PROTOCOL 5).
+    'spawn': Transition((None, DELETED, ERROR), 'spawning', ACTIVE, RUNNING,
+                        done_in=(ACTIVE,)),
     'rescue': Transition((ACTIVE,), 'rescuing', RESCUED, RUNNING),
     'unrescue': Transition((RESCUED,), 'unrescuing', ACTIVE, RUNNING),
-    'reboot': Transition((ACTIVE,), 'rebooting', ACTIVE, RUNNING),
+    'reboot': Transition((ACTIVE,), 'rebooting', ACTIVE, RUNNING,
+                         rescued_end=RESCUED),
+    # A hard reboot may also revive a guest (as nova allows).
+    'reboot_hard': Transition((ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM, ERROR),
+                              'rebooting_hard', ACTIVE, RUNNING,
+                              rescued_end=RESCUED),
     'power_off': Transition((ACTIVE, RESCUED, ERROR), 'powering-off',
                             STOPPED, SHUTDOWN),
-    'power_on': Transition((STOPPED,), 'powering-on', ACTIVE, RUNNING),
+    # A rescued guest that was powered off boots rescued again.
+    'power_on': Transition((STOPPED,), 'powering-on', ACTIVE, RUNNING,
+                           rescued_end=RESCUED),
     'pause': Transition((ACTIVE,), 'pausing', PAUSED_VM, PAUSED),
     'unpause': Transition((PAUSED_VM,), 'unpausing', ACTIVE, RUNNING),
     'suspend': Transition((ACTIVE,), 'suspending', SUSPENDED_VM, SUSPENDED),
     'resume': Transition((SUSPENDED_VM,), 'resuming', ACTIVE, RUNNING),
-    'destroy': Transition((BUILDING, ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM,
-                           RESCUED, ERROR), 'deleting', DELETED, NOSTATE),
+    'destroy': Transition(_ANY, 'deleting', DELETED, NOSTATE),
 }
 
-# A hard reboot may also start from these (nova allows it to revive a guest).
-HARD_REBOOT_FROM = (ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM, ERROR)
-
+# Requests that change nothing: no per-instance queue, no fsync'ed outcome.
 READ_ONLY = frozenset(('get_info', 'list_instances', 'get_console_output',
                        'get_vnc_console', 'get_host_stats', 'ping'))
 
 
-def vm_state_for_power(vm_state, power_state):
-    """vm_state implied by a power_state nobody asked for (lifecycle/sync)."""
-    if vm_state in (ACTIVE, RESCUED) and power_state in (SHUTDOWN, CRASHED,
-                                                         NOSTATE):
-        return STOPPED
-    if vm_state == ACTIVE and power_state == PAUSED:
-        return PAUSED_VM
-    if vm_state in (STOPPED, PAUSED_VM) and power_state == RUNNING:
-        return ACTIVE
+def operation(method, args):
+    """The TRANSITIONS key of a request (a hard reboot is its own)."""
+    if method == 'reboot' and (args or {}).get('reboot_type') == 'HARD':
+        return 'reboot_hard'
+    return method
+
+
+RUN, DONE = 'run', 'done'
+
+
+def verdict(op, vm_state, interrupted=None):
+    """RUN, DONE, or None (makes no sense: InstanceInvalidState).
+
+    ``vm_state`` is None when there is no record. ``interrupted`` is the
+    operation a restart interrupted (the record's mark, see ``recovered``):
+    its redelivery runs again where the operation may start, is DONE where
+    recovery already reached its end, and otherwise completes it from
+    wherever recovery left the guest.
+    """
+    tr = TRANSITIONS[op]
+    if vm_state in tr.done_in:
+        return DONE
+    if vm_state in tr.allowed:
+        return RUN
+    if interrupted == op and vm_state not in (None, DELETED):
+        return DONE if vm_state in (tr.end_vm_state, tr.rescued_end) else RUN
+    return None
+
+
+def end_vm_state(op, start_vm_state, rescued):
+    tr = TRANSITIONS[op]
+    if rescued and tr.rescued_end:
+        return tr.rescued_end
+    return start_vm_state if tr.end_vm_state == PREVIOUS else tr.end_vm_state
+
+
+# --- power states seen from outside ---------------------------------------------
+
+# The vm_state a power state means for a guest at rest.
+POWER_VM_STATE = {RUNNING: ACTIVE, PAUSED: PAUSED_VM, SHUTDOWN: STOPPED,
+                  CRASHED: STOPPED, SUSPENDED: SUSPENDED_VM}
+
+# Which vm_states a change nobody asked for (lifecycle event, periodic sync)
+# may move, and to which: a guest that stopped, paused itself or was started
+# behind the agent's back. Suspended and error records are left alone.
+DRIFT = {ACTIVE: (STOPPED, PAUSED_VM), RESCUED: (STOPPED,),
+         STOPPED: (ACTIVE, RESCUED), PAUSED_VM: (ACTIVE, RESCUED)}
+
+
+def at_rest(power_state, rescued=False):
+    """The vm_state of an idle guest in ``power_state``; None if none fits
+    (no domain)."""
+    vm_state = POWER_VM_STATE.get(power_state)
+    if vm_state == ACTIVE and rescued:
+        return RESCUED
     return vm_state
+
+
+def vm_state_for_power(vm_state, power_state, rescued=False):
+    """vm_state implied by a power_state nobody asked for (lifecycle/sync)."""
+    implied = STOPPED if power_state == NOSTATE else at_rest(power_state, rescued)
+    return implied if implied in DRIFT.get(vm_state, ()) else vm_state
+
+
+# --- restarts -------------------------------------------------------------------
+
+# task_state a killed agent left -> what recovery does to the guest first:
+#   'destroy'   finish the destroy (the record goes)
+#   'unrescue'  put back the guest defined before the rescue, if it was
+#               saved (an interrupted rescue is rolled back, its redelivery
+#               rescues again; an interrupted unrescue is finished)
+#   'boot'      start the guest (a reboot or power-on ends with it running)
+#   None        nothing; the record follows the guest's power state
+RECOVERY = {
+    'spawning': None, 'deleting': 'destroy', 'rescuing': 'unrescue',
+    'unrescuing': 'unrescue', 'rebooting': 'boot', 'rebooting_hard': 'boot',
+    'powering-on': 'boot', 'powering-off': None, 'pausing': None,
+    'unpausing': None, 'suspending': None, 'resuming': None,
+}
+
+# The operation of each task_state (the mark its redelivery is matched by).
+TASK_OPERATION = {tr.task: op for op, tr in TRANSITIONS.items()}
+
+
+def recovered(task, power_state, rescued):
+    """(vm_state, error) of a record whose ``task`` a restart interrupted,
+    after the RECOVERY action, with the guest now in ``power_state``.
+
+    A spawn counts only when its guest runs; anything without a guest to
+    show for it is in error (its redelivery, or a new spawn, starts over).
+    """
+    if task == 'deleting':
+        return DELETED, None
+    vm_state = at_rest(power_state, rescued)
+    if task == 'spawning' and power_state != RUNNING:
+        vm_state = None
+    if vm_state is None:
+        return ERROR, {'class': 'AgentRestarted',
+                       'message': 'the agent restarted during %s' % task}
+    return vm_state, None

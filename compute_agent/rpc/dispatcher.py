@@ -15,7 +15,11 @@ class Dispatcher(Protocol):
         """Return normalized args or raise InvalidRequest/UnsupportedVersion.
 
         Runs on the consume thread before the request is queued: it must be
-        cheap and must not touch the hypervisor.
+        cheap and must not touch the hypervisor. This is where a request is
+        validated and planned, once: the returned args may carry what was
+        planned (the manager adds ``plan`` to a spawn's), and they travel
+        with the job, unchanged, to ``key`` and ``dispatch``. They are never
+        journaled nor sent anywhere.
         """
 
     def key(self, method: str, args: dict) -> str | None:
@@ -29,6 +33,8 @@ class Dispatcher(Protocol):
 
     def dispatch(self, method: str, args: dict, context: dict) -> object:
         """Do the work on a worker thread and return a JSON-able result.
+
+        ``args`` are what ``validate`` returned.
 
         Raise AgentError subclasses for expected failures; anything else
         becomes a failure named after its class.

@@ -1,8 +1,10 @@
 """The guest builder: which disks, devices and boot a guest gets (policy).
 
 ``build()`` turns a validated spawn/rescue request into a ``GuestPlan``: the
-domain model, the device names it chose and the files the driver must
-create. It is pure: no libvirt, no files, no journal. It covers every branch
+domain model, the device names it chose, the files the driver must create
+(under their final names: a rescue's own files end in ``.rescue``), the VIFs
+and volumes with their drivers. It is pure: no libvirt, no files, no
+journal. It covers every branch
 of 2012 nova's ``get_guest_config`` plus what a modern KVM operator expects,
 each behind an option.
 """
@@ -42,6 +44,7 @@ class _Context:
                          or self.namer.nth(0))
         self.devices = {}
         self.files = []
+        self.volumes = []       # (volume driver, connection_info)
 
     def path(self, name):
         return os.path.join(self.dir, name)
@@ -62,11 +65,12 @@ class _Context:
 
 
 def build(conf, instance, image_meta, network_info=(), block_device_info=None,
-          rescue=False, rescue_image_meta=None, vif_drivers=None):
+          rescue=False, rescue_image_meta=None, vif_drivers=None, vifs=None):
     """Plan the guest for a (validated) spawn, or for its rescue.
 
-    ``vif_drivers`` is a ``compute_agent.vif.loader.VifDrivers``; it is only
-    needed when ``network_info`` is not empty.
+    ``vifs`` are the request's (VIF driver, vif) pairs, already checked;
+    without them ``vif_drivers`` (a ``compute_agent.vif.loader.VifDrivers``)
+    finds the drivers of ``network_info``.
     """
     ctx = _Context(conf, instance, image_meta, block_device_info, rescue,
                    rescue_image_meta)
@@ -94,15 +98,22 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
     if instance.get('config_drive') or conf.force_config_drive:
         _config_drive(ctx, dom)
 
-    for driver, vif in (vif_drivers.for_network_info(network_info)
-                        if network_info else ()):
+    if vifs is None:
+        vifs = (vif_drivers.for_network_info(network_info)
+                if network_info else [])
+    for driver, vif in vifs:
         dom.add_device(driver.get_config(instance, vif, ctx.virt_type))
 
     _consoles(ctx, dom)
     _graphics(ctx, dom)
     _hvm_extras(ctx, dom)
+    images = {}
+    for meta in (image_meta, rescue_image_meta if rescue else None):
+        if meta and meta.get('id'):
+            images.setdefault(meta['id'], meta)
     return GuestPlan(domain=dom, devices=ctx.devices, files=ctx.files,
-                     instance_dir=ctx.dir)
+                     instance_dir=ctx.dir, instance=instance, vifs=list(vifs),
+                     volumes=ctx.volumes, images=images, rescue=rescue)
 
 
 # --- boot -------------------------------------------------------------------
@@ -228,6 +239,12 @@ def _root_format(ctx):
     return 'qcow2' if ctx.conf.images.use_cow_images else 'raw'
 
 
+def _local_format(ctx):
+    """Ephemeral and swap disks: qcow2 overlays on a cached blank base with
+    use_cow_images (2012 get_guest_config, nova's Qcow2 backend), else raw."""
+    return _root_format(ctx)
+
+
 def _root_disk(ctx, name, kind, image_id, iso, dev):
     if iso:
         ctx.files.append(DiskFile(name, 'iso', image_id=image_id))
@@ -254,15 +271,17 @@ def _disks(ctx, dom):
     if (flavor.get('ephemeral_gb', 0) > 0 and namer.is_free(second)
             and not any(e['num'] == 0 for e in ephemerals)):
         ephemeral_dev = namer.claim(second)
-        ctx.files.append(DiskFile('disk.local', 'ephemeral',
+        ctx.files.append(DiskFile('disk.local', 'ephemeral', fmt=_local_format(ctx),
                                   size_bytes=flavor['ephemeral_gb'] * GiB))
-        dom.add_device(_file_disk(ctx, 'disk.local', ephemeral_dev))
+        dom.add_device(_file_disk(ctx, 'disk.local', ephemeral_dev,
+                                  fmt=_local_format(ctx)))
         ctx.devices['ephemeral'] = ephemeral_dev
 
     for eph in ephemerals:
         name, dev = 'disk.eph%d' % eph['num'], blockinfo.strip_dev(eph['device_name'])
-        ctx.files.append(DiskFile(name, 'ephemeral', size_bytes=eph['size'] * GiB))
-        dom.add_device(_file_disk(ctx, name, dev))
+        ctx.files.append(DiskFile(name, 'ephemeral', fmt=_local_format(ctx),
+                                  size_bytes=eph['size'] * GiB))
+        dom.add_device(_file_disk(ctx, name, dev, fmt=_local_format(ctx)))
         ctx.devices['ephemeral%d' % eph['num']] = dev
 
     swap = ctx.bdi.get('swap')
@@ -280,6 +299,7 @@ def _disks(ctx, dom):
         info = bdm['connection_info']
         dev = blockinfo.strip_dev(bdm['mount_device'])
         driver = volume.load(ctx.conf, info['driver_volume_type'])
+        ctx.volumes.append((driver, info))
         disk = dom.add_device(driver.get_config(info, dev, ctx.bus))
         if ctx.virt_type == 'uml':      # the UML driver takes no <driver>
             disk.driver_name = disk.driver_type = disk.driver_cache = None
@@ -287,8 +307,9 @@ def _disks(ctx, dom):
 
 
 def _swap(ctx, dom, dev, size_mb):
-    ctx.files.append(DiskFile('disk.swap', 'swap', size_bytes=size_mb * MiB))
-    dom.add_device(_file_disk(ctx, 'disk.swap', dev))
+    ctx.files.append(DiskFile('disk.swap', 'swap', fmt=_local_format(ctx),
+                              size_bytes=size_mb * MiB))
+    dom.add_device(_file_disk(ctx, 'disk.swap', dev, fmt=_local_format(ctx)))
     ctx.devices['swap'] = dev
 
 
@@ -310,20 +331,25 @@ def _rescue_disks(ctx, dom):
 
 
 def _lxc_root(ctx, dom):
-    # The image is unpacked/mounted at rootfs by the driver.
-    ctx.files.append(DiskFile('disk', 'root', fmt=_root_format(ctx),
-                              image_id=ctx.instance.get('image_ref'),
-                              size_bytes=ctx.instance['flavor']['root_gb'] * GiB))
+    # The image is unpacked/mounted at rootfs by the driver; a rescue
+    # reuses the instance's own.
+    if not ctx.rescue:
+        ctx.files.append(DiskFile('disk', 'root', fmt=_root_format(ctx),
+                                  image_id=ctx.instance.get('image_ref'),
+                                  size_bytes=ctx.instance['flavor']['root_gb'] * GiB))
     dom.add_device(config.Filesystem(type='mount', source_dir=ctx.path('rootfs'),
                                      target_dir='/'))
 
 
 def _config_drive(ctx, dom):
+    # A rescue gets its own drive (it carries the rescue password), so the
+    # instance's disk.config stays as it was for unrescue.
+    name = 'disk.config.rescue' if ctx.rescue else 'disk.config'
     dev = ctx.namer.claim(ctx.namer.last_free())
-    ctx.files.append(DiskFile('disk.config', 'config'))
+    ctx.files.append(DiskFile(name, 'config'))
     if ctx.virt_type == 'lxc':
         return      # lxc guests have no disks; the drive is not attachable
-    dom.add_device(_file_disk(ctx, 'disk.config', dev))
+    dom.add_device(_file_disk(ctx, name, dev))
     ctx.devices['config_drive'] = dev
 
 

@@ -34,6 +34,7 @@ import tenacity
 
 from compute_agent import exception
 from compute_agent.metrics import METRICS
+from compute_agent.states import CRASHED, PAUSED, RUNNING, SHUTDOWN, SUSPENDED
 from compute_agent.conf import libvirt as libvirt_conf
 
 LOG = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ RETRY_INTERVAL_MAX = 10.0
 CONNECTION_ERRORS = (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR,
                      libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN)
 
-# PROTOCOL.md section 4 power states.
-NOSTATE, RUNNING, PAUSED, SHUTDOWN, CRASHED, SUSPENDED = 0, 1, 3, 4, 6, 7
 
 # Lifecycle event -> power state; None: not a power change (defined,
 # undefined, "guest asked to shut down" which is followed by STOPPED).

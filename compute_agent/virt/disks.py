@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 
 from compute_agent import exception
 from compute_agent import rules
@@ -32,6 +33,7 @@ FILE_MODE = 0o644
 IMAGE_FORMATS = {'qcow2': 'qcow2', 'raw': 'raw', 'iso': 'raw', 'ami': 'raw',
                  'aki': 'raw', 'ari': 'raw'}
 FS_LABEL = 'ephemeral0'
+_BLANK_LOCK = threading.Lock()
 
 
 class DiskCreateError(exception.AgentError):
@@ -76,6 +78,12 @@ def instance_dir(conf, name, create=False):
                                            'names something that is not a directory')
         os.chmod(path, DIR_MODE)
     return path
+
+
+def base_dir(conf):
+    """``<instances_path>/_base``: cached images and blank bases."""
+    return safe_join(os.path.realpath(conf.instances_path), '_base',
+                     field='instances_path')
 
 
 def _run(argv, path, timeout=QEMU_IMG_TIMEOUT):
@@ -215,15 +223,43 @@ def _blank(path, size_bytes, prepare, fmt):
     return path
 
 
+def _ephemeral_prepare(fs_format, label):
+    return (lambda t: _mkfs_argv(fs_format, label, t)) if fs_format else None
+
+
+def _swap_prepare(target):
+    return ['mkswap', target]
+
+
 def create_ephemeral(path, size_bytes, fs_format=None, label=FS_LABEL, fmt='raw'):
     """Blank disk, formatted with ``fs_format`` (ext2/3/4, vfat) when set."""
-    prepare = (lambda t: _mkfs_argv(fs_format, label, t)) if fs_format else None
-    return _blank(path, size_bytes, prepare, fmt)
+    return _blank(path, size_bytes, _ephemeral_prepare(fs_format, label), fmt)
 
 
 def create_swap(path, size_bytes, fmt='raw'):
     """Blank disk with a swap signature (mkswap)."""
-    return _blank(path, size_bytes, lambda t: ['mkswap', t], fmt)
+    return _blank(path, size_bytes, _swap_prepare, fmt)
+
+
+def blank_base(base_dir, kind, size_bytes, fs_format=None):
+    """The cached raw blank of ``kind`` ('ephemeral' or 'swap'), made once.
+
+    ``<base_dir>/<kind>_<size>[_<fs_format>]``, formatted (mkfs) or given
+    its swap signature when first needed; every instance's disk of that
+    size is a qcow2 overlay on it (nova's Qcow2 backend does the same), so
+    a spawn neither formats nor writes the whole disk again.
+    """
+    if kind not in ('ephemeral', 'swap'):
+        raise DiskCreateError(path=base_dir, reason=f'no blank base for {kind!r}')
+    suffix = f'_{fs_format}' if kind == 'ephemeral' and fs_format else ''
+    path = os.path.join(base_dir, f'{kind}_{int(size_bytes)}{suffix}')
+    with _BLANK_LOCK:       # concurrent spawns format it once
+        if not os.path.exists(path):
+            os.makedirs(base_dir, mode=DIR_MODE, exist_ok=True)
+            prepare = (_swap_prepare if kind == 'swap'
+                       else _ephemeral_prepare(fs_format, FS_LABEL))
+            _blank(path, size_bytes, prepare, 'raw')
+    return path
 
 
 def link_or_copy(src, path):
@@ -246,7 +282,9 @@ def create_disk(conf, inst_dir, disk, base_path=None, disk_format=None):
     ``base_path`` is the cached image for root/rescue/iso/kernel/ramdisk
     kinds and ``disk_format`` its declared image_meta disk_format. An
     existing file of the same name is replaced. The config drive is built
-    by ``configdrive.build_config_drive`` (it needs the instance).
+    by ``configdrive.build_config_drive`` (it needs the instance). A qcow2
+    ephemeral or swap disk is an overlay on a ``blank_base`` in
+    ``base_dir(conf)``.
     """
     path = safe_join(inst_dir, disk.name, field='disk.name')
     if disk.kind in ('root', 'rescue') or disk.kind in COPY_KINDS:
@@ -257,6 +295,10 @@ def create_disk(conf, inst_dir, disk, base_path=None, disk_format=None):
         if disk.fmt == 'qcow2':
             return create_overlay(base_path, path, disk.size_bytes, disk_format)
         return create_raw_copy(base_path, path, disk.size_bytes, disk_format)
+    if disk.kind in ('ephemeral', 'swap') and disk.fmt == 'qcow2':
+        base = blank_base(base_dir(conf), disk.kind, disk.size_bytes,
+                          conf.default_ephemeral_format)
+        return create_overlay(base, path, disk.size_bytes, 'raw')
     if disk.kind == 'ephemeral':
         return create_ephemeral(path, disk.size_bytes,
                                 conf.default_ephemeral_format, fmt=disk.fmt)

@@ -1,11 +1,15 @@
 """The libvirt driver: carries out guest operations (mechanism, not policy).
 
-What a guest looks like is the builder's decision (``builder.build`` returns
-a ``GuestPlan``); this module creates the plan's files, plugs its VIFs and
-drives libvirt. Every operation is safe to repeat (the manager redelivers a
-request whose outcome it did not record), a failed spawn leaves nothing
-behind, and every path the driver touches lies in the validated instance
-directory under ``instances_path``.
+What a guest looks like is decided before the driver is called: the manager
+hands it a ``plan.GuestPlan`` (``planner``/``builder``), and this module
+creates the plan's files, connects its volumes, plugs its VIFs and drives
+libvirt. It never calls the builder nor edits the domain model; live XML is
+read back through the model (``config.Domain.parse``).
+
+Every operation is safe to repeat (a request whose outcome was not
+recorded is delivered again), a failed spawn leaves nothing behind, and
+every path the driver touches lies in the validated instance directory
+under ``instances_path``.
 
 Domains are looked up by instance uuid; their names are the instance names.
 Calls go through ``connection.Connection.call`` so a libvirtd restart under
@@ -21,15 +25,16 @@ import tempfile
 import libvirt
 
 from compute_agent import exception
+from compute_agent import states
 from compute_agent.images.cache import ImageCache
-from compute_agent.virt import builder
+from compute_agent.virt import config
 from compute_agent.virt import configdrive
 from compute_agent.virt import connection
 from compute_agent.virt import console
 from compute_agent.virt import disks
 from compute_agent.virt import guest
 from compute_agent.virt import host
-from compute_agent.virt import schema
+from compute_agent.virt import plan as plan_mod
 from compute_agent.virt import volume
 from compute_agent.vif.loader import VifDrivers
 
@@ -120,47 +125,27 @@ class LibvirtDriver:
         return disks.instance_dir(self.conf, name, create=create)
 
     # -- spawn -----------------------------------------------------------------
-    def check_spawn(self, instance, image_meta, network_info=(),
-                    block_device_info=None):
-        """All a spawn can tell about its request without side effects."""
-        self.vif_drivers.validate_all(network_info or [])
-        self.image_cache.resolve_url(image_meta)    # a disallowed location
-        plan = self._plan(instance, image_meta, network_info or [],
-                          block_device_info)
-        schema.validate_domain(plan.domain.node)
-        return plan
-
-    def _plan(self, instance, image_meta, network_info, block_device_info,
-              rescue=False, rescue_image_meta=None):
-        return builder.build(self.conf, instance, image_meta, network_info,
-                             block_device_info, rescue=rescue,
-                             rescue_image_meta=rescue_image_meta,
-                             vif_drivers=self.vif_drivers)
-
-    def spawn(self, instance, image_meta, network_info=(), block_device_info=None,
-              admin_password=None, injected_files=()):
-        """Create and start the guest; returns the devices chosen.
+    def spawn(self, plan):
+        """Create and start the planned guest (a ``plan.GuestPlan``); returns
+        the devices chosen.
 
         A repeated spawn of an existing domain starts it if it is shut off
         and otherwise returns: its files were complete before it was defined.
         """
-        network_info = network_info or []
-        plan = self._plan(instance, image_meta, network_info, block_device_info)
+        instance = plan.instance
         uuid = instance['uuid']
         if self._call(lambda c: self._find(c, uuid)) is not None:
-            self._boot(instance, network_info)
+            self._boot(instance, plan.vifs)
             return dict(plan.devices)
-        schema.validate_domain(plan.domain.format())   # before any side effect
-        xml = plan.domain.to_xml()
+        xml = plan.xml()
         undo = _Undo()
         try:
             inst_dir = self._make_dir(instance, undo)
-            self._create_files(plan.files, inst_dir, instance, [image_meta],
-                               network_info, admin_password, injected_files, undo)
-            self._connect_volumes(block_device_info, undo)
+            self._create_files(plan, inst_dir, undo)
+            self._connect_volumes(plan.volumes, undo)
             self._call(lambda c: c.defineXML(xml))
             undo.domain = True
-            self._boot(instance, network_info, undo)
+            self._boot(instance, plan.vifs, undo)
         except BaseException:
             self._rollback(instance, undo)
             raise
@@ -180,43 +165,56 @@ class LibvirtDriver:
             undo.dir = path
         return path
 
-    def _create_files(self, files, inst_dir, instance, metas, network_info,
-                      admin_password, injected_files, undo):
+    def _create_files(self, plan, inst_dir, undo):
         """Create each planned file (images fetched through the cache)."""
-        for f in files:
+        drive = plan.config_drive or plan_mod.ConfigDrive([])
+        for f in plan.files:
             path = disks.safe_join(inst_dir, f.name, field='disk.name')
             if f.kind == 'config':
-                configdrive.build_config_drive(path, instance, network_info,
-                                               admin_password, injected_files)
+                configdrive.build_config_drive(path, plan.instance, drive.network_info,
+                                               drive.admin_password, drive.injected_files)
             else:
                 base = fmt = None
                 if f.image_id:
-                    meta = next((m for m in metas if m and m.get('id') == f.image_id),
-                                {'id': f.image_id})
+                    meta = plan.images.get(f.image_id) or {'id': f.image_id}
                     base, fmt = self.image_cache.fetch(meta), meta.get('disk_format')
                 disks.create_disk(self.conf, inst_dir, f, base_path=base,
                                   disk_format=fmt)
             undo.files.append(path)
 
-    def _connect_volumes(self, block_device_info, undo):
-        for bdm in (block_device_info or {}).get('block_device_mapping') or ():
-            info = bdm['connection_info']
-            drv = volume.load(self.conf, info['driver_volume_type'])
+    def _connect_volumes(self, volumes, undo):
+        for drv, info in volumes:
             drv.connect(info)
             undo.volumes.append((drv, info))
 
-    def _boot(self, instance, network_info, undo=None):
+    def _boot(self, instance, vifs, undo=None):
         """Plug VIFs, start the domain, then let the VIF drivers finish.
 
         libvirt drops an OVS port when its guest stops, so every start
         (spawn, power on, reboot, resume, rescue) plugs again and runs the
-        drivers' post_start hooks.
+        drivers' post_start hooks. ``vifs`` are (driver, vif) pairs.
         """
-        plugged = self.vif_drivers.plug_all(instance, network_info or [])
+        plugged = []
+        try:
+            for drv, vif in vifs:
+                plugged.append((drv, vif))   # the failing one may be half done
+                drv.plug(instance, vif)
+        except BaseException as e:
+            for drv, vif in reversed(plugged):
+                _collect([], drv.unplug, instance, vif)
+            if isinstance(e, exception.AgentError) or not isinstance(e, Exception):
+                raise
+            raise exception.VifPlugFailed(vif_id=vif.get('id'), reason=str(e)) from e
         if undo is not None:
             undo.vifs.extend(plugged)
         self._on_domain(instance, self._start)
-        self.vif_drivers.post_start_all(instance, network_info or [])
+        for drv, vif in vifs:
+            try:
+                drv.post_start(instance, vif)
+            except exception.AgentError:
+                raise
+            except Exception as e:
+                raise exception.VifPlugFailed(vif_id=vif.get('id'), reason=str(e)) from e
 
     def _rollback(self, instance, undo):
         """Remove what the failed call created; log (never raise) trouble."""
@@ -266,61 +264,55 @@ class LibvirtDriver:
             raise errors[0]
 
     # -- rescue ------------------------------------------------------------------
-    def rescue(self, instance, image_meta, network_info=(), rescue_image_meta=None,
-               rescue_password=None):
-        """Boot the rescue image with the instance's root disk second.
+    def prepare_rescue(self, plan):
+        """Everything a rescue needs before the guest is touched.
 
         The guest's defined XML is kept in ``unrescue.xml`` (kept, not
-        overwritten, when rescue is repeated). The config drive of the
-        rescue is a separate ``disk.config.rescue`` carrying the rescue
-        password, so the instance's own ``disk.config`` stays untouched.
-        Returns the devices chosen. On failure the original guest is restored.
+        overwritten, when rescue is repeated) and the rescue plan's files are
+        created (its config drive is ``disk.config.rescue``, so the
+        instance's own ``disk.config`` stays untouched). On failure what this
+        call made is removed and the guest is as it was.
         """
-        network_info = network_info or []
+        instance = plan.instance
         inst_dir = self._dir(instance)
         saved = disks.safe_join(inst_dir, UNRESCUE_XML)
-        original = self._on_domain(instance, lambda d: d.XMLDesc(guest.INACTIVE_XML))
         wrote_saved = not os.path.exists(saved)
-        if wrote_saved:
-            _write_atomic(saved, original)
-        plan = self._plan(instance, image_meta, network_info, None, rescue=True,
-                          rescue_image_meta=rescue_image_meta)
-        files = []
-        for f in plan.files:
-            if f.kind == 'config':
-                f = type(f)(name=f.name + '.rescue', kind='config')
-                for disk in plan.domain.disks:
-                    if disk.source_file == os.path.join(plan.instance_dir, 'disk.config'):
-                        disk.source_file += '.rescue'
-            if f.name.endswith('.rescue'):
-                files.append(f)
-        schema.validate_domain(plan.domain.format())
-        xml = plan.domain.to_xml()
-        undo, stopped = _Undo(), False
+        undo = _Undo()
         try:
-            self._create_files(files, inst_dir, instance, [rescue_image_meta, image_meta],
-                               network_info, rescue_password, (), undo)
-            stopped = True
+            if wrote_saved:
+                original = self._on_domain(instance,
+                                           lambda d: d.XMLDesc(guest.INACTIVE_XML))
+                _write_atomic(saved, original)
+            self._create_files(plan, inst_dir, undo)
+        except BaseException:
+            for path in undo.files:
+                _unlink(path)
+            if wrote_saved:
+                _unlink(saved)
+            raise
+
+    def rescue(self, plan):
+        """Boot the prepared rescue plan; returns the devices chosen.
+
+        On failure the original guest is restored (``unrescue``).
+        """
+        instance = plan.instance
+        xml = plan.xml()
+        try:
             self._on_domain(instance, guest.destroy_if_active)
             self._call(lambda c: c.defineXML(xml))
-            self._boot(instance, network_info)
+            self._boot(instance, plan.vifs)
         except BaseException:
             LOG.warning('Rescue of %s failed; restoring the guest', instance['uuid'])
             try:
-                if stopped:
-                    self.unrescue(instance, network_info)
-                else:       # the guest was not touched: only drop our files
-                    for path in undo.files:
-                        _unlink(path)
-                    if wrote_saved:
-                        _unlink(saved)
+                self.unrescue(instance, plan.vifs)
             except Exception:
                 LOG.exception('Restoring %s after a failed rescue failed',
                               instance['uuid'])
             raise
         return dict(plan.devices)
 
-    def unrescue(self, instance, network_info=()):
+    def unrescue(self, instance, vifs=()):
         """Put back the guest as defined before rescue; drop rescue files."""
         inst_dir = self._dir(instance)
         saved = disks.safe_join(inst_dir, UNRESCUE_XML)
@@ -333,7 +325,7 @@ class LibvirtDriver:
                 % (_uuid(instance), UNRESCUE_XML)) from None
         self._on_domain(instance, guest.destroy_if_active)
         self._call(lambda c: c.defineXML(xml))
-        self._boot(instance, network_info)
+        self._boot(instance, vifs)
         for path in glob.glob(os.path.join(glob.escape(inst_dir), '*.rescue')):
             _unlink(disks.safe_join(inst_dir, os.path.basename(path)))
         _unlink(saved)
@@ -342,22 +334,24 @@ class LibvirtDriver:
         return os.path.exists(disks.safe_join(self._dir(instance), UNRESCUE_XML))
 
     # -- power -------------------------------------------------------------------
-    def reboot(self, instance, network_info=(), block_device_info=None,
-               reboot_type='SOFT', image_meta=None):
+    def reboot(self, plan, reboot_type='SOFT'):
         """'SOFT' (ACPI shutdown, wait, start) or 'HARD'; returns which happened.
 
         SOFT falls back to HARD when the guest is not running or does not
         shut down within ``[libvirt] wait_soft_reboot_seconds``. HARD
-        rebuilds the XML from the builder (so a changed policy applies) over
-        the existing files; ``image_meta`` defaults to what the defined XML
-        shows (an iso root is a cdrom).
+        defines the planned guest (so a changed policy applies) over the
+        existing files and starts it.
         """
-        if reboot_type == 'SOFT' and self._soft_reboot(instance, network_info):
+        if reboot_type == 'SOFT' and self._soft_reboot(plan.instance, plan.vifs):
             return 'SOFT'
-        self._hard_reboot(instance, network_info or [], block_device_info, image_meta)
+        instance = plan.instance
+        xml = plan.xml()
+        self._on_domain(instance, guest.destroy_if_active)
+        self._call(lambda c: c.defineXML(xml))
+        self._boot(instance, plan.vifs)
         return 'HARD'
 
-    def _soft_reboot(self, instance, network_info):
+    def _soft_reboot(self, instance, vifs):
         def run(dom):
             if guest.libvirt_state(dom) not in (libvirt.VIR_DOMAIN_RUNNING,
                                                 libvirt.VIR_DOMAIN_BLOCKED):
@@ -371,23 +365,8 @@ class LibvirtDriver:
             return True
         if not self._on_domain(instance, run):
             return False
-        self._boot(instance, network_info)
+        self._boot(instance, vifs)
         return True
-
-    def _hard_reboot(self, instance, network_info, block_device_info, image_meta):
-        self._on_domain(instance, guest.destroy_if_active)
-        if not self.is_rescued(instance):    # a rescued guest reboots as rescued
-            if image_meta is None:
-                defined = self._on_domain(instance, lambda d: d.XMLDesc(guest.INACTIVE_XML))
-                root = os.path.join(self.conf.instances_path, instance['name'], 'disk')
-                image_meta = {'id': instance.get('image_ref'),
-                              'disk_format': 'iso' if guest.has_cdrom_root(defined, root)
-                              else None}
-            plan = self._plan(instance, image_meta, network_info, block_device_info)
-            schema.validate_domain(plan.domain.format())
-            xml = plan.domain.to_xml()
-            self._call(lambda c: c.defineXML(xml))
-        self._boot(instance, network_info)
 
     def power_off(self, instance, timeout=60):
         """ACPI shutdown, waiting up to ``timeout`` s, then a hard stop.
@@ -406,9 +385,9 @@ class LibvirtDriver:
             return False
         return self._on_domain(instance, run)
 
-    def power_on(self, instance, network_info=(), block_device_info=None):
+    def power_on(self, instance, vifs=()):
         """Start a stopped guest (plugging its VIFs again); no-op if active."""
-        self._boot(instance, network_info)
+        self._boot(instance, vifs)
 
     def pause(self, instance):
         self._on_domain(instance, lambda d: guest.libvirt_state(d) == libvirt.VIR_DOMAIN_PAUSED
@@ -420,12 +399,12 @@ class LibvirtDriver:
 
     def suspend(self, instance):
         """Save the guest's memory to libvirt's managed save image and stop it."""
-        self._on_domain(instance, lambda d: guest.power_state(d) == guest.SUSPENDED
+        self._on_domain(instance, lambda d: guest.power_state(d) == states.SUSPENDED
                         or d.managedSave(0))
 
-    def resume(self, instance, network_info=()):
+    def resume(self, instance, vifs=()):
         """Start from the managed save image (create() restores it)."""
-        self._boot(instance, network_info)
+        self._boot(instance, vifs)
 
     # -- queries -------------------------------------------------------------------
     def get_power_state(self, instance, retry=True):
@@ -438,7 +417,7 @@ class LibvirtDriver:
 
         def run(conn):
             dom = self._find(conn, uuid)
-            return guest.NOSTATE if dom is None else guest.power_state(dom)
+            return states.NOSTATE if dom is None else guest.power_state(dom)
         return self.connection.call(run, retry=retry)
 
     def list_domains(self, retry=True):
@@ -467,7 +446,9 @@ class LibvirtDriver:
 
     def get_vnc_console(self, instance):
         """``{'host', 'port'}`` of the running guest's VNC server."""
-        port = guest.vnc_port(self._on_domain(instance, lambda d: d.XMLDesc(0)))
+        live = config.Domain.parse(self._on_domain(instance, lambda d: d.XMLDesc(0)))
+        port = next((g.port for g in live.graphics
+                     if g.type == 'vnc' and (g.port or -1) > 0), None)
         if port is None:
             raise exception.InstanceInvalidState(
                 'Instance %s has no VNC console (not running, or VNC disabled)'

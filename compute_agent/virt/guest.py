@@ -8,17 +8,11 @@ of its files.
 import time
 
 import libvirt
-from lxml import etree
 
 from compute_agent import exception
-from compute_agent.virt import connection
+from compute_agent.states import (
+    CRASHED, NOSTATE, PAUSED, RUNNING, SHUTDOWN, SUSPENDED)
 
-NOSTATE = connection.NOSTATE
-RUNNING = connection.RUNNING
-PAUSED = connection.PAUSED
-SHUTDOWN = connection.SHUTDOWN
-CRASHED = connection.CRASHED
-SUSPENDED = connection.SUSPENDED
 
 # libvirt domain state -> PROTOCOL.md section 4 power state.
 LIBVIRT_POWER_STATE = {
@@ -117,23 +111,3 @@ def undefine(dom):
         if dom.hasManagedSaveImage(0):
             dom.managedSaveRemove(0)
         dom.undefine()
-
-
-def vnc_port(xml):
-    """The VNC port of a live domain XML, or None (not running / no VNC)."""
-    node = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
-    for graphics in node.iterfind('devices/graphics'):
-        if graphics.get('type') == 'vnc':
-            port = int(graphics.get('port') or -1)
-            return port if port > 0 else None
-    return None
-
-
-def has_cdrom_root(xml, root_path):
-    """True if the disk at ``root_path`` is a cdrom (an iso-booted guest)."""
-    node = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
-    for d in node.iterfind('devices/disk'):
-        src = d.find('source')
-        if src is not None and src.get('file') == root_path:
-            return d.get('device') == 'cdrom'
-    return False

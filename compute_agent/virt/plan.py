@@ -1,8 +1,10 @@
 """What the guest builder decides and the driver carries out.
 
-The builder (policy, pure) returns a ``GuestPlan``; the driver (mechanism)
-creates the files it lists, plugs the VIFs and defines the domain. Keeping
-the file list here means the choice of disks is made in exactly one place.
+A request is planned once, before anything is touched: the builder (policy,
+pure) returns a ``GuestPlan`` holding every file to create under its final
+name (rescue names included), the domain model, the device names, and the
+VIFs and volumes as ``(driver, object)`` pairs. The driver (mechanism)
+executes the plan; it never calls the builder nor edits the model.
 """
 
 import dataclasses
@@ -22,8 +24,10 @@ class DiskFile:
                     link named ``name``)
       kernel, ramdisk, kernel.rescue, ramdisk.rescue -- raw image copies
       ephemeral  -- blank disk of ``size_bytes``, formatted per
-                    [DEFAULT] default_ephemeral_format
-      swap       -- blank disk of ``size_bytes`` prepared with mkswap
+                    [DEFAULT] default_ephemeral_format; fmt 'qcow2' makes it
+                    an overlay on a cached blank base of that size
+      swap       -- blank disk of ``size_bytes`` prepared with mkswap (a
+                    qcow2 overlay on a cached swap base when fmt is 'qcow2')
       config     -- the config drive ISO (label config-2)
     """
     name: str                 # file name inside the instance directory
@@ -34,8 +38,25 @@ class DiskFile:
 
 
 @dataclasses.dataclass
+class ConfigDrive:
+    """What goes into the config drive (the password is never shown)."""
+    network_info: list
+    admin_password: Optional[str] = dataclasses.field(default=None, repr=False)
+    injected_files: list = dataclasses.field(default_factory=list, repr=False)
+
+
+@dataclasses.dataclass
 class GuestPlan:
     domain: object            # compute_agent.virt.config.Domain
     devices: dict             # {'root': 'vda', 'ephemeral': 'vdb', 'swap': 'vdc', ...}
     files: list               # [DiskFile], in creation order
     instance_dir: str         # <instances_path>/<name>
+    instance: dict = None     # the validated instance
+    vifs: list = dataclasses.field(default_factory=list)     # [(vif driver, vif)]
+    volumes: list = dataclasses.field(default_factory=list)  # [(volume driver, connection_info)]
+    images: dict = dataclasses.field(default_factory=dict)   # {image id: image_meta} to fetch
+    config_drive: Optional[ConfigDrive] = None
+    rescue: bool = False
+
+    def xml(self):
+        return self.domain.to_xml()

@@ -81,7 +81,9 @@ def test_lxc(rescue, kernel):
     assert xp(node, 'devices/graphics | devices/input') == []
     assert xp(node, 'cpu | sysinfo | clock | devices/memballoon | devices/rng') == []
     assert plan.devices == {}
-    assert [(f.name, f.kind) for f in plan.files] == [('disk', 'root')]
+    # A rescue reuses the instance's root file system: nothing to create.
+    assert [(f.name, f.kind) for f in plan.files] == (
+        [] if rescue else [('disk', 'root')])
     assert_valid_and_defined(plan)
 
 
@@ -224,7 +226,7 @@ def test_rescue_disks(virt_type, prefix):
                               volumes=[bf.local_volume(prefix + 'f')]))
     disks = xp(node, 'devices/disk')
     assert [one(d, 'source/@file') for d in disks] == [
-        DIR + '/disk.rescue', DIR + '/disk', DIR + '/disk.config']
+        DIR + '/disk.rescue', DIR + '/disk', DIR + '/disk.config.rescue']
     assert [one(d, 'target/@dev') for d in disks] == [
         prefix + 'a', prefix + 'b', prefix + 'z']
     assert plan.devices == {'rescue': prefix + 'a', 'root': prefix + 'b',
@@ -234,8 +236,11 @@ def test_rescue_disks(virt_type, prefix):
     assert rescue_file.image_id == bf.IMAGE_ID
     assert rescue_file.fmt == 'qcow2'
     assert rescue_file.size_bytes == 1 * GiB
-    # The instance's own disk is attached, not created again.
+    # The instance's own disk is attached, not created again; the rescue's
+    # files carry their final names (what reaches libvirt is this XML).
     assert 'disk' not in files_by_name(plan)
+    assert sorted(files_by_name(plan)) == ['disk.config.rescue', 'disk.rescue']
+    assert files_by_name(plan)['disk.config.rescue'].kind == 'config'
     assert_valid_and_defined(plan)
 
 
@@ -332,6 +337,28 @@ def test_root_format(cow, fmt):
     assert one(bf.disk_by_dev(rescue_node, 'vdb'), 'driver/@type') == fmt
 
 
+@pytest.mark.parametrize('cow,fmt', [(True, 'qcow2'), (False, 'raw')])
+def test_ephemeral_and_swap_format(cow, fmt):
+    """2012 get_guest_config: with use_cow_images every local disk is
+    qcow2 (nova's Qcow2 backend: an overlay on a cached blank base); the
+    config drive stays raw."""
+    conf = bf.make_conf('kvm', {'images.use_cow_images': cow})
+    node, plan = node_for(conf=conf, config_drive=True,
+                          flavor={'ephemeral_gb': 2, 'swap': 32},
+                          block_device_info=bf.bdi(ephemerals=[bf.ephemeral(1, 'vdd')]))
+    files = files_by_name(plan)
+    for name, dev, kind, size in (('disk.local', 'vdb', 'ephemeral', 2 * GiB),
+                                  ('disk.swap', 'vdc', 'swap', 32 * MiB),
+                                  ('disk.eph1', 'vdd', 'ephemeral', 1 * GiB)):
+        disk = bf.disk_by_dev(node, dev)
+        assert one(disk, 'source/@file') == DIR + '/' + name
+        assert one(disk, 'driver/@type') == fmt, name
+        assert files[name] == DiskFile(name, kind, fmt=fmt, size_bytes=size)
+    assert one(bf.disk_by_dev(node, 'vdz'), 'driver/@type') == 'raw'
+    assert files['disk.config'] == DiskFile('disk.config', 'config')
+    assert_valid_and_defined(plan)
+
+
 @pytest.mark.parametrize('cache', ['none', 'writethrough', 'writeback', 'unsafe'])
 def test_cache_mode_from_config(cache):
     conf = bf.make_conf('kvm', {'libvirt.disk_cachemode': cache})
@@ -378,10 +405,10 @@ def test_disk_local_on_the_second_device():
     node, plan = node_for('kvm', flavor={'ephemeral_gb': 3})
     local = bf.disk_by_dev(node, 'vdb')
     assert one(local, 'source/@file') == DIR + '/disk.local'
-    assert one(local, 'driver/@type') == 'raw'
+    assert one(local, 'driver/@type') == 'qcow2'       # use_cow_images
     assert plan.devices == {'root': 'vda', 'ephemeral': 'vdb'}
     assert files_by_name(plan)['disk.local'] == DiskFile(
-        'disk.local', 'ephemeral', size_bytes=3 * GiB)
+        'disk.local', 'ephemeral', fmt='qcow2', size_bytes=3 * GiB)
 
 
 @pytest.mark.parametrize('bdi', [
@@ -413,7 +440,7 @@ def test_block_device_info_ephemerals():
         assert one(disk, 'source/@file') == '%s/disk.eph%d' % (DIR, num)
         assert plan.devices['ephemeral%d' % num] == dev
         assert files_by_name(plan)['disk.eph%d' % num] == DiskFile(
-            'disk.eph%d' % num, 'ephemeral', size_bytes=size * GiB)
+            'disk.eph%d' % num, 'ephemeral', fmt='qcow2', size_bytes=size * GiB)
     assert_valid_and_defined(plan)
 
 
@@ -446,7 +473,7 @@ def test_swap_placement(flavor, bdi, expected_swap):
         assert plan.devices['swap'] == expected_swap
         size_mb = (bdi or {}).get('swap') and bdi['swap']['swap_size'] or flavor['swap']
         assert files_by_name(plan)['disk.swap'] == DiskFile(
-            'disk.swap', 'swap', size_bytes=size_mb * MiB)
+            'disk.swap', 'swap', fmt='qcow2', size_bytes=size_mb * MiB)
     devs = bf.target_devs(node)
     assert len(devs) == len(set(devs))
     assert_valid_and_defined(plan)
@@ -971,7 +998,8 @@ def test_devices_dict_matches_the_xml(virt_type, rescue):
     for key, dev in plan.devices.items():
         source = _source(bf.disk_by_dev(node, dev))
         if key in DEVICE_FILES:
-            assert source == '%s/%s' % (DIR, DEVICE_FILES[key])
+            suffix = '.rescue' if rescue and key == 'config_drive' else ''
+            assert source == '%s/%s%s' % (DIR, DEVICE_FILES[key], suffix)
         elif key.startswith('ephemeral'):
             assert source == '%s/disk.eph%s' % (DIR, key[len('ephemeral'):])
         else:
@@ -1015,7 +1043,8 @@ def test_matrix_validates_and_defines(case):
     assert len(xp(node, 'devices/interface')) == (3 if vifs else 0)
     assert bool(xp(node, 'devices/graphics')) == (vnc and virt_type not in ('lxc', 'uml'))
     if virt_type != 'lxc':
-        assert bool(xp(node, "devices/disk[source/@file='%s/disk.config']" % DIR)) == cd
+        config = 'disk.config.rescue' if rescue else 'disk.config'
+        assert bool(xp(node, "devices/disk[source/@file='%s/%s']" % (DIR, config))) == cd
         assert set(plan.devices.values()) == set(bf.target_devs(node))
     assert_valid_and_defined(plan)
 

@@ -202,10 +202,61 @@ def test_swap(conf, inst):
     assert os.path.getsize(path) == 8 * MiB
 
 
-def test_qcow2_swap(conf, inst):
+def flattened(path, tmp_path):
+    """What a guest sees on a qcow2 disk: its content as a raw file."""
+    out = str(tmp_path / (os.path.basename(path) + '.flat'))
+    subprocess.run(['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', path, out],
+                   check=True)
+    return out
+
+
+def test_qcow2_swap(conf, inst, tmp_path):
+    """use_cow_images: an overlay on a cached swap base (nova's Qcow2
+    backend), still a usable swap disk for the guest."""
     path = disks.create_disk(conf, inst, DiskFile('disk.swap', 'swap', 'qcow2', 8 * MiB))
-    assert info(path)['format'] == 'qcow2' and info(path)['virtual-size'] == 8 * MiB
+    meta = info(path)
+    assert meta['format'] == 'qcow2' and meta['virtual-size'] == 8 * MiB
+    base = os.path.join(conf.instances_path, '_base', 'swap_%d' % (8 * MiB))
+    assert meta['backing-filename'] == base
+    assert meta['backing-filename-format'] == 'raw'
+    assert blkid(base) == 'swap'
+    assert blkid(flattened(path, tmp_path)) == 'swap'
+    assert os.stat(path).st_size < MiB      # the overlay holds no data
     assert no_temp_files(inst)
+
+
+@pytest.mark.parametrize('fs', [None, 'ext4'])
+def test_qcow2_ephemeral_shares_one_formatted_base(conf, tmp_path, fs):
+    """Ephemeral overlays of one size share a blank base, formatted once
+    per default_ephemeral_format."""
+    if fs and not shutil.which(f'mkfs.{fs}'):
+        if os.environ.get('CI'):
+            pytest.fail(f'mkfs.{fs} not installed (CI is set: not skipping)')
+        pytest.skip(f'mkfs.{fs} not installed')
+    conf.set_override('default_ephemeral_format', fs)
+    first = disks.create_disk(conf, disks.instance_dir(conf, 'vm-a', create=True),
+                              DiskFile('disk.local', 'ephemeral', 'qcow2', 32 * MiB))
+    base = info(first)['backing-filename']
+    assert base == os.path.join(conf.instances_path, '_base', 'ephemeral_%d%s' % (
+        32 * MiB, '_' + fs if fs else ''))
+    made = os.stat(base)
+    second = disks.create_disk(conf, disks.instance_dir(conf, 'vm-b', create=True),
+                               DiskFile('disk.eph0', 'ephemeral', 'qcow2', 32 * MiB))
+    assert info(second)['backing-filename'] == base
+    again = os.stat(base)
+    assert (again.st_ino, again.st_mtime_ns) == (made.st_ino, made.st_mtime_ns)
+    for path in (first, second):
+        assert info(path)['virtual-size'] == 32 * MiB
+        assert blkid(flattened(path, tmp_path)) == (fs or '')
+    if fs:
+        assert blkid(base, 'LABEL').lower() == 'ephemeral0'
+    # Another size gets its own base; raw disks need none.
+    third = disks.create_disk(conf, disks.instance_dir(conf, 'vm-a'),
+                              DiskFile('disk.eph1', 'ephemeral', 'qcow2', 16 * MiB))
+    assert info(third)['backing-filename'] != base
+    disks.create_disk(conf, disks.instance_dir(conf, 'vm-a'),
+                      DiskFile('disk.eph2', 'ephemeral', 'raw', 8 * MiB))
+    assert len(os.listdir(os.path.join(conf.instances_path, '_base'))) == 2
 
 
 def test_blank_needs_size(conf, inst):

@@ -1,0 +1,85 @@
+"""Planning a request once, before anything is touched.
+
+``Planner`` turns a validated request, or the stored request of an
+instance (its journal record's ``spec``), into the ``plan.GuestPlan`` the
+driver executes: VIFs checked by their drivers, image locations checked,
+the builder's guest, the domain XML checked against libvirt's schema. It
+has no side effects, so a request it refuses leaves everything as it was.
+"""
+
+from compute_agent import exception
+from compute_agent.virt import builder
+from compute_agent.virt import plan as plan_mod
+from compute_agent.virt import schema
+
+
+class Planner:
+
+    def __init__(self, conf, vif_drivers, image_cache):
+        self.conf = conf
+        self.vif_drivers = vif_drivers
+        self.image_cache = image_cache
+
+    # -- checks ---------------------------------------------------------------
+    def check_vifs(self, instance, network_info):
+        """(driver, vif) pairs after every driver's checks; InvalidRequest."""
+        try:
+            return self.vif_drivers.validate_all(network_info or [])
+        except exception.VifPlugFailed as e:
+            raise exception.InvalidRequest(
+                'network_info', e.message, uuid=instance['uuid']) from None
+
+    def check_location(self, image_meta, field, uuid=None):
+        """Refuse a disallowed image location (InvalidRequest on ``field``)."""
+        if not image_meta or not image_meta.get('location'):
+            return      # from the image store: always allowed
+        try:
+            self.image_cache.resolve_url(image_meta)
+        except exception.InvalidRequest as e:
+            raise exception.InvalidRequest(
+                e.field.replace('image_meta', field, 1), e.reason,
+                uuid=uuid) from None
+
+    # -- plans ----------------------------------------------------------------
+    def spawn(self, instance, image_meta, network_info=(), block_device_info=None,
+              admin_password=None, injected_files=()):
+        """The plan of a spawn request."""
+        vifs = self.check_vifs(instance, network_info)
+        self.check_location(image_meta, 'image_meta', instance['uuid'])
+        plan = self._build(instance, image_meta, network_info, block_device_info,
+                           vifs)
+        plan.config_drive = plan_mod.ConfigDrive(
+            list(network_info or ()), admin_password, list(injected_files or ()))
+        return plan
+
+    def guest(self, spec):
+        """The instance's own guest, from its stored spawn request (a hard
+        reboot redefines it, so a changed policy applies)."""
+        return self.spawn(spec['instance'], spec['image_meta'],
+                          spec['network_info'], spec['block_device_info'])
+
+    def rescue(self, spec, rescue_image_meta=None, rescue_password=None):
+        """The rescue guest of an instance: the rescue image first, its own
+        root disk second, a config drive of its own (``disk.config.rescue``,
+        carrying ``rescue_password``)."""
+        instance = spec['instance']
+        self.check_location(rescue_image_meta, 'rescue_image_meta',
+                            instance['uuid'])
+        network_info = spec['network_info']
+        vifs = self.check_vifs(instance, network_info)
+        plan = self._build(instance, spec['image_meta'], network_info, None, vifs,
+                           rescue=True, rescue_image_meta=rescue_image_meta)
+        plan.config_drive = plan_mod.ConfigDrive(list(network_info or ()),
+                                                 rescue_password, [])
+        return plan
+
+    def vifs(self, spec):
+        """(driver, vif) pairs of an instance's stored network_info."""
+        return self.vif_drivers.for_network_info(spec['network_info'] or [])
+
+    def _build(self, instance, image_meta, network_info, block_device_info, vifs,
+               **rescue):
+        plan = builder.build(self.conf, instance, image_meta, network_info or [],
+                             block_device_info, vifs=vifs, **rescue)
+        schema.validate_domain(plan.domain.node)
+        return plan

@@ -1,0 +1,174 @@
+"""The state machine's rules, as literal cases (PROTOCOL.md sections 4-5).
+
+The expectations are written out here, never read from ``states``' own
+tables: a wrong table entry must fail a case.
+"""
+
+import pytest
+
+from compute_agent import states
+
+RUN, DONE, INVALID = states.RUN, states.DONE, None
+
+# (operation, record vm_state or None, interrupted mark, verdict)
+VERDICTS = [
+    ('spawn', None, None, RUN),
+    ('spawn', 'deleted', None, RUN),
+    ('spawn', 'error', None, RUN),
+    ('spawn', 'active', None, DONE),        # a repeated spawn is a success
+    ('spawn', 'stopped', None, INVALID),
+    ('spawn', 'rescued', None, INVALID),
+    ('spawn', 'error', 'spawn', RUN),
+    ('rescue', 'active', None, RUN),
+    ('rescue', 'stopped', None, INVALID),
+    ('rescue', 'rescued', None, INVALID),
+    ('rescue', 'rescued', 'rescue', DONE),
+    ('unrescue', 'rescued', None, RUN),
+    ('unrescue', 'active', None, INVALID),
+    ('unrescue', 'active', 'unrescue', DONE),
+    ('reboot', 'active', None, RUN),
+    ('reboot', 'stopped', None, INVALID),
+    ('reboot', 'stopped', 'reboot', RUN),   # interrupted: finish it
+    ('reboot', 'rescued', None, INVALID),
+    ('reboot_hard', 'stopped', None, RUN),
+    ('reboot_hard', 'paused', None, RUN),
+    ('reboot_hard', 'suspended', None, RUN),
+    ('reboot_hard', 'error', None, RUN),
+    ('reboot_hard', 'rescued', None, INVALID),
+    ('power_off', 'active', None, RUN),
+    ('power_off', 'rescued', None, RUN),
+    ('power_off', 'error', None, RUN),
+    ('power_off', 'stopped', None, INVALID),
+    ('power_off', 'stopped', 'power_off', DONE),
+    ('power_off', 'stopped', 'pause', INVALID),
+    ('power_on', 'stopped', None, RUN),
+    ('power_on', 'active', None, INVALID),
+    ('power_on', 'active', 'power_on', DONE),
+    ('power_on', 'rescued', 'power_on', DONE),
+    ('pause', 'active', None, RUN),
+    ('pause', 'paused', None, INVALID),
+    ('pause', 'paused', 'pause', DONE),
+    ('unpause', 'paused', None, RUN),
+    ('suspend', 'active', None, RUN),
+    ('suspend', 'suspended', 'suspend', DONE),
+    ('resume', 'suspended', None, RUN),
+    ('resume', 'active', None, INVALID),
+    ('destroy', 'building', None, RUN),
+    ('destroy', 'error', None, RUN),
+    ('destroy', 'rescued', None, RUN),
+    ('destroy', None, None, INVALID),
+]
+
+
+@pytest.mark.parametrize('op,vm_state,mark,expected', VERDICTS)
+def test_verdict(op, vm_state, mark, expected):
+    assert states.verdict(op, vm_state, mark) == expected
+
+
+# (operation, start vm_state, guest rescued, end vm_state, task_state)
+ENDS = [
+    ('spawn', None, False, 'active', 'spawning'),
+    ('rescue', 'active', False, 'rescued', 'rescuing'),
+    ('unrescue', 'rescued', False, 'active', 'unrescuing'),
+    ('reboot', 'active', False, 'active', 'rebooting'),
+    ('reboot', 'active', True, 'rescued', 'rebooting'),
+    ('reboot_hard', 'stopped', False, 'active', 'rebooting_hard'),
+    ('reboot_hard', 'stopped', True, 'rescued', 'rebooting_hard'),
+    ('power_off', 'rescued', True, 'stopped', 'powering-off'),
+    ('power_on', 'stopped', False, 'active', 'powering-on'),
+    ('power_on', 'stopped', True, 'rescued', 'powering-on'),
+    ('pause', 'active', False, 'paused', 'pausing'),
+    ('unpause', 'paused', False, 'active', 'unpausing'),
+    ('suspend', 'active', False, 'suspended', 'suspending'),
+    ('resume', 'suspended', False, 'active', 'resuming'),
+    ('destroy', 'error', False, 'deleted', 'deleting'),
+]
+
+
+@pytest.mark.parametrize('op,start,rescued,end,task', ENDS)
+def test_end_and_task(op, start, rescued, end, task):
+    assert states.end_vm_state(op, start, rescued) == end
+    assert states.TRANSITIONS[op].task == task
+
+
+def test_operation_of_a_request():
+    assert states.operation('reboot', {'reboot_type': 'HARD'}) == 'reboot_hard'
+    assert states.operation('reboot', {'reboot_type': 'SOFT'}) == 'reboot'
+    assert states.operation('reboot', None) == 'reboot'
+    assert states.operation('pause', {}) == 'pause'
+
+
+def test_an_operation_may_end_where_it_started(monkeypatch):
+    """Room for the 1.1 device operations: e.g. attach_volume, task
+    attaching_volume, back to the vm_state it started from."""
+    monkeypatch.setitem(states.TRANSITIONS, 'attach_volume', states.Transition(
+        ('active', 'stopped', 'paused'), 'attaching_volume', states.PREVIOUS, None))
+    for start in ('active', 'stopped', 'paused'):
+        assert states.verdict('attach_volume', start) == RUN
+        assert states.end_vm_state('attach_volume', start, False) == start
+    assert states.verdict('attach_volume', 'rescued') is None
+
+
+# (vm_state, power_state seen, rescued, vm_state after)
+DRIFTS = [
+    ('active', 4, False, 'stopped'),
+    ('active', 6, False, 'stopped'),
+    ('active', 0, False, 'stopped'),
+    ('active', 3, False, 'paused'),
+    ('active', 1, False, 'active'),
+    ('active', 7, False, 'active'),         # suspends are asked for
+    ('rescued', 4, True, 'stopped'),
+    ('rescued', 3, True, 'rescued'),
+    ('stopped', 1, False, 'active'),
+    ('stopped', 1, True, 'rescued'),        # started behind our back, rescued
+    ('paused', 1, False, 'active'),
+    ('suspended', 1, False, 'suspended'),
+    ('error', 1, False, 'error'),
+    ('error', 4, False, 'error'),
+]
+
+
+@pytest.mark.parametrize('vm_state,power,rescued,expected', DRIFTS)
+def test_vm_state_for_power(vm_state, power, rescued, expected):
+    assert states.vm_state_for_power(vm_state, power, rescued) == expected
+
+
+# (task_state left, power_state after the recovery action, rescued,
+#  (vm_state, error class or None))
+RECOVERED = [
+    ('spawning', 1, False, ('active', None)),
+    ('spawning', 4, False, ('error', 'AgentRestarted')),
+    ('spawning', 0, False, ('error', 'AgentRestarted')),
+    ('deleting', 0, False, ('deleted', None)),
+    ('rebooting', 1, False, ('active', None)),
+    ('rebooting', 1, True, ('rescued', None)),
+    ('powering-off', 4, False, ('stopped', None)),
+    ('powering-off', 1, True, ('rescued', None)),
+    ('pausing', 3, False, ('paused', None)),
+    ('suspending', 7, False, ('suspended', None)),
+    ('rescuing', 1, False, ('active', None)),
+    ('powering-on', 0, False, ('error', 'AgentRestarted')),
+]
+
+
+@pytest.mark.parametrize('task,power,rescued,expected', RECOVERED)
+def test_recovered(task, power, rescued, expected):
+    vm_state, error = states.recovered(task, power, rescued)
+    assert (vm_state, error and error['class']) == expected
+    if error:
+        assert task in error['message']
+
+
+# (task_state, what recovery does to the guest first)
+RECOVERY_ACTIONS = [
+    ('spawning', None), ('deleting', 'destroy'), ('rescuing', 'unrescue'),
+    ('unrescuing', 'unrescue'), ('rebooting', 'boot'), ('rebooting_hard', 'boot'),
+    ('powering-on', 'boot'), ('powering-off', None), ('pausing', None),
+    ('unpausing', None), ('suspending', None), ('resuming', None),
+]
+
+
+@pytest.mark.parametrize('task,action', RECOVERY_ACTIONS)
+def test_recovery_action(task, action):
+    assert states.RECOVERY[task] == action
+    assert states.TRANSITIONS[states.TASK_OPERATION[task]].task == task
