@@ -84,9 +84,9 @@ def _transition_rows():
     rows = re.split(r'^   \* - ', table, flags=re.MULTILINE)[1:]
     out = {}
     for row in rows:
-        name = re.match(r'``([a-z_]+)``', row)
-        if name and name.group(1) not in out:   # reboot: the SOFT row
-            out[name.group(1)] = row
+        name = re.match(r'``([a-z_]+)``( ``HARD``)?', row)
+        if name:            # the HARD reboot row is states' reboot_hard
+            out[name.group(1) + ('_hard' if name.group(2) else '')] = row
     return out
 
 
