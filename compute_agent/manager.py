@@ -85,11 +85,10 @@ class Manager:
         """Report a rejected request; the instance's record is unchanged."""
         with self._lock(uuid):
             record = self.journal.get_instance(uuid) or {}
-            seq = self.journal.next_sequence(uuid)
-            self._report(uuid, context or {}, method + '.error', states.ERROR,
-                         record.get('task_state'),
-                         record.get('power_state', states.NOSTATE),
-                         _error_of(error), seq)
+            self.journal.next_sequence(uuid, [self._report(
+                uuid, context or {}, method + '.error', states.ERROR,
+                record.get('task_state'),
+                record.get('power_state', states.NOSTATE), _error_of(error))])
 
     # --- records and reports -------------------------------------------------
 
@@ -108,29 +107,32 @@ class Manager:
         return record
 
     def _set(self, record, context, event, **changes):
-        """Save ``changes``; report when (vm, task, power) state changed."""
+        """Save ``changes``, with a report when (vm, task, power) state
+        changed: one journal commit. InstanceInvalidState when the record's
+        name belongs to another instance (the journal claims it)."""
         with self._lock(record['uuid']):
             before = (record.get('vm_state'), record.get('task_state'),
                       record.get('power_state'))
             record.update(changes, updated_at=_now())
-            seq = self.journal.save_instance(record['uuid'], record)
             after = (record['vm_state'], record['task_state'],
                      record['power_state'])
-            if after != before:
-                self._report(record['uuid'], context, event, *after,
-                             record.get('error'), seq)
+            report = [] if after == before else [self._report(
+                record['uuid'], context, event, *after, record.get('error'))]
+            self.journal.save_instance(record['uuid'], record, report)
 
     def _report(self, uuid, context, event, vm_state, task_state, power_state,
-                error, sequence):
+                error):
+        """The state report, for the journal to write with its change (it
+        fills in the sequence)."""
         LOG.info('%s: %s vm_state=%s task_state=%s power_state=%s',
                  uuid, event, vm_state, task_state, power_state,
                  extra={'instance_uuid': uuid,
                         'request_id': context.get('request_id')})
-        self.notifier.instance_state_changed(
+        return self.notifier.state_report(
             context, host=self.host, instance_uuid=uuid, vm_state=vm_state,
             task_state=task_state, power_state=power_state, event=event,
             error=error, request_id=context.get('request_id'),
-            sequence=sequence, timestamp=_now())
+            timestamp=_now())
 
     def _power(self, record):
         try:
@@ -185,11 +187,6 @@ class Manager:
             raise exception.InstanceInvalidState(
                 action='spawn', uuid=uuid, vm_state=old['vm_state'],
                 task_state=old['task_state'])
-        try:
-            self._check_name_free(uuid, instance['name'])
-        except exception.InvalidRequest as exc:     # PROTOCOL 5: report it
-            self.report_invalid('spawn', uuid, exc, context)
-            raise
         if old:     # a failed attempt: clear what it left before retrying
             self.driver.destroy(old['spec']['instance'],
                                 old['spec']['network_info'],
@@ -201,8 +198,13 @@ class Manager:
                   'vm_state': None, 'task_state': None, 'power_state': None,
                   'devices': {}, 'vnc': None, 'created_at': _now(),
                   'error': None, 'spec': spec}
-        self._set(record, context, 'spawn.start', vm_state=states.BUILDING,
-                  task_state='spawning', power_state=states.NOSTATE)
+        try:    # claims the name: of two racing spawns of it, one wins
+            self._set(record, context, 'spawn.start',
+                      vm_state=states.BUILDING, task_state='spawning',
+                      power_state=states.NOSTATE)
+        except exception.InstanceInvalidState as exc:   # PROTOCOL 5: report
+            self.report_invalid('spawn', uuid, exc, context)
+            raise
         try:
             devices = self.driver.spawn(instance, image_meta, network_info,
                                         block_device_info, admin_password,
@@ -220,13 +222,6 @@ class Manager:
                   task_state=None, power_state=self._power(record),
                   devices=devices, vnc=self._vnc(instance))
         return public(record)
-
-    def _check_name_free(self, uuid, name):
-        for other in self.journal.list_instances():
-            if other['name'] == name and other['uuid'] != uuid:
-                raise exception.InvalidRequest(
-                    'instance.name', 'already used by instance %s' % other['uuid'],
-                    uuid=uuid)
 
     def _vnc(self, instance):
         if not self.conf.vnc.enabled:

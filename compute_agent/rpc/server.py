@@ -20,12 +20,15 @@ import queue
 import threading
 import time
 
+import amqp
+
 from compute_agent import exception
 from compute_agent import log
 from compute_agent.metrics import METRICS
 from compute_agent.rpc import envelope
 from compute_agent.rpc import iowait
 from compute_agent.rpc import jobs
+from compute_agent.rpc import outbox
 from compute_agent.rpc import publisher as publisher_mod
 from compute_agent.rpc import topology
 from compute_agent.rpc import transport
@@ -34,6 +37,7 @@ from compute_agent.rpc.workers import KeyedExecutor
 LOG = logging.getLogger(__name__)
 
 _RUNNING_FLUSH = 1.0     # s a buffered 'running' row may wait for a commit
+_PUBLISH = (60, 40)      # basic.publish, as a refusal names the method
 _CHILDREN = {}
 _LABEL_SETS = {}
 _MAX_LABEL_SETS = 100
@@ -87,6 +91,7 @@ class RPCServer:
         self._thread = None
         self._waker = iowait.Waker()
         self._more = False        # frames may be left in py-amqp's buffer
+        self._refused = False     # the broker closed a channel over a publish
         self.publisher.set_waker(self._waker.wake)
 
     # ----------------------------------------------------------- public
@@ -145,7 +150,8 @@ class RPCServer:
         """After each connection: forget its channels; count real losses."""
         self._connected = False
         self._settle.detach()
-        self.publisher.detach()
+        self.publisher.detach(refused=self._refused)
+        self._refused = False
         if lost:
             self.stats['reconnects'] += 1
             _metric(METRICS.reconnects, 'broker').inc()
@@ -167,6 +173,15 @@ class RPCServer:
         LOG.info('Consuming %s', ', '.join(queues))
         amqp_conn = conn.connection
         iowait.buffer_reads(amqp_conn.transport)
+        try:
+            self._loop(conn, channel, tags)
+        except amqp.exceptions.ChannelError as e:
+            # Only the publisher publishes: the broker refused a message.
+            self._refused = getattr(e, 'method_sig', None) == _PUBLISH
+            raise
+
+    def _loop(self, conn, channel, tags):
+        amqp_conn = conn.connection
         beat_every = max(0.5, min(5.0, (amqp_conn.heartbeat or 20) / 4.0))
         next_beat_check = 0.0
         while True:
@@ -333,7 +348,13 @@ class RPCServer:
     # ------------------------------------------------- outcomes and acks
 
     def _finish_jobs(self):
-        """Record finished jobs (one transaction), ack them, queue replies."""
+        """Record finished jobs (one transaction), ack them, queue replies.
+
+        The replies, the outcomes and the deletion of confirmed (or
+        dropped) outbox rows are one journal commit; the journal hands the
+        replies to the publisher, which sends them on the next pump(), after
+        the acks.
+        """
         done = []
         try:
             while True:
@@ -341,26 +362,26 @@ class RPCServer:
         except queue.Empty:
             pass
         running = self._running_rows
-        if not done and not self.publisher.has_confirmed() and not (
+        if not done and not self.publisher.has_settled() and not (
                 running and time.monotonic() - self._running_since >
                 _RUNNING_FLUSH):
             return
-        replies = [(job.key is not None, reply_q, envelope.reply_body(
-            msg_id, job.result_json, job.failure))
-            for job in done for msg_id, reply_q in job.replies]
         # Replies of read-only (keyless) requests need not survive a
         # restart: they stay in memory only, like their outcome's fsync.
-        rows = [(publisher_mod.REPLY, '', q, body)
-                for durable, q, body in replies if durable]
+        replies = [outbox.Message(
+            outbox.REPLY, '', reply_q,
+            envelope.reply_body(msg_id, job.result_json, job.failure),
+            durable=job.key is not None)
+            for job in done for msg_id, reply_q in job.replies]
         self._running_rows = []
         finished = {j.uid for j in done}
+        confirmed, dropped = self.publisher.take_settled()
         try:
-            ids = self.journal.record(
+            self.journal.record(
                 running=[r for r in running if r[0] not in finished],
                 done=[(j.uid, j.request.method, j.instance_uuid,
                        j.result_json, j.failure) for j in done],
-                outbox=rows,
-                delete_outbox=self.publisher.take_confirmed(),
+                messages=replies, confirmed=confirmed, dropped=dropped,
                 # Keyless requests are read-only (Dispatcher.key contract):
                 # running one again after a power cut is harmless.
                 durable=any(j.key is not None for j in done))
@@ -368,18 +389,12 @@ class RPCServer:
             # Not recorded, so not acked: tried again next turn.
             LOG.exception('Cannot record %d outcomes in the journal',
                           len(done))
+            self.publisher.untake(confirmed, dropped)
             self._running_rows = running + self._running_rows
             for job in done:
                 self._completions.put(job)
             time.sleep(0.5)
             return
-        # Queue the replies first (they are on disk either way), ack, and
-        # let pump() send them: the acks go out on the wire before them.
-        ids = iter(ids)
-        self.publisher.add(*[self.publisher.make_entry(
-            next(ids) if durable else self.publisher.memory_id(),
-            publisher_mod.REPLY, '', q, body, durable)
-            for durable, q, body in replies], wake=False)
         for job in done:
             self._inflight.pop(job.uid, None)
             _metric(METRICS.acked, job.request.method).inc()
@@ -390,7 +405,6 @@ class RPCServer:
         """Call-monitor: ``ending: false`` every _timeout/2 s while running."""
         for msg_id, reply_q in jobs.beats_due(self._inflight.values()):
             self.publisher.publish(
-                publisher_mod.BEAT, '', reply_q,
-                envelope.reply_body(msg_id, ending=False), durable=False,
-                wake=False)
+                outbox.BEAT, '', reply_q,
+                envelope.reply_body(msg_id, ending=False), durable=False)
 

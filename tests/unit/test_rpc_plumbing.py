@@ -197,8 +197,8 @@ def test_publisher_confirms_then_deletes(conf, journal):
     assert [c[0] for c in ch.calls] == ['confirm_select', 'publish',
                                         'publish']
     p._on_ack(2, True)
-    ids = p.take_confirmed()
-    assert len(ids) == 2 and p.waiting() == 0
+    ids, dropped = p.take_settled()
+    assert len(ids) == 2 and p.waiting() == 0 and not dropped
     journal.outbox_delete(ids)
     assert journal.outbox_count() == 0
 
@@ -218,7 +218,7 @@ def test_publisher_survives_disconnect_in_order(conf, journal):
     sent = [c[1] for c in again.calls if c[0] == 'publish']
     assert len(sent) == 2 and sent == sorted(sent, key=int)
     # A restarted agent finds the unconfirmed ones in the outbox.
-    journal.outbox_delete(p.take_confirmed())
+    journal.outbox_delete(p.take_settled()[0])
     assert len(pub.Publisher(journal, conf)._pending) == 2
 
 
@@ -244,7 +244,9 @@ def test_unroutable_reply_is_retried_then_abandoned(conf, journal):
     time.sleep(0.8)
     p._on_return(Exception('NO_ROUTE'), '', 'reply_gone', Msg())
     p._on_ack(2, False)
-    assert p.waiting() == 0 and p.take_confirmed()
+    assert p.waiting() == 0
+    (gone, reason), = p.take_settled()[1]
+    assert reason == 'unroutable' and gone.routing_key == 'reply_gone'
 
 
 def test_outbox_max_drops_oldest_reports(conf, journal):
