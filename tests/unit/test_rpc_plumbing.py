@@ -258,3 +258,46 @@ def test_outbox_max_drops_oldest_reports(conf, journal):
     bodies = [e.body for e in p._pending]
     assert b'reply' in bodies and len(bodies) <= 10
     assert bodies[-1] == b'11'
+
+
+def test_a_message_the_broker_refuses_alone_is_dropped(conf, journal):
+    """The broker closed the publishing channel over a publish: what was in
+    flight is sent again one at a time; the one refused alone
+    MAX_REFUSALS times is dropped, the others go out."""
+    p = pub.Publisher(journal, conf)
+    for body in (b'good1', b'poison', b'good2'):
+        p.publish(pub.REPORT, 'ex', 'k', body)
+    ch = FakeChannel()
+    p.attach(ch)
+    p.pump()
+    assert len([c for c in ch.calls if c[0] == 'publish']) == 3
+    p.detach(refused=True)         # all three were in flight: suspects
+    for _ in range(pub.MAX_REFUSALS + 2):
+        ch = FakeChannel()
+        p.attach(ch)
+        p.pump()
+        sent = [c for c in ch.calls if c[0] == 'publish']
+        if not sent:
+            break
+        assert len(sent) == 1      # a suspect goes alone
+        (entry,) = p._inflight.values()
+        if entry.body == b'poison':
+            p.detach(refused=True)
+        else:
+            p._on_ack(1, False)
+            p.detach()
+    confirmed, dropped = p.take_settled()
+    assert [(m.body, reason) for m, reason in dropped] == [
+        (b'poison', 'refused')]
+    assert len(confirmed) == 2 and p.waiting() == 0
+
+
+def test_connection_loss_is_not_a_refusal(conf, journal):
+    p = pub.Publisher(journal, conf)
+    p.publish(pub.REPORT, 'ex', 'k', b'r')
+    for _ in range(pub.MAX_REFUSALS + 1):
+        ch = FakeChannel()
+        p.attach(ch)
+        p.pump()
+        p.detach()                 # the broker went away, nothing refused
+    assert p.take_settled() == ([], []) and p.waiting() == 1
