@@ -58,7 +58,10 @@ class Counter:
 
 
 class PingDispatcher:
-    """Ours: ping is keyless (read-only); count carries a key."""
+    """Ours: ping is keyless (read-only) and, like the manager's, runs on
+    the consume thread; count carries a key."""
+
+    inline_methods = frozenset(('ping',))
 
     def __init__(self, counter):
         self.counter = counter

@@ -88,6 +88,43 @@ FILENAME = 'journal.sqlite'
 LOG = logging.getLogger(__name__)
 
 
+class _IdFilter:
+    """A Bloom filter of the unique_ids in ``requests``: ``lookup`` of an id
+    it has never seen (nearly every message) answers without SQLite, whose
+    calls release the GIL and then wait for it behind the worker threads.
+
+    No false negatives: an id is added in the transaction that inserts it.
+    Deleted ids stay in until ``Journal.prune`` rebuilds it (false positives
+    only cost a query). 2^21 bits (256 KiB), three probes: about 0.3% false
+    positives with journal_max_entries (100,000) ids.
+    """
+
+    BITS = 21
+    MASK = (1 << BITS) - 1
+
+    def __init__(self, ids=()):
+        self._bits = bytearray(1 << (self.BITS - 3))
+        for uid in ids:
+            self.add(uid)
+
+    def add(self, uid):
+        h, bits, mask = hash(uid), self._bits, self.MASK
+        for i in (h & mask, (h >> 21) & mask, (h >> 42) & mask):
+            bits[i >> 3] |= 1 << (i & 7)
+
+    def __contains__(self, uid):
+        # Unrolled: this runs for every message on the consume thread.
+        h, bits, mask = hash(uid), self._bits, self.MASK
+        i = h & mask
+        if not bits[i >> 3] & (1 << (i & 7)):
+            return False
+        i = (h >> 21) & mask
+        if not bits[i >> 3] & (1 << (i & 7)):
+            return False
+        i = (h >> 42) & mask
+        return bool(bits[i >> 3] & (1 << (i & 7)))
+
+
 class Journal:
 
     def __init__(self, state_path, synchronous='FULL'):
@@ -110,6 +147,7 @@ class Journal:
                           ' HAVING count(*) > 1').fetchall())
         self._sink = None
         self._memory_ids = itertools.count(1)
+        self._seen = self._id_filter()
         self.synced_commits = 0   # commits fsynced (tests, benchmarks)
 
     def set_sink(self, sink):
@@ -121,6 +159,10 @@ class Journal:
     def close(self):
         with self._lock:
             self._db.close()
+
+    def _id_filter(self):
+        return _IdFilter(r[0] for r in self._db.execute(
+            'SELECT unique_id FROM requests'))
 
     @contextmanager
     def _tx(self, durable=True, messages=()):
@@ -170,6 +212,8 @@ class Journal:
 
     def lookup(self, unique_id):
         """The recorded request, or None: ``{status, result, failure, ...}``."""
+        if unique_id not in self._seen:
+            return None
         rows = self._query(
             'SELECT unique_id, method, instance_uuid, status, result, failure,'
             ' created_at, finished_at FROM requests WHERE unique_id = ?',
@@ -204,6 +248,8 @@ class Journal:
             return
         now = time.time()
         with self._tx(durable, messages) as db:
+            for row in itertools.chain(running, done):
+                self._seen.add(row[0])
             if running:
                 db.executemany(
                     'INSERT OR IGNORE INTO requests (unique_id, method,'
@@ -270,6 +316,8 @@ class Journal:
                             ' updated_at < ?', (cutoff,)).rowcount
             n += db.execute('DELETE FROM dropped WHERE dropped_at < ?',
                             (cutoff,)).rowcount
+            if n:
+                self._seen = self._id_filter()
         return n
 
     def prune_periodically(self, max_age, max_entries, stop, interval=600):

@@ -43,6 +43,9 @@ def _error_of(exc):
 
 
 class Manager:
+    # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
+    inline_methods = frozenset(('ping',))
+
     def __init__(self, conf, driver, journal, notifier):
         self.conf = conf
         self.driver = driver

@@ -92,6 +92,10 @@ class RPCServer:
         self._waker = iowait.Waker()
         self._more = False        # frames may be left in py-amqp's buffer
         self._refused = False     # the broker closed a channel over a publish
+        self._consume_ident = None
+        # Keyless methods the dispatcher says touch only memory: run on the
+        # consume thread itself (a ping is answered without a thread hop).
+        self._inline = frozenset(getattr(dispatcher, 'inline_methods', ()))
         self.publisher.set_waker(self._waker.wake)
 
     # ----------------------------------------------------------- public
@@ -136,6 +140,7 @@ class RPCServer:
     # ---------------------------------------------------- connection loop
 
     def _run(self):
+        self._consume_ident = threading.get_ident()
         try:
             transport.supervise(self.broker, self._stop, self._serve,
                                 self.ready, self._disconnected)
@@ -290,7 +295,10 @@ class RPCServer:
         if not self._running_rows:
             self._running_since = time.monotonic()
         self._running_rows.append((uid, request.method, job.instance_uuid))
-        self.executor.submit(job.key, lambda: self._work(job))
+        if job.key is None and request.method in self._inline:
+            self._work(job)   # answered this turn: no hop to a worker and back
+        else:
+            self.executor.submit(job.key, lambda: self._work(job))
 
     def _invalid(self, job, error):
         request = job.request
@@ -343,7 +351,8 @@ class RPCServer:
     def _complete(self, job, result_json, failure):
         job.result_json, job.failure = result_json, failure
         self._completions.put(job)
-        self._waker.wake()
+        if threading.get_ident() != self._consume_ident:
+            self._waker.wake()   # the consume thread looks before it sleeps
 
     # ------------------------------------------------- outcomes and acks
 

@@ -204,3 +204,22 @@ def test_dropped_messages_leave_the_outbox_and_are_recorded(journal):
     time.sleep(0.01)
     assert journal.prune(max_age=0, max_entries=100) == 1
     assert journal.dropped() == []
+
+
+def test_lookup_finds_every_recorded_id_without_asking_sqlite_for_others(
+        tmp_path, journal):
+    ids = ['id-%d' % i for i in range(2000)]
+    journal.record(running=[(u, 'm', None) for u in ids[:1000]])
+    journal.record(done=[(u, 'm', None, 'null', None) for u in ids[1000:]],
+                   durable=False)
+    assert all(journal.lookup(u) is not None for u in ids)
+    queries = []
+    journal._query = lambda *a: queries.append(a) or []
+    assert journal.lookup('never-seen') is None and queries == []
+    del journal._query
+    journal.close()
+    again = Journal(str(tmp_path))          # the filter is rebuilt at open
+    assert all(again.lookup(u) is not None for u in ids)
+    again.forget_running()
+    assert again.lookup(ids[0]) is None and again.lookup(ids[-1])
+    again.close()
