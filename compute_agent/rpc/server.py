@@ -362,7 +362,7 @@ class RPCServer:
         The replies, the outcomes and the deletion of confirmed (or
         dropped) outbox rows are one journal commit; the journal hands the
         replies to the publisher, which sends them on the next pump(), after
-        the acks.
+        the acks. Replies of read-only requests go out first.
         """
         done = []
         try:
@@ -382,6 +382,14 @@ class RPCServer:
             envelope.reply_body(msg_id, job.result_json, job.failure),
             durable=job.key is not None)
             for job in done for msg_id, reply_q in job.replies]
+        quick = [m for m in replies if not m.durable]
+        if quick:
+            # A read-only request's reply needs no commit first: were it
+            # lost with the outcome, the redelivery runs it again, harmless.
+            # So it leaves now, ahead of the commit and the acks.
+            self.journal.send(quick, sync=False)
+            self.publisher.pump()
+            replies = [m for m in replies if m.durable]
         self._running_rows = []
         finished = {j.uid for j in done}
         confirmed, dropped = self.publisher.take_settled()
