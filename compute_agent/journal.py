@@ -242,9 +242,10 @@ class Journal:
         """
         if not (running or done or confirmed or dropped or any(
                 m.durable for m in messages)):
-            with self._lock:       # memory-only: no transaction needed
-                self._put(None, messages)
-                self._hand_over(messages)
+            # Memory-only: no transaction, and no wait for the lock (the
+            # consume thread sends read-only replies while a commit fsyncs).
+            self._put(None, messages)
+            self._hand_over(messages)
             return
         now = time.time()
         with self._tx(durable, messages) as db:

@@ -25,6 +25,7 @@ import amqp
 from compute_agent import exception
 from compute_agent import log
 from compute_agent.metrics import METRICS
+from compute_agent.rpc import commits
 from compute_agent.rpc import envelope
 from compute_agent.rpc import iowait
 from compute_agent.rpc import jobs
@@ -74,6 +75,8 @@ class RPCServer:
         self.publisher = publisher or publisher_mod.Publisher(journal, conf)
         self.broker = broker or transport.Broker(conf)
         self.executor = KeyedExecutor(conf.max_concurrent_builds)
+        self._waker = iowait.Waker()
+        self._committer = commits.Committer(journal, self._waker.wake)
         self.ready = threading.Event()
         self.error = None
         self.stats = {'received': 0, 'duplicates': 0, 'dead_lettered': 0,
@@ -89,7 +92,6 @@ class RPCServer:
         self._connected = False
         self._last_turn = time.monotonic()
         self._thread = None
-        self._waker = iowait.Waker()
         self._more = False        # frames may be left in py-amqp's buffer
         self._refused = False     # the broker closed a channel over a publish
         self._consume_ident = None
@@ -149,6 +151,7 @@ class RPCServer:
             self.error = e
         finally:
             self.executor.shutdown()
+            self._committer.stop()
             LOG.info('RPC server stopped (%s)', self.stats)
 
     def _disconnected(self, lost):
@@ -226,11 +229,13 @@ class RPCServer:
             self.publisher.pump()
             self._wait_io(amqp_conn, limit=0.2)
             self._more = iowait.drain(amqp_conn, self._settle)
-        self._finish_jobs()
+        self._finish_jobs(wait=True)
+        self._finish_jobs(wait=True)   # what finished during the last one
 
     def _wait_io(self, amqp_conn, limit=1.0):
         timeout = limit
-        if self._more or not self._completions.empty():
+        if self._more or not (self._completions.empty()
+                              or self._committer.busy()):
             timeout = 0
         for due in (self.publisher.next_due(),
                     jobs.next_beat_in(self._inflight.values())):
@@ -356,14 +361,22 @@ class RPCServer:
 
     # ------------------------------------------------- outcomes and acks
 
-    def _finish_jobs(self):
-        """Record finished jobs (one transaction), ack them, queue replies.
+    def _finish_jobs(self, wait=False):
+        """Settle committed batches; hand what finished since to the
+        committer (one transaction) unless it is busy.
 
         The replies, the outcomes and the deletion of confirmed (or
         dropped) outbox rows are one journal commit; the journal hands the
-        replies to the publisher, which sends them on the next pump(), after
-        the acks. Replies of read-only requests go out first.
+        replies to the publisher, which sends them after the acks. Replies
+        of read-only requests go out first. ``wait``: block until the
+        commit is on disk and settled (stopping, tests).
         """
+        self._settle_commits()
+        if self._committer.busy():
+            if not wait:
+                return     # what finished meanwhile joins the next group
+            self._committer.wait_idle()
+            self._settle_commits()
         done = []
         try:
             while True:
@@ -393,30 +406,42 @@ class RPCServer:
         self._running_rows = []
         finished = {j.uid for j in done}
         confirmed, dropped = self.publisher.take_settled()
-        try:
-            self.journal.record(
-                running=[r for r in running if r[0] not in finished],
-                done=[(j.uid, j.request.method, j.instance_uuid,
-                       j.result_json, j.failure) for j in done],
-                messages=replies, confirmed=confirmed, dropped=dropped,
-                # Keyless requests are read-only (Dispatcher.key contract):
-                # running one again after a power cut is harmless.
-                durable=any(j.key is not None for j in done))
-        except Exception:  # noqa: BLE001
-            # Not recorded, so not acked: tried again next turn.
-            LOG.exception('Cannot record %d outcomes in the journal',
-                          len(done))
-            self.publisher.untake(confirmed, dropped)
-            self._running_rows = running + self._running_rows
-            for job in done:
-                self._completions.put(job)
-            time.sleep(0.5)
-            return
-        for job in done:
-            self._inflight.pop(job.uid, None)
-            _metric(METRICS.acked, job.request.method).inc()
-        self.stats['completed'] += len(done)
-        self._settle.ack([d for job in done for d in job.deliveries])
+        self._committer.submit(commits.Batch(
+            done, [r for r in running if r[0] not in finished], replies,
+            confirmed, dropped,
+            # Keyless requests are read-only (Dispatcher.key contract):
+            # running one again after a power cut is harmless.
+            durable=any(j.key is not None for j in done)))
+        if wait:
+            self._committer.wait_idle()
+            self._settle_commits()
+
+    def _settle_commits(self):
+        """Ack the jobs of committed batches; take failed ones back."""
+        for batch in self._committer.take():
+            if batch.error is not None:
+                # Not recorded, so not acked: tried again next turn.
+                self.publisher.untake(batch.confirmed, batch.dropped)
+                self._running_rows = batch.running + self._running_rows
+                for job in batch.jobs:
+                    self._completions.put(job)
+                continue
+            late = []
+            for job, replied in zip(batch.jobs, batch.replied):
+                # A call delivered again while its outcome was committed:
+                # answer it too (on a crash, its redelivery is answered
+                # from the journal).
+                late += [outbox.Message(
+                    outbox.REPLY, '', reply_q, envelope.reply_body(
+                        msg_id, job.result_json, job.failure), durable=False)
+                    for msg_id, reply_q in job.replies[replied:]]
+                self._inflight.pop(job.uid, None)
+                _metric(METRICS.acked, job.request.method).inc()
+            if late:
+                self.journal.send(late, sync=False)
+            self.stats['completed'] += len(batch.jobs)
+            self._settle.ack([d for job in batch.jobs
+                              for d in job.deliveries])
 
     def _send_call_heartbeats(self):
         """Call-monitor: ``ending: false`` every _timeout/2 s while running."""

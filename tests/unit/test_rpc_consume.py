@@ -104,6 +104,7 @@ def loop(tmp_path):
     server.tags = iter(range(1, 10000))
     yield server, consume, publish
     server.executor.shutdown()
+    server._committer.stop()
     journal.close()
 
 
@@ -124,7 +125,7 @@ def finish(server, n):
     while server._completions.qsize() < n:
         assert time.monotonic() < deadline, 'jobs did not complete'
         time.sleep(0.005)
-    server._finish_jobs()
+    server._finish_jobs(wait=True)
     server.publisher.pump()
 
 
@@ -184,7 +185,7 @@ def test_a_call_is_answered_after_its_outcome_is_recorded(loop):
     # then the next commit deletes it.
     assert server.journal.outbox_count() == 1
     server.publisher._on_ack(1, False)
-    server._finish_jobs()
+    server._finish_jobs(wait=True)
     assert server.journal.outbox_count() == 0
 
 
@@ -238,3 +239,44 @@ def test_a_reply_no_frame_can_carry_is_dropped_and_recorded(loop):
     (call,) = publish.published()
     assert call[1] == 'reply_f' and consume.settled()[-1][1] == tag2
     assert json.loads(reply_of(call)['failure'] or 'null') is None
+
+
+def test_outcomes_finished_during_a_commit_join_the_next_one(loop):
+    """The loop reads on while the committer fsyncs; nothing is acked
+    before its commit, and a call delivered again meanwhile is answered."""
+    server, consume, publish = loop
+    real, gate, commits = server.journal.record, threading.Event(), []
+
+    def slow_record(**changes):
+        if changes.get('done'):
+            gate.wait(10)
+            commits.append(sorted(d[0] for d in changes['done']))
+        return real(**changes)
+    server.journal.record = slow_record
+    first = deliver(server, 'count', {'key': 'a', 'token': '1'},
+                    reply_q='reply_g', unique_id='g-1')
+    deadline = time.monotonic() + 10
+    while server._completions.qsize() < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    server._finish_jobs()                  # handed to the committer
+    assert server._committer.busy()
+    again = deliver(server, 'count', {'key': 'a', 'token': '1'},
+                    reply_q='reply_h', unique_id='g-1', redelivered=True)
+    second = deliver(server, 'count', {'key': 'b', 'token': '2'},
+                     unique_id='g-2')
+    while server._completions.qsize() < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    server._finish_jobs()                  # busy: g-2 waits for the next
+    assert consume.settled() == [] and publish.published() == []
+    gate.set()
+    finish(server, 0)
+    finish(server, 0)
+    assert commits == [['g-1'], ['g-2']]
+    assert server.dispatcher.runs == {'1': 1, '2': 1}
+    acked = {t for c in consume.settled() for t in (
+        range(1, c[1] + 1) if c[2] else (c[1],))}
+    assert {first, again, second} <= acked
+    assert sorted(c[1] for c in publish.published()) == ['reply_g',
+                                                         'reply_h']
