@@ -86,6 +86,7 @@ class RPCServer:
         self._completions = queue.SimpleQueue()
         self._skipped = queue.SimpleQueue()   # not started: stopping
         self._inflight = {}       # uid -> Job; consume thread only
+        self._ready = []          # accepted during this drain, not started
         self._running_rows = []
         self._running_since = 0.0
         self._settle = jobs.Settlement()
@@ -157,6 +158,7 @@ class RPCServer:
     def _disconnected(self, lost):
         """After each connection: forget its channels; count real losses."""
         self._connected = False
+        self._start_ready()   # in flight: their redeliveries wait for them
         self._settle.detach()
         self.publisher.detach(refused=self._refused)
         self._refused = False
@@ -211,6 +213,7 @@ class RPCServer:
                     break
             if self._wait_io(amqp_conn) or self._more:
                 self._more = iowait.drain(amqp_conn, self._settle)
+                self._start_ready()
             self._finish_jobs()
             self._send_call_heartbeats()
             self.publisher.pump()
@@ -229,6 +232,7 @@ class RPCServer:
             self.publisher.pump()
             self._wait_io(amqp_conn, limit=0.2)
             self._more = iowait.drain(amqp_conn, self._settle)
+            self._start_ready()
         self._finish_jobs(wait=True)
         self._finish_jobs(wait=True)   # what finished during the last one
 
@@ -300,10 +304,18 @@ class RPCServer:
         if not self._running_rows:
             self._running_since = time.monotonic()
         self._running_rows.append((uid, request.method, job.instance_uuid))
-        if job.key is None and request.method in self._inline:
-            self._work(job)   # answered this turn: no hop to a worker and back
-        else:
-            self.executor.submit(job.key, lambda: self._work(job))
+        self._ready.append(job)   # started after the drain: _start_ready
+
+    def _start_ready(self):
+        """Start the requests of this turn's drain. Held back until the
+        socket is drained, so that workers do not contend for the GIL with
+        the consume thread while it reads."""
+        ready, self._ready = self._ready, []
+        for job in ready:
+            if job.key is None and job.request.method in self._inline:
+                self._work(job)   # answered this turn: no thread hop
+            else:
+                self.executor.submit(job.key, lambda job=job: self._work(job))
 
     def _invalid(self, job, error):
         request = job.request

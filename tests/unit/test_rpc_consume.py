@@ -115,6 +115,7 @@ def deliver(server, method, args=None, reply_q=None, unique_id=None,
         reply_q=reply_q, unique_id=unique_id)
     tag = next(server.tags)
     server._on_message(Delivery(tag, envelope.dumps(payload), redelivered))
+    server._start_ready()    # what the loop does after each drain
     return tag
 
 
