@@ -54,6 +54,9 @@ def _error_of(exc):
 
 
 class Manager:
+    # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
+    inline_methods = frozenset(('ping',))
+
     def __init__(self, conf, driver, journal, notifier):
         self.conf = conf
         self.driver = driver
@@ -105,12 +108,11 @@ class Manager:
         the report carries its states (``error`` when there is none)."""
         with self._lock(uuid):
             record = self.journal.get_instance(uuid) or {}
-            seq = self.journal.next_sequence(uuid)
-            self._report(uuid, context or {}, method + '.error',
-                         record.get('vm_state') or states.ERROR,
-                         record.get('task_state'),
-                         record.get('power_state', states.NOSTATE),
-                         _error_of(error), seq)
+            self.journal.next_sequence(uuid, [self._report(
+                uuid, context or {}, method + '.error',
+                record.get('vm_state') or states.ERROR,
+                record.get('task_state'),
+                record.get('power_state', states.NOSTATE), _error_of(error))])
 
     # --- records and reports -------------------------------------------------
 
@@ -129,31 +131,34 @@ class Manager:
         return record
 
     def _set(self, record, context, event, **changes):
-        """Save ``changes``; report when (vm, task, power) state changed."""
+        """Save ``changes``, with a report when (vm, task, power) state
+        changed: one journal commit. InstanceInvalidState when the record's
+        name belongs to another instance (the journal claims it)."""
         with self._lock(record['uuid']):
             before = (record.get('vm_state'), record.get('task_state'),
                       record.get('power_state'))
             record.update(changes, updated_at=_now())
             if record['uuid'] in self._checked:
                 record['power_checked_at'] = self._checked[record['uuid']]
-            seq = self.journal.save_instance(record['uuid'], record)
             after = (record['vm_state'], record['task_state'],
                      record['power_state'])
-            if after != before:
-                self._report(record['uuid'], context, event, *after,
-                             record.get('error'), seq)
+            report = [] if after == before else [self._report(
+                record['uuid'], context, event, *after, record.get('error'))]
+            self.journal.save_instance(record['uuid'], record, report)
 
     def _report(self, uuid, context, event, vm_state, task_state, power_state,
-                error, sequence):
+                error):
+        """The state report, for the journal to write with its change (it
+        fills in the sequence)."""
         LOG.info('%s: %s vm_state=%s task_state=%s power_state=%s',
                  uuid, event, vm_state, task_state, power_state,
                  extra={'instance_uuid': uuid,
                         'request_id': context.get('request_id')})
-        self.notifier.instance_state_changed(
+        return self.notifier.state_report(
             context, host=self.host, instance_uuid=uuid, vm_state=vm_state,
             task_state=task_state, power_state=power_state, event=event,
             error=error, request_id=context.get('request_id'),
-            sequence=sequence, timestamp=_now())
+            timestamp=_now())
 
     def _power(self, record):
         power = self._probe(record)
@@ -249,11 +254,6 @@ class Manager:
         old = self.journal.get_instance(uuid)
         if self._check('spawn', 'spawn', uuid, old, context) == states.DONE:
             return public(old)
-        try:
-            self._check_name_free(uuid, instance['name'])
-        except exception.InvalidRequest as exc:     # PROTOCOL 5: report it
-            self.report_invalid('spawn', uuid, exc, context)
-            raise
         if plan is None:        # not validated through validate()
             plan = self.planner.spawn(instance, image_meta, network_info,
                                       block_device_info, admin_password,
@@ -271,9 +271,13 @@ class Manager:
                   'error': None, 'spec': spec, 'rescue': None,
                   'interrupted': None,
                   'task_request_id': context.get('request_id')}
-        self._set(record, context, 'spawn.start', vm_state=states.BUILDING,
-                  task_state=states.TRANSITIONS['spawn'].task,
-                  power_state=states.NOSTATE)
+        try:    # claims the name: of two racing spawns of it, one wins
+            self._set(record, context, 'spawn.start', vm_state=states.BUILDING,
+                      task_state=states.TRANSITIONS['spawn'].task,
+                      power_state=states.NOSTATE)
+        except exception.InstanceInvalidState as exc:   # PROTOCOL 5: report
+            self.report_invalid('spawn', uuid, exc, context)
+            raise
         try:
             devices = self.driver.spawn(plan)
         except exception.InvalidRequest as exc:
@@ -290,13 +294,6 @@ class Manager:
                   task_state=None, power_state=self._power(record),
                   devices=devices, vnc=self._vnc(instance))
         return public(record)
-
-    def _check_name_free(self, uuid, name):
-        for other in self.journal.list_instances():
-            if other['name'] == name and other['uuid'] != uuid:
-                raise exception.InvalidRequest(
-                    'instance.name', 'already used by instance %s' % other['uuid'],
-                    uuid=uuid)
 
     def _vnc(self, instance):
         if not self.conf.vnc.enabled:

@@ -34,6 +34,11 @@ class Metrics:
             'Time to carry out a request, by method and outcome',
             ['method', 'outcome'], registry=r,
             buckets=(.005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+        self.dropped = prom.Counter(
+            'compute_agent_messages_dropped',
+            'Replies and reports given up as unpublishable, by kind and '
+            'reason (unencodable, refused, unroutable, outbox_max)',
+            ['kind', 'reason'], registry=r)
         self.reconnects = prom.Counter(
             'compute_agent_reconnects', 'Reconnects, by component (broker, libvirt)',
             ['component'], registry=r)

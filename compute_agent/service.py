@@ -35,7 +35,7 @@ class Service:
         self.conf = conf
         self.journal = journal_mod.Journal(conf.state_path)
         self.publisher = publisher_mod.Publisher(self.journal, conf)
-        self.notifier = notifier_mod.Notifier(self.publisher, conf)
+        self.notifier = notifier_mod.Notifier(self.journal, conf)
         self.driver = driver or driver_mod.LibvirtDriver(
             conf, on_power_event=self._on_power_event)
         self.manager = manager_mod.Manager(conf, self.driver, self.journal,

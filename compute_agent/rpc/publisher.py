@@ -1,10 +1,20 @@
 """Outbox-backed publisher with publisher confirms.
 
-Replies and state reports are written to the journal's outbox first and
+Replies and state reports are written to the journal's outbox first (see
+``rpc/outbox.py``: the journal hands them over after their commit) and
 deleted only after the broker confirmed them, so nothing is lost while the
 broker is away; after a reconnect they go out again oldest first. Replies of
 read-only requests are kept in memory only (they survive reconnects, not a
 restart) and call-monitor heartbeats are dropped at a reconnect.
+
+A message the broker will never take is dropped, so that it cannot block
+the outbox, now or after a restart: one that cannot even be encoded (a
+``_reply_q`` longer than AMQP's 255-byte short string) at once; one while
+in flight the broker closed the publishing channel (a message over its
+``max_message_size``, say) is sent again alone, and dropped after
+``MAX_REFUSALS`` such closes. A dropped message is logged once, counted
+(``compute_agent_messages_dropped``) and recorded in the journal's
+``dropped`` table.
 
 Any thread may hand over a message (``publish``); only the consume thread
 touches the channel (``attach``/``pump``/``detach``) because kombu channels
@@ -14,40 +24,34 @@ Confirm.Select is sent by hand and acks are taken as events.
 """
 
 import collections
-import itertools
 import logging
+import struct
 import threading
 import time
 
 import amqp
 
+from compute_agent.metrics import METRICS
+from compute_agent.rpc import outbox
+from compute_agent.rpc.outbox import BEAT, REPLY, REPORT  # noqa: F401
+
 LOG = logging.getLogger(__name__)
 
-REPLY = 'reply'
-REPORT = 'report'
-BEAT = 'beat'   # call-monitor heartbeat: worthless after a reconnect
 _RETRY_RETURNED = 0.25  # seconds between tries of an unroutable reply
+# A message the broker refused this many times while in flight alone (it
+# closed the channel each time) is dropped: it would block the outbox.
+MAX_REFUSALS = 3
+# What basic_publish raises for a message that cannot be encoded at all (a
+# routing key over 255 bytes, say): nothing reached the socket.
+_UNENCODABLE = (struct.error, ValueError, TypeError, OverflowError,
+                amqp.exceptions.FrameSyntaxError)
 
-
-class Entry:
-    __slots__ = ('id', 'kind', 'exchange', 'routing_key', 'body', 'durable',
-                 'mandatory', 'deadline', 'returned', 'not_before')
-
-    def __init__(self, id, kind, exchange, routing_key, body, durable=True,
-                 mandatory=False):
-        self.id = id
-        self.kind = kind
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.body = body
-        self.durable = durable
-        self.mandatory = mandatory
-        self.deadline = None  # replies: give up being unroutable after it
-        self.returned = False
-        self.not_before = 0.0
+Entry = outbox.Message   # the name before the outbox had its own module
 
 
 class Publisher:
+    """Sends what the journal's outbox hands it (``add``, the journal's
+    sink); confirms delete the rows, unpublishable messages are dropped."""
 
     def __init__(self, journal, conf, window=1000):
         self.journal = journal
@@ -57,24 +61,23 @@ class Publisher:
         self._lock = threading.Lock()
         self._pending = collections.deque()   # not yet published, in order
         self._delayed = []                    # returned replies to retry
-        self._inflight = {}                   # confirm seq -> Entry
-        self._by_mid = {}                     # message_id -> Entry
+        self._inflight = {}                   # confirm seq -> Message
+        self._by_mid = {}                     # message_id -> Message
         self._confirmed = []                  # durable ids to delete
-        self._transient_ids = itertools.count(1)
+        self._dropped = []                    # (Message, reason) given up
         self._durable = 0
         self._channel = None
+        self._owner = None                    # the consume thread's ident
+        self._solo = None                     # a suspect in flight alone
         self._seq = 0
         self._wake = lambda: None
-        for row in journal.outbox_load():
-            self._pending.append(self.make_entry(*row))
+        for id_, kind, exchange, key, body in journal.outbox_load():
+            self._pending.append(outbox.Message(kind, exchange, key,
+                                                bytes(body), id=id_))
             self._durable += 1
         if self._pending:
             LOG.info('Outbox holds %d messages from before', self._durable)
-
-    def make_entry(self, id, kind, exchange, routing_key, body, durable=True):
-        """An entry for an outbox row the caller wrote (see ``add``)."""
-        return Entry(id, kind, exchange, routing_key, bytes(body), durable,
-                     mandatory=(kind != REPORT))
+        journal.set_sink(self.add)
 
     def set_waker(self, wake):
         """``wake()`` tells the consume loop there is something to send."""
@@ -82,35 +85,22 @@ class Publisher:
 
     # ------------------------------------------------------ any thread
 
-    def publish(self, kind, exchange, routing_key, body, durable=True,
-                wake=True):
-        """Queue a message; durable ones are on disk when this returns.
+    def publish(self, kind, exchange, routing_key, body, durable=True):
+        """Send one message through the journal's outbox (durable ones are
+        on disk when this returns; memory-only ones survive reconnects, not
+        a restart, and heartbeats not even a reconnect)."""
+        self.journal.send([outbox.Message(kind, exchange, routing_key, body,
+                                          durable)])
 
-        Non-durable ones live in memory only: they survive reconnects (but
-        not a restart) unless they are heartbeats.
-        """
-        if durable:
-            entry_id = self.journal.outbox_add(kind, exchange, routing_key,
-                                               body)
-        else:
-            entry_id = self.memory_id()
-        self.add(self.make_entry(entry_id, kind, exchange, routing_key, body,
-                             durable), wake=wake)
-
-    def memory_id(self):
-        """Id of an entry that is not in the outbox."""
-        return 't%d' % next(self._transient_ids)
-
-    def add(self, *entries, wake=True):
-        """Queue entries whose outbox rows were written by the caller
-        (the server's group commit). The consume thread itself passes
-        wake=False: it pumps before it sleeps anyway."""
+    def add(self, messages):
+        """The journal's sink: queue committed messages, in order."""
         with self._lock:
-            self._pending.extend(entries)
-            self._durable += sum(1 for e in entries if e.durable)
+            self._pending.extend(messages)
+            self._durable += sum(1 for m in messages if m.durable)
             if self._durable > self.outbox_max:
                 self._trim()
-        if wake:
+        # The consume thread pumps before it sleeps anyway.
+        if threading.get_ident() != self._owner:
             self._wake()
 
     def _trim(self):
@@ -128,6 +118,7 @@ class Publisher:
         self._pending = keep
         self._durable -= len(dropped)
         self._confirmed.extend(dropped)
+        METRICS.dropped.labels(REPORT, 'outbox_max').inc(len(dropped))
         LOG.error('Outbox over [rpc] outbox_max=%d: dropped the %d oldest '
                   'state reports', self.outbox_max, len(dropped))
 
@@ -139,14 +130,23 @@ class Publisher:
 
     # ---------------------------------------------- consume thread only
 
-    def has_confirmed(self):
-        return bool(self._confirmed)
+    def has_settled(self):
+        """Rows to delete from the outbox (confirmed or dropped)?"""
+        return bool(self._confirmed or self._dropped)
 
-    def take_confirmed(self):
-        """Outbox ids whose rows may be deleted (confirmed or dropped)."""
+    def take_settled(self):
+        """(outbox ids the broker confirmed, [(Message, reason)] dropped):
+        for the journal (``Journal.record``), which deletes their rows."""
         with self._lock:
             ids, self._confirmed = self._confirmed, []
-        return ids
+            dropped, self._dropped = self._dropped, []
+        return ids, dropped
+
+    def untake(self, ids, dropped):
+        """Give back what ``take_settled`` returned (its commit failed)."""
+        with self._lock:
+            self._confirmed[:0] = ids
+            self._dropped[:0] = dropped
 
     def attach(self, channel):
         channel.confirm_select()
@@ -154,19 +154,47 @@ class Publisher:
         channel.events['basic_nack'].add(self._on_nack)
         channel.events['basic_return'].add(self._on_return)
         self._channel = channel
+        self._owner = threading.get_ident()
         self._seq = 0
 
-    def detach(self):
-        """Connection lost: everything unconfirmed goes out again, in order."""
+    def detach(self, refused=False):
+        """Connection lost: everything unconfirmed goes out again, in order.
+
+        ``refused``: the broker closed the channel over a publish. Each
+        message then in flight becomes a suspect, sent again alone; one
+        refused while alone ``MAX_REFUSALS`` times is dropped.
+        """
         self._channel = None
         with self._lock:
-            back = [e for e in list(self._inflight.values()) + self._delayed
-                    + list(self._pending) if e.kind != BEAT]
+            inflight = [e for e in self._inflight.values() if e.kind != BEAT]
+            if refused:
+                for e in inflight:
+                    if len(self._inflight) == 1 and e.suspect:
+                        e.refusals += 1
+                    e.suspect = True
+                for e in [e for e in inflight if e.refusals >= MAX_REFUSALS]:
+                    inflight.remove(e)
+                    self._drop(e, 'refused', 'the broker closed the channel '
+                               'over it %d times' % e.refusals)
+            back = inflight + [e for e in self._delayed + list(self._pending)
+                               if e.kind != BEAT]
             back.sort(key=_order)
             self._pending = collections.deque(back)
             self._inflight.clear()
             self._by_mid.clear()
             self._delayed = []
+            self._solo = None
+
+    def _drop(self, entry, reason, detail):
+        """Give up on ``entry`` for good (lock held): logged once, counted,
+        recorded by the next journal commit."""
+        self._dropped.append((entry, reason))
+        if entry.durable:
+            self._durable -= 1
+        METRICS.dropped.labels(entry.kind, reason).inc()
+        LOG.error('Dropped unpublishable %s to %r (%d bytes): %s',
+                  entry.kind, entry.routing_key[:300], len(entry.body),
+                  detail)
 
     def next_due(self):
         """Seconds until a delayed retry is due (None: nothing delayed)."""
@@ -177,7 +205,8 @@ class Publisher:
                        - time.monotonic())
 
     def pump(self):
-        """Publish what is waiting, up to the confirm window."""
+        """Publish what is waiting, up to the confirm window (a suspect
+        goes alone: nothing else is in flight with it)."""
         channel = self._channel
         if channel is None:
             return
@@ -193,7 +222,11 @@ class Publisher:
             with self._lock:
                 if not self._pending or len(self._inflight) >= self.window:
                     return
-                entry = self._pending.popleft()
+                entry = self._pending[0]
+                if self._solo is not None or (entry.suspect
+                                              and self._inflight):
+                    return
+                self._pending.popleft()
                 self._seq += 1
                 self._inflight[self._seq] = entry
                 self._by_mid[str(entry.id)] = entry
@@ -204,9 +237,23 @@ class Publisher:
                 entry.body, content_type='application/json',
                 content_encoding='utf-8', delivery_mode=2,
                 message_id=str(entry.id))
-            channel.basic_publish(msg, exchange=entry.exchange,
-                                  routing_key=entry.routing_key,
-                                  mandatory=entry.mandatory)
+            try:
+                channel.basic_publish(msg, exchange=entry.exchange,
+                                      routing_key=entry.routing_key,
+                                      mandatory=entry.mandatory)
+            except _UNENCODABLE as e:
+                # Raised before any byte was written: the broker never saw
+                # it, so it takes no confirm number.
+                with self._lock:
+                    del self._inflight[self._seq]
+                    self._by_mid.pop(str(entry.id), None)
+                    self._seq -= 1
+                    self._drop(entry, 'unencodable', '%s: %s' % (
+                        type(e).__name__, e))
+                continue
+            if entry.suspect:
+                self._solo = entry
+                return
 
     def _on_ack(self, tag, multiple):
         with self._lock:
@@ -217,6 +264,8 @@ class Publisher:
                 if entry is None:
                     continue
                 self._by_mid.pop(str(entry.id), None)
+                if entry is self._solo:
+                    self._solo = None
                 if entry.returned and entry.kind == REPLY:
                     self._unroutable(entry)
                 elif entry.durable:
@@ -228,12 +277,8 @@ class Publisher:
             entry.not_before = time.monotonic() + _RETRY_RETURNED
             self._delayed.append(entry)
             return
-        LOG.error('Reply to %s abandoned: its queue did not appear within '
-                  '[rpc] reply_timeout=%ss', entry.routing_key,
-                  self.reply_timeout)
-        if entry.durable:
-            self._confirmed.append(entry.id)
-            self._durable -= 1
+        self._drop(entry, 'unroutable', 'its queue did not appear within '
+                   '[rpc] reply_timeout=%ss' % self.reply_timeout)
 
     def _on_nack(self, tag, multiple):
         with self._lock:
@@ -242,6 +287,8 @@ class Publisher:
             back = [self._inflight.pop(t) for t in tags if t in self._inflight]
             for e in back:
                 self._by_mid.pop(str(e.id), None)
+                if e is self._solo:
+                    self._solo = None
             self._pending.extendleft(reversed(back))
         LOG.warning('Broker refused %d messages; they will be sent again',
                     len(back))

@@ -20,12 +20,16 @@ import queue
 import threading
 import time
 
+import amqp
+
 from compute_agent import exception
 from compute_agent import log
 from compute_agent.metrics import METRICS
+from compute_agent.rpc import commits
 from compute_agent.rpc import envelope
 from compute_agent.rpc import iowait
 from compute_agent.rpc import jobs
+from compute_agent.rpc import outbox
 from compute_agent.rpc import publisher as publisher_mod
 from compute_agent.rpc import topology
 from compute_agent.rpc import transport
@@ -35,6 +39,7 @@ LOG = logging.getLogger(__name__)
 
 _RUNNING_FLUSH = 1.0     # s a buffered 'running' row may wait for a commit
 _STUCK_AFTER = 30.0      # s without a loop turn: the consume loop is stuck
+_PUBLISH = (60, 40)      # basic.publish, as a refusal names the method
 _CHILDREN = {}
 _LABEL_SETS = {}
 _MAX_LABEL_SETS = 100
@@ -71,6 +76,8 @@ class RPCServer:
         self.publisher = publisher or publisher_mod.Publisher(journal, conf)
         self.broker = broker or transport.Broker(conf)
         self.executor = KeyedExecutor(conf.max_concurrent_builds)
+        self._waker = iowait.Waker()
+        self._committer = commits.Committer(journal, self._waker.wake)
         self.ready = threading.Event()
         self.error = None
         self.stats = {'received': 0, 'duplicates': 0, 'dead_lettered': 0,
@@ -80,14 +87,19 @@ class RPCServer:
         self._completions = queue.SimpleQueue()
         self._skipped = queue.SimpleQueue()   # not started: stopping
         self._inflight = {}       # uid -> Job; consume thread only
+        self._ready = []          # accepted during this drain, not started
         self._running_rows = []
         self._running_since = 0.0
         self._settle = jobs.Settlement()
         self._connected = False
         self._last_turn = time.monotonic()
         self._thread = None
-        self._waker = iowait.Waker()
         self._more = False        # frames may be left in py-amqp's buffer
+        self._refused = False     # the broker closed a channel over a publish
+        self._consume_ident = None
+        # Keyless methods the dispatcher says touch only memory: run on the
+        # consume thread itself (a ping is answered without a thread hop).
+        self._inline = frozenset(getattr(dispatcher, 'inline_methods', ()))
         self.publisher.set_waker(self._waker.wake)
 
     # ----------------------------------------------------------- public
@@ -154,6 +166,7 @@ class RPCServer:
     # ---------------------------------------------------- connection loop
 
     def _run(self):
+        self._consume_ident = threading.get_ident()
         try:
             transport.supervise(self.broker, self._stop, self._serve,
                                 self.ready, self._disconnected)
@@ -162,13 +175,16 @@ class RPCServer:
             self.error = e
         finally:
             self.executor.shutdown()
+            self._committer.stop()
             LOG.info('RPC server stopped (%s)', self.stats)
 
     def _disconnected(self, lost):
         """After each connection: forget its channels; count real losses."""
         self._connected = False
+        self._start_ready()   # in flight: their redeliveries wait for them
         self._settle.detach()
-        self.publisher.detach()
+        self.publisher.detach(refused=self._refused)
+        self._refused = False
         if lost:
             self.stats['reconnects'] += 1
             _metric(METRICS.reconnects, 'broker').inc()
@@ -190,6 +206,15 @@ class RPCServer:
         LOG.info('Consuming %s', ', '.join(queues))
         amqp_conn = conn.connection
         iowait.buffer_reads(amqp_conn.transport)
+        try:
+            self._loop(conn, channel, tags)
+        except amqp.exceptions.ChannelError as e:
+            # Only the publisher publishes: the broker refused a message.
+            self._refused = getattr(e, 'method_sig', None) == _PUBLISH
+            raise
+
+    def _loop(self, conn, channel, tags):
+        amqp_conn = conn.connection
         beat_every = max(0.5, min(5.0, (amqp_conn.heartbeat or 20) / 4.0))
         next_beat_check = 0.0
         while True:
@@ -211,6 +236,7 @@ class RPCServer:
                     break
             if self._wait_io(amqp_conn) or self._more:
                 self._more = iowait.drain(amqp_conn, self._settle)
+                self._start_ready()
             self._finish_jobs()
             self._send_call_heartbeats()
             self.publisher.pump()
@@ -229,11 +255,14 @@ class RPCServer:
             self.publisher.pump()
             self._wait_io(amqp_conn, limit=0.2)
             self._more = iowait.drain(amqp_conn, self._settle)
-        self._finish_jobs()
+            self._start_ready()
+        self._finish_jobs(wait=True)
+        self._finish_jobs(wait=True)   # what finished during the last one
 
     def _wait_io(self, amqp_conn, limit=1.0):
         timeout = limit
-        if self._more or not self._completions.empty():
+        if self._more or not (self._completions.empty()
+                              or self._committer.busy()):
             timeout = 0
         for due in (self.publisher.next_due(),
                     jobs.next_beat_in(self._inflight.values())):
@@ -298,7 +327,18 @@ class RPCServer:
         if not self._running_rows:
             self._running_since = time.monotonic()
         self._running_rows.append((uid, request.method, job.instance_uuid))
-        self.executor.submit(job.key, lambda: self._work(job))
+        self._ready.append(job)   # started after the drain: _start_ready
+
+    def _start_ready(self):
+        """Start the requests of this turn's drain. Held back until the
+        socket is drained, so that workers do not contend for the GIL with
+        the consume thread while it reads."""
+        ready, self._ready = self._ready, []
+        for job in ready:
+            if job.key is None and job.request.method in self._inline:
+                self._work(job)   # answered this turn: no thread hop
+            else:
+                self.executor.submit(job.key, lambda job=job: self._work(job))
 
     def _invalid(self, job, error):
         request = job.request
@@ -351,12 +391,27 @@ class RPCServer:
     def _complete(self, job, result_json, failure):
         job.result_json, job.failure = result_json, failure
         self._completions.put(job)
-        self._waker.wake()
+        if threading.get_ident() != self._consume_ident:
+            self._waker.wake()   # the consume thread looks before it sleeps
 
     # ------------------------------------------------- outcomes and acks
 
-    def _finish_jobs(self):
-        """Record finished jobs (one transaction), ack them, queue replies."""
+    def _finish_jobs(self, wait=False):
+        """Settle committed batches; hand what finished since to the
+        committer (one transaction) unless it is busy.
+
+        The replies, the outcomes and the deletion of confirmed (or
+        dropped) outbox rows are one journal commit; the journal hands the
+        replies to the publisher, which sends them after the acks. Replies
+        of read-only requests go out first. ``wait``: block until the
+        commit is on disk and settled (stopping, tests).
+        """
+        self._settle_commits()
+        if self._committer.busy():
+            if not wait:
+                return     # what finished meanwhile joins the next group
+            self._committer.wait_idle()
+            self._settle_commits()
         done = []
         try:
             while True:
@@ -364,56 +419,69 @@ class RPCServer:
         except queue.Empty:
             pass
         running = self._running_rows
-        if not done and not self.publisher.has_confirmed() and not (
+        if not done and not self.publisher.has_settled() and not (
                 running and time.monotonic() - self._running_since >
                 _RUNNING_FLUSH):
             return
-        replies = [(job.key is not None, reply_q, envelope.reply_body(
-            msg_id, job.result_json, job.failure))
-            for job in done for msg_id, reply_q in job.replies]
         # Replies of read-only (keyless) requests need not survive a
         # restart: they stay in memory only, like their outcome's fsync.
-        rows = [(publisher_mod.REPLY, '', q, body)
-                for durable, q, body in replies if durable]
+        replies = [outbox.Message(
+            outbox.REPLY, '', reply_q,
+            envelope.reply_body(msg_id, job.result_json, job.failure),
+            durable=job.key is not None)
+            for job in done for msg_id, reply_q in job.replies]
+        quick = [m for m in replies if not m.durable]
+        if quick:
+            # A read-only request's reply needs no commit first: were it
+            # lost with the outcome, the redelivery runs it again, harmless.
+            # So it leaves now, ahead of the commit and the acks.
+            self.journal.send(quick, sync=False)
+            self.publisher.pump()
+            replies = [m for m in replies if m.durable]
         self._running_rows = []
         finished = {j.uid for j in done}
-        try:
-            ids = self.journal.record(
-                running=[r for r in running if r[0] not in finished],
-                done=[(j.uid, j.request.method, j.instance_uuid,
-                       j.result_json, j.failure) for j in done],
-                outbox=rows,
-                delete_outbox=self.publisher.take_confirmed(),
-                # Keyless requests are read-only (Dispatcher.key contract):
-                # running one again after a power cut is harmless.
-                durable=any(j.key is not None for j in done))
-        except Exception:  # noqa: BLE001
-            # Not recorded, so not acked: tried again next turn.
-            LOG.exception('Cannot record %d outcomes in the journal',
-                          len(done))
-            self._running_rows = running + self._running_rows
-            for job in done:
-                self._completions.put(job)
-            time.sleep(0.5)
-            return
-        # Queue the replies first (they are on disk either way), ack, and
-        # let pump() send them: the acks go out on the wire before them.
-        ids = iter(ids)
-        self.publisher.add(*[self.publisher.make_entry(
-            next(ids) if durable else self.publisher.memory_id(),
-            publisher_mod.REPLY, '', q, body, durable)
-            for durable, q, body in replies], wake=False)
-        for job in done:
-            self._inflight.pop(job.uid, None)
-            _metric(METRICS.acked, job.request.method).inc()
-        self.stats['completed'] += len(done)
-        self._settle.ack([d for job in done for d in job.deliveries])
+        confirmed, dropped = self.publisher.take_settled()
+        self._committer.submit(commits.Batch(
+            done, [r for r in running if r[0] not in finished], replies,
+            confirmed, dropped,
+            # Keyless requests are read-only (Dispatcher.key contract):
+            # running one again after a power cut is harmless.
+            durable=any(j.key is not None for j in done)))
+        if wait:
+            self._committer.wait_idle()
+            self._settle_commits()
+
+    def _settle_commits(self):
+        """Ack the jobs of committed batches; take failed ones back."""
+        for batch in self._committer.take():
+            if batch.error is not None:
+                # Not recorded, so not acked: tried again next turn.
+                self.publisher.untake(batch.confirmed, batch.dropped)
+                self._running_rows = batch.running + self._running_rows
+                for job in batch.jobs:
+                    self._completions.put(job)
+                continue
+            late = []
+            for job, replied in zip(batch.jobs, batch.replied):
+                # A call delivered again while its outcome was committed:
+                # answer it too (on a crash, its redelivery is answered
+                # from the journal).
+                late += [outbox.Message(
+                    outbox.REPLY, '', reply_q, envelope.reply_body(
+                        msg_id, job.result_json, job.failure), durable=False)
+                    for msg_id, reply_q in job.replies[replied:]]
+                self._inflight.pop(job.uid, None)
+                _metric(METRICS.acked, job.request.method).inc()
+            if late:
+                self.journal.send(late, sync=False)
+            self.stats['completed'] += len(batch.jobs)
+            self._settle.ack([d for job in batch.jobs
+                              for d in job.deliveries])
 
     def _send_call_heartbeats(self):
         """Call-monitor: ``ending: false`` every _timeout/2 s while running."""
         for msg_id, reply_q in jobs.beats_due(self._inflight.values()):
             self.publisher.publish(
-                publisher_mod.BEAT, '', reply_q,
-                envelope.reply_body(msg_id, ending=False), durable=False,
-                wake=False)
+                outbox.BEAT, '', reply_q,
+                envelope.reply_body(msg_id, ending=False), durable=False)
 

@@ -158,12 +158,16 @@ class LibvirtDriver:
             guest.wait_running(dom, RUNNING_TIMEOUT)
 
     def _make_dir(self, instance, undo):
+        """The instance dir; ``undo.dir`` only when this call made it (its
+        own mkdir succeeded), so a rollback never removes another's."""
         path = disks.instance_dir(self.conf, instance['name'])
-        existed = os.path.isdir(path)
-        path = disks.instance_dir(self.conf, instance['name'], create=True)
-        if not existed:
+        os.makedirs(os.path.dirname(path), mode=disks.DIR_MODE, exist_ok=True)
+        try:
+            os.mkdir(path, disks.DIR_MODE)
             undo.dir = path
-        return path
+        except FileExistsError:
+            pass
+        return disks.instance_dir(self.conf, instance['name'], create=True)
 
     def _create_files(self, plan, inst_dir, undo):
         """Create each planned file (images fetched through the cache)."""

@@ -217,7 +217,7 @@ class AgentHandle:
     def start(self, wait_ready=True):
         self.journal = Journal(self.conf.state_path)
         self.publisher = publisher_mod.Publisher(self.journal, self.conf)
-        self.notifier = notifier_mod.Notifier(self.publisher, self.conf)
+        self.notifier = notifier_mod.Notifier(self.journal, self.conf)
         self.dispatcher = FakeDispatcher(self.conf, self.journal,
                                          self.notifier)
         self.server = server_mod.RPCServer(self.conf, self.dispatcher,

@@ -27,6 +27,7 @@ from compute_agent import conf as agent_conf
 from compute_agent import states
 from compute_agent.journal import Journal
 from compute_agent.manager import Manager
+from compute_agent.rpc import outbox
 from compute_agent.virt.driver import LibvirtDriver
 
 HOST = 'unit-host'
@@ -68,12 +69,24 @@ def make_image(path, size='16M'):
 
 
 class Notifier:
-    """Captures what the manager publishes: ``(context, fields)`` pairs."""
+    """Captures what the manager publishes: ``(context, fields)`` pairs.
+
+    A state report is captured when the journal commits it (it calls the
+    message's body with the sequence it assigned), so ``reports`` holds
+    exactly the reports written with their records.
+    """
 
     def __init__(self):
         self.calls = []
         self.host_updates = []
         self.changed = threading.Condition()
+
+    def state_report(self, context, **fields):
+        def body(sequence):
+            self.instance_state_changed(context, sequence=sequence, **fields)
+            return b'{}'
+        return outbox.Message(outbox.REPORT, '', 'reports', body,
+                              durable=False)
 
     def instance_state_changed(self, context, **fields):
         with self.changed:

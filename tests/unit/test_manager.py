@@ -618,10 +618,10 @@ def test_name_clash_with_a_live_instance(h):
     seen_first = len(h.notifier.for_uuid(first['uuid']))
     second = mf.make_instance(name=first['name'])
     ctx = mf.context()
-    with pytest.raises(exception.InvalidRequest) as err:
+    with pytest.raises(exception.InstanceInvalidState) as err:
         h.spawn(second, ctx=ctx)
-    assert err.value.field == 'instance.name'
     assert first['uuid'] in err.value.message
+    assert repr(first['name']) in err.value.message
     # The first instance is untouched.
     assert h.info(first['uuid']) == record
     assert len(h.notifier.for_uuid(first['uuid'])) == seen_first
@@ -637,7 +637,7 @@ def test_name_clash_with_a_live_instance(h):
     assert [r['event'] for r in reports] == ['spawn.error']
     check_report(reports[0], second['uuid'], ctx)
     assert reports[0]['vm_state'] == states.ERROR
-    assert reports[0]['error'] == {'class': 'InvalidRequest',
+    assert reports[0]['error'] == {'class': 'InstanceInvalidState',
                                    'message': err.value.message}
 
 

@@ -197,8 +197,8 @@ def test_publisher_confirms_then_deletes(conf, journal):
     assert [c[0] for c in ch.calls] == ['confirm_select', 'publish',
                                         'publish']
     p._on_ack(2, True)
-    ids = p.take_confirmed()
-    assert len(ids) == 2 and p.waiting() == 0
+    ids, dropped = p.take_settled()
+    assert len(ids) == 2 and p.waiting() == 0 and not dropped
     journal.outbox_delete(ids)
     assert journal.outbox_count() == 0
 
@@ -218,7 +218,7 @@ def test_publisher_survives_disconnect_in_order(conf, journal):
     sent = [c[1] for c in again.calls if c[0] == 'publish']
     assert len(sent) == 2 and sent == sorted(sent, key=int)
     # A restarted agent finds the unconfirmed ones in the outbox.
-    journal.outbox_delete(p.take_confirmed())
+    journal.outbox_delete(p.take_settled()[0])
     assert len(pub.Publisher(journal, conf)._pending) == 2
 
 
@@ -244,7 +244,9 @@ def test_unroutable_reply_is_retried_then_abandoned(conf, journal):
     time.sleep(0.8)
     p._on_return(Exception('NO_ROUTE'), '', 'reply_gone', Msg())
     p._on_ack(2, False)
-    assert p.waiting() == 0 and p.take_confirmed()
+    assert p.waiting() == 0
+    (gone, reason), = p.take_settled()[1]
+    assert reason == 'unroutable' and gone.routing_key == 'reply_gone'
 
 
 def test_outbox_max_drops_oldest_reports(conf, journal):
@@ -256,3 +258,46 @@ def test_outbox_max_drops_oldest_reports(conf, journal):
     bodies = [e.body for e in p._pending]
     assert b'reply' in bodies and len(bodies) <= 10
     assert bodies[-1] == b'11'
+
+
+def test_a_message_the_broker_refuses_alone_is_dropped(conf, journal):
+    """The broker closed the publishing channel over a publish: what was in
+    flight is sent again one at a time; the one refused alone
+    MAX_REFUSALS times is dropped, the others go out."""
+    p = pub.Publisher(journal, conf)
+    for body in (b'good1', b'poison', b'good2'):
+        p.publish(pub.REPORT, 'ex', 'k', body)
+    ch = FakeChannel()
+    p.attach(ch)
+    p.pump()
+    assert len([c for c in ch.calls if c[0] == 'publish']) == 3
+    p.detach(refused=True)         # all three were in flight: suspects
+    for _ in range(pub.MAX_REFUSALS + 2):
+        ch = FakeChannel()
+        p.attach(ch)
+        p.pump()
+        sent = [c for c in ch.calls if c[0] == 'publish']
+        if not sent:
+            break
+        assert len(sent) == 1      # a suspect goes alone
+        (entry,) = p._inflight.values()
+        if entry.body == b'poison':
+            p.detach(refused=True)
+        else:
+            p._on_ack(1, False)
+            p.detach()
+    confirmed, dropped = p.take_settled()
+    assert [(m.body, reason) for m, reason in dropped] == [
+        (b'poison', 'refused')]
+    assert len(confirmed) == 2 and p.waiting() == 0
+
+
+def test_connection_loss_is_not_a_refusal(conf, journal):
+    p = pub.Publisher(journal, conf)
+    p.publish(pub.REPORT, 'ex', 'k', b'r')
+    for _ in range(pub.MAX_REFUSALS + 1):
+        ch = FakeChannel()
+        p.attach(ch)
+        p.pump()
+        p.detach()                 # the broker went away, nothing refused
+    assert p.take_settled() == ([], []) and p.waiting() == 1

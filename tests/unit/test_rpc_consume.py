@@ -1,0 +1,283 @@
+"""The consume loop without a broker: ``RPCServer._on_message`` and
+``_finish_jobs`` driven with fake channels and deliveries, a real journal
+and real worker threads.
+
+The broker tests (tests/functional/test_rpc_*) show the same behaviour on
+RabbitMQ; here each rule is pinned to what the server does on its channels:
+acks (in bulk, after the outcome is on disk), rejects to the dead-letter
+queue, dedup by ``_unique_id``, group commit, replies and dropped replies.
+"""
+
+import collections
+import json
+import threading
+import time
+
+import amqp
+import pytest
+from oslo_config import cfg
+
+from compute_agent import conf as agent_conf
+from compute_agent import exception
+from compute_agent.journal import Journal
+from compute_agent.rpc import envelope
+from compute_agent.rpc import server as server_mod
+
+
+class Channel:
+    """What the server calls on a py-amqp channel, recorded."""
+
+    def __init__(self):
+        self.calls = []
+        self.events = collections.defaultdict(set)
+
+    def basic_ack(self, tag, multiple=False):
+        self.calls.append(('ack', tag, multiple))
+
+    def basic_reject(self, tag, requeue):
+        self.calls.append(('reject', tag, requeue))
+
+    def confirm_select(self):
+        pass
+
+    def basic_publish(self, msg, exchange, routing_key, mandatory):
+        # py-amqp encodes the routing key as a short string (<= 255 bytes)
+        # before it writes anything; so does this fake.
+        if len(routing_key.encode()) > 255:
+            raise amqp.exceptions.FrameSyntaxError('shortstr too long')
+        self.calls.append(('publish', routing_key, mandatory, msg.body))
+
+    def published(self):
+        return [c for c in self.calls if c[0] == 'publish']
+
+    def settled(self):
+        return [c for c in self.calls if c[0] in ('ack', 'reject')]
+
+
+class Delivery:
+    def __init__(self, tag, body, redelivered=False):
+        self.delivery_tag = tag
+        self.body = body
+        self.delivery_info = {'redelivered': redelivered}
+
+
+class Dispatcher:
+    """``count`` (keyed by ``key``) and ``ping`` (keyless); ``gate`` holds
+    ``count`` until set."""
+
+    def __init__(self):
+        self.runs = collections.Counter()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.reported = []
+
+    def validate(self, method, args, version):
+        if method not in ('count', 'ping'):
+            raise exception.InvalidRequest('method', 'unknown method')
+        return args
+
+    def key(self, method, args):
+        return args.get('key') if method == 'count' else None
+
+    def dispatch(self, method, args, context):
+        if method == 'count':
+            self.gate.wait(10)
+            self.runs[args['token']] += 1
+            return {'token': args['token']}
+        return {'pong': True}
+
+    def report_invalid(self, method, uuid, error, context):
+        self.reported.append((method, uuid, type(error).__name__))
+
+
+@pytest.fixture
+def loop(tmp_path):
+    conf = agent_conf.register_all(cfg.ConfigOpts())
+    conf([], project='test', default_config_files=[])
+    conf.set_override('state_path', str(tmp_path))
+    journal = Journal(str(tmp_path))
+    server = server_mod.RPCServer(conf, Dispatcher(), journal,
+                                  broker=object())
+    consume, publish = Channel(), Channel()
+    server._settle.attach(consume)
+    server.publisher.attach(publish)
+    server.tags = iter(range(1, 10000))
+    yield server, consume, publish
+    server.executor.shutdown()
+    server._committer.stop()
+    journal.close()
+
+
+def deliver(server, method, args=None, reply_q=None, unique_id=None,
+            redelivered=False):
+    payload = envelope.build_request(
+        method, args, msg_id='m-%s' % unique_id if reply_q else None,
+        reply_q=reply_q, unique_id=unique_id)
+    tag = next(server.tags)
+    server._on_message(Delivery(tag, envelope.dumps(payload), redelivered))
+    server._start_ready()    # what the loop does after each drain
+    return tag
+
+
+def finish(server, n):
+    """Wait until ``n`` jobs have completed, then run one loop turn's
+    bookkeeping: record, ack, publish."""
+    deadline = time.monotonic() + 10
+    while server._completions.qsize() < n:
+        assert time.monotonic() < deadline, 'jobs did not complete'
+        time.sleep(0.005)
+    server._finish_jobs(wait=True)
+    server.publisher.pump()
+
+
+def reply_of(call):
+    inner = envelope.loads(call[3])
+    return inner
+
+
+def test_undecodable_and_invalid_casts_go_to_the_dead_letter_queue(loop):
+    server, consume, _ = loop
+    server._on_message(Delivery(next(server.tags), b'not json'))
+    deliver(server, 'nosuch', {'instance_uuid': 'u-1'})
+    assert consume.settled() == [('reject', 1, False), ('reject', 2, False)]
+    assert server.stats['dead_lettered'] == 2
+
+
+def test_invalid_call_is_answered_and_acked(loop):
+    server, consume, publish = loop
+    tag = deliver(server, 'nosuch', reply_q='reply_a', unique_id='bad-1')
+    finish(server, 1)
+    assert consume.settled() == [('ack', tag, False)]
+    (call,) = publish.published()
+    assert call[1:3] == ('reply_a', True)
+    failure = envelope.deserialize_failure(reply_of(call)['failure'])
+    assert failure['class'] == 'InvalidRequest'
+    assert server.journal.lookup('bad-1')['status'] == 'done'
+
+
+def test_casts_finished_together_are_one_commit_and_one_bulk_ack(loop):
+    server, consume, publish = loop
+    server.dispatcher.gate.clear()
+    tags = [deliver(server, 'count', {'key': 'k%d' % (i % 3),
+                                      'token': 't%d' % i},
+                    unique_id='u%d' % i) for i in range(12)]
+    assert consume.settled() == []        # nothing acked before it ran
+    synced = server.journal.synced_commits
+    server.dispatcher.gate.set()
+    finish(server, 12)
+    assert server.journal.synced_commits == synced + 1   # group commit
+    assert consume.settled() == [('ack', tags[-1], True)]
+    assert all(server.journal.lookup('u%d' % i)['status'] == 'done'
+               for i in range(12))
+    assert publish.published() == []      # casts: no reply
+
+
+def test_a_call_is_answered_after_its_outcome_is_recorded(loop):
+    server, consume, publish = loop
+    tag = deliver(server, 'count', {'key': 'k', 'token': 'x'},
+                  reply_q='reply_b', unique_id='c-1')
+    finish(server, 1)
+    (call,) = publish.published()
+    reply = reply_of(call)
+    assert (reply['result'], reply['_msg_id'], reply['ending']) == (
+        {'token': 'x'}, 'm-c-1', True)
+    assert consume.settled() == [('ack', tag, False)]
+    # A keyed call's reply is in the outbox until the broker confirms it,
+    # then the next commit deletes it.
+    assert server.journal.outbox_count() == 1
+    server.publisher._on_ack(1, False)
+    server._finish_jobs(wait=True)
+    assert server.journal.outbox_count() == 0
+
+
+def test_keyless_reply_is_memory_only(loop):
+    server, _, publish = loop
+    synced = server.journal.synced_commits
+    deliver(server, 'ping', reply_q='reply_c', unique_id='p-1')
+    finish(server, 1)
+    assert reply_of(publish.published()[0])['result'] == {'pong': True}
+    assert server.journal.outbox_count() == 0
+    assert server.journal.synced_commits == synced   # no fsync for a ping
+
+
+def test_duplicates_run_once(loop):
+    server, consume, publish = loop
+    server.dispatcher.gate.clear()
+    first = deliver(server, 'count', {'key': 'k', 'token': 'd'},
+                    reply_q='reply_d', unique_id='dup-1')
+    again = deliver(server, 'count', {'key': 'k', 'token': 'd'},
+                    reply_q='reply_d', unique_id='dup-1', redelivered=True)
+    server.dispatcher.gate.set()
+    finish(server, 1)
+    assert server.dispatcher.runs['d'] == 1
+    assert consume.settled() == [('ack', again, True)]   # both, in bulk
+    assert first < again
+    # Seen again after it finished: answered from the journal, not run.
+    late = deliver(server, 'count', {'key': 'k', 'token': 'd'},
+                   reply_q='reply_e', unique_id='dup-1')
+    finish(server, 1)
+    assert server.dispatcher.runs['d'] == 1
+    assert consume.settled()[-1] == ('ack', late, False)
+    replies = [reply_of(c) for c in publish.published()]
+    assert [r['result'] for r in replies] == [{'token': 'd'}] * 2
+    assert server.stats['duplicates'] == 2
+
+
+def test_a_reply_no_frame_can_carry_is_dropped_and_recorded(loop):
+    server, consume, publish = loop
+    tag = deliver(server, 'count', {'key': 'k', 'token': 'p'},
+                  reply_q='r' * 300, unique_id='poison-1')
+    finish(server, 1)
+    assert consume.settled() == [('ack', tag, False)]
+    assert publish.published() == []
+    assert server.journal.outbox_count() == 1   # until the next commit
+    tag2 = deliver(server, 'count', {'key': 'k', 'token': 'q'},
+                   reply_q='reply_f', unique_id='after-1')
+    finish(server, 1)
+    assert server.journal.outbox_count() == 1   # only the new reply
+    assert [r[:3] for r in server.journal.dropped()] == [
+        ('reply', 'r' * 300, 'unencodable')]
+    (call,) = publish.published()
+    assert call[1] == 'reply_f' and consume.settled()[-1][1] == tag2
+    assert json.loads(reply_of(call)['failure'] or 'null') is None
+
+
+def test_outcomes_finished_during_a_commit_join_the_next_one(loop):
+    """The loop reads on while the committer fsyncs; nothing is acked
+    before its commit, and a call delivered again meanwhile is answered."""
+    server, consume, publish = loop
+    real, gate, commits = server.journal.record, threading.Event(), []
+
+    def slow_record(**changes):
+        if changes.get('done'):
+            gate.wait(10)
+            commits.append(sorted(d[0] for d in changes['done']))
+        return real(**changes)
+    server.journal.record = slow_record
+    first = deliver(server, 'count', {'key': 'a', 'token': '1'},
+                    reply_q='reply_g', unique_id='g-1')
+    deadline = time.monotonic() + 10
+    while server._completions.qsize() < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    server._finish_jobs()                  # handed to the committer
+    assert server._committer.busy()
+    again = deliver(server, 'count', {'key': 'a', 'token': '1'},
+                    reply_q='reply_h', unique_id='g-1', redelivered=True)
+    second = deliver(server, 'count', {'key': 'b', 'token': '2'},
+                     unique_id='g-2')
+    while server._completions.qsize() < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    server._finish_jobs()                  # busy: g-2 waits for the next
+    assert consume.settled() == [] and publish.published() == []
+    gate.set()
+    finish(server, 0)
+    finish(server, 0)
+    assert commits == [['g-1'], ['g-2']]
+    assert server.dispatcher.runs == {'1': 1, '2': 1}
+    acked = {t for c in consume.settled() for t in (
+        range(1, c[1] + 1) if c[2] else (c[1],))}
+    assert {first, again, second} <= acked
+    assert sorted(c[1] for c in publish.published()) == ['reply_g',
+                                                         'reply_h']
