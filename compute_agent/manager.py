@@ -349,8 +349,9 @@ class Manager:
         self._reconcile(uuid, 'power.lifecycle', only_idle=True)
 
     def sync_power_states(self):
-        for record in self.journal.list_instances():
-            self._reconcile(record['uuid'], 'power.sync', only_idle=True)
+        # uuids only: _reconcile reads each record under its lock anyway.
+        for uuid in self.journal.instance_uuids():
+            self._reconcile(uuid, 'power.sync', only_idle=True)
 
     def _reconcile(self, uuid, event, only_idle):
         with self._lock(uuid):

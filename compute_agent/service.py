@@ -73,8 +73,8 @@ class Service:
         tasks = [(self.conf.report_interval, self.manager.host_state),
                  (self.conf.sync_power_state_interval,
                   self.manager.sync_power_states),
-                 (self.conf.report_interval, lambda: METRICS.count_instances(
-                     self.journal.list_instances())),
+                 (self.conf.report_interval, lambda: METRICS.set_instance_counts(
+                     self.journal.count_by_vm_state())),
                  (images.image_cache_manager_interval
                   if images.remove_unused_base_images else 0,
                   self._remove_unused_images)]
