@@ -42,7 +42,7 @@ class Health:
         a hung libvirtd delays nothing but its own gauge)."""
         try:
             self.outbox = self.journal.outbox_count()
-            METRICS.count_instances(self.journal.list_instances())
+            METRICS.set_instance_counts(self.journal.count_by_vm_state())
         except Exception:  # noqa: BLE001 - the journal is closing
             LOG.debug('journal unavailable for the gauges', exc_info=True)
         METRICS.broker_connected.set(1 if self.server.connected else 0)

@@ -465,28 +465,28 @@ class Manager:
         if powers is not None:
             for uuid in powers:
                 self._checked[uuid] = started
-        for record in self.journal.list_instances():
-            self._reconcile(record['uuid'], 'power.sync', only_idle=True,
-                            listing=powers, listed_at=started)
+        # uuids only: _reconcile reads each record under its lock anyway.
+        for uuid in self.journal.instance_uuids():
+            record = self._reconcile(uuid, 'power.sync', only_idle=True,
+                                     listing=powers, listed_at=started)
             try:
-                self.driver.trim_console_log(record['spec']['instance'])
+                if record is not None:
+                    self.driver.trim_console_log(record['spec']['instance'])
             except Exception:
-                LOG.exception('%s: trimming the console log failed',
-                              record['uuid'])
+                LOG.exception('%s: trimming the console log failed', uuid)
 
     def _reconcile(self, uuid, event, only_idle, listing=_ASK, listed_at=None):
         """Bring a record in line with libvirt.
 
         ``listing`` is a sync's ``{uuid: power}`` (None: libvirt could not
         be asked) read before the lock: a record changed since then is
-        asked about again.
+        asked about again. Returns the record (None: there is none).
         """
         with self._lock(uuid):
             record = self.journal.get_instance(uuid)
-            if record is None or (only_idle and record['task_state']):
-                return
-            if record['vm_state'] in (states.BUILDING, states.DELETED):
-                return
+            if (record is None or (only_idle and record['task_state'])
+                    or record['vm_state'] in (states.BUILDING, states.DELETED)):
+                return record
             if listing is _ASK or record['updated_at'] >= listed_at:
                 power = self._probe(record)
             elif listing is None:
@@ -497,12 +497,13 @@ class Manager:
                 if record['power_state'] != states.NOSTATE:
                     self._set(record, {}, 'power.unknown',
                               power_state=states.NOSTATE)
-                return
+                return record
             vm_state = states.vm_state_for_power(
                 record['vm_state'], power, bool(record.get('rescue')))
             if (vm_state, power) != (record['vm_state'], record['power_state']):
                 self._set(record, {}, event, vm_state=vm_state,
                           power_state=power)
+            return record
 
     def recover(self):
         """At start: settle every record, finishing or rolling back what a

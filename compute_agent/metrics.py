@@ -56,10 +56,8 @@ class Metrics:
             'Messages waiting in the on-disk outbox for the broker', registry=r)
         self._server = None
 
-    def count_instances(self, records):
-        counts = {}
-        for record in records:
-            counts[record.get('vm_state')] = counts.get(record.get('vm_state'), 0) + 1
+    def set_instance_counts(self, counts):
+        """The gauge from {vm_state: number of instances}."""
         self.instances.clear()
         for vm_state, n in counts.items():
             self.instances.labels(vm_state=str(vm_state)).set(n)

@@ -16,8 +16,6 @@ import os
 import re
 import tempfile
 
-import pycdlib
-
 from compute_agent import exception
 
 VERSIONS = ('2012-08-10', 'latest')
@@ -158,6 +156,7 @@ def _iso_name(path, is_file):
 
 
 def _write_iso(tree, fp):
+    import pycdlib      # ~1.6 MB: only agents that build config drives pay it
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge='1.09', vol_ident=LABEL)
     dirs = set()
