@@ -18,22 +18,15 @@ from compute_agent import conf as ca_conf
 from compute_agent import exception
 from compute_agent import log
 from compute_agent.cmd import common
+from compute_agent.conf import unknown
 
 LOG = logging.getLogger('compute_agent')
 
-CLI_OPTS = [
-    cfg.BoolOpt('debug', short='d', default=False, mutable=True,
-                help='Log at DEBUG level.'),
-    cfg.StrOpt('log-file', default=None,
-               help='Log to this file instead of stderr.'),
-    cfg.BoolOpt('log-json', default=False,
-                help='Log one JSON object per line.'),
-]
-
 
 def load_config(argv, conf=None):
+    # Logging options (--debug, --log-file, --use-json, --use-journal...)
+    # are oslo.log's, registered with the others by conf.register_all.
     conf = conf or ca_conf.CONF
-    conf.register_cli_opts(CLI_OPTS)
     conf(argv, project='compute-agent', prog='compute-agent',
          version=common.version_string('compute-agent'),
          default_config_files=common.default_config_files(),
@@ -43,8 +36,7 @@ def load_config(argv, conf=None):
 
 
 def setup_logging(conf):
-    log.setup(debug=conf.debug, log_file=conf.log_file,
-              json_format=conf.log_json)
+    log.setup(conf)
 
 
 def main(argv=None):
@@ -55,6 +47,7 @@ def main(argv=None):
         print('compute-agent: %s' % e, file=sys.stderr)
         return 2
     setup_logging(conf)
+    unknown.warn_unknown(conf)
     from compute_agent.service import Service     # after logging is set up
     service = Service(conf)
     stop = threading.Event()

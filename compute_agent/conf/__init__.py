@@ -12,16 +12,20 @@ from compute_agent.conf import default
 from compute_agent.conf import images
 from compute_agent.conf import libvirt
 from compute_agent.conf import metrics
+from compute_agent.conf import rabbit
 from compute_agent.conf import rpc
 from compute_agent.conf import vif
 from compute_agent.conf import vnc
 from compute_agent import exception
+from compute_agent import log
 
 CONF = cfg.ConfigOpts()
 
 
 def register_all(conf):
-    for module in (default, libvirt, vnc, images, rpc, metrics, vif):
+    """Register every option (the agent's and oslo.log's) on ``conf``."""
+    for module in (default, libvirt, vnc, images, rpc, rabbit, metrics, vif,
+                   log):
         module.register(conf)
     return conf
 
@@ -49,7 +53,11 @@ def check(conf):
     if conf.libvirt.virt_type in ('kvm', 'qemu'):
         from compute_agent.virt import console
         console.backups_allowed(conf)       # virtlogd must bound the log
-
+    from compute_agent.rpc import topology
+    problem = topology.host_problem(conf)
+    if problem:
+        raise exception.ConfigError(group='DEFAULT', option='host',
+                                    reason=problem)
 
 
 register_all(CONF)

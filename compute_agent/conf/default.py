@@ -3,12 +3,25 @@
 import socket
 
 from oslo_config import cfg
+from oslo_utils import netutils
 
 opts = [
-    cfg.HostAddressOpt(
+    cfg.StrOpt(
         'host', default=socket.gethostname(), sample_default='<hostname>',
-        help='Name of this compute host: its server queue is <topic>.<host> '
-             'and every report carries it.'),
+        help='Name of this compute host, an opaque string as in nova (e.g. '
+             'compute_01.dc1): its server queue is <topic>.<host> and every '
+             'report carries it. It must make valid queue names: no control '
+             'characters, no AMQP wildcards (* #), at most 255 bytes in all.'),
+    cfg.StrOpt(
+        'my_ip', default=netutils.get_my_ipv4(), sample_default='<host_ipv4>',
+        help='IP address of this host on the management network; other '
+             'options may refer to it as $my_ip (e.g. [vnc] '
+             'server_proxyclient_address).'),
+    cfg.BoolOpt(
+        'use_cow_images', default=True,
+        deprecated_opts=[cfg.DeprecatedOpt('use_cow_images', group='images')],
+        help='Root disks are qcow2 overlays on the cached image; false makes '
+             'raw copies (nova\'s option of the same name).'),
     cfg.StrOpt(
         'state_path', default='/var/lib/compute-agent',
         help='Directory for the agent\'s own state (the journal).'),

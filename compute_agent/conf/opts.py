@@ -1,9 +1,16 @@
-"""``list_opts()`` for oslo-config-generator (entry point oslo.config.opts)."""
+"""``list_opts()`` for oslo-config-generator (entry point oslo.config.opts).
+
+oslo.log's own options come from its ``oslo.log`` namespace (see
+etc/compute-agent/compute-agent-config-generator.conf).
+"""
+
+from compute_agent import log
 
 from compute_agent.conf import default
 from compute_agent.conf import images
 from compute_agent.conf import libvirt
 from compute_agent.conf import metrics
+from compute_agent.conf import rabbit
 from compute_agent.conf import rpc
 from compute_agent.conf import vif
 from compute_agent.conf import vnc
@@ -11,7 +18,8 @@ from compute_agent.conf import vnc
 
 def list_opts():
     return [
-        ('DEFAULT', default.opts + rpc.default_opts),
+        ('DEFAULT', default.opts + rpc.default_opts + rabbit.opts
+         + log.opts),
         (libvirt.group, libvirt.opts),
         (vnc.group, vnc.opts),
         (images.group, images.opts),

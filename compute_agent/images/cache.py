@@ -29,6 +29,7 @@ import tenacity
 
 from compute_agent import exception
 from compute_agent import rules
+from compute_agent.images import progress as progress_mod
 from compute_agent.images import sources
 from compute_agent.virt.disks import safe_join
 
@@ -251,10 +252,12 @@ class ImageCache:
                         reason=e.kwargs.get('reason', e.message)) from None
                 hasher = hashlib.new(want[0], usedforsecurity=False) if want else None
                 written = 0
+                progress = progress_mod.DownloadProgress(image_id, size)
                 with contextlib.closing(stream):
                     while chunk := stream.read(CHUNK):
                         out.write(chunk)
                         written += len(chunk)
+                        progress.update(len(chunk))
                         if hasher:
                             hasher.update(chunk)
                 out.flush()

@@ -57,8 +57,14 @@ def remove_unused(cache, min_age, now=None):
     """Remove the cached images nothing uses since ``min_age`` seconds.
 
     Returns the file names removed. Errors on one image are logged and do
-    not stop the others.
+    not stop the others. Nothing is removed while ``[images]
+    remove_unused_base_images`` is false.
     """
+    if not cache.conf.images.remove_unused_base_images:
+        # The operator keeps every base ([image_cache] or [images]
+        # remove_unused_base_images = false), whoever calls this.
+        LOG.debug('remove_unused_base_images is false: keeping cached images')
+        return []
     now = time.time() if now is None else now
     base_dir = cache.base_dir
     if not os.path.isdir(base_dir):

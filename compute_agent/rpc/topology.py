@@ -5,9 +5,13 @@ control exchange, the fanout exchange) or RabbitMQ closes the channel with
 406 PRECONDITION_FAILED; the server queues are the agent's own.
 """
 
+import unicodedata
+
 import amqp
 
 FANOUT_QUEUE_EXPIRES_MS = 30 * 60 * 1000
+MAX_NAME_BYTES = 255          # AMQP 0-9-1 shortstr: queue names, routing keys
+WILDCARDS = ('*', '#')        # in a binding key they would match other hosts
 
 
 def names(conf):
@@ -21,6 +25,28 @@ def names(conf):
         'dlx': '%s.dlx' % topic,
         'dead_queue': '%s.dead' % topic,
     }
+
+
+def host_problem(conf):
+    """Why ``[DEFAULT] host`` cannot name this agent's queues, or None.
+
+    ``host`` is nova's opaque string (``compute_01.dc1`` is fine); it only
+    has to make valid queue names and binding keys.
+    """
+    host = conf.host
+    if not host:
+        return 'must not be empty'
+    if any(unicodedata.category(c) in ('Cc', 'Cf', 'Zl', 'Zp') or c.isspace()
+           for c in host):
+        return 'must not contain white space or control characters'
+    if any(w in host for w in WILDCARDS):
+        return 'must not contain AMQP wildcards (* or #)'
+    for key in ('host_queue', 'fanout_queue'):
+        name = names(conf)[key]
+        if len(name.encode('utf-8')) > MAX_NAME_BYTES:
+            return 'queue name %r is longer than %d bytes' % (
+                name[:40] + '...', MAX_NAME_BYTES)
+    return None
 
 
 def server_queue_arguments(conf):

@@ -16,11 +16,17 @@ import amqp
 import kombu
 import tenacity
 
+from compute_agent.conf import rabbit as rabbit_conf
+
 LOG = logging.getLogger(__name__)
 
 _TLS_SCHEMES = {'amqps', 'rabbits'}
 _SCHEMES = {'rabbit', 'amqp', 'kombu', 'pyamqp'} | _TLS_SCHEMES
 _TRUE = {'1', 'true', 'yes', 'on'}
+# [rpc] ssl_version (oslo.messaging's names) -> the one TLS version allowed
+_TLS_PINS = {'tlsv1': ssl.TLSVersion.TLSv1, 'tlsv1_1': ssl.TLSVersion.TLSv1_1,
+             'tlsv1_2': ssl.TLSVersion.TLSv1_2,
+             'tlsv1_3': ssl.TLSVersion.TLSv1_3}
 
 
 class TransportURLError(ValueError):
@@ -92,6 +98,9 @@ def ssl_options(conf, host, use_ssl):
         opts['certfile'] = conf.rpc.ssl_cert_file
     if conf.rpc.ssl_key_file:
         opts['keyfile'] = conf.rpc.ssl_key_file
+    pin = _TLS_PINS.get((conf.rpc.ssl_version or '').lower())
+    if pin is not None:
+        opts['tls_minimum_version'] = opts['tls_maximum_version'] = pin
     return opts
 
 
@@ -100,7 +109,7 @@ class Broker:
 
     def __init__(self, conf, url=None, heartbeat=None):
         self.conf = conf
-        self.url = parse_url(url or conf.transport_url)
+        self.url = parse_url(url or rabbit_conf.transport_url(conf))
         self.heartbeat = conf.rpc.heartbeat if heartbeat is None else heartbeat
         self._next = 0
         self._lock = threading.Lock()

@@ -236,7 +236,7 @@ def _file_disk(ctx, name, dev, bus=None, device='disk', fmt='raw'):
 
 
 def _root_format(ctx):
-    return 'qcow2' if ctx.conf.images.use_cow_images else 'raw'
+    return 'qcow2' if ctx.conf.use_cow_images else 'raw'
 
 
 def _local_format(ctx):

@@ -23,6 +23,12 @@ LABEL = 'config-2'
 
 
 PAD_TO = 64 * 1024
+# The drive holds admin_pass (and user_data, keys): readable by its owner
+# only. QEMU still reads it: libvirt's DAC driver (dynamic_ownership, on by
+# default in qemu.conf) chowns a guest's disks to the QEMU user while it runs
+# and gives them back afterwards; with dynamic_ownership off, the operator
+# must make instances_path readable to QEMU by other means.
+FILE_MODE = 0o600
 
 
 def _get(instance, key, default=None):
@@ -197,7 +203,7 @@ def build_config_drive(path, instance, network_info, admin_password=None,
                 f.truncate(size + PAD_TO - size % PAD_TO)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, FILE_MODE)
         os.rename(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -6,9 +6,10 @@ instance name or file name can never make the agent write outside
 so a crash never leaves a half-made disk under its final name.
 
 Permissions: libvirt runs QEMU as ``libvirt-qemu``, which must read the
-files. Here directories are 0755 and files 0644 (fine on a test host, and
-libvirt's dynamic_ownership chowns the disks of a running guest on
-qemu:///system anyway). Production should make the instance directory 0750
+files. Here directories are 0755 and disk files 0644 (libvirt's
+dynamic_ownership chowns the disks of a running guest on qemu:///system
+anyway). The config drive, which holds admin_pass, is 0600 (see
+configdrive.FILE_MODE). Production should make the instance directory 0750
 owned by root:<qemu group> (or rely on dynamic_ownership/SELinux labels) so
 other local users cannot read guest disks.
 """
@@ -20,6 +21,8 @@ import shutil
 import subprocess
 import tempfile
 import threading
+
+from oslo_concurrency import processutils
 
 from compute_agent import exception
 from compute_agent import rules
@@ -34,6 +37,10 @@ IMAGE_FORMATS = {'qcow2': 'qcow2', 'raw': 'raw', 'iso': 'raw', 'ami': 'raw',
                  'aki': 'raw', 'ari': 'raw'}
 FS_LABEL = 'ephemeral0'
 _BLANK_LOCK = threading.Lock()
+# What ``qemu-img info`` may use on a downloaded (untrusted) image: a crafted
+# image can make it burn CPU and memory (CVE-2015-5162). nova's limits.
+QEMU_IMG_INFO_LIMITS = processutils.ProcessLimits(cpu_time=30,
+                                                  address_space=1 << 30)
 
 
 class DiskCreateError(exception.AgentError):
@@ -105,11 +112,23 @@ def _run(argv, path, timeout=QEMU_IMG_TIMEOUT):
 
 
 def qemu_img_info(path, fmt=None):
-    """``qemu-img info`` as a dict (``-U``: the base may be in use)."""
+    """``qemu-img info`` as a dict (``-U``: the base may be in use), run
+    under ``QEMU_IMG_INFO_LIMITS`` (CPU seconds, address space)."""
     argv = ['qemu-img', 'info', '-U', '--output=json']
     if fmt:
         argv += ['-f', fmt]
-    return json.loads(_run(argv + [path], path))
+    try:
+        out, _err = processutils.execute(
+            *argv, path, prlimit=QEMU_IMG_INFO_LIMITS,
+            env_variables=dict(os.environ, LC_ALL='C'),
+            timeout=QEMU_IMG_TIMEOUT)
+    except processutils.ProcessExecutionError as e:
+        err = (e.stderr or e.stdout or e.description or '').strip()[-500:]
+        raise DiskCreateError(path=path, reason=(
+            f'qemu-img info exited {e.exit_code}: {err}')) from None
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise DiskCreateError(path=path, reason=f'qemu-img info: {e}') from None
+    return json.loads(out)
 
 
 def inspect_base(path, disk_format=None):

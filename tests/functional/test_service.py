@@ -282,7 +282,7 @@ def test_sigterm_finishes_in_flight_and_leaves_queued(agents, tmp):
 
 
 def test_no_secrets_in_logs(agents):
-    for args in (['--debug'], ['--debug', '--log-json']):
+    for args in (['--debug'], ['--debug', '--use-json']):
         agent = agents(args=args).start()
         client = agent.client(context={'auth_token': SECRETS[2],
                                        'request_id': 'req-' + agent.suffix})

@@ -326,7 +326,7 @@ def test_rescue_of_an_iso_instance():
 
 @pytest.mark.parametrize('cow,fmt', [(True, 'qcow2'), (False, 'raw')])
 def test_root_format(cow, fmt):
-    conf = bf.make_conf('kvm', {'images.use_cow_images': cow})
+    conf = bf.make_conf('kvm', {'use_cow_images': cow})
     node, plan = node_for(conf=conf, flavor={'root_gb': 5})
     assert one(bf.disk_by_dev(node, 'vda'), 'driver/@type') == fmt
     assert files_by_name(plan)['disk'] == DiskFile('disk', 'root', fmt=fmt,

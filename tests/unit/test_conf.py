@@ -42,7 +42,7 @@ def test_sample_config_is_current():
     gen_conf = cfg.ConfigOpts()
     generator.register_cli_opts(gen_conf)
     gen_conf(args=['--config-file', str(GENERATOR_CONF)], default_config_files=[])
-    assert gen_conf.namespace == ['compute_agent']
+    assert gen_conf.namespace == ['compute_agent', 'oslo.log']
     assert gen_conf.wrap_width == 79
     assert gen_conf.output_file == 'etc/compute-agent/compute-agent.conf.sample'
     out = io.StringIO()
@@ -71,7 +71,7 @@ LEGACY = [
     ('libvirt_uri', 'qemu+tcp://hv1/system', 'libvirt', 'connection_uri',
      'qemu+tcp://hv1/system'),
     ('libvirt_disk_prefix', 'sd', 'libvirt', 'disk_prefix', 'sd'),
-    ('use_cow_images', 'false', 'images', 'use_cow_images', False),
+    ('use_cow_images', 'false', None, 'use_cow_images', False),
     ('instances_path', '/srv/nova/instances', None, 'instances_path',
      '/srv/nova/instances'),
     ('rescue_image_id', 'rescue-img', 'libvirt', 'rescue_image_id', 'rescue-img'),

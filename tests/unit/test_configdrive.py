@@ -78,7 +78,7 @@ def test_layout_and_label(drive, tmp_path):
     label = subprocess.run(['blkid', '-o', 'value', '-s', 'LABEL', drive],
                            capture_output=True, text=True).stdout.strip()
     assert label == 'config-2'
-    assert oct(os.stat(drive).st_mode & 0o777) == '0o644'
+    assert oct(os.stat(drive).st_mode & 0o777) == '0o600'   # holds admin_pass
     assert os.listdir(tmp_path) == ['disk.config']          # no temp file left
     for n in names:
         assert read(drive, f'openstack/latest/{n}') == read(drive, f'openstack/2012-08-10/{n}')

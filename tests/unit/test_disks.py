@@ -313,3 +313,21 @@ def test_file_names_never_escape(inst, name):
     except exception.InvalidRequest:
         return
     assert os.path.dirname(os.path.realpath(path)) == os.path.realpath(inst)
+
+
+def test_qemu_img_info_runs_under_cpu_and_memory_limits(tmp_path, monkeypatch):
+    """CVE-2015-5162: ``qemu-img info`` on a downloaded image runs under
+    prlimit. With the real limits it works; with an address space too small
+    to load qemu-img at all it fails, which shows the limit is applied."""
+    from oslo_concurrency import processutils
+    image = str(tmp_path / 'img.qcow2')
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', image, '1M'],
+                   check=True)
+    assert disks.QEMU_IMG_INFO_LIMITS.cpu_time == 30
+    assert disks.QEMU_IMG_INFO_LIMITS.address_space == 1 << 30
+    assert disks.qemu_img_info(image)['format'] == 'qcow2'
+    monkeypatch.setattr(disks, 'QEMU_IMG_INFO_LIMITS',
+                        processutils.ProcessLimits(address_space=8 << 20))
+    with pytest.raises(disks.DiskCreateError) as info:
+        disks.qemu_img_info(image)
+    assert 'qemu-img info exited' in str(info.value)

@@ -145,3 +145,15 @@ def test_waiter_on_a_removed_lock_file_locks_the_new_one(cache, tmp_path):
     finally:
         release.set()
         t.join(10)
+
+
+def test_remove_unused_base_images_false_keeps_everything(cache, tmp_path):
+    """nova.conf's [image_cache] remove_unused_base_images = false: the
+    cleanup itself removes nothing, whoever schedules it."""
+    spare = cached(cache, tmp_path, 'spare')
+    cache.conf.set_override('remove_unused_base_images', False, 'images')
+    later = time.time() + 30 * DAY
+    assert cleanup.remove_unused(cache, 60, now=later) == []
+    assert os.path.exists(spare)
+    cache.conf.set_override('remove_unused_base_images', True, 'images')
+    assert cleanup.remove_unused(cache, 60, now=later) == [os.path.basename(spare)]
