@@ -159,11 +159,22 @@ def parse_request(payload, limits=None):
         context=unflatten_context(payload),
     )
     if limits is not None:
-        found = limits_mod.problem(payload, limits)
+        found = _long_name(payload, limits) or limits_mod.problem(payload,
+                                                                  limits)
         if found is not None:
             request.problem = exception.InvalidRequest(*found)
             _make_safe(request, limits)
     return request
+
+
+def _long_name(payload, limits):
+    """Names and ids are held to max_key_length, not max_string_length."""
+    for key in ('method', '_unique_id', '_msg_id'):
+        value = payload.get(key)
+        if isinstance(value, str) and len(value) > limits.max_key:
+            return key, ('is longer than %d characters ([rpc] max_key_length)'
+                         % limits.max_key)
+    return None
 
 
 def _str_or_none(value):

@@ -116,9 +116,8 @@ def problem(payload, limits):
         value, depth, node = stack.pop()
         items += 1
         if items > limits.max_items:
-            return (_path(node) or 'message',
-                    'the message holds more than %d values ([rpc] '
-                    'max_message_items)' % limits.max_items)
+            return 'message', ('holds more than %d values ([rpc] '
+                               'max_message_items)' % limits.max_items)
         if isinstance(value, str):
             if len(value) > limits.max_string:
                 return _path(node), ('is longer than %d characters ([rpc] '
