@@ -131,6 +131,9 @@ def problem(payload, limits):
             children = enumerate(value)
         else:
             continue
+        if items + len(value) > limits.max_items:    # before pushing them
+            return 'message', ('holds more than %d values ([rpc] '
+                               'max_message_items)' % limits.max_items)
         if depth > limits.max_depth:
             return (_path(node) or 'message',
                     'is nested deeper than %d levels ([rpc] max_json_depth)'
