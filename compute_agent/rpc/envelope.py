@@ -174,6 +174,10 @@ def _long_name(payload, limits):
         if isinstance(value, str) and len(value) > limits.max_key:
             return key, ('is longer than %d characters ([rpc] max_key_length)'
                          % limits.max_key)
+    version = payload.get('version')
+    if isinstance(version, (dict, list)) or (
+            isinstance(version, str) and len(version) > limits.max_key):
+        return 'version', 'must be a version string "X.Y"'
     return None
 
 

@@ -289,10 +289,11 @@ class RPCServer:
         if shared and request.problem is None and \
                 request.method not in topology.SHARED_METHODS:
             request.problem = exception.InvalidRequest(
-                'method', '%s is an instance method: served only from the '
-                'agent\'s own queue %s, never from the shared queue or the '
-                'fanout' % (request.method,
-                            topology.names(self.conf)['host_queue']))
+                'method', '%s is not served from the shared queue or the '
+                'fanout: only %s are; an instance method must come through '
+                '%s' % (limits_mod.safe_text(request.method),
+                        ', '.join(sorted(topology.SHARED_METHODS)),
+                        topology.names(self.conf)['host_queue']))
         if LOG.isEnabledFor(logging.DEBUG):
             LOG.debug('Received %s%s', envelope.summary(request),
                       ' (redelivered)' if message.delivery_info.get(

@@ -57,6 +57,8 @@ def test_json_too_deep_to_decode_is_a_decode_error(outer):
      'max_key_length'),
     ({'method': 'ping', '_msg_id': 'u' * 41, '_reply_q': 'q'}, '_msg_id',
      'max_key_length'),
+    ({'method': 'ping', 'version': {'a': 1}}, 'version', 'X.Y'),
+    ({'method': 'ping', 'version': '1.' + '0' * 40}, 'version', 'X.Y'),
     ({'method': 'ping', 'args': {'a': [{'b': '\ud800'}]}}, 'a[0].b',
      'lone surrogate'),
     ({'method': 'ping\udfff'}, 'method', 'lone surrogate'),
