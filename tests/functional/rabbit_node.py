@@ -177,8 +177,13 @@ class PrivateCluster:
 
     @property
     def url(self):
+        return self.url_of(self.nodes)
+
+    @staticmethod
+    def url_of(nodes):
+        """A transport_url naming ``nodes``, tried in this order."""
         return 'rabbit://' + ','.join('guest:guest@localhost:%d' % n.port
-                                      for n in self.nodes) + '/'
+                                      for n in nodes) + '/'
 
     def node_named(self, erlang_name):
         return next(n for n in self.nodes if n.node == erlang_name)
@@ -199,10 +204,10 @@ class PrivateCluster:
             node.destroy()
 
 
-@pytest.fixture
+@pytest.fixture(scope='module')
 def private_cluster():
-    """A private 3-node RabbitMQ cluster; skipped (failed in CI) if it
-    cannot run."""
+    """A private 3-node RabbitMQ cluster for the module (it takes ~30 s to
+    form); skipped (failed in CI) if it cannot run."""
     if not available():
         msg = 'cannot start a private RabbitMQ cluster (need root and rabbitmq)'
         if os.environ.get('CI'):

@@ -4,9 +4,10 @@ A private 3-node cluster on loopback (rabbit_node.PrivateCluster: own node
 names, ports and data dirs); the agent's queues are quorum queues (its
 dead-letter queue too) and its ``transport_url`` names all three nodes.
 A client publishes casts to a surviving node, with publisher confirms, at
-a steady rate, while the node leading the agent's queue (here also the node
-the agent is connected to: it declared the queue there) is SIGKILLed for
-20 s and brought back.
+a steady rate, while a node is SIGKILLed for 20 s and brought back: the
+node leading the agent's queues (its dead-letter queue included) that the
+agent is also connected to; the leader while the agent is connected to
+another node; the agent's node while another one leads.
 
 What is run: the agent's real RPC server, transport, topology, journal and
 publisher, with the test double of the manager (rpc_fixtures.FakeDispatcher,
@@ -19,6 +20,8 @@ share of the pre-kill rate served while the node was down is printed, not
 asserted (a timing).
 """
 
+import shutil
+import tempfile
 import threading
 import time
 import uuid as uuidlib
@@ -28,17 +31,19 @@ import pytest
 
 try:
     from tests.functional.rabbit_node import private_cluster  # noqa: F401
-    from tests.functional.rpc_fixtures import agents, wait_for  # noqa: F401
+    from tests.functional.rpc_fixtures import (  # noqa: F401
+        agents, make_conf, wait_for)
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from rabbit_node import private_cluster  # noqa: F401
-    from rpc_fixtures import agents, wait_for  # noqa: F401
+    from rpc_fixtures import agents, make_conf, wait_for  # noqa: F401
 
 from compute_agent.rpc import envelope
+from compute_agent.rpc import topology
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.slow, pytest.mark.timeout(600)]
 
 RATE = 20            # casts per second
-BEFORE_S = 10        # steady state measured before the kill
+BEFORE_S = 8         # steady state measured before the kill
 DOWN_S = 20          # the node stays down this long
 
 
@@ -130,20 +135,44 @@ def _drain_reports(node, queue):
             reports.append(envelope.loads(msg.body)['args'])
 
 
-def test_leader_node_killed_nothing_lost_or_run_twice(
-        private_cluster, agents):  # noqa: F811
+def _predeclare(node, conf):
+    """Declare the agent's queues (dead-letter queue included) through
+    ``node`` before the agent starts, so that node leads them."""
+    with kombu.Connection('amqp://guest:guest@localhost:%d/' % node.port) as c:
+        topology.declare(c.channel(), conf)
+        assert topology.declare_dead(c, conf) is None
+
+
+# killed: which node dies. "both": the agent is connected to the node that
+# leads its queues (it declared them there); "leader": the agent is
+# connected elsewhere; "connected": the leader is elsewhere.
+@pytest.mark.parametrize('killed', ['both', 'leader', 'connected'])
+def test_node_killed_nothing_lost_or_run_twice(
+        private_cluster, agents, killed):  # noqa: F811
     cluster = private_cluster
-    agent = agents(url=cluster.url, rabbit_quorum_queue=True,
-                   amqp_durable_queues=True, heartbeat=10)
+    x, y, z = cluster.nodes        # z is never killed: the sender's node
+    suffix, host = uuidlib.uuid4().hex[:8], 'host-' + uuidlib.uuid4().hex[:6]
+    overrides = dict(rabbit_quorum_queue=True, amqp_durable_queues=True,
+                     heartbeat=10)
+    if killed == 'both':
+        order, victim = [x, y, z], x
+    else:
+        tmp = tempfile.mkdtemp(prefix='ca-cluster-')
+        _predeclare(x, make_conf(cluster.url_of([x]), tmp, suffix=suffix,
+                                 host=host, **overrides))
+        shutil.rmtree(tmp, ignore_errors=True)
+        order, victim = [y, z, x], x if killed == 'leader' else y
+    agent = agents(url=cluster.url_of(order), suffix=suffix, host=host,
+                   **overrides)
     conf, names, disp = agent.conf, agent.names, agent.dispatcher
-    types = _queue_types(cluster.nodes[0])
+    types = _queue_types(z)
     for q in ('host_queue', 'topic_queue', 'dead_queue'):
         assert types.get(names[q]) == 'quorum', (q, types)
+    assert cluster.leader_of(names['host_queue'], via=z) is x
+    assert cluster.leader_of(names['dead_queue'], via=z) is x
 
-    leader = cluster.leader_of(names['host_queue'])
-    survivor = next(n for n in cluster.nodes if n is not leader)
-    reports_q = _report_queue(survivor, conf)
-    sender = Sender(survivor, conf)
+    reports_q = _report_queue(z, conf)
+    sender = Sender(z, conf)
     sender.start()
 
     def ran():
@@ -154,11 +183,11 @@ def test_leader_node_killed_nothing_lost_or_run_twice(
     start_count, start = ran(), time.monotonic()
     time.sleep(BEFORE_S)
     before_count, killed_at = ran(), time.monotonic()
-    leader.kill()
+    victim.kill()
     time.sleep(DOWN_S)
     down_count, back_at = ran(), time.monotonic()
-    leader.start()
-    time.sleep(5)
+    victim.start()
+    time.sleep(3)
     sender.stop_event.set()
     sender.join(30)
 
@@ -173,9 +202,9 @@ def test_leader_node_killed_nothing_lost_or_run_twice(
         twice = [u for u in sent if disp.runs[u] > 1]
     rate_before = (before_count - start_count) / (killed_at - start)
     rate_down = (down_count - before_count) / (back_at - killed_at)
-    print('\ncluster node kill: sent %d (confirmed), lost %d, run twice %d, '
+    print('\nnode kill (%s): sent %d (confirmed), lost %d, run twice %d, '
           'publish retries %d, agent reconnects %d' % (
-              len(sent), len(lost), len(twice), sender.failures,
+              killed, len(sent), len(lost), len(twice), sender.failures,
               agent.server.stats['reconnects']))
     print('rate before the kill %.1f/s, while the node was down %.1f/s: '
           '%.0f%% (target >= 50%%)' % (
@@ -184,7 +213,10 @@ def test_leader_node_killed_nothing_lost_or_run_twice(
     assert lost == [] and twice == [], (len(lost), len(twice))
 
     # Publishing went on too: every spawn's end was reported.
-    reports = _drain_reports(survivor, reports_q)
+    reports = _drain_reports(z, reports_q)
     ended = {r['instance_uuid'] for r in reports if r['event'] == 'spawn.end'}
     assert not set(sent) - ended, len(set(sent) - ended)
     assert agent.server.healthy()
+    agent.stop()
+    with kombu.Connection('amqp://guest:guest@localhost:%d/' % z.port) as c:
+        c.channel().queue_delete(reports_q)
