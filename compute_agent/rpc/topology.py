@@ -88,9 +88,9 @@ def declare_dead(connection, conf):
     Returns None when done, else the error (logged by the caller, tried
     again later): an unavailable dead-letter queue (its node down, or a
     classic queue where a quorum one is asked for: 406) must never stop the
-    agent from consuming (PROTOCOL 1.1 section 1). Rejected messages still
-    go to the dead-letter exchange meanwhile; RabbitMQ drops them only
-    while no queue is bound to it.
+    agent from consuming (PROTOCOL 1.1 section 1). Meanwhile rejected
+    messages still go to the dead-letter exchange; RabbitMQ drops those no
+    available queue takes.
     """
     n = names(conf)
     try:
