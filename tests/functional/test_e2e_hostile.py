@@ -200,6 +200,7 @@ def test_lone_surrogates(agent, wire, where):
     if where == 'method':
         assert failure['message'].startswith('Invalid request: method')
     assert_pings(agent)
+    assert_spawn_works(agent)
 
 
 def test_lone_surrogate_in_reply_queue_and_cast(agent, wire):
