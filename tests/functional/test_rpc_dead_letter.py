@@ -61,3 +61,29 @@ def test_a_classic_dead_letter_queue_from_before_is_kept_and_used(
     wait_for(lambda: queue_depth(agent.conf, dead) == 1, timeout=10,
              message='the cast dead-lettered')
     assert agent.server.healthy()
+
+
+def test_unavailable_dead_letter_queue_never_stops_serving(
+        agents, oslo_transport, monkeypatch):  # noqa: F811
+    """While <topic>.dead cannot be declared (here: another connection
+    holds it exclusively, 405 RESOURCE_LOCKED) the agent consumes and
+    serves; it declares the queue once it can."""
+    from compute_agent.rpc import server as server_mod
+    monkeypatch.setattr(server_mod, '_DEAD_RETRY', 0.5)
+    suffix = uuid.uuid4().hex[:8]
+    dead = 'compute-%s.dead' % suffix
+    holder = kombu.Connection(kombu_url(broker_url()))
+    holder.channel().queue_declare(dead, exclusive=True)
+    try:
+        agent = agents(suffix=suffix, rabbit_quorum_queue=True)
+        client = oslo_client(oslo_transport, agent.conf)
+        assert client.call({}, 'echo', x=2) == {'x': 2}
+        assert agent.server._dead_retry.is_alive()
+    finally:
+        holder.release()        # the exclusive queue goes with it
+    wait_for(lambda: not agent.server._dead_retry.is_alive(), timeout=20,
+             message='the dead-letter queue declared by the agent')
+    assert _declare(dead, {}) is not None           # a quorum queue
+    publish_raw(agent.conf, raw_request('no_such_method'))
+    wait_for(lambda: queue_depth(agent.conf, dead) == 1, timeout=10,
+             message='the cast dead-lettered')
