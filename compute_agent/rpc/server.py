@@ -167,11 +167,12 @@ class RPCServer:
         # Per-consumer prefetch: global QoS is deprecated in RabbitMQ 4.
         channel.basic_qos(0, self.conf.rpc.prefetch_count, False)
         self._settle.attach(channel)
-        # Only <topic>.<host> (the first) carries instance methods.
+        # Only <topic>.<host> carries instance methods.
+        own = topology.names(self.conf)['host_queue']
         tags = [channel.basic_consume(
-            q, callback=functools.partial(self._on_message, shared=i > 0),
+            q, callback=functools.partial(self._on_message, shared=q != own),
             on_cancel=topology.consumer_cancelled)
-            for i, q in enumerate(queues)]
+            for q in queues]
         self.publisher.attach(pub_channel)
         self._connected = True
         self.ready.set()
