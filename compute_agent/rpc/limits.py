@@ -106,18 +106,17 @@ def _path(node):
 def problem(payload, limits):
     """(field, reason) of the first value past a limit, or None.
 
-    Iterative (no recursion, whatever the depth) and stops at the first
-    finding or after ``max_items`` values.
+    Iterative (no recursion, whatever the depth); a container's children
+    are counted before they are looked at, so it stops at the first
+    finding and never handles more than ``max_items`` values.
     """
-    items = 0
+    too_many = ('message', 'holds more than %d values ([rpc] '
+                'max_message_items)' % limits.max_items)
+    seen = 1        # values counted so far (the payload itself)
     # (value, depth, path node); a path node is (parent node, key).
     stack = [(payload, 1, None)]
     while stack:
         value, depth, node = stack.pop()
-        items += 1
-        if items > limits.max_items:
-            return 'message', ('holds more than %d values ([rpc] '
-                               'max_message_items)' % limits.max_items)
         if isinstance(value, str):
             if len(value) > limits.max_string:
                 return _path(node), ('is longer than %d characters ([rpc] '
@@ -131,15 +130,14 @@ def problem(payload, limits):
             children = enumerate(value)
         else:
             continue
-        if items + len(value) > limits.max_items:    # before pushing them
-            return 'message', ('holds more than %d values ([rpc] '
-                               'max_message_items)' % limits.max_items)
+        seen += len(value)
+        if seen > limits.max_items:
+            return too_many
         if depth > limits.max_depth:
             return (_path(node) or 'message',
                     'is nested deeper than %d levels ([rpc] max_json_depth)'
                     % limits.max_depth)
         for key, child in children:
-            here = (node, key)
             if isinstance(key, str):
                 if len(key) > limits.max_key:
                     return (_path(node) or 'message',
@@ -149,5 +147,5 @@ def problem(payload, limits):
                     return (_path(node) or 'message',
                             'has a key that is not valid Unicode text '
                             '(lone surrogate)')
-            stack.append((child, depth + 1, here))
+            stack.append((child, depth + 1, (node, key)))
     return None
