@@ -167,13 +167,22 @@ def parse_request(payload, limits=None):
     return request
 
 
+# Names and ids are held to max_key_length, not max_string_length: the
+# request id, say, goes into every log line and report of the request.
+_NAMES = ('method', '_unique_id', '_msg_id', CONTEXT_PREFIX + 'request_id',
+          CONTEXT_PREFIX + 'global_request_id')
+
+
 def _long_name(payload, limits):
-    """Names and ids are held to max_key_length, not max_string_length."""
-    for key in ('method', '_unique_id', '_msg_id'):
+    for key in _NAMES:
         value = payload.get(key)
         if isinstance(value, str) and len(value) > limits.max_key:
             return key, ('is longer than %d characters ([rpc] max_key_length)'
                          % limits.max_key)
+        if key.startswith(CONTEXT_PREFIX) and not isinstance(
+                value, (str, type(None))):
+            return key, 'must be a string or null'
+
     version = payload.get('version')
     if isinstance(version, (dict, list)) or (
             isinstance(version, str) and len(version) > limits.max_key):
@@ -199,7 +208,9 @@ def _make_safe(request, limits):
         request.version = '?'
     request.context = {
         k: v for k, v in request.context.items()
-        if limits_mod.problem({k: v}, limits) is None}
+        if limits_mod.problem({k: v}, limits) is None and not (
+            CONTEXT_PREFIX + k in _NAMES and not limits_mod.clean(
+                v, limits.max_key) and v is not None)}
 
 
 def check_request(request, served=RPC_API_VERSION):

@@ -57,6 +57,10 @@ def test_json_too_deep_to_decode_is_a_decode_error(outer):
      'max_key_length'),
     ({'method': 'ping', '_msg_id': 'u' * 41, '_reply_q': 'q'}, '_msg_id',
      'max_key_length'),
+    ({'method': 'ping', '_context_request_id': 'r' * 41},
+     '_context_request_id', 'max_key_length'),
+    ({'method': 'ping', '_context_request_id': {'a': 1}},
+     '_context_request_id', 'string or null'),
     ({'method': 'ping', 'version': {'a': 1}}, 'version', 'X.Y'),
     ({'method': 'ping', 'version': '1.' + '0' * 40}, 'version', 'X.Y'),
     ({'method': 'ping', 'args': {'a': [{'b': '\ud800'}]}}, 'a[0].b',
@@ -92,6 +96,8 @@ def test_hostile_ids_are_dropped_and_method_escaped():
     assert request.unique_id is None
     assert not request.is_call              # no reply queue to answer on
     assert request.context == {'user_id': 'ok'}
+    request = _request({'method': 'ping', '_context_request_id': 'r' * 41})
+    assert request.problem and request.context == {}
 
 
 def test_a_clean_request_has_no_problem():
