@@ -9,10 +9,22 @@ independent.
 
 import http.server
 import json
+import re
 import socket
 import threading
 
 import prometheus_client as prom
+
+# Label values that come from requests (method names) are kept only when
+# short and plain; anything else is "other", so a sender can neither grow
+# the metrics by long names nor put odd text in the exposition.
+_LABEL_VALUE = re.compile(r'[A-Za-z0-9_.:-]{1,64}\Z')
+
+
+def bounded_label(value):
+    """``value`` when it is a short plain name, else ``'other'``."""
+    return value if isinstance(value, str) and _LABEL_VALUE.match(value) \
+        else 'other'
 
 
 class Metrics:

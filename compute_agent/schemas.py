@@ -35,6 +35,7 @@ from compute_agent import rules
 
 INT_MAX = 2 ** 31 - 1   # sizes and counts end up in C ints / libvirt XML
 UUID_RE = rules.UUID.pattern
+MAX_ITEMS = 64          # VIFs, disks, files, addresses... in one request
 DISK_FORMATS = ('qcow2', 'raw', 'iso', 'ami', 'aki', 'ari')
 #: Volume types whose ``data`` has a shape here; any other installed volume
 #: driver plugin checks its own ``data``.
@@ -196,7 +197,8 @@ def _obj(properties, required=(), nullable=False, **extra):
 
 
 def _list(items, **extra):
-    return dict({'type': 'array', 'items': items}, **extra)
+    # Bounds (maxItems) before items: a list far too long fails at once.
+    return dict({'type': 'array'}, **extra, items=items)
 
 
 def _ref(name):
@@ -268,20 +270,21 @@ DEFS = {
                 'cidr': _str(format='cidr'),
                 'gateway': _str(nullable=True, format='ip-address'),
                 'ips': _list(_obj({'address': _ref('ip')}, required=['address']),
-                             default=[]),
-                'dns': _list(_ref('ip'), default=[]),
-            }, required=['cidr']), default=[]),
+                             default=[], maxItems=MAX_ITEMS),
+                'dns': _list(_ref('ip'), default=[], maxItems=MAX_ITEMS),
+            }, required=['cidr']), default=[], maxItems=MAX_ITEMS),
         }),
         'details': {'type': 'object', 'default': {}},
     }, required=['id', 'address', 'type']),
-    'network_info': _list(_ref('vif'), default=[]),
+    'network_info': _list(_ref('vif'), default=[], maxItems=MAX_ITEMS),
     'block_device_info': _obj({
         'root_device_name': rules.DEVICE_PATH.schema(nullable=True, default=None),
         'ephemerals': _list(_obj({
             'num': _int(),
             'device_name': _ref('device_name'),
             'size': _int(),
-        }, required=['num', 'device_name', 'size']), default=[]),
+        }, required=['num', 'device_name', 'size']), default=[],
+            maxItems=MAX_ITEMS),
         'swap': _obj({
             'device_name': _ref('device_name'),
             'swap_size': _int(minimum=1),
@@ -296,7 +299,8 @@ DEFS = {
                 'data': {'type': 'object'},
             }, required=['driver_volume_type', 'data'],
                 allOf=[_volume_branch(kind) for kind in VOLUME_DATA_SHAPES]),
-        }, required=['mount_device', 'connection_info']), default=[]),
+        }, required=['mount_device', 'connection_info']), default=[],
+            maxItems=MAX_ITEMS),
     }, nullable=True, default=None),
     'volume_data_local': _obj({'device_path': _str(format='abs-path')},
                               required=['device_path']),
@@ -316,10 +320,11 @@ DEFS = {
     'volume_data_rbd': _obj({
         'name': _str(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,127}/'
                      r'[A-Za-z0-9][A-Za-z0-9._-]{0,127}$'),
-        'hosts': _list(_str(format='host'), default=[]),
+        'hosts': _list(_str(format='host'), default=[], maxItems=MAX_ITEMS),
         'ports': _list({'type': ['string', 'integer'], 'format': 'port',
                         'minimum': 1, 'maximum': 65535,
-                        'x-reason': 'must be a port number 1-65535'}, default=[]),
+                        'x-reason': 'must be a port number 1-65535'}, default=[],
+                       maxItems=MAX_ITEMS),
         'auth_enabled': {'type': 'boolean'},
         'auth_username': _str(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$', nullable=True),
         'secret_uuid': {'type': ['string', 'null'], 'pattern': UUID_RE,
@@ -363,7 +368,8 @@ ARGS = {
                   network_info=_ref('network_info'),
                   block_device_info=_ref('block_device_info'),
                   admin_password=_ref('password'),
-                  injected_files=_list(_ref('injected_file'), default=[])),
+                  injected_files=_list(_ref('injected_file'), default=[],
+                                       maxItems=MAX_ITEMS)),
     'rescue': dict(_INSTANCE, rescue_image_meta=dict(_image_meta(nullable=True),
                                                      default=None),
                    rescue_password=_ref('password')),

@@ -15,6 +15,7 @@ plugin.
 """
 
 import copy
+import itertools
 import json
 import re
 
@@ -63,6 +64,8 @@ _VALIDATORS = {method: Validator(schema, format_checker=FORMAT_CHECKER)
 
 
 # -- errors -----------------------------------------------------------------
+
+MAX_ERRORS = 50     # errors collected before the best one is chosen
 
 _IDENT = re.compile(r'[A-Za-z_][A-Za-z0-9_]*\Z')
 _TYPE_WORDS = {'integer': 'an integer', 'string': 'a string', 'object': 'an object',
@@ -142,6 +145,8 @@ def _describe(error):
         return parts, FORMAT_REASONS.get(error.validator_value, 'is malformed'), rank
     if keyword == 'maxLength':
         return parts, 'must be at most %d characters' % error.validator_value, rank
+    if keyword == 'maxItems' and schema.get('type') == 'array':
+        return parts, 'must have at most %d items' % error.validator_value, rank
     if keyword == 'minLength':
         return parts, 'must be at least %d characters' % error.validator_value, rank
     return parts, 'is invalid (%s)' % keyword, rank
@@ -229,7 +234,8 @@ def validate(method, args):
     if not isinstance(args, dict):
         raise exception.InvalidRequest('args', 'must be an object')
     validator = _VALIDATORS[method]
-    errors = list(validator.iter_errors(args))
+    # Bounded: a list of 200,000 bad items must not cost 200,000 errors.
+    errors = list(itertools.islice(validator.iter_errors(args), MAX_ERRORS))
     if errors:
         field, reason = _best(errors)
         raise exception.InvalidRequest(field, reason,

@@ -80,6 +80,21 @@ opts = [
                help='Replies and reports held on disk while the broker is '
                     'away; beyond this the oldest reports are dropped '
                     '(logged).'),
+    cfg.IntOpt('max_message_bytes', default=4 * 1024 * 1024, min=1024,
+               help='Largest request body read; a larger one is '
+                    'dead-lettered unread (RabbitMQ itself accepts 128 MB).'),
+    cfg.IntOpt('max_json_depth', default=32, min=4, max=500,
+               help='Deepest nesting of objects and lists in a request; '
+                    'deeper is invalid.'),
+    cfg.IntOpt('max_string_length', default=256 * 1024, min=1024,
+               help='Longest string value in a request, in characters; '
+                    'longer is invalid.'),
+    cfg.IntOpt('max_key_length', default=255, min=32,
+               help='Longest object key, method name or id in a request, '
+                    'in characters; longer is invalid.'),
+    cfg.IntOpt('max_message_items', default=20000, min=100,
+               help='Most values (objects, lists, strings, numbers...) in '
+                    'one request; more is invalid.'),
     cfg.BoolOpt('ssl', default=False,
                 deprecated_opts=_old('ssl', 'rabbit_use_ssl',
                                      ('DEFAULT', 'rabbit_use_ssl')),

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from compute_agent import exception
+from compute_agent.rpc import limits as limits_mod
 from compute_agent.version import RPC_API_VERSION
 
 ENVELOPE_VERSION = '2.0'
@@ -43,16 +44,20 @@ def dumps(payload):
     return json.dumps(pack(payload)).encode('utf-8')
 
 
-def loads(body):
+def loads(body, limits=None):
     """Return the inner payload of a message body; raise DecodeError.
 
     A plain JSON object without the two envelope keys is an old-style (1.0)
-    message and is its own payload.
+    message and is its own payload. With ``limits`` (a ``limits.Limits``),
+    a body too large or nested too deep to decode is a DecodeError too.
     """
     try:
+        limits_mod.check_size(body, limits)
         if isinstance(body, (bytes, bytearray, memoryview)):
             body = bytes(body).decode('utf-8')
-        outer = json.loads(body)
+        outer = limits_mod.parse_json(body, limits)
+    except limits_mod.TooLarge as e:
+        raise DecodeError(str(e)) from None
     except (UnicodeDecodeError, ValueError, TypeError) as e:
         raise DecodeError('body is not UTF-8 JSON: %s' % e) from None
     if not isinstance(outer, dict):
@@ -61,12 +66,15 @@ def loads(body):
         return outer
     version = outer[VERSION_KEY]
     if _major(version) != _major(ENVELOPE_VERSION):
-        raise DecodeError('unsupported envelope version %r' % (version,))
+        raise DecodeError('unsupported envelope version %s'
+                          % limits_mod.safe_text(repr(version)))
     inner = outer[MESSAGE_KEY]
     if not isinstance(inner, str):
         raise DecodeError('oslo.message is not a string')
     try:
-        payload = json.loads(inner)
+        payload = limits_mod.parse_json(inner, limits)
+    except limits_mod.TooLarge as e:
+        raise DecodeError(str(e)) from None
     except ValueError as e:
         raise DecodeError('oslo.message is not JSON: %s' % e) from None
     if not isinstance(payload, dict):
@@ -98,7 +106,12 @@ def unflatten_context(payload):
 
 @dataclass
 class Request:
-    """A decoded request; ``msg_id`` is set for calls only."""
+    """A decoded request; ``msg_id`` is set for calls only.
+
+    ``problem`` is the InvalidRequest of a message past a limit (set by
+    ``parse_request``); its fields are then already made safe to log,
+    record and report.
+    """
 
     method: str
     args: dict
@@ -109,17 +122,23 @@ class Request:
     reply_q: str | None = None
     timeout: float | None = None
     context: dict = field(default_factory=dict)
+    problem: Exception | None = None
 
     @property
     def is_call(self):
         return bool(self.msg_id and self.reply_q)
 
 
-def parse_request(payload):
+def parse_request(payload, limits=None):
     """Inner payload -> Request. DecodeError when there is no method at all.
 
     A present but malformed field (args not an object) decodes fine and is
-    left for validation, so a call still gets a failure reply.
+    left for validation, so a call still gets a failure reply. With
+    ``limits``, a payload past one gets ``problem`` set, and whatever the
+    rest of the agent would choke on is replaced: a hostile method name by
+    a short escaped rendering, an id that cannot be encoded by None (no
+    dedup; no reply when it is the reply queue), such context entries left
+    out.
     """
     method = payload.get('method')
     if not isinstance(method, str) or not method:
@@ -128,7 +147,7 @@ def parse_request(payload):
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
         timeout = None
     version = payload.get('version')
-    return Request(
+    request = Request(
         method=method,
         args=payload.get('args', {}),
         version='1.0' if version is None else version,
@@ -139,10 +158,59 @@ def parse_request(payload):
         timeout=timeout,
         context=unflatten_context(payload),
     )
+    if limits is not None:
+        found = _long_name(payload, limits) or limits_mod.problem(payload,
+                                                                  limits)
+        if found is not None:
+            request.problem = exception.InvalidRequest(*found)
+            _make_safe(request, limits)
+    return request
+
+
+# Names and ids are held to max_key_length, not max_string_length: the
+# request id, say, goes into every log line and report of the request.
+_NAMES = ('method', '_unique_id', '_msg_id', CONTEXT_PREFIX + 'request_id',
+          CONTEXT_PREFIX + 'global_request_id')
+
+
+def _long_name(payload, limits):
+    for key in _NAMES:
+        value = payload.get(key)
+        if isinstance(value, str) and len(value) > limits.max_key:
+            return key, ('is longer than %d characters ([rpc] max_key_length)'
+                         % limits.max_key)
+        if key.startswith(CONTEXT_PREFIX) and not isinstance(
+                value, (str, type(None))):
+            return key, 'must be a string or null'
+
+    version = payload.get('version')
+    if isinstance(version, (dict, list)) or (
+            isinstance(version, str) and len(version) > limits.max_key):
+        return 'version', 'must be a version string "X.Y"'
+    return None
 
 
 def _str_or_none(value):
     return value if isinstance(value, str) and value else None
+
+
+def _make_safe(request, limits):
+    if not limits_mod.clean(request.method, limits.max_key):
+        request.method = limits_mod.safe_text(request.method)
+    for name in ('unique_id', 'msg_id'):
+        if not limits_mod.clean(getattr(request, name), limits.max_key):
+            setattr(request, name, None)
+    # Its length is not ours to judge (the publisher's); its text is.
+    if not limits_mod.clean(request.reply_q, limits.max_string):
+        request.reply_q = None
+    if not isinstance(request.version, str) or not limits_mod.clean(
+            request.version, limits.max_key):
+        request.version = '?'
+    request.context = {
+        k: v for k, v in request.context.items()
+        if limits_mod.problem({k: v}, limits) is None and not (
+            CONTEXT_PREFIX + k in _NAMES and not limits_mod.clean(
+                v, limits.max_key) and v is not None)}
 
 
 def check_request(request, served=RPC_API_VERSION):
@@ -282,10 +350,21 @@ def redact_body(body):
 
 
 def summary(request):
-    """Short, secret-free description of a request for log lines."""
+    """Short, secret-free description of a request for log lines; bounded
+    and printable whatever the request holds."""
+    if isinstance(request.args, dict):
+        names = sorted(limits_mod.safe_text(str(k)) for k in
+                       list(request.args)[:_SUMMARY_ARGS])
+        if len(request.args) > _SUMMARY_ARGS:
+            names.append('...')
+        args = ', '.join(names)
+    else:
+        args = '?'
     return '%s(%s) unique_id=%s%s' % (
-        request.method,
-        ', '.join(sorted(request.args)) if isinstance(request.args, dict)
-        else '?',
-        request.unique_id,
-        ' msg_id=%s' % request.msg_id if request.msg_id else '')
+        limits_mod.safe_text(request.method), args,
+        limits_mod.safe_text(str(request.unique_id)),
+        ' msg_id=%s' % limits_mod.safe_text(request.msg_id)
+        if request.msg_id else '')
+
+
+_SUMMARY_ARGS = 16

@@ -14,6 +14,7 @@ requests with a serialization key (state-changing ones) need that commit to
 be fsynced (see ``Dispatcher.key``).
 """
 
+import functools
 import json
 import logging
 import queue
@@ -25,10 +26,12 @@ import amqp
 from compute_agent import exception
 from compute_agent import log
 from compute_agent.metrics import METRICS
+from compute_agent.metrics import bounded_label
 from compute_agent.rpc import commits
 from compute_agent.rpc import envelope
 from compute_agent.rpc import iowait
 from compute_agent.rpc import jobs
+from compute_agent.rpc import limits as limits_mod
 from compute_agent.rpc import outbox
 from compute_agent.rpc import publisher as publisher_mod
 from compute_agent.rpc import topology
@@ -40,6 +43,7 @@ LOG = logging.getLogger(__name__)
 _RUNNING_FLUSH = 1.0     # s a buffered 'running' row may wait for a commit
 _STUCK_AFTER = 30.0      # s without a loop turn: the consume loop is stuck
 _PUBLISH = (60, 40)      # basic.publish, as a refusal names the method
+_DEAD_RETRY = 10.0       # s between tries to declare <topic>.dead
 _CHILDREN = {}
 _LABEL_SETS = {}
 _MAX_LABEL_SETS = 100
@@ -48,10 +52,12 @@ _MAX_LABEL_SETS = 100
 def _metric(metric, *labels):
     """``metric.labels(*labels)`` without its cost on the hot path.
 
-    Labels come from requests before validation, so past _MAX_LABEL_SETS
-    per metric new method names are counted as "other": a sender cannot
-    grow the metrics without bound.
+    Labels come from requests before validation, so they are bounded in
+    size (metrics.bounded_label) and past _MAX_LABEL_SETS per metric new
+    method names are counted as "other": a sender cannot grow the metrics
+    without bound.
     """
+    labels = tuple(bounded_label(label) for label in labels)
     child = _CHILDREN.get((metric, labels))
     if child is None:
         if _LABEL_SETS.setdefault(metric, 0) >= _MAX_LABEL_SETS:
@@ -78,6 +84,8 @@ class RPCServer:
         self.executor = KeyedExecutor(conf.max_concurrent_builds)
         self._waker = iowait.Waker()
         self._committer = commits.Committer(journal, self._waker.wake)
+        self.limits = limits_mod.Limits.from_conf(conf)
+        self._dead_retry = None   # thread declaring <topic>.dead later
         self.ready = threading.Event()
         self.error = None
         self.stats = {'received': 0, 'duplicates': 0, 'dead_lettered': 0,
@@ -194,12 +202,16 @@ class RPCServer:
         channel.auto_decode = False  # bodies stay bytes; we decode them
         pub_channel = conn.channel()
         queues = topology.declare(channel, self.conf)
+        self._declare_dead(conn)
         # Per-consumer prefetch: global QoS is deprecated in RabbitMQ 4.
         channel.basic_qos(0, self.conf.rpc.prefetch_count, False)
         self._settle.attach(channel)
-        tags = [channel.basic_consume(q, callback=self._on_message,
-                                      on_cancel=topology.consumer_cancelled)
-                for q in queues]
+        # Only <topic>.<host> carries instance methods.
+        own = topology.names(self.conf)['host_queue']
+        tags = [channel.basic_consume(
+            q, callback=functools.partial(self._on_message, shared=q != own),
+            on_cancel=topology.consumer_cancelled)
+            for q in queues]
         self.publisher.attach(pub_channel)
         self._connected = True
         self.ready.set()
@@ -245,6 +257,39 @@ class RPCServer:
                 next_beat_check = now + beat_every
         self._flush_on_stop(amqp_conn)
 
+    def _declare_dead(self, conn):
+        """Declare <topic>.dead; when it is unavailable, serve anyway and
+        keep trying on a connection of its own (PROTOCOL 1.1 section 1)."""
+        error = topology.declare_dead(conn, self.conf)
+        if error is None:
+            return
+        LOG.error('Cannot declare the dead-letter queue %s (%s); serving '
+                  'without it, trying again every %.0fs',
+                  topology.names(self.conf)['dead_queue'], error, _DEAD_RETRY)
+        if self._dead_retry is None or not self._dead_retry.is_alive():
+            self._dead_retry = threading.Thread(
+                target=self._retry_dead, name='rpc-dead-letter', daemon=True)
+            self._dead_retry.start()
+
+    def _retry_dead(self):
+        while not self._stop.wait(_DEAD_RETRY):
+            try:
+                conn = self.broker.connect_once()
+            except Exception as e:  # noqa: BLE001 - try again later
+                LOG.debug('Dead-letter queue: no broker connection: %s', e)
+                continue
+            try:
+                error = topology.declare_dead(conn, self.conf)
+            except Exception as e:  # noqa: BLE001 - e.g. the connection broke
+                error = e
+            finally:
+                transport.close_quietly(conn)
+            if error is None:
+                LOG.info('Dead-letter queue %s declared',
+                         topology.names(self.conf)['dead_queue'])
+                return
+            LOG.debug('Dead-letter queue still unavailable: %s', error)
+
     def _flush_on_stop(self, amqp_conn):
         if self._inflight:
             LOG.warning('%d requests unfinished at stop; left unacked for '
@@ -272,21 +317,36 @@ class RPCServer:
 
     # ---------------------------------------------------------- requests
 
-    def _on_message(self, message):
+    def _on_message(self, message, shared=False):
+        """Every message gets its verdict here: queued as work, answered
+        (from the journal, or as invalid) or dead-lettered, in time and
+        memory bounded by ``self.limits`` whatever the body holds."""
         gen, tag = self._settle.gen, message.delivery_tag
         self._settle.delivered(tag)
         self.stats['received'] += 1
         if self._stop.is_set():
             return  # not started: left unacked, requeued when we close
         try:
-            request = envelope.parse_request(envelope.loads(message.body))
+            request = envelope.parse_request(
+                envelope.loads(message.body, self.limits), self.limits)
         except envelope.DecodeError as e:
-            self.stats['dead_lettered'] += 1
-            _metric(METRICS.rejected, '-').inc()
-            LOG.error('Undecodable message dead-lettered (%s): %s', e,
-                      envelope.redact_body(message.body))
-            self._settle.reject(tag)
+            # The body could hold anything: its size is all that is logged.
+            self._dead_letter(tag, 'Undecodable message of %d bytes '
+                              'dead-lettered: %s' % (len(message.body), e))
             return
+        except Exception:  # noqa: BLE001 - a bug must not wedge the queue
+            LOG.exception('Decoding a message of %d bytes failed',
+                          len(message.body))
+            self._dead_letter(tag, 'Message dead-lettered')
+            return
+        if shared and request.problem is None and \
+                request.method not in topology.SHARED_METHODS:
+            request.problem = exception.InvalidRequest(
+                'method', '%s is not served from the shared queue or the '
+                'fanout: only %s are; an instance method must come through '
+                '%s' % (limits_mod.safe_text(request.method),
+                        ', '.join(sorted(topology.SHARED_METHODS)),
+                        topology.names(self.conf)['host_queue']))
         if LOG.isEnabledFor(logging.DEBUG):
             LOG.debug('Received %s%s', envelope.summary(request),
                       ' (redelivered)' if message.delivery_info.get(
@@ -311,6 +371,8 @@ class RPCServer:
             self._complete(job, done['result_json'], done['failure'])
             return
         try:
+            if request.problem is not None:
+                raise request.problem
             envelope.check_request(request)
             job.args = self.dispatcher.validate(request.method, request.args,
                                                 request.version)
@@ -339,6 +401,12 @@ class RPCServer:
                 self._work(job)   # answered this turn: no thread hop
             else:
                 self.executor.submit(job.key, lambda job=job: self._work(job))
+
+    def _dead_letter(self, tag, text):
+        self.stats['dead_lettered'] += 1
+        _metric(METRICS.rejected, '-').inc()
+        LOG.error('%s', text)
+        self._settle.reject(tag)
 
     def _invalid(self, job, error):
         request = job.request

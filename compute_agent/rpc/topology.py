@@ -5,9 +5,12 @@ control exchange, the fanout exchange) or RabbitMQ closes the channel with
 406 PRECONDITION_FAILED; the server queues are the agent's own.
 """
 
+import logging
 import unicodedata
 
 import amqp
+
+LOG = logging.getLogger(__name__)
 
 FANOUT_QUEUE_EXPIRES_MS = 30 * 60 * 1000
 MAX_NAME_BYTES = 255          # AMQP 0-9-1 shortstr: queue names, routing keys
@@ -49,6 +52,12 @@ def host_problem(conf):
     return None
 
 
+# What the shared <topic> queue and the fanout may carry (PROTOCOL 1.1 s5):
+# no single host's journal could keep an instance method from running on
+# two hosts, so instance methods come only through <topic>.<host>.
+SHARED_METHODS = frozenset({'ping', 'get_host_stats', 'list_instances'})
+
+
 def server_queue_arguments(conf):
     n = names(conf)
     args = {'x-dead-letter-exchange': n['dlx']}
@@ -59,17 +68,24 @@ def server_queue_arguments(conf):
     return args
 
 
+def dead_queue_arguments(conf):
+    """A quorum queue in quorum mode (1.1): a classic one lives on one node
+    and is unavailable while that node is down."""
+    return {'x-queue-type': 'quorum'} if conf.rpc.rabbit_quorum_queue else {}
+
+
 def declare(channel, conf):
-    """Declare everything on a py-amqp channel; return the queues to consume."""
+    """Declare what serving needs on a py-amqp channel; return the queues to
+    consume. The dead-letter queue is not among it: see declare_dead."""
     n = names(conf)
     # Same flags as oslo.messaging's topic_send/declare_topic_consumer.
     channel.exchange_declare(n['exchange'], 'topic',
                              durable=conf.rpc.amqp_durable_queues,
                              auto_delete=False)
+    # Exchanges live on every node: declaring the dead-letter exchange
+    # never depends on the node that holds <topic>.dead.
     channel.exchange_declare(n['dlx'], 'fanout', durable=True,
                              auto_delete=False)
-    channel.queue_declare(n['dead_queue'], durable=True, auto_delete=False)
-    channel.queue_bind(n['dead_queue'], n['dlx'], routing_key='')
 
     args = server_queue_arguments(conf)
     for queue in (n['topic_queue'], n['host_queue']):
@@ -89,6 +105,48 @@ def declare(channel, conf):
     channel.queue_bind(n['fanout_queue'], n['fanout_exchange'],
                        routing_key=conf.rpc.topic)
     return [n['host_queue'], n['topic_queue'], n['fanout_queue']]
+
+
+def declare_dead(connection, conf):
+    """Declare and bind ``<topic>.dead`` on a channel of its own.
+
+    Returns None when done, else the error (logged by the caller, tried
+    again later): an unavailable dead-letter queue (its node down, or a
+    classic queue where a quorum one is asked for: 406) must never stop the
+    agent from consuming (PROTOCOL 1.1 section 1). Meanwhile rejected
+    messages still go to the dead-letter exchange; RabbitMQ drops those no
+    available queue takes.
+    """
+    n = names(conf)
+    try:
+        _on_channel(connection, lambda ch: ch.queue_declare(
+            n['dead_queue'], durable=True, auto_delete=False,
+            arguments=dead_queue_arguments(conf)))
+    except amqp.exceptions.PreconditionFailed as e:
+        # It exists with other arguments (a classic queue from before 1.1):
+        # keep it and bind it; an operator may delete it to have it made a
+        # quorum queue.
+        LOG.error('%s exists with other arguments than %s (%s); kept as it '
+                  'is', n['dead_queue'], dead_queue_arguments(conf), e)
+    except amqp.exceptions.ChannelError as e:
+        return e
+    try:
+        _on_channel(connection, lambda ch: ch.queue_bind(
+            n['dead_queue'], n['dlx'], routing_key=''))
+    except amqp.exceptions.ChannelError as e:
+        return e
+    return None
+
+
+def _on_channel(connection, operation):
+    """Run one operation on a fresh channel: a channel error closes only
+    that channel, never the connection the agent consumes on."""
+    channel = connection.channel()
+    operation(channel)
+    try:
+        channel.close()
+    except Exception:  # noqa: BLE001 - it did its work
+        pass
 
 
 def delete(channel, conf):

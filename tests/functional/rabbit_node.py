@@ -8,6 +8,7 @@ wrapper (which drops to the rabbitmq user) and removed at the end.
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -30,13 +31,14 @@ def available():
 
 class PrivateBroker:
 
-    def __init__(self, tls=None):
-        """``tls``: dict with cacertfile/certfile/keyfile for a TLS listener."""
+    def __init__(self, tls=None, name=None):
+        """``tls``: dict with cacertfile/certfile/keyfile for a TLS listener;
+        ``name``: the node name before the @ (default: a unique one)."""
         self.dir = tempfile.mkdtemp(prefix='ca-rmq-')
         os.chmod(self.dir, 0o755)
         self.suffix = uuid.uuid4().hex[:8]
-        self.node = 'catest%s@%s' % (self.suffix, socket.gethostname()
-                                      .split('.')[0])
+        self.node = '%s@%s' % (name or 'catest' + self.suffix,
+                               socket.gethostname().split('.')[0])
         self.port = _free_port()
         self.tls_port = _free_port() if tls else None
         self.dist_port = _free_port()
@@ -82,6 +84,7 @@ class PrivateBroker:
         subprocess.run(['rabbitmq-server', '-detached'], env=self.env,
                        check=True, capture_output=True, timeout=60)
         self.ctl('wait', os.path.join(self.dir, 'pid'), timeout=120)
+        self.running = True
         return self
 
     def stop_app(self):
@@ -90,8 +93,11 @@ class PrivateBroker:
     def start_app(self):
         self.ctl('start_app')
 
+    running = False
+
     def stop(self):
         """Stop the whole node (data kept: start() brings it back)."""
+        self.running = False
         self.ctl('stop')
         pidfile = os.path.join(self.dir, 'pid')
         end = time.monotonic() + 30
@@ -102,6 +108,23 @@ class PrivateBroker:
             except (OSError, ValueError):
                 break
             time.sleep(0.2)
+
+    def kill(self):
+        """SIGKILL the node's Erlang VM: a crash, no clean shutdown."""
+        with open(os.path.join(self.dir, 'pid')) as f:
+            pid = int(f.read().strip())
+        self.running = False
+        os.kill(pid, signal.SIGKILL)
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                break
+            time.sleep(0.1)
+        # A dead node's pid file would make the next start's wait return
+        # at once.
+        os.unlink(os.path.join(self.dir, 'pid'))
 
     def destroy(self):
         try:
@@ -127,3 +150,74 @@ def private_broker():
     broker = PrivateBroker().start()
     yield broker
     broker.destroy()
+
+
+class PrivateCluster:
+    """Three private nodes joined into one RabbitMQ cluster on loopback.
+
+    Each node has its own name, ports and data directory (NOTES.md,
+    "RabbitMQ extras"); they share the rabbitmq user's Erlang cookie, as
+    every node started through the Debian wrapper does. ``url`` names all
+    three, as a ``transport_url`` for a cluster does.
+    """
+
+    def __init__(self, size=3):
+        tag = uuid.uuid4().hex[:6]
+        self.nodes = [PrivateBroker(name='caclu%s-%d' % (tag, i + 1))
+                      for i in range(size)]
+
+    def start(self):
+        first = self.nodes[0].start()
+        for node in self.nodes[1:]:
+            node.start()
+            node.ctl('stop_app')
+            node.ctl('join_cluster', first.node)
+            node.ctl('start_app')
+        return self
+
+    @property
+    def url(self):
+        return self.url_of(self.nodes)
+
+    @staticmethod
+    def url_of(nodes):
+        """A transport_url naming ``nodes``, tried in this order."""
+        return 'rabbit://' + ','.join('guest:guest@localhost:%d' % n.port
+                                      for n in nodes) + '/'
+
+    def node_named(self, erlang_name):
+        return next(n for n in self.nodes if n.node == erlang_name)
+
+    def leader_of(self, queue, via=None):
+        """The node leading quorum queue ``queue`` (asked of ``via``)."""
+        via = via or next(n for n in self.nodes if n.running)
+        out = via.ctl('list_queues', '-q', '--no-table-headers', 'name',
+                      'leader').stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == queue:
+                return self.node_named(parts[1])
+        raise AssertionError('no leader for %s in:\n%s' % (queue, out))
+
+    def destroy(self):
+        for node in reversed(self.nodes):
+            node.destroy()
+
+
+@pytest.fixture(scope='module')
+def private_cluster():
+    """A private 3-node RabbitMQ cluster for the module (it takes ~30 s to
+    form); skipped (failed in CI) if it cannot run."""
+    if not available():
+        msg = 'cannot start a private RabbitMQ cluster (need root and rabbitmq)'
+        if os.environ.get('CI'):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    cluster = PrivateCluster()
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.destroy()
+        raise
+    yield cluster
+    cluster.destroy()

@@ -34,6 +34,9 @@ pytestmark = [pytest.mark.rabbit]
 # ------------------------------------------------------ (6) two hosts
 
 def test_targeted_and_fanout_casts_with_two_hosts(agents, oslo_transport):
+    """Instance methods only through <topic>.<host>; through the fanout or
+    the shared <topic> queue only ping, get_host_stats and list_instances
+    are served (PROTOCOL 1.1 section 5), the rest is refused unrun."""
     suffix = uuid.uuid4().hex[:8]
     a = agents(suffix=suffix, host='host-a-' + suffix)
     b = agents(suffix=suffix, host='host-b-' + suffix)
@@ -41,19 +44,31 @@ def test_targeted_and_fanout_casts_with_two_hosts(agents, oslo_transport):
     to_b = oslo_client(oslo_transport, b.conf)
     to_a.cast({}, 'work', token='only-a')
     to_b.cast({}, 'work', token='only-b')
-    to_a.prepare(fanout=True).cast({}, 'work', token='everyone')
+    to_a.prepare(fanout=True).cast({'request_id': 'everyone'},
+                                   'list_instances')
     any_host = oslo_client(oslo_transport, a.conf, server='')
-    any_host.cast({}, 'work', token='anyone')
-    wait_for(lambda: a.dispatcher.runs['everyone'] == 1
-             and b.dispatcher.runs['everyone'] == 1)
-    wait_for(lambda: a.dispatcher.runs['anyone'] + b.dispatcher.runs[
-        'anyone'] == 1)
+    any_host.cast({'request_id': 'anyone'}, 'list_instances')
+    to_a.prepare(fanout=True).cast({}, 'work', token='fanout-work')
+    any_host.cast({}, 'work', token='shared-work')
+
+    def ran(handle, request_id):
+        with handle.dispatcher.lock:
+            return sum(1 for c in handle.dispatcher.contexts
+                       if c.get('request_id') == request_id)
+    wait_for(lambda: ran(a, 'everyone') == 1 and ran(b, 'everyone') == 1)
+    wait_for(lambda: ran(a, 'anyone') + ran(b, 'anyone') == 1)
+    # Three refusals (the fanout reaches both hosts) are dead-lettered.
+    wait_for(lambda: a.server.stats['invalid'] + b.server.stats['invalid']
+             == 3, message='3 refusals')
     time.sleep(0.3)
     assert a.dispatcher.runs['only-a'] == 1 and b.dispatcher.runs[
         'only-a'] == 0
     assert b.dispatcher.runs['only-b'] == 1 and a.dispatcher.runs[
         'only-b'] == 0
-    assert a.dispatcher.runs['anyone'] + b.dispatcher.runs['anyone'] == 1
+    assert ran(a, 'anyone') + ran(b, 'anyone') == 1
+    for handle in (a, b):
+        assert handle.dispatcher.runs['fanout-work'] == 0
+        assert handle.dispatcher.runs['shared-work'] == 0
 
 
 # ------------------------------------------------------ ordering
