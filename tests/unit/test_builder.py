@@ -342,7 +342,7 @@ def test_ephemeral_and_swap_format(cow, fmt):
     """2012 get_guest_config: with use_cow_images every local disk is
     qcow2 (nova's Qcow2 backend: an overlay on a cached blank base); the
     config drive stays raw."""
-    conf = bf.make_conf('kvm', {'images.use_cow_images': cow})
+    conf = bf.make_conf('kvm', {'use_cow_images': cow})
     node, plan = node_for(conf=conf, config_drive=True,
                           flavor={'ephemeral_gb': 2, 'swap': 32},
                           block_device_info=bf.bdi(ephemerals=[bf.ephemeral(1, 'vdd')]))
