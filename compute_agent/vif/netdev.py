@@ -12,9 +12,14 @@ touched.
 """
 
 import errno
+import logging
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+# pyroute2 sets its logger to NOTSET when imported, which would undo the
+# level [DEFAULT] default_log_levels gave it (its DEBUG dumps every link).
+_LEVEL = logging.getLogger('pyroute2').level
+from pyroute2 import IPRoute  # noqa: E402
+from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
+logging.getLogger('pyroute2').setLevel(_LEVEL)
 
 #: IFLA_INFO_KIND of tun/tap devices (both modes), and IFLA_TUN_TYPE of a tap.
 TUN_KIND = 'tun'
