@@ -22,10 +22,17 @@ import contextlib
 import json
 import logging
 import re
+import warnings
 
 from oslo_config import cfg
 from oslo_context import context as oslo_context
-from oslo_log import log as oslo_log
+
+with warnings.catch_warnings():
+    # oslo.log < 8.3 imports eventlet (through oslo.utils) whenever it is
+    # installed, e.g. beside oslo.messaging, and eventlet warns about its own
+    # deprecation on import; the agent does not use eventlet.
+    warnings.filterwarnings('ignore', message=r'(?s).*Eventlet is deprecated')
+    from oslo_log import log as oslo_log
 
 PROJECT = 'compute-agent'
 EXTRA_LOG_LEVELS = ['kombu=WARN', 'pyroute2=WARN']
