@@ -78,14 +78,14 @@ def list_opts():
     return opts
 
 
-def _quoted_end(text, start, backslashes, quote):
-    """Index just past the closing quote of a value opened by ``backslashes``
-    backslashes and ``quote`` (0 for plain quoting, 1 for a quoted string
-    inside a JSON string, ...), or -1."""
+def _quoted_end(text, start, end, backslashes, quote):
+    """Index just past the closing quote, before ``end``, of a value opened
+    by ``backslashes`` backslashes and ``quote`` (0 for plain quoting, 1 for
+    a quoted string inside a JSON string, ...), or -1."""
     period = 2 * (backslashes + 1)     # one escaped backslash, at this depth
     pos = start
     while True:
-        pos = text.find(quote, pos)
+        pos = text.find(quote, pos, end)
         if pos < 0:
             return -1
         run = 0
@@ -102,12 +102,13 @@ def mask(text):
     A quoted value is masked up to its closing quote (escapes understood,
     also in JSON nested in JSON); an unquoted one, or one whose quote never
     closes (a cut line), up to the end of the line. Linear in ``len(text)``:
-    every step moves forward.
+    every scan stays within the current line and starts past the last one.
     """
     if not isinstance(text, str):
         text = str(text)
     out = []
     pos = 0
+    eol = -1        # end of the current line; only ever searched forward
     while True:
         m = _KEY_RE.search(text, pos)
         if m is None:
@@ -118,11 +119,12 @@ def mask(text):
         while vstart + bs < len(text) and text[vstart + bs] == '\\':
             bs += 1
         q = text[vstart + bs] if vstart + bs < len(text) else ''
-        eol = text.find('\n', vstart)
-        eol = len(text) if eol < 0 else eol
+        if eol < vstart:
+            eol = text.find('\n', vstart)
+            eol = len(text) if eol < 0 else eol
         if q in ('"', "'"):
-            end = _quoted_end(text, vstart + bs + 1, bs, q)
-            if end < 0 or end > eol:
+            end = _quoted_end(text, vstart + bs + 1, eol, bs, q)
+            if end < 0:
                 out.append(text[vstart:vstart + bs + 1] + MASK)
                 pos = eol
             else:
