@@ -14,7 +14,7 @@ passing them along.
 Masking (``mask``) runs twice: on the message before formatting (so the
 JSON formatter's ``msg``/``args`` fields never see a secret) and on the
 formatted output (tracebacks, context). A message longer than
-``log_line_max_length`` is cut before masking, which bounds the work per
+``[DEFAULT] log_line_max_length`` is cut before masking, which bounds the work per
 line; the scan itself is linear in the length of what it is given.
 """
 
@@ -24,7 +24,6 @@ import logging
 import re
 import warnings
 
-from oslo_config import cfg
 from oslo_context import context as oslo_context
 
 with warnings.catch_warnings():
@@ -36,12 +35,6 @@ with warnings.catch_warnings():
 
 PROJECT = 'compute-agent'
 EXTRA_LOG_LEVELS = ['kombu=WARN', 'pyroute2=WARN']
-
-opts = [
-    cfg.IntOpt('log_line_max_length', default=16384, min=256, mutable=True,
-               help='Log messages longer than this many characters are cut '
-                    '(and say so) before secrets are masked in them.'),
-]
 
 # A value following one of these key names (key=value, "key": "value",
 # key: value, in any quoting) is masked. Matched as the end of a key, so
@@ -69,13 +62,8 @@ def register(conf):
     for handler in root.handlers[:]:
         if handler not in before:
             root.removeHandler(handler)
-    conf.register_opts(opts)
     conf.set_default('default_log_levels',
                      oslo_log.get_default_log_levels() + EXTRA_LOG_LEVELS)
-
-
-def list_opts():
-    return opts
 
 
 def _quoted_end(text, start, end, backslashes, quote):
