@@ -14,7 +14,7 @@ passing them along.
 Masking (``mask``) runs twice: on the message before formatting (so the
 JSON formatter's ``msg``/``args`` fields never see a secret) and on the
 formatted output (tracebacks, context). A message longer than
-``log_line_max_length`` is cut before masking, which bounds the work per
+``[DEFAULT] log_line_max_length`` is cut before masking, which bounds the work per
 line; the scan itself is linear in the length of what it is given.
 """
 
@@ -22,19 +22,19 @@ import contextlib
 import json
 import logging
 import re
+import warnings
 
-from oslo_config import cfg
 from oslo_context import context as oslo_context
-from oslo_log import log as oslo_log
+
+with warnings.catch_warnings():
+    # oslo.log < 8.3 imports eventlet (through oslo.utils) whenever it is
+    # installed, e.g. beside oslo.messaging, and eventlet warns about its own
+    # deprecation on import; the agent does not use eventlet.
+    warnings.filterwarnings('ignore', message=r'(?s).*Eventlet is deprecated')
+    from oslo_log import log as oslo_log
 
 PROJECT = 'compute-agent'
 EXTRA_LOG_LEVELS = ['kombu=WARN', 'pyroute2=WARN']
-
-opts = [
-    cfg.IntOpt('log_line_max_length', default=16384, min=256, mutable=True,
-               help='Log messages longer than this many characters are cut '
-                    '(and say so) before secrets are masked in them.'),
-]
 
 # A value following one of these key names (key=value, "key": "value",
 # key: value, in any quoting) is masked. Matched as the end of a key, so
@@ -62,23 +62,18 @@ def register(conf):
     for handler in root.handlers[:]:
         if handler not in before:
             root.removeHandler(handler)
-    conf.register_opts(opts)
     conf.set_default('default_log_levels',
                      oslo_log.get_default_log_levels() + EXTRA_LOG_LEVELS)
 
 
-def list_opts():
-    return opts
-
-
-def _quoted_end(text, start, backslashes, quote):
-    """Index just past the closing quote of a value opened by ``backslashes``
-    backslashes and ``quote`` (0 for plain quoting, 1 for a quoted string
-    inside a JSON string, ...), or -1."""
+def _quoted_end(text, start, end, backslashes, quote):
+    """Index just past the closing quote, before ``end``, of a value opened
+    by ``backslashes`` backslashes and ``quote`` (0 for plain quoting, 1 for
+    a quoted string inside a JSON string, ...), or -1."""
     period = 2 * (backslashes + 1)     # one escaped backslash, at this depth
     pos = start
     while True:
-        pos = text.find(quote, pos)
+        pos = text.find(quote, pos, end)
         if pos < 0:
             return -1
         run = 0
@@ -95,12 +90,13 @@ def mask(text):
     A quoted value is masked up to its closing quote (escapes understood,
     also in JSON nested in JSON); an unquoted one, or one whose quote never
     closes (a cut line), up to the end of the line. Linear in ``len(text)``:
-    every step moves forward.
+    every scan stays within the current line and starts past the last one.
     """
     if not isinstance(text, str):
         text = str(text)
     out = []
     pos = 0
+    eol = -1        # end of the current line; only ever searched forward
     while True:
         m = _KEY_RE.search(text, pos)
         if m is None:
@@ -111,11 +107,12 @@ def mask(text):
         while vstart + bs < len(text) and text[vstart + bs] == '\\':
             bs += 1
         q = text[vstart + bs] if vstart + bs < len(text) else ''
-        eol = text.find('\n', vstart)
-        eol = len(text) if eol < 0 else eol
+        if eol < vstart:
+            eol = text.find('\n', vstart)
+            eol = len(text) if eol < 0 else eol
         if q in ('"', "'"):
-            end = _quoted_end(text, vstart + bs + 1, bs, q)
-            if end < 0 or end > eol:
+            end = _quoted_end(text, vstart + bs + 1, eol, bs, q)
+            if end < 0:
                 out.append(text[vstart:vstart + bs + 1] + MASK)
                 pos = eol
             else:

@@ -2,8 +2,13 @@
 
 ``CONF`` is the agent's own ``ConfigOpts`` (not oslo's global one, so that
 oslo.messaging can share a process with it in tests); each submodule declares
-one group. ``check(conf)`` reads every option so that a bad value stops the agent
-at start with the option's name instead of failing later mid-request.
+one group; oslo.log's options are registered too (``compute_agent.log``).
+``check(conf)`` reads every option so that a bad value stops the agent at
+start with the option's name instead of failing later mid-request.
+
+A nova.conf is read as it is: nova's and oslo.messaging's names are
+deprecated names of ours (rabbit.py, rpc.py, images.py, vnc.py), and
+``unknown.warn_unknown`` names the options the agent ignores.
 """
 
 from oslo_config import cfg

@@ -55,6 +55,10 @@ opts = [
     cfg.BoolOpt(
         'force_config_drive', default=False,
         help='Attach a config drive to every instance, asked for or not.'),
+    cfg.IntOpt(
+        'log_line_max_length', default=16384, min=256, mutable=True,
+        help='Log messages longer than this many characters are cut (and say '
+             'so) before secrets are masked in them; bounds the work per line.'),
     cfg.StrOpt(
         'default_ephemeral_format', default=None,
         choices=[None, 'ext4', 'ext3', 'ext2', 'vfat'],

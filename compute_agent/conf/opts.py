@@ -4,8 +4,6 @@ oslo.log's own options come from its ``oslo.log`` namespace (see
 etc/compute-agent/compute-agent-config-generator.conf).
 """
 
-from compute_agent import log
-
 from compute_agent.conf import default
 from compute_agent.conf import images
 from compute_agent.conf import libvirt
@@ -18,8 +16,7 @@ from compute_agent.conf import vnc
 
 def list_opts():
     return [
-        ('DEFAULT', default.opts + rpc.default_opts + rabbit.opts
-         + log.opts),
+        ('DEFAULT', default.opts + rpc.default_opts + rabbit.opts),
         (libvirt.group, libvirt.opts),
         (vnc.group, vnc.opts),
         (images.group, images.opts),

@@ -187,3 +187,11 @@ def test_mask_work_is_linear_in_secret_count():
     assert masked == "password='***', " * 50000
     assert len(calls) == 50001
     assert calls == sorted(calls)
+
+
+def test_unterminated_values_are_masked_to_their_line_only():
+    """20,000 lines whose quote never closes (a quote only at the very end):
+    each is masked to its own end of line, the next line is still read."""
+    text = "password='abc def\n" * 20000 + "tail'"
+    masked = log.mask(text)
+    assert masked == "password='***\n" * 20000 + "tail'"
