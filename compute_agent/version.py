@@ -1,6 +1,6 @@
 """The agent's RPC API version (PROTOCOL.md) and package version."""
 
-RPC_API_VERSION = '1.0'
+RPC_API_VERSION = '1.1'
 
 
 def package_version():

@@ -122,7 +122,7 @@ def test_failure_reply_is_remote_error(agents, oslo_transport):
 def test_unsupported_version_and_invalid_requests(agents, oslo_transport):
     agent = agents()
     client = oslo_client(oslo_transport, agent.conf)
-    for version in ('2.0', '1.1', '0.9'):
+    for version in ('2.0', '1.2', '0.9'):
         with pytest.raises(oslo_messaging.RemoteError) as err:
             client.prepare(version=version).call({}, 'ping')
         assert err.value.exc_type == 'UnsupportedVersion', version

@@ -69,7 +69,7 @@ def test_parse_request_as_oslo_client_sends_it():
 
 
 @pytest.mark.parametrize('version,ok', [
-    ('1.0', True), ('1', False), ('1.1', False), ('2.0', False),
+    ('1.0', True), ('1', False), ('1.1', True), ('1.2', False), ('2.0', False),
     ('0.9', False), ('abc', False), ('1.0.3', True), (None, False)])
 def test_check_version(version, ok):
     if ok:
