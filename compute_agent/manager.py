@@ -19,6 +19,7 @@ from compute_agent import exception
 from compute_agent import states
 from compute_agent import validation
 from compute_agent import version
+from compute_agent.netfilter import firewall
 
 LOG = logging.getLogger(__name__)
 
@@ -33,7 +34,11 @@ def _now():
 
 
 def public(record):
-    return {k: record.get(k) for k in PUBLIC_KEYS}
+    out = {k: record.get(k) for k in PUBLIC_KEYS}
+    # Each VIF's filter (PROTOCOL 1.1), as kept in the record.
+    out['filters'] = firewall.describe(
+        (record.get('spec') or {}).get('network_info'))
+    return out
 
 
 def _error_of(exc):
@@ -313,6 +318,32 @@ class Manager:
                                 cleanup=cleanup)
         record = self._run(context, 'destroy', uuid, call)
         self._delete(uuid)
+        return public(record)
+
+    def do_update_security_rules(self, context, instance_uuid, vif_id, rules):
+        """Replace a VIF's rules live; task_state returns to what it was."""
+        with self._lock(instance_uuid):
+            record = self._get(instance_uuid)
+            if (record['vm_state'] not in states.UPDATE_RULES_FROM
+                    or record['task_state']):
+                raise exception.InstanceInvalidState(
+                    action='update_security_rules', uuid=instance_uuid,
+                    vm_state=record['vm_state'],
+                    task_state=record['task_state'])
+            self._set(record, context, 'update_security_rules.start',
+                      task_state='updating_security_rules')
+        spec = record['spec']
+        try:
+            new = self.driver.update_security_rules(
+                spec['instance'], spec['network_info'], vif_id, rules)
+        except Exception:
+            # The old rules are still in place: the instance is unchanged.
+            self._set(record, context, 'update_security_rules.error',
+                      task_state=None)
+            raise
+        spec['network_info'] = new
+        self._set(record, context, 'update_security_rules.end',
+                  task_state=None, spec=spec)
         return public(record)
 
     def do_get_info(self, context, instance_uuid):

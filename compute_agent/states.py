@@ -37,6 +37,9 @@ TRANSITIONS = {
 # A hard reboot may also start from these (nova allows it to revive a guest).
 HARD_REBOOT_FROM = (ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM, ERROR)
 
+# update_security_rules runs in these and ends where it started.
+UPDATE_RULES_FROM = (ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM, RESCUED)
+
 READ_ONLY = frozenset(('get_info', 'list_instances', 'get_console_output',
                        'get_vnc_console', 'get_host_stats', 'ping'))
 

@@ -17,6 +17,7 @@ import jsonschema
 from jsonschema import validators
 
 from compute_agent import exception
+from compute_agent.netfilter import spec
 from compute_agent.schemas import (  # noqa: F401  (re-exported)
     ARGS, DEFS, FORMAT_CHECKER, FORMAT_REASONS, INT_MAX, METHODS, SCHEMAS,
     SECRET_FIELDS, UUID_RE)
@@ -228,4 +229,15 @@ def validate(method, args):
         field, reason = _best(errors)
         raise exception.InvalidRequest(field, reason,
                                        uuid=instance_uuid_of(method, args))
-    return _normalize(validator, SCHEMAS[method], copy.deepcopy(args))
+    args = _normalize(validator, SCHEMAS[method], copy.deepcopy(args))
+    _check_filters(method, args)
+    return args
+
+
+def _check_filters(method, args):
+    """Cross-field checks of VIF filters (PROTOCOL 1.1 section 3)."""
+    uuid = instance_uuid_of(method, args)
+    if 'network_info' in args:
+        spec.check_network_info(args['network_info'], uuid)
+    if method == 'update_security_rules':
+        spec.check_rules(args['rules'], 'rules', uuid)

@@ -10,6 +10,7 @@ each behind an option.
 import os
 
 from compute_agent import exception
+from compute_agent.netfilter import firewall
 from compute_agent.virt import blockinfo
 from compute_agent.virt import config
 from compute_agent.virt import volume
@@ -95,7 +96,10 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
 
     for driver, vif in (vif_drivers.for_network_info(network_info)
                         if network_info else ()):
-        dom.add_device(driver.get_config(instance, vif, ctx.virt_type))
+        iface = dom.add_device(driver.get_config(instance, vif, ctx.virt_type))
+        ref = firewall.filterref(vif)     # anti-spoofing and security rules
+        if ref is not None:
+            iface.filterref = ref
 
     _consoles(ctx, dom)
     _graphics(ctx, dom)

@@ -22,6 +22,7 @@ import libvirt
 
 from compute_agent import exception
 from compute_agent.images.cache import ImageCache
+from compute_agent.netfilter import firewall
 from compute_agent.virt import builder
 from compute_agent.virt import configdrive
 from compute_agent.virt import connection
@@ -51,6 +52,7 @@ class _Undo:
 
     def __init__(self):
         self.files, self.vifs, self.volumes = [], [], []
+        self.filters = []        # network_info whose filters were defined
         self.dir = None          # the instance dir, if this call made it
         self.domain = False      # True once this call defined the domain
 
@@ -72,6 +74,7 @@ class LibvirtDriver:
         self.connection = connection.Connection(conf, on_power_event)
         self.image_cache = image_cache or ImageCache(conf)
         self.vif_drivers = vif_drivers or VifDrivers(conf)
+        self.firewall = firewall.Firewall(conf, self._call)
 
     def close(self):
         self.connection.close()
@@ -211,11 +214,15 @@ class LibvirtDriver:
         (spawn, power on, reboot, resume, rescue) plugs again and runs the
         drivers' post_start hooks.
         """
+        if undo is not None:
+            undo.filters = network_info or []
+        self.firewall.prepare(instance, network_info or [])
         plugged = self.vif_drivers.plug_all(instance, network_info or [])
         if undo is not None:
             undo.vifs.extend(plugged)
         self._on_domain(instance, self._start)
         self.vif_drivers.post_start_all(instance, network_info or [])
+        self.firewall.post_start(instance, network_info or [])
 
     def _rollback(self, instance, undo):
         """Remove what the failed call created; log (never raise) trouble."""
@@ -223,6 +230,7 @@ class LibvirtDriver:
         if undo.domain:
             steps.append(lambda: self._remove_domain(instance['uuid']))
         steps += [lambda d=d, v=v: d.unplug(instance, v) for d, v in reversed(undo.vifs)]
+        steps.append(lambda: self.firewall.teardown(instance, undo.filters))
         steps += [lambda d=d, i=i: d.disconnect(i) for d, i in reversed(undo.volumes)]
         if undo.dir:
             steps.append(lambda: shutil.rmtree(undo.dir, ignore_errors=True))
@@ -251,6 +259,7 @@ class LibvirtDriver:
         """
         self._remove_domain(instance['uuid'])
         errors = []
+        _collect(errors, self.firewall.teardown, instance, network_info or [])
         for drv, vif in self.vif_drivers.for_network_info(network_info or []):
             _collect(errors, drv.unplug, instance, vif)
         for bdm in (block_device_info or {}).get('block_device_mapping') or ():
@@ -425,6 +434,12 @@ class LibvirtDriver:
     def resume(self, instance, network_info=()):
         """Start from the managed save image (create() restores it)."""
         self._boot(instance, network_info)
+
+    # -- network filters ---------------------------------------------------------
+    def update_security_rules(self, instance, network_info, vif_id, rules):
+        """Replace one VIF's rules, live; returns the new network_info."""
+        running = self.get_power_state(instance) == guest.RUNNING
+        return self.firewall.update_rules(network_info, vif_id, rules, running)
 
     # -- queries -------------------------------------------------------------------
     def get_power_state(self, instance):
