@@ -862,8 +862,11 @@ def test_key_is_the_uuid_for_state_changing_methods_only(h):
         args = {'instance_uuid': uuid} if method in UUID_METHODS else {}
         valid = h.manager.validate(method, args, '1.0')
         assert h.manager.key(method, valid) is None, method
-    assert set(states.READ_ONLY) | set(states.TRANSITIONS) == set(
-        validation.METHODS)
+    valid = h.manager.validate('update_security_rules', {
+        'instance_uuid': uuid, 'vif_id': 'p', 'rules': None}, '1.1')
+    assert h.manager.key('update_security_rules', valid) == uuid
+    assert set(states.READ_ONLY) | set(states.TRANSITIONS) | {
+        'update_security_rules'} == set(validation.METHODS)
     assert not os.path.exists(h.conf.instances_path)
 
 
