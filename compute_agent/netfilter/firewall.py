@@ -95,7 +95,8 @@ class Firewall:
                 self.ofctl.remove(bridge, vif)
                 return
             dev = vif.get('devname')
-            ofport = int(self.vsctl.run('get', 'Interface', dev, 'ofport').strip())
+            _, out = self.vsctl.run('get', 'Interface', dev, 'ofport')
+            ofport = int(out.strip())
             if ofport < 1:
                 raise _failed(vif, 'port %s has no OpenFlow number' % dev)
             self.ofctl.replace(bridge, vif, ofport)

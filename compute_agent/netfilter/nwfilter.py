@@ -117,9 +117,21 @@ def needs_iptables(vif):
 # -- libvirt calls -----------------------------------------------------------
 
 def define(conn, vif, allow_same_net):
-    """Create or replace the VIF's filter (running guests get it at once)."""
-    xml = etree.tostring(filter_xml(vif, allow_same_net), encoding='unicode')
-    conn.nwfilterDefineXML(xml)
+    """Create or replace the VIF's filter (running guests get it at once).
+
+    A redefinition must carry the filter's uuid: libvirt refuses a filter
+    of the same name with another (a new, generated) uuid.
+    """
+    node = filter_xml(vif, allow_same_net)
+    try:
+        existing = conn.nwfilterLookupByName(node.get('name'))
+    except libvirt.libvirtError as e:
+        if e.get_error_code() != libvirt.VIR_ERR_NO_NWFILTER:
+            raise
+    else:
+        etree.SubElement(node, 'uuid').text = existing.UUIDString()
+        node.insert(0, node[-1])       # <uuid> first, as libvirt writes it
+    conn.nwfilterDefineXML(etree.tostring(node, encoding='unicode'))
 
 
 def undefine(conn, name):
