@@ -62,9 +62,11 @@ class Firewall:
     def check(self, vif):
         """Raise VifPlugFailed if the host cannot enforce ``vif``'s filter."""
         kind = vif.get('type')
-        if kind in OVS_TYPES and spec.effective(vif)['rules'] is not None:
-            raise _failed(vif, 'security rules on Open vSwitch ports are not '
-                               'implemented by this agent (anti-spoofing is)')
+        if kind in OVS_TYPES and any(
+                r.get('ethertype', 'IPv4') == 'IPv6'
+                for r in spec.effective(vif)['rules'] or ()):
+            raise _failed(vif, 'IPv6 security rules on Open vSwitch ports are '
+                               'not implemented by this agent')
         if kind not in NWFILTER_TYPES:
             return
         reason = (self.call(prereq.nwfilter_driver) or prereq.ebtables())
@@ -99,7 +101,8 @@ class Firewall:
             ofport = int(out.strip())
             if ofport < 1:
                 raise _failed(vif, 'port %s has no OpenFlow number' % dev)
-            self.ofctl.replace(bridge, vif, ofport)
+            self.ofctl.replace(bridge, vif, ofport,
+                               self.conf.allow_same_net_traffic)
         except (openflow.OpenFlowError, ovsdb.OvsError, ValueError) as e:
             raise _failed(vif, 'cannot install its OpenFlow rules: %s' % e) from None
 

@@ -174,13 +174,14 @@ def probe_after(agent, uuid, expected, timeout=60):
                          % (uuid, expected, last))
 
 
-def test_security_rules(agent, lv):
-    bridge = agent.fresh_link('cabr')
+@pytest.mark.parametrize('vif_type', ['bridge', 'ovs'])
+def test_security_rules(agent, lv, ovs_running, vif_type):
+    bridge = agent.ovs_bridge if vif_type == 'ovs' else agent.fresh_link('cabr')
     net = fresh_net()
     ip_a, ip_b = str(net[11]), str(net[12])
-    vif_a = make_vif('bridge', agent.fresh_link('tapca'), bridge=bridge, mtu=1500,
+    vif_a = make_vif(vif_type, agent.fresh_link('tapca'), bridge=bridge, mtu=1500,
                      ip=ip_a, cidr=str(net))
-    vif_b = make_vif('bridge', agent.fresh_link('tapca'), bridge=bridge, mtu=1500,
+    vif_b = make_vif(vif_type, agent.fresh_link('tapca'), bridge=bridge, mtu=1500,
                      ip=ip_b, cidr=str(net), filter={'rules': []})
     b, _ = agent.spawn(label='nfb', network_info=[vif_b], instance=agent.make_instance(
         'nfb', metadata={'nf_listen': '2201 2202'}))

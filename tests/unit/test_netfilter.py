@@ -302,11 +302,48 @@ def test_missing_nwfilter_driver_refuses_the_vif():
         conn.close()
 
 
-def test_ovs_vif_with_rules_is_refused():
+def test_ovs_vif_with_ipv6_rules_is_refused():
     fw = firewall.Firewall(bf.make_conf(), None)
+    fw.check(vif('ovs', flt={'rules': [rule()]}))
     with pytest.raises(exception.VifPlugFailed) as err:
-        fw.check(vif('ovs', flt={'rules': []}))
-    assert 'not implemented' in err.value.message
+        fw.check(vif('ovs', flt={'rules': [rule(ethertype='IPv6',
+                                                remote_ip_prefix=None)]}))
+    assert 'IPv6' in err.value.message and 'not implemented' in err.value.message
+
+
+@pytest.mark.parametrize('lo,hi', [(22, 22), (8000, 8080), (1, 65535), (1023, 1025),
+                                   (65535, 65535)])
+def test_port_masks_cover_exactly_the_range(lo, hi):
+    covered = set()
+    for value, mask in openflow.port_masks(lo, hi):
+        block = {p for p in range(65536) if p & mask == value}
+        assert not covered & block
+        covered |= block
+    assert covered == set(range(lo, hi + 1))
+
+
+def test_openflow_rules_flows():
+    v = vif('ovs', flt={'rules': [
+        rule(remote_ip_prefix='10.0.0.11/32'),
+        rule(direction='egress', protocol='udp', port_range_min=53,
+             port_range_max=53, remote_ip_prefix=None)]})
+    z = openflow.zone(v)
+    flows = openflow.flows(v, 7, allow_same_net=False)
+    t0 = [f for f in flows if ',table=0,' in f]
+    assert any('ip,nw_src=10.0.0.5,actions=ct(table=71,zone=%d)' % z in f for f in t0)
+    ing = [f for f in flows if ',table=72,' in f]
+    assert [f for f in ing if 'ct_state=+trk+new' in f] == [
+        'cookie=%s,table=72,dl_dst=fa:16:3e:12:34:56,priority=50,ct_state=+trk+new,'
+        'tcp,nw_src=10.0.0.11/32,tp_dst=0x16/0xffff,actions=ct(commit,zone=%d),NORMAL'
+        % (openflow.cookie(v), z)]
+    assert ing[-1].endswith('priority=10,actions=drop')
+    eg_new = [f for f in flows if ',table=71,' in f and '+new' in f]
+    assert len(eg_new) == 1 and 'udp,tp_dst=0x35/0xffff' in eg_new[0]
+    same = openflow.flows(v, 7, allow_same_net=True)
+    assert any('ip,nw_src=10.0.0.0/24' in f for f in same)
+    # rules null: only anti-spoofing, straight on to the dispatch table
+    plain = openflow.flows(vif('ovs'), 7)
+    assert not any('ct(' in f for f in plain)
 
 
 def test_update_rules_unknown_vif_is_invalid():
