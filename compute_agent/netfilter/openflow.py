@@ -78,7 +78,8 @@ def _rule_matches(rule, direction):
         base.append('%s=%s' % (field, net))
     if rule['port_range_min'] is None:
         return [','.join(base)]
-    return [','.join(base + ['tp_dst=0x%x/0x%x' % (v, m)])
+    return [','.join(base + ['tp_dst=%d' % v if m == 0xffff
+                             else 'tp_dst=0x%x/0x%x' % (v, m)])
             for v, m in port_masks(rule['port_range_min'], rule['port_range_max'])]
 
 

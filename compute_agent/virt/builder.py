@@ -97,9 +97,7 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
     for driver, vif in (vif_drivers.for_network_info(network_info)
                         if network_info else ()):
         iface = dom.add_device(driver.get_config(instance, vif, ctx.virt_type))
-        ref = firewall.filterref(vif)     # anti-spoofing and security rules
-        if ref is not None:
-            iface.filterref = ref
+        firewall.decorate(conf, iface, vif)   # anti-spoofing, security rules
 
     _consoles(ctx, dom)
     _graphics(ctx, dom)

@@ -173,6 +173,7 @@ class Interface(XMLObject):
     target_managed = Prop('target/@managed', YesNo)
     model = Prop('model/@type')
     driver_name = Prop('driver/@name')
+    host_csum = Prop('driver/host/@csum', OnOff)
     mtu = Prop('mtu/@size', Int)
     script = Prop('script/@path')
     filterref = Child(FilterRef)

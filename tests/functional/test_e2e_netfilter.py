@@ -222,10 +222,25 @@ def test_security_rules(agent, lv, ovs_running, vif_type):
         # The rules are in the record and survive an agent restart.
         agent.restart()
         assert agent.get_info(b['uuid'])['filters'][vif_b['id']]['rules'] == rules
-        update([])
-        probe_after(agent, a['uuid'], nothing)
         # Both guests kept running all along (same QEMU processes).
         assert {u: lv.lookupByUUIDString(u).ID() for u in dom_ids} == dom_ids
+        # The rules survive a hard reboot (B boots again, A keeps probing)...
+        agent.call('reboot', instance={'uuid': b['uuid']}, reboot_type='HARD')
+        probe_after(agent, a['uuid'], 'icmp=ok tcp2201=ok tcp2202=fail', timeout=120)
+        # ... and a rescue: the rescued guest's NIC has the same filter.
+        agent.call('rescue', instance={'uuid': b['uuid']})
+        xml = lv.lookupByUUIDString(b['uuid']).XMLDesc(0)
+        if vif_type == 'bridge':
+            assert "filter='ca-%s'" % vif_b['id'] in xml
+            assert "dstportstart='2201'" in lv.nwfilterLookupByName(
+                'ca-' + vif_b['id']).XMLDesc(0)
+        else:
+            assert 'tp_dst=2201' in run('ovs-ofctl', 'dump-flows', bridge, 'cookie=%s/-1'
+                                         % openflow.cookie(vif_b))
+        agent.call('unrescue', instance={'uuid': b['uuid']})
+        probe_after(agent, a['uuid'], 'icmp=ok tcp2201=ok tcp2202=fail', timeout=120)
+        update([])
+        probe_after(agent, a['uuid'], nothing)
     finally:
         agent.stop()
         agent.write_config()

@@ -334,11 +334,11 @@ def test_openflow_rules_flows():
     ing = [f for f in flows if ',table=72,' in f]
     assert [f for f in ing if 'ct_state=+trk+new' in f] == [
         'cookie=%s,table=72,dl_dst=fa:16:3e:12:34:56,priority=50,ct_state=+trk+new,'
-        'tcp,nw_src=10.0.0.11/32,tp_dst=0x16/0xffff,actions=ct(commit,zone=%d),NORMAL'
+        'tcp,nw_src=10.0.0.11/32,tp_dst=22,actions=ct(commit,zone=%d),NORMAL'
         % (openflow.cookie(v), z)]
     assert ing[-1].endswith('priority=10,actions=drop')
     eg_new = [f for f in flows if ',table=71,' in f and '+new' in f]
-    assert len(eg_new) == 1 and 'udp,tp_dst=0x35/0xffff' in eg_new[0]
+    assert len(eg_new) == 1 and 'udp,tp_dst=53' in eg_new[0]
     same = openflow.flows(v, 7, allow_same_net=True)
     assert any('ip,nw_src=10.0.0.0/24' in f for f in same)
     # rules null: only anti-spoofing, straight on to the dispatch table
@@ -360,3 +360,13 @@ def test_describe_gives_each_vifs_filter():
         VIF_ID: {'anti_spoofing': True, 'rules': None},
         'p2': {'anti_spoofing': False, 'rules': None}}
     assert ni == before
+
+
+@pytest.mark.parametrize('datapath', ['netdev', 'system'])
+def test_ovs_on_userspace_datapath_gets_no_checksum_offload(datapath):
+    conf = bf.make_conf(overrides={'ovs.datapath_type': datapath})
+    plan = bf.build(conf, bf.make_request(network_info=[bf.ovs_vif(2), bf.bridge_vif(1)]))
+    schema.validate_domain(plan.domain.format())
+    ovs, br = plan.domain.format().findall('devices/interface')
+    assert ovs.xpath('string(driver/host/@csum)') == ('off' if datapath == 'netdev' else '')
+    assert br.find('driver') is None
