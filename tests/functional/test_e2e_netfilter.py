@@ -35,10 +35,10 @@ try:
     from tests.functional.agent_fixture import (  # noqa: F401
         agent, no_domain, open_libvirt, test_guest)
     from tests.functional.test_e2e_network import (  # noqa: F401
-        lv, make_vif, ovs_running, random_mac)
+        make_vif, ovs_running, random_mac)
 except ImportError:
     from agent_fixture import agent, no_domain, open_libvirt, test_guest  # noqa: F401
-    from test_e2e_network import lv, make_vif, ovs_running, random_mac  # noqa: F401
+    from test_e2e_network import make_vif, ovs_running, random_mac  # noqa: F401
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.rabbit, pytest.mark.slow,
               pytest.mark.timeout(600)]
@@ -47,6 +47,28 @@ pytestmark = [pytest.mark.libvirt, pytest.mark.rabbit, pytest.mark.slow,
 def run(*argv):
     return subprocess.run(argv, capture_output=True, text=True, check=True,
                           timeout=60).stdout
+
+
+def on_libvirt(fn):
+    """``fn(conn)`` on a fresh connection: the shared libvirtd may be
+    restarted by other tests at any time (its guests keep running)."""
+    conn = open_libvirt()
+    try:
+        return fn(conn)
+    finally:
+        conn.close()
+
+
+def gone(uuid):
+    return on_libvirt(lambda c: no_domain(c, uuid))
+
+
+def dom_xml(uuid):
+    return on_libvirt(lambda c: c.lookupByUUIDString(uuid).XMLDesc(0))
+
+
+def dom_id(uuid):
+    return on_libvirt(lambda c: c.lookupByUUIDString(uuid).ID())
 
 
 def fresh_net():
@@ -111,7 +133,7 @@ def wire(tap, bridge):
 
 @pytest.mark.parametrize('vif_type,anti_spoofing', [
     ('bridge', True), ('bridge', False), ('ovs', True), ('ethernet', True)])
-def test_anti_spoofing(agent, lv, ovs_running, vif_type, anti_spoofing):
+def test_anti_spoofing(agent, ovs_running, vif_type, anti_spoofing):
     bridge = agent.ovs_bridge if vif_type == 'ovs' else agent.fresh_link('cabr')
     net = fresh_net()
     ip_a, ip_b, spoof_ip = str(net[11]), str(net[12]), str(net[99])
@@ -133,7 +155,7 @@ def test_anti_spoofing(agent, lv, ovs_running, vif_type, anti_spoofing):
     if vif_type == 'ethernet':
         wire(vif_a['devname'], bridge)
     if vif_type != 'ovs':
-        xml = lv.lookupByUUIDString(a['uuid']).XMLDesc(0)
+        xml = dom_xml(a['uuid'])
         assert "filter='ca-%s'" % vif_a['id'] in xml
     else:
         flows = run('ovs-ofctl', 'dump-flows', bridge, 'cookie=%s/-1' % openflow.cookie(vif_a))
@@ -150,7 +172,7 @@ def test_anti_spoofing(agent, lv, ovs_running, vif_type, anti_spoofing):
 
     for inst, vif in ((a, vif_a), (b, vif_b)):
         agent.destroy(inst)
-        assert no_domain(lv, inst['uuid'])
+        assert gone(inst['uuid'])
         assert host_traces(vif, agent.ovs_bridge) == []
 
 
@@ -175,7 +197,7 @@ def probe_after(agent, uuid, expected, timeout=60):
 
 
 @pytest.mark.parametrize('vif_type', ['bridge', 'ovs'])
-def test_security_rules(agent, lv, ovs_running, vif_type):
+def test_security_rules(agent, ovs_running, vif_type):
     bridge = agent.ovs_bridge if vif_type == 'ovs' else agent.fresh_link('cabr')
     net = fresh_net()
     ip_a, ip_b = str(net[11]), str(net[12])
@@ -192,7 +214,7 @@ def test_security_rules(agent, lv, ovs_running, vif_type):
     nothing = 'icmp=fail tcp2201=fail tcp2202=fail'
     # 3. allow_same_net_traffic=true (the default), rules []: A reaches B.
     probe_after(agent, a['uuid'], all_ok, timeout=120)
-    dom_ids = {u: lv.lookupByUUIDString(u).ID() for u in (a['uuid'], b['uuid'])}
+    dom_ids = {u: dom_id(u) for u in (a['uuid'], b['uuid'])}
 
     # 2. allow_same_net_traffic=false: nothing comes in.
     agent.stop()
@@ -223,17 +245,17 @@ def test_security_rules(agent, lv, ovs_running, vif_type):
         agent.restart()
         assert agent.get_info(b['uuid'])['filters'][vif_b['id']]['rules'] == rules
         # Both guests kept running all along (same QEMU processes).
-        assert {u: lv.lookupByUUIDString(u).ID() for u in dom_ids} == dom_ids
+        assert {u: dom_id(u) for u in dom_ids} == dom_ids
         # The rules survive a hard reboot (B boots again, A keeps probing)...
         agent.call('reboot', instance={'uuid': b['uuid']}, reboot_type='HARD')
         probe_after(agent, a['uuid'], 'icmp=ok tcp2201=ok tcp2202=fail', timeout=120)
         # ... and a rescue: the rescued guest's NIC has the same filter.
         agent.call('rescue', instance={'uuid': b['uuid']})
-        xml = lv.lookupByUUIDString(b['uuid']).XMLDesc(0)
+        xml = dom_xml(b['uuid'])
         if vif_type == 'bridge':
             assert "filter='ca-%s'" % vif_b['id'] in xml
-            assert "dstportstart='2201'" in lv.nwfilterLookupByName(
-                'ca-' + vif_b['id']).XMLDesc(0)
+            assert "dstportstart='2201'" in on_libvirt(
+                lambda c: c.nwfilterLookupByName('ca-' + vif_b['id']).XMLDesc(0))
         else:
             assert 'tp_dst=2201' in run('ovs-ofctl', 'dump-flows', bridge, 'cookie=%s/-1'
                                          % openflow.cookie(vif_b))
@@ -247,11 +269,11 @@ def test_security_rules(agent, lv, ovs_running, vif_type):
         agent.start()
     for inst, vif in ((a, vif_a), (b, vif_b)):
         agent.destroy(inst)
-        assert no_domain(lv, inst['uuid'])
+        assert gone(inst['uuid'])
         assert host_traces(vif, agent.ovs_bridge) == []
 
 
-def test_bad_filter_creates_nothing(agent, lv):
+def test_bad_filter_creates_nothing(agent):
     bridge, tap = agent.fresh_link('cabr'), agent.fresh_link('tapca')
     vif = make_vif('bridge', tap, bridge=bridge, ip='10.5.5.5', cidr='10.5.5.0/24',
                    filter={'rules': [{'direction': 'ingress', 'protocol': 'tcp',
@@ -261,6 +283,6 @@ def test_bad_filter_creates_nothing(agent, lv):
         agent.spawn(instance=inst, network_info=[vif])
     assert err.value.exc_type == 'InvalidRequest'
     assert 'network_info[0].filter.rules[0].port_range_min' in str(err.value)
-    assert no_domain(lv, inst['uuid'])
+    assert gone(inst['uuid'])
     assert host_traces(vif, agent.ovs_bridge) == []
     assert not agent.instance_dir(inst).exists()
