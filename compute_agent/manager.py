@@ -23,6 +23,7 @@ from compute_agent import exception
 from compute_agent import states
 from compute_agent import validation
 from compute_agent import version
+from compute_agent.netfilter import firewall
 from compute_agent.virt import planner as planner_mod
 
 LOG = logging.getLogger(__name__)
@@ -44,7 +45,11 @@ def _now():
 
 
 def public(record):
-    return {k: record.get(k) for k in PUBLIC_KEYS}
+    out = {k: record.get(k) for k in PUBLIC_KEYS}
+    # Each VIF's filter (PROTOCOL 1.1), as kept in the record.
+    out['filters'] = firewall.describe(
+        (record.get('spec') or {}).get('network_info'))
+    return out
 
 
 def _error_of(exc):
@@ -396,6 +401,24 @@ class Manager:
                                 cleanup=cleanup)
         record = self._run(context, 'destroy', uuid, call)
         self._delete(uuid)
+        return public(record)
+
+    def do_update_security_rules(self, context, instance_uuid, vif_id, rules):
+        """Replace a VIF's rules, live on a running guest; the record keeps
+        them for every later start (docs: protocol-methods-1-1)."""
+        changes = {}
+
+        def replace(record):
+            # Done before the guest is touched in the table's sense: a
+            # failure leaves the old rules in force and the states as they
+            # were, so it is the "prepare" step.
+            spec = dict(record['spec'])
+            spec['network_info'] = self.driver.update_security_rules(
+                spec['instance'], spec['network_info'], vif_id, rules)
+            changes['spec'] = spec
+        record = self._run(context, 'update_security_rules', instance_uuid,
+                           lambda record, plan: None, prepare=replace,
+                           end_changes=changes)
         return public(record)
 
     def do_get_info(self, context, instance_uuid):

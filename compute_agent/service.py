@@ -50,6 +50,10 @@ class Service:
 
     def start(self, ready_timeout=None):
         self.sd.status('reconciling instances with libvirt')
+        if self.conf.injected_network_template:
+            LOG.info('injected_network_template is set but not used: network '
+                     'configuration reaches guests through the config '
+                     'drive\'s network_data.json')
         self.manager.recover()
         if self.conf.metrics.enabled:
             port = METRICS.serve(self.conf.metrics.listen_address,

@@ -56,6 +56,10 @@ TRANSITIONS = {
     'suspend': Transition((ACTIVE,), 'suspending', SUSPENDED_VM, SUSPENDED),
     'resume': Transition((SUSPENDED_VM,), 'resuming', ACTIVE, RUNNING),
     'destroy': Transition(_ANY, 'deleting', DELETED, NOSTATE),
+    # 1.1: live on a running guest; the power state is not changed (None).
+    'update_security_rules': Transition(
+        (ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM, RESCUED),
+        'updating_security_rules', PREVIOUS, None),
 }
 
 # Requests that change nothing: no per-instance queue, no fsync'ed outcome.

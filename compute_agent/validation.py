@@ -25,6 +25,7 @@ from jsonschema import validators
 from compute_agent import exception
 from compute_agent import plugins
 from compute_agent import rules
+from compute_agent.netfilter import spec
 from compute_agent.schemas import (  # noqa: F401  (re-exported)
     ARGS, DEFS, FORMAT_CHECKER, FORMAT_REASONS, INT_MAX, METHODS, SCHEMAS,
     SECRET_FIELDS, UUID_RE)
@@ -245,7 +246,18 @@ def validate(method, args):
     except exception.InvalidRequest as e:
         raise exception.InvalidRequest(e.field, e.reason,
                                        uuid=instance_uuid_of(method, args)) from None
-    return _normalize(validator, SCHEMAS[method], copy.deepcopy(args))
+    args = _normalize(validator, SCHEMAS[method], copy.deepcopy(args))
+    _check_filters(method, args)
+    return args
+
+
+def _check_filters(method, args):
+    """Cross-field checks of VIF filters (PROTOCOL 1.1 section 3)."""
+    uuid = instance_uuid_of(method, args)
+    if 'network_info' in args:
+        spec.check_network_info(args['network_info'], uuid)
+    if method == 'update_security_rules':
+        spec.check_rules(args['rules'], 'rules', uuid)
 
 
 def _check_across(method, args):

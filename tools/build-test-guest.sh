@@ -41,6 +41,20 @@
 #   "meta": {"ping": "<ip>", "poweroff": "1", "flood": "<MiB>",
 #            "reboot_once": "1"} with the same effect as
 # ca_ping / ca_poweroff / ca_flood / ca_reboot_once.
+# -- network filter probes (filters branch; meta keys, all optional) --
+#   "nf_count": "1"        print "NF-INECHOS <n>" every second: ICMP echo
+#                          requests received (/proc/net/snmp Icmp InEchos)
+#   "nf_listen": "P1 P2"   answer NF-HELLO on each TCP port (busybox nc -ll)
+#   "nf_probe": "<ip>"     every second: one ping and a TCP connect to each
+#                          port of "nf_ports" ("P1 P2"), printing
+#                          "NF-PROBE <n> icmp=ok|fail tcpP1=ok|fail ..."
+#   "nf_spoof": "<ip>"     before probing, the spoof sequence against <ip>:
+#                          NF-PHASE own-start, 5 pings from its own address,
+#                          NF-PHASE own-end; the same with a foreign source
+#                          address "nf_spoof_ip" (spoof-ip-start/end) and
+#                          with a foreign MAC "nf_spoof_mac"
+#                          (spoof-mac-start/end); each phase waits 3 s
+#                          before and after its pings; then NF-SPOOF-DONE.
 set -euo pipefail
 
 usage() { echo "usage: $0 OUTDIR" >&2; exit 2; }
@@ -374,6 +388,75 @@ if [ -n "$PING" ]; then
     done
     if [ $ok -eq 1 ]; then echo "PING-OK $PING"; else echo "PING-FAIL $PING"; fi
 fi
+
+# ------------------------------------------------------------ network filter probes
+# (filters branch: see "network filter probes" in the header comment)
+nf_meta() { [ -n "$META" ] && json_str "$1" "$META"; }
+NF_IF=$(ip -o link show | sed -n 's/^[0-9]*: \(eth[0-9]*\).*/\1/p' | head -n 1)
+if [ "$(nf_meta nf_count)" = 1 ]; then
+    (
+        while :; do
+            echo "NF-INECHOS $(awk '/^Icmp:/ { if (!h) { for (i = 2; i <= NF; i++) if ($i == "InEchos") c = i; h = 1 } else print $c }' /proc/net/snmp)"
+            sleep 1
+        done
+    ) &
+fi
+NF_LISTEN=$(nf_meta nf_listen)
+if [ -n "$NF_LISTEN" ]; then
+    printf '#!/bin/sh\necho NF-HELLO\n' >/tmp/nf-hello
+    chmod 755 /tmp/nf-hello
+    for p in $NF_LISTEN; do
+        nc -ll -p "$p" -e /tmp/nf-hello &
+    done
+    echo "NF-LISTENING: $NF_LISTEN"
+fi
+nf_phase() {  # nf_phase NAME ARGS...: 5 pings between two markers
+    local name=$1; shift
+    echo "NF-PHASE $name-start"
+    sleep 3
+    ping -c 5 -i 0.2 -W 1 "$@" >/dev/null 2>&1
+    sleep 3
+    echo "NF-PHASE $name-end"
+}
+NF_SPOOF=$(nf_meta nf_spoof)
+if [ -n "$NF_SPOOF" ] && [ -n "$NF_IF" ]; then
+    nf_phase own "$NF_SPOOF"
+    sip=$(nf_meta nf_spoof_ip)
+    if [ -n "$sip" ]; then
+        ip addr add "$sip/32" dev "$NF_IF"
+        nf_phase spoof-ip -I "$sip" "$NF_SPOOF"
+        ip addr del "$sip/32" dev "$NF_IF"
+    fi
+    smac=$(nf_meta nf_spoof_mac)
+    if [ -n "$smac" ]; then
+        omac=$(cat "/sys/class/net/$NF_IF/address")
+        ip link set "$NF_IF" address "$smac"
+        nf_phase spoof-mac "$NF_SPOOF"
+        ip link set "$NF_IF" address "$omac"
+    fi
+    echo "NF-SPOOF-DONE"
+fi
+NF_PROBE=$(nf_meta nf_probe)
+if [ -n "$NF_PROBE" ]; then
+    NF_PORTS=$(nf_meta nf_ports)
+    (
+        n=0
+        while :; do
+            n=$((n + 1))
+            if ping -c 1 -W 1 "$NF_PROBE" >/dev/null 2>&1; then r="icmp=ok"; else r="icmp=fail"; fi
+            for p in $NF_PORTS; do
+                if echo | nc -w 2 "$NF_PROBE" "$p" 2>/dev/null | grep -q NF-HELLO; then
+                    r="$r tcp$p=ok"
+                else
+                    r="$r tcp$p=fail"
+                fi
+            done
+            echo "NF-PROBE $n $r"
+            sleep 1
+        done
+    ) &
+fi
+# ------------------------------------------------------------ end of network filter probes
 
 # ------------------------------------------------------------ finish
 if has_opt ca_poweroff || { [ -n "$META" ] && [ "$(json_str poweroff "$META")" = 1 ]; }; then

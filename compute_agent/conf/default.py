@@ -64,6 +64,25 @@ opts = [
         choices=[None, 'ext4', 'ext3', 'ext2', 'vfat'],
         help='File system made on new ephemeral disks; unset leaves them '
              'blank.'),
+    # -- seed flags of the 2012 driver, and network isolation --------------
+    cfg.BoolOpt(
+        'allow_same_net_traffic', default=True,
+        deprecated_opts=[cfg.DeprecatedOpt('allow-same-net-traffic')],
+        help='When a VIF has security rules, also let in all traffic from '
+             'the VIF\'s own subnets (as 2012 nova did). The name is the '
+             '2012 flag and nova.conf\'s [DEFAULT] option alike.'),
+    cfg.StrOpt(
+        'injected_network_template', default=None,
+        help='Accepted for compatibility with 2012 nova and not used: network '
+             'configuration reaches guests through the config drive\'s '
+             'openstack/latest/network_data.json (the agent says so at '
+             'start when this is set).'),
+    cfg.BoolOpt(
+        'set_bridge_nf_call', default=False,
+        help='Set net.bridge.bridge-nf-call-iptables (and -ip6tables) to 1 '
+             'when a bridge VIF with security rules needs it. When false and '
+             'the sysctl is 0, such a VIF is refused (VifPlugFailed) rather '
+             'than left unfiltered.'),
 ]
 
 

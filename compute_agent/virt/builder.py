@@ -12,6 +12,7 @@ each behind an option.
 import os
 
 from compute_agent import exception
+from compute_agent.netfilter import firewall
 from compute_agent.virt import blockinfo
 from compute_agent.virt import config
 from compute_agent.virt import console
@@ -102,7 +103,8 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
         vifs = (vif_drivers.for_network_info(network_info)
                 if network_info else [])
     for driver, vif in vifs:
-        dom.add_device(driver.get_config(instance, vif, ctx.virt_type))
+        iface = dom.add_device(driver.get_config(instance, vif, ctx.virt_type))
+        firewall.decorate(conf, iface, vif)   # anti-spoofing, security rules
 
     _consoles(ctx, dom)
     _graphics(ctx, dom)

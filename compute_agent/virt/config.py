@@ -49,6 +49,19 @@ class VirtualPort(XMLObject):
     profile_id = Prop('parameters/@profileid')
 
 
+class FilterParameter(XMLObject):
+    TAG = 'parameter'
+    name = Prop('@name')
+    value = Prop('@value')
+
+
+class FilterRef(XMLObject):
+    """An interface's nwfilter; a parameter may repeat (a list, e.g. IP)."""
+    TAG = 'filterref'
+    filter = Prop('@filter')
+    parameters = Children(FilterParameter)
+
+
 # --- top-level domain parts ---------------------------------------------------
 
 class OS(XMLObject):
@@ -148,7 +161,7 @@ class Filesystem(XMLObject):
 class Interface(XMLObject):
     TAG = 'interface'
     ORDER = ('mac', 'source', 'virtualport', 'target', 'model', 'driver',
-             'mtu', 'alias', 'address')
+             'mtu', 'filterref', 'alias', 'address')
     type = Prop('@type')                 # bridge | ethernet | network | direct
     mac = Prop('mac/@address')
     source_bridge = Prop('source/@bridge')
@@ -160,8 +173,10 @@ class Interface(XMLObject):
     target_managed = Prop('target/@managed', YesNo)
     model = Prop('model/@type')
     driver_name = Prop('driver/@name')
+    host_csum = Prop('driver/host/@csum', OnOff)
     mtu = Prop('mtu/@size', Int)
     script = Prop('script/@path')
+    filterref = Child(FilterRef)
 
 
 class _CharDevice(XMLObject):
@@ -283,6 +298,7 @@ class Domain(XMLObject):
 
 # Every model class, for tests and tools that walk them all.
 ALL_CLASSES = (Boot, CPUFeature, Timer, SysInfoEntry, DiskHost, VirtualPort,
+               FilterParameter, FilterRef,
                OS, Features, CPU, Clock, SysInfo, Disk, Filesystem, Interface,
                Serial, Console, Input, Graphics, Video, Controller, MemBalloon,
                Rng, Domain)

@@ -27,6 +27,7 @@ import libvirt
 from compute_agent import exception
 from compute_agent import states
 from compute_agent.images.cache import ImageCache
+from compute_agent.netfilter import firewall
 from compute_agent.virt import config
 from compute_agent.virt import configdrive
 from compute_agent.virt import connection
@@ -56,6 +57,7 @@ class _Undo:
 
     def __init__(self):
         self.files, self.vifs, self.volumes = [], [], []
+        self.filters = []        # network_info whose filters were defined
         self.dir = None          # the instance dir, if this call made it
         self.domain = False      # True once this call defined the domain
 
@@ -78,6 +80,7 @@ class LibvirtDriver:
         self.image_cache = image_cache or ImageCache(conf)
         self.vif_drivers = vif_drivers or VifDrivers(conf)
         self._console_keep = None     # rotated console logs kept, read lazily
+        self.firewall = firewall.Firewall(conf, self._call)
 
     def close(self):
         self.connection.close()
@@ -198,6 +201,10 @@ class LibvirtDriver:
         (spawn, power on, reboot, resume, rescue) plugs again and runs the
         drivers' post_start hooks. ``vifs`` are (driver, vif) pairs.
         """
+        network_info = [vif for _, vif in vifs]
+        if undo is not None:
+            undo.filters = network_info
+        self.firewall.prepare(instance, network_info)
         plugged = []
         try:
             for drv, vif in vifs:
@@ -219,6 +226,7 @@ class LibvirtDriver:
                 raise
             except Exception as e:
                 raise exception.VifPlugFailed(vif_id=vif.get('id'), reason=str(e)) from e
+        self.firewall.post_start(instance, network_info)
 
     def _rollback(self, instance, undo):
         """Remove what the failed call created; log (never raise) trouble."""
@@ -226,6 +234,7 @@ class LibvirtDriver:
         if undo.domain:
             steps.append(lambda: self._remove_domain(instance['uuid']))
         steps += [lambda d=d, v=v: d.unplug(instance, v) for d, v in reversed(undo.vifs)]
+        steps.append(lambda: self.firewall.teardown(instance, undo.filters))
         steps += [lambda d=d, i=i: d.disconnect(i) for d, i in reversed(undo.volumes)]
         if undo.dir:
             steps.append(lambda: shutil.rmtree(undo.dir, ignore_errors=True))
@@ -254,6 +263,7 @@ class LibvirtDriver:
         """
         self._remove_domain(instance['uuid'])
         errors = []
+        _collect(errors, self.firewall.teardown, instance, network_info or [])
         for drv, vif in self.vif_drivers.for_network_info(network_info or []):
             _collect(errors, drv.unplug, instance, vif)
         for bdm in (block_device_info or {}).get('block_device_mapping') or ():
@@ -409,6 +419,12 @@ class LibvirtDriver:
     def resume(self, instance, vifs=()):
         """Start from the managed save image (create() restores it)."""
         self._boot(instance, vifs)
+
+    # -- network filters ---------------------------------------------------------
+    def update_security_rules(self, instance, network_info, vif_id, rules):
+        """Replace one VIF's rules, live; returns the new network_info."""
+        running = self.get_power_state(instance) == states.RUNNING
+        return self.firewall.update_rules(network_info, vif_id, rules, running)
 
     # -- queries -------------------------------------------------------------------
     def get_power_state(self, instance, retry=True):

@@ -1014,7 +1014,11 @@ def test_key_is_the_uuid_for_state_changing_methods_only(h):
         args = {'instance_uuid': uuid} if method in UUID_METHODS else {}
         valid = h.manager.validate(method, args, '1.0')
         assert h.manager.key(method, valid) is None, method
-    assert set(READ_ONLY) | set(STATE_CHANGING) == set(validation.METHODS)
+    valid = h.manager.validate('update_security_rules', {
+        'instance_uuid': uuid, 'vif_id': 'p', 'rules': None}, '1.1')
+    assert h.manager.key('update_security_rules', valid) == uuid
+    assert set(READ_ONLY) | set(STATE_CHANGING) | {
+        'update_security_rules'} == set(validation.METHODS)
     assert not os.path.exists(h.conf.instances_path)
 
 
@@ -1139,3 +1143,50 @@ def test_passwords_never_stored_nor_reported_nor_logged(h, caplog):
         assert secret not in repr(h.call('list_instances'))
         assert secret not in caplog.text
     assert admin not in repr(record)
+
+
+# -- update_security_rules (PROTOCOL 1.1) ------------------------------------------
+
+def _rule_states(h, uuid, since):
+    return [(r['vm_state'], r['task_state'], r['event'])
+            for r in h.notifier.for_uuid(uuid)[since:]]
+
+
+def test_update_security_rules_keeps_rules_and_returns_to_the_state(h):
+    inst, _ = h.spawn()
+    uuid = inst['uuid']
+    record = h.journal.get_instance(uuid)
+    # A VIF of a type with no host filter mechanism: only the record changes.
+    vif = {'id': 'port-1', 'address': 'fa:16:3e:00:00:01', 'type': 'plugin'}
+    spec = dict(record['spec'], network_info=[vif])
+    h.force_record(uuid, spec=spec)
+    since = len(h.notifier.for_uuid(uuid))
+    rules = [{'direction': 'ingress', 'ethertype': 'IPv4', 'protocol': 'icmp',
+              'port_range_min': None, 'port_range_max': None,
+              'remote_ip_prefix': '10.0.0.0/24'}]
+    out = h.call('update_security_rules', instance_uuid=uuid, vif_id='port-1',
+                 rules=rules)
+    assert out['filters'] == {'port-1': {'anti_spoofing': True, 'rules': rules}}
+    assert h.info(uuid)['filters'] == out['filters']
+    assert _rule_states(h, uuid, since) == [
+        ('active', 'updating_security_rules', 'update_security_rules.start'),
+        ('active', None, 'update_security_rules.end')]
+
+
+def test_update_security_rules_unknown_vif_changes_nothing(h):
+    inst, _ = h.spawn()
+    uuid = inst['uuid']
+    since = len(h.notifier.for_uuid(uuid))
+    with pytest.raises(exception.InvalidRequest) as err:
+        h.call('update_security_rules', instance_uuid=uuid, vif_id='nope', rules=[])
+    assert 'vif_id' in err.value.message
+    assert h.info(uuid)['vm_state'] == 'active'
+    assert h.info(uuid)['task_state'] is None
+    assert h.info(uuid)['filters'] == {}
+    assert _rule_states(h, uuid, since)[-1][:2] == ('active', None)
+
+
+def test_update_security_rules_unknown_instance(h):
+    with pytest.raises(exception.InstanceNotFound):
+        h.call('update_security_rules', instance_uuid=mf.new_uuid(), vif_id='p',
+               rules=None)

@@ -94,6 +94,8 @@ def minimal(method):
         return {'instance_uuid': UUID}
     if method in ('list_instances', 'get_host_stats', 'ping'):
         return {}
+    if method == 'update_security_rules':
+        return {'instance_uuid': UUID, 'vif_id': 'port-1', 'rules': None}
     if method == 'spawn':
         return {'instance': instance(), 'image_meta': {'id': 'cirros'}}
     return {'instance': instance()}
@@ -121,7 +123,8 @@ def invalid(method, args):
 PROTOCOL_METHODS = {
     'spawn', 'rescue', 'unrescue', 'reboot', 'power_off', 'power_on', 'pause',
     'unpause', 'suspend', 'resume', 'destroy', 'get_info', 'list_instances',
-    'get_console_output', 'get_vnc_console', 'get_host_stats', 'ping'}
+    'get_console_output', 'get_vnc_console', 'get_host_stats', 'ping',
+    'update_security_rules'}
 
 
 # -- the method table -------------------------------------------------------
@@ -169,6 +172,8 @@ EXPECTED_MINIMAL = {
     'get_vnc_console': {'instance_uuid': UUID},
     'get_host_stats': {},
     'ping': {},
+    'update_security_rules': {'instance_uuid': UUID, 'vif_id': 'port-1',
+                              'rules': None},
 }
 
 
