@@ -75,6 +75,8 @@ class Manager:
         # changes nothing costs no journal write, so it is kept here and
         # saved with the next change.
         self._checked = {}
+        # uuid -> (request_id, outcome) of destroys recovery finished
+        self._destroyed = {}
         self.planner = planner_mod.Planner(conf, driver.vif_drivers,
                                            driver.image_cache)
 
@@ -399,6 +401,10 @@ class Manager:
                                 network_info or spec['network_info'],
                                 block_device_info or spec['block_device_info'],
                                 cleanup=cleanup)
+        request_id, outcome = self._destroyed.get(uuid, (None, None))
+        if (outcome is not None and request_id == context.get('request_id')
+                and self.journal.get_instance(uuid) is None):
+            return outcome      # the redelivery of a destroy recovery finished
         record = self._run(context, 'destroy', uuid, call)
         self._delete(uuid)
         return public(record)
@@ -574,6 +580,10 @@ class Manager:
                   **changes)
         if vm_state == states.DELETED:
             self._delete(record['uuid'])
+            # Its redelivery must still get the destroy's outcome, though the
+            # record is gone (docs: protocol-recovery).
+            self._destroyed[record['uuid']] = (record.get('task_request_id'),
+                                              public(record))
 
     def _devices(self, record):
         """The devices a spawn interrupted after its guest started chose."""

@@ -1190,3 +1190,24 @@ def test_update_security_rules_unknown_instance(h):
     with pytest.raises(exception.InstanceNotFound):
         h.call('update_security_rules', instance_uuid=mf.new_uuid(), vif_id='p',
                rules=None)
+
+
+def test_redelivered_destroy_after_recovery_finished_it(h):
+    """Recovery finishes an interrupted destroy and the record goes; its
+    redelivery still gets the destroy's outcome, another request does not."""
+    h.check_repeats = False     # forced records are, by design, not reported
+    instance = bring_to(h, states.ACTIVE)
+    uuid = instance['uuid']
+    ctx = mf.context()
+    h.force_record(uuid, task_state='deleting', task_request_id=ctx['request_id'])
+    manager = type(h.manager)(h.conf, h.driver, h.journal, h.notifier)
+    manager.recover()
+    h.manager = manager
+    assert h.domain(uuid) is None
+    result = h.call('destroy', ctx=ctx, instance={'uuid': uuid})
+    assert (result['uuid'], result['vm_state'], result['task_state'],
+            result['power_state']) == (uuid, states.DELETED, None, states.NOSTATE)
+    with pytest.raises(exception.InstanceNotFound):
+        h.call('destroy', ctx=mf.context(), instance={'uuid': uuid})
+    with pytest.raises(exception.InstanceNotFound):
+        h.info(uuid)
