@@ -217,7 +217,8 @@ class RPCServer:
                     break
             if self._wait_io(amqp_conn) or self._more:
                 self._more = iowait.drain(amqp_conn, self._settle)
-                self._start_ready()
+            # Also what arrived outside a drain (during basic_consume).
+            self._start_ready()
             self._finish_jobs()
             self._send_call_heartbeats()
             self.publisher.pump()
@@ -242,8 +243,8 @@ class RPCServer:
 
     def _wait_io(self, amqp_conn, limit=1.0):
         timeout = limit
-        if self._more or not (self._completions.empty()
-                              or self._committer.busy()):
+        if self._more or self._ready or not (self._completions.empty()
+                                             or self._committer.busy()):
             timeout = 0
         for due in (self.publisher.next_due(),
                     jobs.next_beat_in(self._inflight.values())):
@@ -411,7 +412,8 @@ class RPCServer:
         running, lazy, keyed = self._running_rows, self._lazy, self._keyed
         if not (keyed or self.publisher.has_settled() or (
                 running and now - self._running_since > _RUNNING_FLUSH)
-                or (lazy and (wait or now - self._lazy_since > _RUNNING_FLUSH
+                or (lazy and (wait or self._stop.is_set()
+                              or now - self._lazy_since > _RUNNING_FLUSH
                               or len(lazy) >= self._lazy_max))):
             return
         # Replies of state-changing calls go in the outbox with their
