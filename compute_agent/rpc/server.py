@@ -394,6 +394,7 @@ class RPCServer:
         try:
             while True:
                 job = self._completions.get_nowait()
+                job.next_beat = None     # finished: no more call-monitor beats
                 if job.key is not None:
                     self._keyed.append(job)
                     continue
@@ -451,11 +452,15 @@ class RPCServer:
         """Ack the jobs of committed batches; take failed ones back."""
         for batch in self._committer.take():
             if batch.error is not None:
-                # Not recorded, so not acked: tried again next turn.
+                # Not recorded, so not acked: tried again next turn (the
+                # read-only ones answered already).
                 self.publisher.untake(batch.confirmed, batch.dropped)
                 self._running_rows = batch.running + self._running_rows
-                for job in batch.jobs:
-                    self._completions.put(job)
+                for job, replied in zip(batch.jobs, batch.replied):
+                    if job.key is not None:
+                        self._keyed.append(job)
+                    else:
+                        self._lazy.append((job, replied))
                 continue
             late = []
             for job, replied in zip(batch.jobs, batch.replied):
