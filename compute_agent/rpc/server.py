@@ -8,10 +8,14 @@ through a queue and wake the loop through a pipe, which the loop select()s
 on beside the socket, so a finished call is answered at once and AMQP
 heartbeats keep being answered during long operations.
 
-Outcomes of every request that finished during one loop turn are recorded
-in a single journal transaction (group commit) before their acks; only
-requests with a serialization key (state-changing ones) need that commit to
-be fsynced (see ``Dispatcher.key``).
+Requests read in one drain of the socket are started after it, so that
+workers do not contend for the GIL while the loop reads. Outcomes of every
+request that finished meanwhile are recorded in a single journal
+transaction (group commit, on the committer thread of ``rpc/commits.py``
+while the loop reads on) before their acks; only requests with a
+serialization key (state-changing ones) need that commit to be fsynced (see
+``Dispatcher.key``), and read-only ones are answered before theirs. Replies
+and reports go out through the journal's outbox (``rpc/outbox.py``).
 """
 
 import json
