@@ -22,9 +22,10 @@ class Batch:
     __slots__ = ('jobs', 'replied', 'running', 'replies', 'confirmed',
                  'dropped', 'durable', 'error')
 
-    def __init__(self, jobs, running, replies, confirmed, dropped, durable):
+    def __init__(self, jobs, replied, running, replies, confirmed, dropped,
+                 durable):
         self.jobs = jobs
-        self.replied = [len(j.replies) for j in jobs]  # reply targets covered
+        self.replied = replied   # per job: its reply targets answered
         self.running = running
         self.replies = replies
         self.confirmed = confirmed

@@ -42,7 +42,7 @@ class Notifier:
         payload.update(envelope.flatten_context(context))
 
         def body(sequence):
-            if 'sequence' not in args:
+            if sequence is not None and 'sequence' not in args:
                 args['sequence'] = sequence
             LOG.debug('Report %s: %s', method, envelope.redact(args))
             return envelope.dumps(payload)

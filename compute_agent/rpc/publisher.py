@@ -46,8 +46,6 @@ MAX_REFUSALS = 3
 _UNENCODABLE = (struct.error, ValueError, TypeError, OverflowError,
                 amqp.exceptions.FrameSyntaxError)
 
-Entry = outbox.Message   # the name before the outbox had its own module
-
 
 class Publisher:
     """Sends what the journal's outbox hands it (``add``, the journal's

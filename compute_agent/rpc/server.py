@@ -8,10 +8,14 @@ through a queue and wake the loop through a pipe, which the loop select()s
 on beside the socket, so a finished call is answered at once and AMQP
 heartbeats keep being answered during long operations.
 
-Outcomes of every request that finished during one loop turn are recorded
-in a single journal transaction (group commit) before their acks; only
-requests with a serialization key (state-changing ones) need that commit to
-be fsynced (see ``Dispatcher.key``).
+Requests read in one drain of the socket are started after it, so that
+workers do not contend for the GIL while the loop reads. Outcomes of every
+request that finished meanwhile are recorded in a single journal
+transaction (group commit, on the committer thread of ``rpc/commits.py``
+while the loop reads on) before their acks; only requests with a
+serialization key (state-changing ones) need that commit to be fsynced (see
+``Dispatcher.key``), and read-only ones are answered before theirs. Replies
+and reports go out through the journal's outbox (``rpc/outbox.py``).
 """
 
 import functools
@@ -96,6 +100,10 @@ class RPCServer:
         self._skipped = queue.SimpleQueue()   # not started: stopping
         self._inflight = {}       # uid -> Job; consume thread only
         self._ready = []          # accepted during this drain, not started
+        self._keyed = []          # finished state-changing jobs to record
+        self._lazy = []           # (job, replies sent) read-only, answered
+        self._lazy_since = 0.0
+        self._lazy_max = max(1, conf.rpc.prefetch_count // 2)
         self._running_rows = []
         self._running_since = 0.0
         self._settle = jobs.Settlement()
@@ -248,7 +256,8 @@ class RPCServer:
                     break
             if self._wait_io(amqp_conn) or self._more:
                 self._more = iowait.drain(amqp_conn, self._settle)
-                self._start_ready()
+            # Also what arrived outside a drain (during basic_consume).
+            self._start_ready()
             self._finish_jobs()
             self._send_call_heartbeats()
             self.publisher.pump()
@@ -306,8 +315,8 @@ class RPCServer:
 
     def _wait_io(self, amqp_conn, limit=1.0):
         timeout = limit
-        if self._more or not (self._completions.empty()
-                              or self._committer.busy()):
+        if self._more or self._ready or not (self._completions.empty()
+                                             or self._committer.busy()):
             timeout = 0
         for due in (self.publisher.next_due(),
                     jobs.next_beat_in(self._inflight.values())):
@@ -465,69 +474,88 @@ class RPCServer:
     # ------------------------------------------------- outcomes and acks
 
     def _finish_jobs(self, wait=False):
-        """Settle committed batches; hand what finished since to the
-        committer (one transaction) unless it is busy.
+        """Answer read-only requests; settle committed batches; hand what
+        finished to the committer (one transaction) unless it is busy.
 
         The replies, the outcomes and the deletion of confirmed (or
         dropped) outbox rows are one journal commit; the journal hands the
-        replies to the publisher, which sends them after the acks. Replies
-        of read-only requests go out first. ``wait``: block until the
-        commit is on disk and settled (stopping, tests).
+        replies to the publisher, which sends them after the acks.
+        Read-only (keyless) requests are answered at once and recorded
+        lazily, with the next commit or within _RUNNING_FLUSH s: were
+        their outcomes lost, their redeliveries run them again, harmless.
+        ``wait``: commit everything now and settle it (stopping, tests).
         """
         self._settle_commits()
+        try:
+            while True:
+                job = self._completions.get_nowait()
+                job.next_beat = None     # finished: no more call-monitor beats
+                if job.key is not None:
+                    self._keyed.append(job)
+                    continue
+                self._answer_now(job)
+                if not self._lazy:
+                    self._lazy_since = time.monotonic()
+                self._lazy.append((job, len(job.replies)))
+        except queue.Empty:
+            pass
         if self._committer.busy():
             if not wait:
                 return     # what finished meanwhile joins the next group
             self._committer.wait_idle()
             self._settle_commits()
-        done = []
-        try:
-            while True:
-                done.append(self._completions.get_nowait())
-        except queue.Empty:
-            pass
-        running = self._running_rows
-        if not done and not self.publisher.has_settled() and not (
-                running and time.monotonic() - self._running_since >
-                _RUNNING_FLUSH):
+        now = time.monotonic()
+        running, lazy, keyed = self._running_rows, self._lazy, self._keyed
+        if not (keyed or self.publisher.has_settled() or (
+                running and now - self._running_since > _RUNNING_FLUSH)
+                or (lazy and (wait or self._stop.is_set()
+                              or now - self._lazy_since > _RUNNING_FLUSH
+                              or len(lazy) >= self._lazy_max))):
             return
-        # Replies of read-only (keyless) requests need not survive a
-        # restart: they stay in memory only, like their outcome's fsync.
+        # Replies of state-changing calls go in the outbox with their
+        # outcomes: the journal hands them over once both are on disk.
         replies = [outbox.Message(
             outbox.REPLY, '', reply_q,
-            envelope.reply_body(msg_id, job.result_json, job.failure),
-            durable=job.key is not None)
-            for job in done for msg_id, reply_q in job.replies]
-        quick = [m for m in replies if not m.durable]
-        if quick:
-            # A read-only request's reply needs no commit first: were it
-            # lost with the outcome, the redelivery runs it again, harmless.
-            # So it leaves now, ahead of the commit and the acks.
-            self.journal.send(quick, sync=False)
-            self.publisher.pump()
-            replies = [m for m in replies if m.durable]
-        self._running_rows = []
-        finished = {j.uid for j in done}
+            envelope.reply_body(msg_id, job.result_json, job.failure))
+            for job in keyed for msg_id, reply_q in job.replies]
+        self._running_rows, self._lazy, self._keyed = [], [], []
+        jobs_ = keyed + [job for job, _ in lazy]
+        finished = {j.uid for j in jobs_}
         confirmed, dropped = self.publisher.take_settled()
         self._committer.submit(commits.Batch(
-            done, [r for r in running if r[0] not in finished], replies,
+            jobs_, [len(j.replies) for j in keyed] + [n for _, n in lazy],
+            [r for r in running if r[0] not in finished], replies,
             confirmed, dropped,
             # Keyless requests are read-only (Dispatcher.key contract):
             # running one again after a power cut is harmless.
-            durable=any(j.key is not None for j in done)))
+            durable=bool(keyed)))
         if wait:
             self._committer.wait_idle()
             self._settle_commits()
+
+    def _answer_now(self, job):
+        """Reply to a read-only request before its outcome is recorded."""
+        if job.replies:
+            self.journal.send([outbox.Message(
+                outbox.REPLY, '', reply_q,
+                envelope.reply_body(msg_id, job.result_json, job.failure),
+                durable=False) for msg_id, reply_q in job.replies],
+                sync=False)
+            self.publisher.pump()
 
     def _settle_commits(self):
         """Ack the jobs of committed batches; take failed ones back."""
         for batch in self._committer.take():
             if batch.error is not None:
-                # Not recorded, so not acked: tried again next turn.
+                # Not recorded, so not acked: tried again next turn (the
+                # read-only ones answered already).
                 self.publisher.untake(batch.confirmed, batch.dropped)
                 self._running_rows = batch.running + self._running_rows
-                for job in batch.jobs:
-                    self._completions.put(job)
+                for job, replied in zip(batch.jobs, batch.replied):
+                    if job.key is not None:
+                        self._keyed.append(job)
+                    else:
+                        self._lazy.append((job, replied))
                 continue
             late = []
             for job, replied in zip(batch.jobs, batch.replied):

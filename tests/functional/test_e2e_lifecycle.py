@@ -447,6 +447,12 @@ def test_sigkill_during_spawn_then_restart(agent, lv, when):
     # A repeated spawn (queued behind the redelivered one) ends active.
     _inst, rec = agent.spawn(inst)
     assert_record(rec, 'active', 1)
+    # Reports and replies travel through different queues: the reply may
+    # overtake the report published before it.
+    agent.reports.wait(lambda r: r['_method'] == 'instance_state_changed'
+                       and r.get('instance_uuid') == inst['uuid']
+                       and r.get('vm_state') == 'active', 30,
+                       'the active report', since=restart)
     reports = agent.reports.states(inst['uuid'], restart)
     assert reports and reports[-1]['vm_state'] == 'active', reports
     # Reports are at-least-once: one unconfirmed before the kill may come

@@ -184,9 +184,11 @@ def test_same_message_twice_runs_once_also_across_restart(agents):
         assert got and all(r['result'] == {'token': 'dup-call'} for r in got)
         assert all(r['ending'] and r['failure'] is None for r in got)
         wait_for(lambda: agent.server.stats['received'] == 4)
-        # Four deliveries settle as three or four jobs: a copy that arrives
-        # while the first runs joins it instead of completing on its own.
-        wait_for(lambda: agent.server.stats['completed'] >= 3
+        # Four deliveries settle as two to four jobs: a copy that arrives
+        # while the first runs, or while the outcome of this read-only
+        # (keyless) request waits to be recorded, joins it instead of
+        # completing on its own.
+        wait_for(lambda: agent.server.stats['completed'] >= 2
                  and not agent.server._inflight)
         assert agent.dispatcher.runs == {'dup-cast': 1, 'dup-call': 1}
         agent.restart()

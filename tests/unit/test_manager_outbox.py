@@ -52,3 +52,9 @@ def test_a_refused_spawn_is_reported_in_one_commit(h):
     assert (report['instance_uuid'], report['event'], report['sequence'],
             report['error']['class']) == (second['uuid'], 'spawn.error', 1,
                                           'InstanceInvalidState')
+
+
+def test_host_reports_carry_no_sequence(h):
+    h.manager.host_state()
+    (report,) = reports(h)
+    assert 'sequence' not in report and report['host'] == mf.HOST

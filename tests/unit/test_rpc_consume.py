@@ -281,3 +281,30 @@ def test_outcomes_finished_during_a_commit_join_the_next_one(loop):
     assert {first, again, second} <= acked
     assert sorted(c[1] for c in publish.published()) == ['reply_g',
                                                          'reply_h']
+
+
+def test_a_failed_commit_is_retried_and_nothing_acked_before(loop):
+    server, consume, publish = loop
+    real, failures = server.journal.record, []
+
+    def failing_once(**changes):
+        if changes.get('done') and not failures:
+            failures.append(1)
+            raise OSError('disk full')
+        return real(**changes)
+    server.journal.record = failing_once
+    tag = deliver(server, 'count', {'key': 'k', 'token': 'f'},
+                  reply_q='reply_i', unique_id='f-1')
+    ping = deliver(server, 'ping', reply_q='reply_j', unique_id='f-2')
+    finish(server, 2)
+    assert failures and consume.settled() == []
+    # The read-only call was answered at once, the state-changing one not.
+    assert [c[1] for c in publish.published()] == ['reply_j']
+    server._finish_jobs(wait=True)        # the retry
+    server.publisher.pump()
+    acked = {t for c in consume.settled() for t in (
+        range(1, c[1] + 1) if c[2] else (c[1],))}
+    assert {tag, ping} <= acked
+    assert sorted(c[1] for c in publish.published()) == ['reply_i',
+                                                         'reply_j']
+    assert server.dispatcher.runs['f'] == 1
