@@ -61,13 +61,16 @@ class VifDrivers:
         return pairs
 
     def plug_all(self, instance, network_info):
-        """Plug every VIF (before a start); all or nothing.
+        """Validate every VIF, then plug them all (see ``plug``)."""
+        return self.plug(instance, self.validate_all(network_info))
 
-        All VIFs are validated first. If one fails to plug, it and the VIFs
-        plugged before it are unplugged (in reverse order, errors logged) and
-        the original error is raised. Returns the (driver, vif) pairs.
+    def plug(self, instance, pairs):
+        """Plug (driver, vif) pairs (before a start); all or nothing.
+
+        If one fails to plug, it and the VIFs plugged before it are
+        unplugged (in reverse order, errors logged) and the original error
+        is raised. Returns the pairs.
         """
-        pairs = self.validate_all(network_info)
         done = []
         for drv, vif in pairs:
             try:
@@ -81,8 +84,11 @@ class VifDrivers:
         return pairs
 
     def post_start_all(self, instance, network_info):
+        self.post_start(instance, self.for_network_info(network_info))
+
+    def post_start(self, instance, pairs):
         """Call every driver's post_start hook (right after a domain start)."""
-        for drv, vif in self.for_network_info(network_info):
+        for drv, vif in pairs:
             try:
                 drv.post_start(instance, vif)
             except exception.AgentError:

@@ -205,27 +205,11 @@ class LibvirtDriver:
         if undo is not None:
             undo.filters = network_info
         self.firewall.prepare(instance, network_info)
-        plugged = []
-        try:
-            for drv, vif in vifs:
-                plugged.append((drv, vif))   # the failing one may be half done
-                drv.plug(instance, vif)
-        except BaseException as e:
-            for drv, vif in reversed(plugged):
-                _collect([], drv.unplug, instance, vif)
-            if isinstance(e, exception.AgentError) or not isinstance(e, Exception):
-                raise
-            raise exception.VifPlugFailed(vif_id=vif.get('id'), reason=str(e)) from e
+        plugged = self.vif_drivers.plug(instance, vifs)
         if undo is not None:
             undo.vifs.extend(plugged)
         self._on_domain(instance, self._start)
-        for drv, vif in vifs:
-            try:
-                drv.post_start(instance, vif)
-            except exception.AgentError:
-                raise
-            except Exception as e:
-                raise exception.VifPlugFailed(vif_id=vif.get('id'), reason=str(e)) from e
+        self.vif_drivers.post_start(instance, vifs)
         self.firewall.post_start(instance, network_info)
 
     def _rollback(self, instance, undo):
