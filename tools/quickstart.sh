@@ -108,7 +108,7 @@ echo "VNC console:"
 
 step "rescue"
 "${CTL[@]}" --timeout 120 rescue "$UUID" --wait || fail "rescue"
-"${CTL[@]}" info "$UUID" | grep -q '"rescued"\|rescued' || fail "not rescued"
+"${CTL[@]}" info "$UUID" | grep '"rescued"\|rescued' >/dev/null || fail "not rescued"
 
 step "unrescue"
 "${CTL[@]}" --timeout 120 unrescue "$UUID" --wait || fail "unrescue"

@@ -15,6 +15,7 @@ is one line on stderr, ``error: ...``, and a documented exit status.
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
@@ -389,6 +390,8 @@ def _main(argv):
             return run_dead_letters(opts, conf, url)
         with make_client(opts, conf, url) as client:
             return run(opts, client)
+    except BrokenPipeError:
+        raise       # our stdout's reader left (``| head``): not the broker
     except (OSError, amqp.exceptions.ConnectionError,
             amqp.exceptions.AccessRefused,
             kombu.exceptions.OperationalError) as e:
@@ -412,6 +415,11 @@ def main(argv=None):
     logging.getLogger().addHandler(logging.NullHandler())
     try:
         return _main(argv)
+    except BrokenPipeError:
+        # The reader of our output stopped early (``| grep -q``): it has
+        # what it wanted; a traceback or an error line would be noise.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Failure as e:
         error = str(e)
         code = e.code

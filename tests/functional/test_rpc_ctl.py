@@ -251,3 +251,23 @@ def test_dead_letters_requeue_reaches_the_agent_queue(ctl_conf, capsys):
 def _depth(conf, queue):
     with kombu.Connection(rpc_fixtures.kombu_url(conf.transport_url)) as c:
         return c.default_channel.queue_declare(queue, passive=True).message_count
+
+
+def test_a_reader_that_stops_early_is_not_a_broker_error(ctl_conf):
+    """``ctl info ... | grep -q x``: the reader closes the pipe after its
+    match; ctl ends quietly with 0 (a broker error line and exit 4 here
+    once failed the quick start under ``set -o pipefail``)."""
+    import os
+    import subprocess
+    import sys
+    _agent, conf_file = ctl_conf
+    read_end, write_end = os.pipe()
+    os.close(read_end)                  # the reader is already gone
+    try:
+        proc = subprocess.run(
+            [sys.executable, '-m', 'compute_agent.cmd.ctl', '--config-file',
+             conf_file, '--timeout', '10', 'ping'],
+            stdout=write_end, stderr=subprocess.PIPE, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr.decode()) == (0, '')
