@@ -19,11 +19,12 @@ from compute_agent import exception
 from compute_agent import states
 from compute_agent import validation
 from compute_agent import version
+from compute_agent.volume.base import volume_id_of
 
 LOG = logging.getLogger(__name__)
 
 PUBLIC_KEYS = ('uuid', 'name', 'host', 'vm_state', 'task_state', 'power_state',
-               'devices', 'vnc', 'created_at', 'updated_at', 'error')
+               'devices', 'vnc', 'created_at', 'updated_at', 'error', 'volumes')
 # Requests that may run beside anything else (no per-instance queue).
 UNKEYED = frozenset(('list_instances', 'get_host_stats', 'ping'))
 
@@ -33,7 +34,7 @@ def _now():
 
 
 def public(record):
-    return {k: record.get(k) for k in PUBLIC_KEYS}
+    return dict({k: record.get(k) for k in PUBLIC_KEYS}, volumes=volumes_of(record))
 
 
 def _error_of(exc):
@@ -397,3 +398,90 @@ class Manager:
     def host_state(self):
         stats = self.driver.get_host_stats()
         self.notifier.host_state_update(host=self.host, timestamp=_now(), **stats)
+
+    # --- volumes on an existing guest (PROTOCOL 1.1) ---------------------------
+    # The record's volumes are its spec's block_device_mapping: hard reboot
+    # (the builder re-plans from it) and destroy (disconnects it) follow every
+    # attach and detach.
+
+    def do_attach_volume(self, context, instance_uuid, volume_id, connection_info,
+                         mountpoint=None):
+        def prepare(record):
+            if _find_bdm(record, volume_id) is not None:
+                raise exception.InvalidRequest(
+                    'volume_id', '%s is already attached' % volume_id, uuid=instance_uuid)
+            dev = self.driver.pick_volume_device(
+                record['spec']['instance'], mountpoint,
+                claimed=[v['device'] for v in volumes_of(record)])
+            return {'mount_device': '/dev/' + dev, 'volume_id': volume_id,
+                    'connection_info': connection_info}
+
+        def call(record, bdm):
+            self.driver.attach_volume(record['spec']['instance'], bdm)
+            spec = record['spec']
+            bdi = dict(spec.get('block_device_info') or {})
+            bdi['block_device_mapping'] = list(bdi.get('block_device_mapping') or ()) + [bdm]
+            spec['block_device_info'] = bdi
+        return self._hotplug(context, 'attach_volume', instance_uuid, prepare, call)
+
+    def do_detach_volume(self, context, instance_uuid, volume_id):
+        def prepare(record):
+            bdm = _find_bdm(record, volume_id)
+            if bdm is None:
+                raise exception.VolumeNotFound(uuid=instance_uuid, volume_id=volume_id)
+            return bdm
+
+        def call(record, bdm):
+            self.driver.detach_volume(record['spec']['instance'], bdm)
+            bdi = record['spec']['block_device_info']
+            bdi['block_device_mapping'] = [b for b in bdi['block_device_mapping']
+                                           if b is not bdm]
+        return self._hotplug(context, 'detach_volume', instance_uuid, prepare, call)
+
+    def _hotplug(self, context, method, uuid, prepare, call):
+        """A device change on an existing guest: task state while it runs,
+        then back to the vm_state it started from. A refused request
+        (``prepare`` raising) changes nothing and is reported with the
+        unchanged states; a failed one keeps the device as it was."""
+        tr = states.TRANSITIONS[method]
+        with self._lock(uuid):
+            record = self._get(uuid)
+            if record['vm_state'] not in tr.allowed:
+                raise exception.InstanceInvalidState(
+                    action=method, uuid=uuid, vm_state=record['vm_state'],
+                    task_state=record['task_state'])
+            try:
+                work = prepare(record)
+            except exception.AgentError as exc:
+                self._report(uuid, context, method + '.error', record['vm_state'],
+                             record['task_state'], record['power_state'],
+                             _error_of(exc), self.journal.next_sequence(uuid))
+                raise
+            self._set(record, context, method + '.start', task_state=tr.task)
+        try:
+            call(record, work)
+        except Exception as exc:
+            LOG.error('%s: %s failed: %s', uuid, method, exc,
+                      extra={'instance_uuid': uuid, 'request_id': context.get('request_id')})
+            self._set(record, context, method + '.error', task_state=None,
+                      power_state=self._power(record), error=_error_of(exc))
+            raise
+        self._set(record, context, method + '.end', task_state=None,
+                  power_state=self._power(record), error=None)
+        return public(record)
+
+
+def volumes_of(record):
+    """The record's volumes (PROTOCOL 1.1 section 3), from its spec."""
+    bdi = (record.get('spec') or {}).get('block_device_info') or {}
+    return [{'volume_id': volume_id_of(b),
+             'device': b['mount_device'][5:] if b['mount_device'].startswith('/dev/')
+             else b['mount_device'],
+             'driver_volume_type': b['connection_info']['driver_volume_type']}
+            for b in bdi.get('block_device_mapping') or ()]
+
+
+def _find_bdm(record, volume_id):
+    bdi = (record.get('spec') or {}).get('block_device_info') or {}
+    return next((b for b in bdi.get('block_device_mapping') or ()
+                 if volume_id_of(b) == volume_id), None)

@@ -39,7 +39,7 @@ VIF_TYPE_RE = r'^[a-z][a-z0-9_]{0,31}$'
 CHECKSUM_RE = r'^[0-9a-f]{32}$|^sha256:[0-9a-f]{64}$'
 DEVICE_RE = r'^/dev/(vd|xvd|sd|hd|ubd)[a-z]$'
 DISK_FORMATS = ('qcow2', 'raw', 'iso', 'ami', 'aki', 'ari')
-VOLUME_TYPES = ('local', 'iscsi', 'rbd', 'nfs')
+VOLUME_TYPES = ('local', 'iscsi', 'nbd', 'rbd', 'nfs')
 SECRET_FIELDS = frozenset({'admin_password', 'rescue_password', 'auth_password'})
 
 
@@ -292,13 +292,24 @@ DEFS = {
         }, required=['device_name', 'swap_size'], nullable=True, default=None),
         'block_device_mapping': _list(_obj({
             'mount_device': _ref('device_name'),
-            'connection_info': _obj({
-                'driver_volume_type': {'type': 'string', 'enum': list(VOLUME_TYPES)},
-                'data': {'type': 'object'},
-            }, required=['driver_volume_type', 'data'],
-                allOf=[_volume_branch(kind) for kind in VOLUME_TYPES]),
+            'volume_id': _ref('volume_id'),
+            'connection_info': _ref('connection_info'),
         }, required=['mount_device', 'connection_info']), default=[]),
     }, nullable=True, default=None),
+    'volume_id': _str(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$'),
+    'connection_info': _obj({
+        'driver_volume_type': {'type': 'string', 'enum': list(VOLUME_TYPES)},
+        'data': {'type': 'object'},
+    }, required=['driver_volume_type', 'data'],
+        allOf=[_volume_branch(kind) for kind in VOLUME_TYPES]),
+    'volume_data_nbd': _obj({
+        'host': _str(format='host'),
+        'port': _int(minimum=1, maximum=65535),
+        'socket': _str(format='abs-path', maxLength=107),
+        'export': _str(r'^[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}$'),
+    }, required=['export'], oneOf=[{'required': ['host'], 'not': {'required': ['socket']}},
+                                   {'required': ['socket'], 'not': {'required': ['host']}}],
+        **{'x-reason': 'needs "export" and either "host" (and "port") or "socket"'}),
     'volume_data_local': _obj({'device_path': _str(format='abs-path')},
                               required=['device_path']),
     'volume_data_iscsi': _obj({
@@ -369,6 +380,10 @@ ARGS = {
     'destroy': dict(_INSTANCE, network_info=_ref('network_info'),
                     block_device_info=_ref('block_device_info'),
                     cleanup={'type': 'boolean', 'default': True}),
+    'attach_volume': {'instance_uuid': _ref('uuid'), 'volume_id': _ref('volume_id'),
+                      'connection_info': _ref('connection_info'),
+                      'mountpoint': _str(DEVICE_RE, nullable=True, default=None)},
+    'detach_volume': {'instance_uuid': _ref('uuid'), 'volume_id': _ref('volume_id')},
     'get_info': {'instance_uuid': _ref('uuid')},
     'list_instances': {},
     'get_console_output': {'instance_uuid': _ref('uuid'),

@@ -32,6 +32,11 @@ TRANSITIONS = {
     'resume': Transition((SUSPENDED_VM,), 'resuming', ACTIVE, RUNNING),
     'destroy': Transition((BUILDING, ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM,
                            RESCUED, ERROR), 'deleting', DELETED, NOSTATE),
+    # Since 1.1. An end vm_state of None: back to the state it started from.
+    'attach_volume': Transition((ACTIVE, STOPPED, PAUSED_VM), 'attaching_volume',
+                                None, None),
+    'detach_volume': Transition((ACTIVE, STOPPED, PAUSED_VM), 'detaching_volume',
+                                None, None),
 }
 
 # A hard reboot may also start from these (nova allows it to revive a guest).

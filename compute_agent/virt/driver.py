@@ -30,6 +30,7 @@ from compute_agent.virt import guest
 from compute_agent.virt import host
 from compute_agent.virt import schema
 from compute_agent.virt import volume
+from compute_agent.virt import volumeops
 from compute_agent.vif.loader import VifDrivers
 
 LOG = logging.getLogger(__name__)
@@ -200,8 +201,8 @@ class LibvirtDriver:
     def _connect_volumes(self, block_device_info, undo):
         for bdm in (block_device_info or {}).get('block_device_mapping') or ():
             info = bdm['connection_info']
-            drv = volume.load(self.conf, info['driver_volume_type'])
-            drv.connect(info)
+            drv = volume.load(self.conf, info['driver_volume_type'], self.connection)
+            drv.connect(info, volume.volume_id_of(bdm))
             undo.volumes.append((drv, info))
 
     def _boot(self, instance, network_info, undo=None):
@@ -256,7 +257,7 @@ class LibvirtDriver:
         for bdm in (block_device_info or {}).get('block_device_mapping') or ():
             info = bdm['connection_info']
             _collect(errors, lambda i=info: volume.load(
-                self.conf, i['driver_volume_type']).disconnect(i))
+                self.conf, i['driver_volume_type'], self.connection).disconnect(i))
         if cleanup:
             path = disks.instance_dir(self.conf, instance['name'])
             if os.path.isdir(path) and not os.path.islink(path):
@@ -466,6 +467,23 @@ class LibvirtDriver:
     def get_host_stats(self):
         """The host record of PROTOCOL.md section 4 (host_state_update args)."""
         return self._call(lambda c: host.host_stats(c, self.conf.instances_path))
+
+    # -- volumes on an existing guest (PROTOCOL 1.1: attach/detach_volume) -------
+    def pick_volume_device(self, instance, mountpoint, claimed=()):
+        """The device name a new volume gets (InvalidRequest if taken/foreign)."""
+        return self._on_domain(instance, lambda d: volumeops.pick_device(
+            self.conf, d, mountpoint, claimed))
+
+    def attach_volume(self, instance, bdm):
+        """Connect the volume and attach it, live if running and persistently."""
+        self._on_domain(instance, lambda d: volumeops.attach(
+            self.conf, self.connection, d, bdm))
+
+    def detach_volume(self, instance, bdm):
+        """Detach once the guest has let it go (VolumeDetachFailed after
+        ``[libvirt] device_detach_timeout``), then disconnect it."""
+        self._on_domain(instance, lambda d: volumeops.detach(
+            self.conf, self.connection, d, bdm))
 
 
 def _unlink(path):

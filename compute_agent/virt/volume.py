@@ -1,111 +1,32 @@
-"""Volume drivers: a block_device_mapping entry becomes a guest disk.
+"""Loading volume drivers: ``driver_volume_type`` -> a driver object.
 
-Chosen by ``connection_info.driver_volume_type`` from the entry point group
-``compute_agent.volume_drivers``. ``get_config`` is pure (it only describes
-the disk); host-side attachment steps belong in ``connect``/``disconnect``.
+The drivers live in ``compute_agent.volume`` (one module per type) and are
+found through the entry point group ``compute_agent.volume_drivers``, so a
+third party adds a type by installing a package that registers it.
 """
-
-import hashlib
-import os
 
 from stevedore import driver as stevedore_driver
 
 from compute_agent import exception
-from compute_agent.virt import config
+from compute_agent.volume.base import VolumeDriver, serial_for, volume_id_of  # noqa: F401
+from compute_agent.volume.iscsi import IscsiVolumeDriver  # noqa: F401
+from compute_agent.volume.local import LocalVolumeDriver  # noqa: F401
+from compute_agent.volume.nbd import NbdVolumeDriver  # noqa: F401
+from compute_agent.volume.nfs import NfsVolumeDriver  # noqa: F401
+from compute_agent.volume.rbd import RbdVolumeDriver  # noqa: F401
 
 NAMESPACE = 'compute_agent.volume_drivers'
+FIELD = 'block_device_info.block_device_mapping.connection_info.driver_volume_type'
 
 
-class VolumeDriver:
-    def __init__(self, conf):
-        self.conf = conf
-
-    def get_config(self, connection_info, target_dev, target_bus):
-        raise NotImplementedError
-
-    def connect(self, connection_info):
-        """Make the volume reachable from this host (nothing by default)."""
-
-    def disconnect(self, connection_info):
-        """Undo ``connect``."""
-
-    def _disk(self, kind, target_dev, target_bus, **values):
-        disk = config.Disk(type=kind, device='disk', driver_name='qemu',
-                           driver_type='raw', target_dev=target_dev,
-                           target_bus=target_bus, **values)
-        if kind != 'network':
-            disk.driver_cache = self.conf.libvirt.disk_cachemode
-        return disk
-
-
-class LocalVolumeDriver(VolumeDriver):
-    """A host block device or file (``data.device_path``)."""
-
-    def get_config(self, connection_info, target_dev, target_bus):
-        path = connection_info['data']['device_path']
-        if path.startswith('/dev/'):
-            return self._disk('block', target_dev, target_bus, source_dev=path)
-        return self._disk('file', target_dev, target_bus, source_file=path)
-
-
-def _add_auth(disk, data, secret_type):
-    if data.get('auth_username'):
-        disk.auth_username = data['auth_username']
-        disk.auth_secret_type = secret_type
-        if data.get('secret_uuid'):
-            disk.auth_secret_uuid = data['secret_uuid']
-        else:
-            disk.auth_secret_usage = data.get('secret_usage') or data['auth_username']
-
-
-class IscsiVolumeDriver(VolumeDriver):
-    """An iSCSI LUN through QEMU's own initiator (a libvirt network disk)."""
-
-    def get_config(self, connection_info, target_dev, target_bus):
-        data = connection_info['data']
-        host, _, port = data['target_portal'].rpartition(':')
-        disk = self._disk('network', target_dev, target_bus,
-                          source_protocol='iscsi',
-                          source_name='%s/%d' % (data['target_iqn'],
-                                                 data.get('target_lun', 0)))
-        disk.add('source_hosts', config.DiskHost(name=host.strip('[]'),
-                                                 port=port or '3260'))
-        _add_auth(disk, data, 'iscsi')
-        return disk
-
-
-class RbdVolumeDriver(VolumeDriver):
-    """A Ceph RBD image (``data.name`` is ``pool/image``)."""
-
-    def get_config(self, connection_info, target_dev, target_bus):
-        data = connection_info['data']
-        disk = self._disk('network', target_dev, target_bus,
-                          source_protocol='rbd', source_name=data['name'])
-        for host, port in zip(data.get('hosts') or (), data.get('ports') or ()):
-            disk.add('source_hosts', config.DiskHost(name=host, port=str(port)))
-        _add_auth(disk, data, 'ceph')
-        return disk
-
-
-class NfsVolumeDriver(VolumeDriver):
-    """A file on an NFS export mounted under ``nfs_mount_point_base``."""
-
-    def mount_point(self, export):
-        digest = hashlib.sha1(export.encode()).hexdigest()
-        return os.path.join(self.conf.libvirt.nfs_mount_point_base, digest)
-
-    def get_config(self, connection_info, target_dev, target_bus):
-        data = connection_info['data']
-        path = os.path.join(self.mount_point(data['export']), data['name'])
-        return self._disk('file', target_dev, target_bus, source_file=path)
-
-
-def load(conf, volume_type):
+def load(conf, volume_type, connection=None, field=FIELD):
+    """The driver for ``volume_type``; ``connection`` for the host side."""
+    kwds = {'connection': connection} if connection is not None else {}
     try:
         mgr = stevedore_driver.DriverManager(
-            NAMESPACE, volume_type, invoke_on_load=True, invoke_args=(conf,))
+            NAMESPACE, volume_type, invoke_on_load=True, invoke_args=(conf,),
+            invoke_kwds=kwds)
     except Exception:
         raise exception.InvalidRequest(
-            'block_device_info.block_device_mapping.connection_info.'
-            'driver_volume_type', 'no volume driver for %r' % volume_type) from None
+            field, 'no volume driver for %r' % volume_type) from None
     return mgr.driver

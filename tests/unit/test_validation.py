@@ -96,6 +96,11 @@ def minimal(method):
         return {}
     if method == 'spawn':
         return {'instance': instance(), 'image_meta': {'id': 'cirros'}}
+    if method == 'attach_volume':
+        return {'instance_uuid': UUID, 'volume_id': 'vol-1', 'connection_info': {
+            'driver_volume_type': 'local', 'data': {'device_path': '/srv/vol-1'}}}
+    if method == 'detach_volume':
+        return {'instance_uuid': UUID, 'volume_id': 'vol-1'}
     return {'instance': instance()}
 
 
@@ -121,7 +126,8 @@ def invalid(method, args):
 PROTOCOL_METHODS = {
     'spawn', 'rescue', 'unrescue', 'reboot', 'power_off', 'power_on', 'pause',
     'unpause', 'suspend', 'resume', 'destroy', 'get_info', 'list_instances',
-    'get_console_output', 'get_vnc_console', 'get_host_stats', 'ping'}
+    'get_console_output', 'get_vnc_console', 'get_host_stats', 'ping',
+    'attach_volume', 'detach_volume'}
 
 
 # -- the method table -------------------------------------------------------
@@ -169,6 +175,8 @@ EXPECTED_MINIMAL = {
     'get_vnc_console': {'instance_uuid': UUID},
     'get_host_stats': {},
     'ping': {},
+    'attach_volume': dict(minimal('attach_volume'), mountpoint=None),
+    'detach_volume': minimal('detach_volume'),
 }
 
 
@@ -485,10 +493,10 @@ SPAWN_BAD += [
      '.connection_info', 'is required'),
     (BDM + (0, 'connection_info', 'driver_volume_type'), 'fibre_channel',
      'block_device_info.block_device_mapping[0].connection_info.driver_volume_type',
-     'must be one of: local, iscsi, rbd, nfs'),
+     'must be one of: local, iscsi, nbd, rbd, nfs'),
     (BDM + (0, 'connection_info', 'driver_volume_type'), 5,
      'block_device_info.block_device_mapping[0].connection_info.driver_volume_type',
-     'must be one of: local, iscsi, rbd, nfs'),
+     'must be one of: local, iscsi, nbd, rbd, nfs'),
     (BDM + (0, 'connection_info', 'driver_volume_type'), DELETE,
      'block_device_info.block_device_mapping[0].connection_info.driver_volume_type',
      'is required'),
