@@ -26,13 +26,13 @@ import pytest
 try:
     from tests.functional import storage_fixture as sf
     from tests.functional.agent_fixture import (  # noqa: F401
-        IMAGE_META, WORK_ROOT, AgentEnv, open_libvirt, require_services, test_guest,
+        BOOT_MARKER, IMAGE_META, WORK_ROOT, AgentEnv, open_libvirt, require_services, test_guest,
         wait_until)
     from tests.functional.rpc_fixtures import broker_url
 except ImportError:
     import storage_fixture as sf
     from agent_fixture import (  # noqa: F401
-        IMAGE_META, WORK_ROOT, AgentEnv, open_libvirt, require_services, test_guest,
+        BOOT_MARKER, IMAGE_META, WORK_ROOT, AgentEnv, open_libvirt, require_services, test_guest,
         wait_until)
     from rpc_fixtures import broker_url
 
@@ -324,6 +324,55 @@ def test_detach_from_guest_ignoring_acpi_fails_and_keeps_the_volume(agent, stora
         ('detach_volume.start', 'active', 'detaching_volume'),
         ('detach_volume.error', 'active', None)]
     agent.destroy(inst)
+
+
+# -- must-show 5: volumes survive operations ------------------------------------------------
+
+def _next_boot(agent, uuid):
+    """The console of the boot that started last, once it is READY.
+
+    QEMU truncates the console file when it starts, so after an operation
+    that restarted the guest the file holds only the new boot."""
+    def ready():
+        text = agent.console(uuid, tail_lines=3000)
+        return text.count(BOOT_MARKER) == 1 and 'READY' in text and text
+    return wait_until(ready, 90, 'the guest booted again and READY', interval=0.5)
+
+
+def test_volumes_survive_hard_reboot_power_cycle_and_agent_restart(agent, storage, main):
+    volume_id = vid('keep')
+    path = storage.file('keep-local', 'm-keep')
+    agent.call('attach_volume', instance_uuid=main.uuid, volume_id=volume_id,
+               connection_info=_local(path), mountpoint='/dev/vde')
+    expected = agent.get_info(main.uuid)['volumes']
+    ids = {v['volume_id']: v['device'] for v in expected}
+    assert ids == {main.iscsi_id: 'vdb', main.nbd_id: 'vdc', volume_id: 'vde'}
+
+    def check(step):
+        for inactive in (False, True):      # the record agrees with libvirt
+            assert serials_in(domain_xml(main.uuid, inactive)) == {
+                serial(k): v for k, v in ids.items()}, step
+        assert agent.get_info(main.uuid)['volumes'] == expected, step
+
+    agent.call('reboot', instance={'uuid': main.uuid}, reboot_type='HARD')
+    console = _next_boot(agent, main.uuid)
+    for v, marker in ((volume_id, 'm-keep'), (main.nbd_id, 'm-nbd'),
+                      (main.iscsi_id, 'm-iscsi')):
+        assert disk_line(console, v)[1] == marker, console
+    check('hard reboot')
+
+    agent.call('power_off', instance={'uuid': main.uuid}, timeout=0)
+    agent.call('power_on', instance={'uuid': main.uuid})
+    console = _next_boot(agent, main.uuid)
+    assert disk_line(console, volume_id)[1] == 'm-keep', console
+    check('power off/on')
+
+    agent.kill()
+    agent.start()
+    check('agent SIGKILL and restart')
+
+    agent.call('detach_volume', instance_uuid=main.uuid, volume_id=volume_id)
+    assert volume_id not in {v['volume_id'] for v in agent.get_info(main.uuid)['volumes']}
 
 
 # -- destroy disconnects everything -----------------------------------------------------
