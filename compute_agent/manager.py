@@ -412,7 +412,7 @@ class Manager:
                     'volume_id', '%s is already attached' % volume_id, uuid=instance_uuid)
             dev = self.driver.pick_volume_device(
                 record['spec']['instance'], mountpoint,
-                claimed=[v['device'] for v in volumes_of(record)])
+                claimed=[v['device'] for v in volumes_of(record)], volume_id=volume_id)
             return {'mount_device': '/dev/' + dev, 'volume_id': volume_id,
                     'connection_info': connection_info}
 

@@ -469,10 +469,10 @@ class LibvirtDriver:
         return self._call(lambda c: host.host_stats(c, self.conf.instances_path))
 
     # -- volumes on an existing guest (PROTOCOL 1.1: attach/detach_volume) -------
-    def pick_volume_device(self, instance, mountpoint, claimed=()):
+    def pick_volume_device(self, instance, mountpoint, claimed=(), volume_id=None):
         """The device name a new volume gets (InvalidRequest if taken/foreign)."""
         return self._on_domain(instance, lambda d: volumeops.pick_device(
-            self.conf, d, mountpoint, claimed))
+            self.conf, d, mountpoint, claimed, volume_id))
 
     def attach_volume(self, instance, bdm):
         """Connect the volume and attach it, live if running and persistently."""

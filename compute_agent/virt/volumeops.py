@@ -11,6 +11,7 @@ import logging
 from compute_agent import exception
 from compute_agent.virt import blockinfo
 from compute_agent.virt import builder
+from compute_agent.virt import config
 from compute_agent.virt import guest
 from compute_agent.virt import hotplug
 from compute_agent.virt import volume
@@ -26,10 +27,25 @@ def used_devices(dom):
     return names
 
 
-def pick_device(conf, dom, mountpoint, claimed=()):
+def _disk_with_serial(dom, serial):
+    for flags in ((0, guest.INACTIVE_XML) if hotplug.is_active(dom) else (guest.INACTIVE_XML,)):
+        for disk in config.Domain.parse(dom.XMLDesc(flags)).disks:
+            if disk.serial == serial:
+                return disk
+    return None
+
+
+def pick_device(conf, dom, mountpoint, claimed=(), volume_id=None):
     """The bare device name for a new volume: ``mountpoint`` checked, or
-    the next free one. InvalidRequest naming ``mountpoint`` otherwise."""
+    the next free one. InvalidRequest naming ``mountpoint`` otherwise.
+
+    A disk of the guest that already carries the volume's serial is the
+    volume (an attach the agent did not live to record): its name is kept.
+    """
     prefix, _bus = blockinfo.disk_prefix_and_bus(conf)
+    found = volume_id and _disk_with_serial(dom, volume.serial_for(volume_id))
+    if found and found.target_dev not in claimed:
+        return found.target_dev
     used = used_devices(dom) | set(claimed)
     if mountpoint is None:
         try:
@@ -55,6 +71,8 @@ def attach(conf, connection, dom, bdm):
     disk = builder.volume_disk(conf, bdm, blockinfo.strip_dev(bdm['mount_device']),
                                bus, drv)
     drv.connect(info, vid)
+    if _disk_with_serial(dom, disk.serial) is not None:
+        return      # attached by an earlier try whose outcome was not recorded
     try:
         hotplug.attach(dom, disk.to_xml(pretty=False))
     except BaseException as e:

@@ -208,6 +208,52 @@ def test_hot_attach_and_detach_local_volume(agent, storage, main):
                       ('detach_volume.end', None)]
 
 
+# -- a redelivered request finishes the job ---------------------------------------------
+
+def test_attach_adopts_a_disk_attached_but_not_recorded(agent, storage, main):
+    """As after an agent killed between attachDeviceFlags and the record:
+    the redelivered attach records the disk already there instead of adding
+    a second one; a detach whose disk is already gone only updates the
+    record."""
+    volume_id = vid('adopt')
+    path = storage.file('adopt-local', 'm-adopt')
+    info = _local(path)
+    from compute_agent.virt import builder
+    disk = builder.volume_disk(agent_conf(agent), {'mount_device': '/dev/vdf',
+                                                   'volume_id': volume_id,
+                                                   'connection_info': info}, 'vdf', 'virtio')
+    lv = open_libvirt()
+    try:
+        dom = lv.lookupByUUIDString(main.uuid)
+        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        dom.attachDeviceFlags(disk.to_xml(), flags)
+        record = agent.call('attach_volume', instance_uuid=main.uuid, volume_id=volume_id,
+                            connection_info=info)
+        assert record['volumes'][-1] == {'volume_id': volume_id, 'device': 'vdf',
+                                         'driver_volume_type': 'local'}
+        for inactive in (False, True):
+            targets = [d.target_dev for d in config.Domain.parse(
+                domain_xml(main.uuid, inactive)).disks]
+            assert targets.count('vdf') == 1 and len(targets) == len(set(targets))
+        dom.detachDeviceFlags(disk.to_xml(), flags)
+        wait_until(lambda: serial(volume_id) not in serials_in(domain_xml(main.uuid)), 30,
+                   'the guest released the disk detached by hand')
+    finally:
+        lv.close()
+    record = agent.call('detach_volume', instance_uuid=main.uuid, volume_id=volume_id)
+    assert volume_id not in {v['volume_id'] for v in record['volumes']}
+
+
+def agent_conf(agent):
+    from oslo_config import cfg
+
+    from compute_agent import conf as agent_conf_mod
+    conf = cfg.ConfigOpts()
+    agent_conf_mod.register_all(conf)
+    conf([], default_config_files=[str(agent.config_file)])
+    return conf
+
+
 # -- must-show 7: bad input, nothing created ---------------------------------------
 
 def _refused(agent, main, method, exc_type, field=None, **args):
