@@ -24,7 +24,8 @@ from compute_agent.volume.base import volume_id_of
 LOG = logging.getLogger(__name__)
 
 PUBLIC_KEYS = ('uuid', 'name', 'host', 'vm_state', 'task_state', 'power_state',
-               'devices', 'vnc', 'created_at', 'updated_at', 'error', 'volumes')
+               'devices', 'vnc', 'created_at', 'updated_at', 'error', 'volumes',
+               'vifs')
 # Requests that may run beside anything else (no per-instance queue).
 UNKEYED = frozenset(('list_instances', 'get_host_stats', 'ping'))
 
@@ -34,7 +35,8 @@ def _now():
 
 
 def public(record):
-    return dict({k: record.get(k) for k in PUBLIC_KEYS}, volumes=volumes_of(record))
+    return dict({k: record.get(k) for k in PUBLIC_KEYS}, volumes=volumes_of(record),
+                vifs=vifs_of(record))
 
 
 def _error_of(exc):
@@ -438,6 +440,31 @@ class Manager:
                                            if b is not bdm]
         return self._hotplug(context, 'detach_volume', instance_uuid, prepare, call)
 
+    def do_attach_interface(self, context, instance_uuid, vif):
+        def prepare(record):
+            self.driver.check_attach_interface(record['spec']['network_info'] or [], vif)
+            return vif
+
+        def call(record, vif):
+            self.driver.attach_interface(record['spec']['instance'], vif)
+            spec = record['spec']
+            spec['network_info'] = list(spec.get('network_info') or ()) + [vif]
+        return self._hotplug(context, 'attach_interface', instance_uuid, prepare, call)
+
+    def do_detach_interface(self, context, instance_uuid, vif_id):
+        def prepare(record):
+            vif = next((v for v in record['spec'].get('network_info') or ()
+                        if v['id'] == vif_id), None)
+            if vif is None:
+                raise exception.InterfaceNotFound(uuid=instance_uuid, vif_id=vif_id)
+            return vif
+
+        def call(record, vif):
+            self.driver.detach_interface(record['spec']['instance'], vif)
+            record['spec']['network_info'] = [v for v in record['spec']['network_info']
+                                              if v is not vif]
+        return self._hotplug(context, 'detach_interface', instance_uuid, prepare, call)
+
     def _hotplug(self, context, method, uuid, prepare, call):
         """A device change on an existing guest: task state while it runs,
         then back to the vm_state it started from. A refused request
@@ -479,6 +506,15 @@ def volumes_of(record):
              else b['mount_device'],
              'driver_volume_type': b['connection_info']['driver_volume_type']}
             for b in bdi.get('block_device_mapping') or ()]
+
+
+def vifs_of(record):
+    """The record's vifs (PROTOCOL 1.1 section 3), from its spec."""
+    return [{'id': v['id'], 'address': v['address'], 'type': v['type'],
+             'devname': v.get('devname'),
+             'ips': [ip['address'] for s in (v.get('network') or {}).get('subnets') or ()
+                     for ip in s.get('ips') or ()]}
+            for v in (record.get('spec') or {}).get('network_info') or ()]
 
 
 def _find_bdm(record, volume_id):

@@ -37,6 +37,10 @@ TRANSITIONS = {
                                 None, None),
     'detach_volume': Transition((ACTIVE, STOPPED, PAUSED_VM), 'detaching_volume',
                                 None, None),
+    'attach_interface': Transition((ACTIVE, STOPPED, PAUSED_VM), 'attaching_interface',
+                                   None, None),
+    'detach_interface': Transition((ACTIVE, STOPPED, PAUSED_VM), 'detaching_interface',
+                                   None, None),
 }
 
 # A hard reboot may also start from these (nova allows it to revive a guest).

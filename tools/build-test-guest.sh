@@ -36,13 +36,16 @@
 #   HOTPLUG-DISK <name> SERIAL <serial|-> MARKER <text|->   (after READY)
 #   HOTPLUG-GONE <name>                 (a disk left, after READY)
 #   HOTPLUG-NIC <ifname> <mac> | HOTPLUG-NIC-GONE <ifname>  (after READY)
+#   HOTPLUG-PING-OK <ip> | HOTPLUG-PING-FAIL <ip>  (meta hotplug_nic, below)
 # A disk's MARKER is the text after "CA-MARKER " on the first line of its
 # first 512 bytes ("-" when there is none); its SERIAL is
 # /sys/block/<name>/serial (the <serial> of the disk XML).
 # The config drive's openstack/latest/meta_data.json may carry
 #   "meta": {"ping": "<ip>", "poweroff": "1"} with the same effect as
 # ca_ping / ca_poweroff, and "write_marker": "<serial>:<text> ..." to write
-# "CA-GUEST <text>" plus a newline at byte 4096 of the disk with that serial.
+# "CA-GUEST <text>" plus a newline at byte 4096 of the disk with that serial,
+# and "hotplug_nic": "<mac>=<ip/prefix>=<ping ip> ..." to configure a NIC
+# with that MAC when it is hot-plugged and ping the address through it.
 set -euo pipefail
 
 usage() { echo "usage: $0 OUTDIR" >&2; exit 2; }
@@ -429,6 +432,22 @@ echo "READY"
         echo "HEARTBEAT $n"
     done
 ) &
+HOTPLUG_NICS=
+[ -n "$META" ] && HOTPLUG_NICS=$(json_str hotplug_nic "$META")
+configure_hotplug_nic() {  # configure_hotplug_nic IFNAME MAC (in the background)
+    local spec rest
+    for spec in $HOTPLUG_NICS; do
+        [ "${spec%%=*}" = "$2" ] || continue
+        rest=${spec#*=}
+        ip link set "$1" up && ip addr add "${rest%%=*}" dev "$1" || continue
+        if ping -c 3 -W 2 "${rest#*=}" >/dev/null 2>&1 ||
+                ping -c 5 -W 2 "${rest#*=}" >/dev/null 2>&1; then
+            echo "HOTPLUG-PING-OK ${rest#*=}"
+        else
+            echo "HOTPLUG-PING-FAIL ${rest#*=}"
+        fi
+    done
+}
 # Watch for hot-plugged (and removed) disks and NICs; shell globs only, so a
 # pass costs no fork unless something changed.
 known_disks=" "
@@ -458,7 +477,11 @@ while :; do
         now="$now$i "
         case "$known_nics" in
             *" $i "*) ;;
-            *) echo "HOTPLUG-NIC $i $(cat "$n/address" 2>/dev/null)" ;;
+            *)
+                mac=$(cat "$n/address" 2>/dev/null)
+                echo "HOTPLUG-NIC $i $mac"
+                [ -n "$HOTPLUG_NICS" ] && configure_hotplug_nic "$i" "$mac" &
+                ;;
         esac
     done
     for i in $known_nics; do

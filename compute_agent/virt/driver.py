@@ -28,6 +28,7 @@ from compute_agent.virt import connection
 from compute_agent.virt import disks
 from compute_agent.virt import guest
 from compute_agent.virt import host
+from compute_agent.virt import ifaceops
 from compute_agent.virt import schema
 from compute_agent.virt import volume
 from compute_agent.virt import volumeops
@@ -484,6 +485,20 @@ class LibvirtDriver:
         ``[libvirt] device_detach_timeout``), then disconnect it."""
         self._on_domain(instance, lambda d: volumeops.detach(
             self.conf, self.connection, d, bdm))
+
+    # -- NICs on an existing guest (PROTOCOL 1.1: attach/detach_interface) -------
+    def check_attach_interface(self, network_info, vif):
+        ifaceops.check(self.vif_drivers, network_info, vif)
+
+    def attach_interface(self, instance, vif):
+        """Plug the VIF and attach its NIC, live if running and persistently."""
+        self._on_domain(instance, lambda d: ifaceops.attach(
+            self.conf, self.vif_drivers, d, instance, vif))
+
+    def detach_interface(self, instance, vif):
+        """Detach the NIC once the guest let it go, then unplug the VIF."""
+        self._on_domain(instance, lambda d: ifaceops.detach(
+            self.conf, self.vif_drivers, d, instance, vif))
 
 
 def _unlink(path):

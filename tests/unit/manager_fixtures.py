@@ -43,7 +43,7 @@ HOST_STATE_KEYS = frozenset(('host', 'hypervisor_type', 'hypervisor_version',
                              'running_vms', 'timestamp'))
 RECORD_KEYS = frozenset(('uuid', 'name', 'host', 'vm_state', 'task_state',
                          'power_state', 'devices', 'vnc', 'created_at',
-                         'updated_at', 'error', 'volumes'))
+                         'updated_at', 'error', 'volumes', 'vifs'))
 VM_STATES = frozenset(('building', 'active', 'stopped', 'paused', 'suspended',
                        'rescued', 'error', 'deleted'))
 TASK_STATES = frozenset((None, 'spawning', 'rebooting', 'rebooting_hard',

@@ -313,7 +313,10 @@ UUID_METHODS = ('get_info', 'get_console_output', 'get_vnc_console')
 VOLUME_ARGS = {
     'attach_volume': {'volume_id': 'vol-1', 'connection_info': {
         'driver_volume_type': 'local', 'data': {'device_path': '/dev/null'}}},
-    'detach_volume': {'volume_id': 'vol-1'}}
+    'detach_volume': {'volume_id': 'vol-1'},
+    'attach_interface': {'vif': {'id': 'port-1', 'address': 'fa:16:3e:00:00:01',
+                                 'type': 'bridge', 'network': {'bridge': 'br-x'}}},
+    'detach_interface': {'vif_id': 'port-1'}}
 
 
 def _instance_args(method, instance):

@@ -101,6 +101,11 @@ def minimal(method):
             'driver_volume_type': 'local', 'data': {'device_path': '/srv/vol-1'}}}
     if method == 'detach_volume':
         return {'instance_uuid': UUID, 'volume_id': 'vol-1'}
+    if method == 'attach_interface':
+        return {'instance_uuid': UUID, 'vif': {'id': 'port-1', 'address': 'fa:16:3e:00:00:01',
+                                               'type': 'bridge'}}
+    if method == 'detach_interface':
+        return {'instance_uuid': UUID, 'vif_id': 'port-1'}
     return {'instance': instance()}
 
 
@@ -127,7 +132,7 @@ PROTOCOL_METHODS = {
     'spawn', 'rescue', 'unrescue', 'reboot', 'power_off', 'power_on', 'pause',
     'unpause', 'suspend', 'resume', 'destroy', 'get_info', 'list_instances',
     'get_console_output', 'get_vnc_console', 'get_host_stats', 'ping',
-    'attach_volume', 'detach_volume'}
+    'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface'}
 
 
 # -- the method table -------------------------------------------------------
@@ -177,6 +182,9 @@ EXPECTED_MINIMAL = {
     'ping': {},
     'attach_volume': dict(minimal('attach_volume'), mountpoint=None),
     'detach_volume': minimal('detach_volume'),
+    'attach_interface': {'instance_uuid': UUID, 'vif': dict(
+        minimal('attach_interface')['vif'], details={})},
+    'detach_interface': minimal('detach_interface'),
 }
 
 
