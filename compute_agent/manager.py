@@ -245,7 +245,8 @@ class Manager:
         def call(spec):
             self.driver.rescue(spec['instance'], spec['image_meta'],
                                spec['network_info'], rescue_image_meta,
-                               rescue_password)
+                               rescue_password,
+                               block_device_info=spec['block_device_info'])
         record = self._run(context, 'rescue', instance['uuid'], call)
         return self._refresh_vnc(record, context)
 

@@ -91,6 +91,7 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
         _lxc_root(ctx, dom)
     elif rescue:
         _rescue_disks(ctx, dom)
+        _rescue_volumes(ctx, dom)
     else:
         _disks(ctx, dom)
     if instance.get('config_drive') or conf.force_config_drive:
@@ -345,6 +346,17 @@ def _rescue_disks(ctx, dom):
         ctx.devices['root'] = second
     ctx.namer.claim(disk.target_dev)
     ctx.namer.claim(ctx.devices['root'])
+
+
+def _rescue_volumes(ctx, dom):
+    """Volumes stay attached in rescue, after the rescue disk and the root:
+    the next free names (the guest finds them by serial, not by name)."""
+    namer = blockinfo.DeviceNamer(ctx.prefix, (ctx.devices['rescue'], ctx.devices['root']))
+    for i, bdm in enumerate(ctx.bdi.get('block_device_mapping') or ()):
+        dev = namer.claim(namer.next_free())
+        ctx.namer.claim(dev)
+        dom.add_device(volume_disk(ctx.conf, bdm, dev, ctx.bus))
+        ctx.devices['volume%d' % i] = dev
 
 
 def _lxc_root(ctx, dom):

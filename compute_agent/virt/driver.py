@@ -268,7 +268,7 @@ class LibvirtDriver:
 
     # -- rescue ------------------------------------------------------------------
     def rescue(self, instance, image_meta, network_info=(), rescue_image_meta=None,
-               rescue_password=None):
+               rescue_password=None, block_device_info=None):
         """Boot the rescue image with the instance's root disk second.
 
         The guest's defined XML is kept in ``unrescue.xml`` (kept, not
@@ -284,8 +284,8 @@ class LibvirtDriver:
         wrote_saved = not os.path.exists(saved)
         if wrote_saved:
             _write_atomic(saved, original)
-        plan = self._plan(instance, image_meta, network_info, None, rescue=True,
-                          rescue_image_meta=rescue_image_meta)
+        plan = self._plan(instance, image_meta, network_info, block_device_info,
+                          rescue=True, rescue_image_meta=rescue_image_meta)
         files = []
         for f in plan.files:
             if f.kind == 'config':

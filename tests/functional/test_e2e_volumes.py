@@ -385,7 +385,7 @@ def _next_boot(agent, uuid):
     return wait_until(ready, 90, 'the guest booted again and READY', interval=0.5)
 
 
-def test_volumes_survive_hard_reboot_power_cycle_and_agent_restart(agent, storage, main):
+def test_volumes_survive_reboot_power_cycle_rescue_and_agent_restart(agent, storage, main):
     volume_id = vid('keep')
     path = storage.file('keep-local', 'm-keep')
     agent.call('attach_volume', instance_uuid=main.uuid, volume_id=volume_id,
@@ -412,6 +412,17 @@ def test_volumes_survive_hard_reboot_power_cycle_and_agent_restart(agent, storag
     console = _next_boot(agent, main.uuid)
     assert disk_line(console, volume_id)[1] == 'm-keep', console
     check('power off/on')
+
+    agent.call('rescue', instance={'uuid': main.uuid})
+    console = _next_boot(agent, main.uuid)
+    for v, marker in ((volume_id, 'm-keep'), (main.nbd_id, 'm-nbd'),
+                      (main.iscsi_id, 'm-iscsi')):
+        assert disk_line(console, v)[1] == marker, console     # still attached
+    assert agent.get_info(main.uuid)['volumes'] == expected
+    agent.call('unrescue', instance={'uuid': main.uuid})
+    console = _next_boot(agent, main.uuid)
+    assert disk_line(console, volume_id)[1] == 'm-keep', console
+    check('rescue and unrescue')
 
     agent.kill()
     agent.start()
