@@ -314,6 +314,7 @@ def test_iscsi_portal_that_refuses_is_volume_attach_failed(agent, main):
     _refused(agent, main, 'attach_volume', 'VolumeAttachFailed', 'not reachable',
              volume_id=vid('refused'),
              connection_info={'driver_volume_type': 'iscsi', 'data': data})
+    assert 'pw-refused' not in agent.log_file.read_text(errors='replace')
 
 
 # -- must-show 2: boot from an iSCSI volume ------------------------------------------
