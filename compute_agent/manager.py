@@ -410,6 +410,7 @@ class Manager:
     def do_attach_volume(self, context, instance_uuid, volume_id, connection_info,
                          mountpoint=None):
         def prepare(record):
+            self.driver.check_volume_type(connection_info)
             if _find_bdm(record, volume_id) is not None:
                 raise exception.InvalidRequest(
                     'volume_id', '%s is already attached' % volume_id, uuid=instance_uuid)

@@ -470,6 +470,11 @@ class LibvirtDriver:
         return self._call(lambda c: host.host_stats(c, self.conf.instances_path))
 
     # -- volumes on an existing guest (PROTOCOL 1.1: attach/detach_volume) -------
+    def check_volume_type(self, connection_info):
+        """InvalidRequest naming the field unless a driver serves the type."""
+        volume.load(self.conf, connection_info['driver_volume_type'],
+                    field='connection_info.driver_volume_type')
+
     def pick_volume_device(self, instance, mountpoint, claimed=(), volume_id=None):
         """The device name a new volume gets (InvalidRequest if taken/foreign)."""
         return self._on_domain(instance, lambda d: volumeops.pick_device(
