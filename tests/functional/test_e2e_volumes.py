@@ -244,6 +244,30 @@ def test_attach_adopts_a_disk_attached_but_not_recorded(agent, storage, main):
     assert volume_id not in {v['volume_id'] for v in record['volumes']}
 
 
+def test_agent_killed_mid_attach_settles_and_the_redelivery_finishes(agent, storage, main):
+    """SIGKILL as soon as the attach has started: after the restart the
+    volume is attached exactly once and recorded, whichever side of the
+    attachDeviceFlags the kill landed on."""
+    volume_id = vid('crash')
+    path = storage.file('crash-local', 'm-crash')
+    since = agent.reports.mark()
+    agent.cast('attach_volume', instance_uuid=main.uuid, volume_id=volume_id,
+               connection_info=_local(path))
+    agent.wait_state(main.uuid, 'active', 'attaching_volume', since=since)
+    agent.kill()
+    agent.start()
+    wait_until(lambda: volume_id in {v['volume_id'] for v in agent.get_info(main.uuid)['volumes']},
+               60, 'the redelivered attach to finish')
+    info = agent.get_info(main.uuid)
+    assert [v['volume_id'] for v in info['volumes']].count(volume_id) == 1
+    assert info['task_state'] is None and info['vm_state'] == 'active'
+    for inactive in (False, True):
+        serials = [d.serial for d in config.Domain.parse(domain_xml(main.uuid, inactive)).disks]
+        assert serials.count(serial(volume_id)) == 1
+    agent.wait_console(main.uuid, 'MARKER m-crash', timeout=30)
+    agent.call('detach_volume', instance_uuid=main.uuid, volume_id=volume_id)
+
+
 def agent_conf(agent):
     from oslo_config import cfg
 
