@@ -98,6 +98,8 @@ def test_attach_bridge_interface_pings_and_detach_removes_it(agent, net):
     record = agent.call('attach_interface', instance_uuid=uuid, vif=vif)
     assert [v['id'] for v in record['vifs']] == [vif['id']]
     assert record['vifs'][0]['devname'] == vif['devname']
+    agent.reports.wait(lambda r: r.get('instance_uuid') == uuid
+                       and r.get('event') == 'attach_interface.end', 30, 'the end report', since)
     assert [(r['event'], r['task_state']) for r in agent.reports.states(uuid, since)] == [
         ('attach_interface.start', 'attaching_interface'), ('attach_interface.end', None)]
     console = agent.wait_console(uuid, 'HOTPLUG-NIC ', timeout=30)

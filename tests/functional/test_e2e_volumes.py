@@ -139,6 +139,14 @@ def main(agent, storage):
     return g
 
 
+def reports_until(agent, uuid, since, event):
+    """The instance's reports after ``since``, once ``event`` has arrived
+    (a call's reply may come before its last report is consumed here)."""
+    agent.reports.wait(lambda r: r.get('instance_uuid') == uuid and r.get('event') == event,
+                       30, event, since)
+    return agent.reports.states(uuid, since)
+
+
 def disk_line(console, volume_id, kind='DISK'):
     m = re.search(r'^%s (\S+) SERIAL %s MARKER (\S+)' % (kind, re.escape(serial(volume_id))),
                   console, re.M)
@@ -184,7 +192,7 @@ def test_hot_attach_and_detach_local_volume(agent, storage, main):
     assert record['volumes'][-1] == added     # null mountpoint: the next free name
     assert record['vm_state'] == 'active' and record['task_state'] is None
     events = [(r['event'], r['vm_state'], r['task_state'])
-              for r in agent.reports.states(main.uuid, since)]
+              for r in reports_until(agent, main.uuid, since, 'attach_volume.end')]
     assert events == [('attach_volume.start', 'active', 'attaching_volume'),
                       ('attach_volume.end', 'active', None)]
     # The guest sees it, found by serial, with the marker written beforehand.
@@ -203,7 +211,8 @@ def test_hot_attach_and_detach_local_volume(agent, storage, main):
     agent.wait_console(main.uuid, 'HOTPLUG-GONE %s' % name, timeout=30)
     for inactive in (False, True):
         assert serial(volume_id) not in serials_in(domain_xml(main.uuid, inactive))
-    events = [(r['event'], r['task_state']) for r in agent.reports.states(main.uuid, since)]
+    events = [(r['event'], r['task_state'])
+              for r in reports_until(agent, main.uuid, since, 'detach_volume.end')]
     assert events == [('detach_volume.start', 'detaching_volume'),
                       ('detach_volume.end', None)]
 
@@ -297,7 +306,7 @@ def _refused(agent, main, method, exc_type, field=None, **args):
     assert (serials_in(domain_xml(main.uuid)),
             serials_in(domain_xml(main.uuid, inactive=True))) == before_xml
     assert our_secrets() == before_secrets
-    return agent.reports.states(main.uuid, since), ei.value
+    return reports_until(agent, main.uuid, since, method + '.error'), ei.value
 
 
 def _local(path='/dev/null'):
@@ -391,7 +400,7 @@ def test_detach_from_guest_ignoring_acpi_fails_and_keeps_the_volume(agent, stora
         assert serials_in(domain_xml(uuid, inactive)).get(serial(volume_id)) == 'vdb'
     assert 'HOTPLUG-GONE' not in agent.console(uuid)
     assert [(r['event'], r['vm_state'], r['task_state'])
-            for r in agent.reports.states(uuid, since)] == [
+            for r in reports_until(agent, uuid, since, 'detach_volume.error')] == [
         ('detach_volume.start', 'active', 'detaching_volume'),
         ('detach_volume.error', 'active', None)]
     agent.destroy(inst)
