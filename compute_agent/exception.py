@@ -66,6 +66,30 @@ class VifPlugFailed(AgentError):
     msg_fmt = 'Failed to plug VIF %(vif_id)s: %(reason)s'
 
 
+class VolumeAttachFailed(AgentError):
+    msg_fmt = 'Failed to attach volume %(volume_id)s: %(reason)s'
+
+
+class VolumeDetachFailed(AgentError):
+    msg_fmt = 'Failed to detach volume %(volume_id)s: %(reason)s'
+
+
+class VolumeNotFound(AgentError):
+    msg_fmt = 'Instance %(uuid)s has no volume %(volume_id)s'
+
+
+class InterfaceAttachFailed(AgentError):
+    msg_fmt = 'Failed to attach interface %(vif_id)s: %(reason)s'
+
+
+class InterfaceDetachFailed(AgentError):
+    msg_fmt = 'Failed to detach interface %(vif_id)s: %(reason)s'
+
+
+class InterfaceNotFound(AgentError):
+    msg_fmt = 'Instance %(uuid)s has no interface %(vif_id)s'
+
+
 class GuestXMLInvalid(AgentError):
     """The agent built XML libvirt's schema rejects: a bug, never bad input."""
 
@@ -80,4 +104,6 @@ class ConfigError(AgentError):
 # class name but is not re-raisable by name on the client side.
 WIRE_ERRORS = {cls.__name__: cls for cls in (
     InvalidRequest, UnsupportedVersion, InstanceNotFound, InstanceInvalidState,
-    ImageNotFound, ImageChecksumMismatch, HypervisorUnavailable, VifPlugFailed)}
+    ImageNotFound, ImageChecksumMismatch, HypervisorUnavailable, VifPlugFailed,
+    VolumeAttachFailed, VolumeDetachFailed, VolumeNotFound,
+    InterfaceAttachFailed, InterfaceDetachFailed, InterfaceNotFound)}

@@ -23,19 +23,17 @@ from compute_agent import exception
 from compute_agent import states
 from compute_agent import validation
 from compute_agent import version
-from compute_agent.netfilter import firewall
+from compute_agent.device_ops import DeviceOperations
+from compute_agent.records import public
 from compute_agent.virt import planner as planner_mod
 
 LOG = logging.getLogger(__name__)
 
-PUBLIC_KEYS = ('uuid', 'name', 'host', 'vm_state', 'task_state', 'power_state',
-               'devices', 'vnc', 'created_at', 'updated_at', 'error',
-               'power_checked_at')
 # Private keys of a record: 'spec' (the spawn request, no secrets), 'rescue'
 # (the rescue request while rescued, no password), 'task_request_id' (the
 # request_id of the operation running or last run) and 'interrupted' (the
 # operation a restart interrupted and its request_id, until its redelivery
-# or the next operation).
+# or the next operation). What a record shows: records.public.
 # _reconcile without a sync's listing: ask libvirt about the one instance.
 _ASK = object()
 
@@ -44,21 +42,13 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
-def public(record):
-    out = {k: record.get(k) for k in PUBLIC_KEYS}
-    # Each VIF's filter (PROTOCOL 1.1), as kept in the record.
-    out['filters'] = firewall.describe(
-        (record.get('spec') or {}).get('network_info'))
-    return out
-
-
 def _error_of(exc):
     if isinstance(exc, exception.AgentError):
         return exc.to_dict()
     return {'class': type(exc).__name__, 'message': str(exc)}
 
 
-class Manager:
+class Manager(DeviceOperations):
     # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
     inline_methods = frozenset(('ping',))
 
@@ -214,14 +204,15 @@ class Manager:
         return verdict
 
     def _run(self, context, method, uuid, call, prepare=None, args=None,
-             end_changes=None):
+             end_changes=None, keep_on_failure=False):
         """Run a state-changing operation on an existing instance.
 
         ``prepare(record)`` plans it from the stored request and makes ready
         whatever the guest is not touched by (a failure there leaves the
         states as they were); ``call(record, plan)`` changes the guest (a
-        failure there leaves vm_state ``error``). ``end_changes`` are saved
-        with the end state.
+        failure there leaves vm_state ``error``, unless ``keep_on_failure``:
+        the call leaves the guest as it was when it fails). ``end_changes``
+        are saved with the end state.
         """
         op = states.operation(method, args)
         with self._lock(uuid):      # no power event between check and start
@@ -242,7 +233,8 @@ class Manager:
         try:
             call(record, plan)
         except Exception as exc:
-            self._fail(record, context, method, exc)
+            (self._refused if keep_on_failure else self._fail)(
+                record, context, method, exc)
             raise
         changes = dict(end_changes or {})
         rescued = bool(changes.get('rescue', record.get('rescue')))
@@ -407,24 +399,6 @@ class Manager:
             return outcome      # the redelivery of a destroy recovery finished
         record = self._run(context, 'destroy', uuid, call)
         self._delete(uuid)
-        return public(record)
-
-    def do_update_security_rules(self, context, instance_uuid, vif_id, rules):
-        """Replace a VIF's rules, live on a running guest; the record keeps
-        them for every later start (docs: protocol-methods-1-1)."""
-        changes = {}
-
-        def replace(record):
-            # Done before the guest is touched in the table's sense: a
-            # failure leaves the old rules in force and the states as they
-            # were, so it is the "prepare" step.
-            spec = dict(record['spec'])
-            spec['network_info'] = self.driver.update_security_rules(
-                spec['instance'], spec['network_info'], vif_id, rules)
-            changes['spec'] = spec
-        record = self._run(context, 'update_security_rules', instance_uuid,
-                           lambda record, plan: None, prepare=replace,
-                           end_changes=changes)
         return public(record)
 
     def do_get_info(self, context, instance_uuid):

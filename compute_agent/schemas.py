@@ -311,17 +311,27 @@ DEFS = {
         }, required=['device_name', 'swap_size'], nullable=True, default=None),
         'block_device_mapping': _list(_obj({
             'mount_device': _ref('device_name'),
-            'volume_id': rules.VOLUME_ID.schema(),
-            'connection_info': _obj({
-                # Which types exist is the installed plugins' business
-                # (validation asks them); here only the name's shape.
-                'driver_volume_type': rules.PLUGIN_NAME.schema(),
-                'data': {'type': 'object'},
-            }, required=['driver_volume_type', 'data'],
-                allOf=[_volume_branch(kind) for kind in VOLUME_DATA_SHAPES]),
+            'volume_id': _ref('volume_id'),
+            'connection_info': _ref('connection_info'),
         }, required=['mount_device', 'connection_info']), default=[],
             maxItems=MAX_ITEMS),
     }, nullable=True, default=None),
+    'volume_id': rules.VOLUME_ID.schema(),
+    'connection_info': _obj({
+        # Which types exist is the installed plugins' business (validation
+        # asks them); here only the name's shape.
+        'driver_volume_type': rules.PLUGIN_NAME.schema(),
+        'data': {'type': 'object'},
+    }, required=['driver_volume_type', 'data'],
+        allOf=[_volume_branch(kind) for kind in VOLUME_DATA_SHAPES]),
+    'volume_data_nbd': _obj({
+        'host': _str(format='host'),
+        'port': _int(minimum=1, maximum=65535),
+        'socket': _str(format='abs-path', maxLength=107),
+        'export': _str(r'^[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}$'),
+    }, required=['export'], oneOf=[{'required': ['host'], 'not': {'required': ['socket']}},
+                                   {'required': ['socket'], 'not': {'required': ['host']}}],
+        **{'x-reason': 'needs "export" and either "host" (and "port") or "socket"'}),
     'volume_data_local': _obj({'device_path': _str(format='abs-path')},
                               required=['device_path']),
     'volume_data_iscsi': _obj({
@@ -353,17 +363,6 @@ DEFS = {
         'secret_usage': _text(255, nullable=True),
     }, required=['name']),
     # PROTOCOL 1.1: {"host", "port"} or {"socket"}, plus "export".
-    'volume_data_nbd': _obj({
-        'host': _str(format='host'),
-        'port': {'type': ['string', 'integer'], 'format': 'port',
-                 'minimum': 1, 'maximum': 65535,
-                 'x-reason': 'must be a port number 1-65535'},
-        'socket': _str(format='abs-path'),
-        'export': _text(255, nullable=True),
-    }, oneOf=[{'required': ['host', 'port'], 'not': {'required': ['socket']}},
-              {'required': ['socket'], 'not': {'anyOf': [{'required': ['host']},
-                                                         {'required': ['port']}]}}],
-        **{'x-reason': 'must be an object with host and port, or with socket'}),
     'volume_data_nfs': _obj({
         'export': _str(format='nfs-export'),
         'name': _str(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$'),
@@ -410,6 +409,14 @@ ARGS = {
                               'vif_id': _str(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$'),
                               'rules': {'type': ['array', 'null'],
                                         'items': _ref('security_rule')}},
+    'attach_volume': {'instance_uuid': _ref('uuid'), 'volume_id': _ref('volume_id'),
+                      'connection_info': _ref('connection_info'),
+                      'mountpoint': rules.DEVICE_PATH.schema(nullable=True,
+                                                             default=None)},
+    'detach_volume': {'instance_uuid': _ref('uuid'), 'volume_id': _ref('volume_id')},
+    'attach_interface': {'instance_uuid': _ref('uuid'), 'vif': _ref('vif')},
+    'detach_interface': {'instance_uuid': _ref('uuid'),
+                         'vif_id': _str(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$')},
     'get_info': {'instance_uuid': _ref('uuid')},
     'list_instances': {},
     'get_console_output': {'instance_uuid': _ref('uuid'),

@@ -33,6 +33,7 @@ Transition = collections.namedtuple(
 # done_in          start vm_states in which it is a success without running
 
 _ANY = (BUILDING, ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM, RESCUED, ERROR)
+_DEVICES_FROM = (ACTIVE, STOPPED, PAUSED_VM)
 
 TRANSITIONS = {
     # A repeated spawn of an active instance is a success (PROTOCOL 5).
@@ -60,6 +61,14 @@ TRANSITIONS = {
     'update_security_rules': Transition(
         (ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM, RESCUED),
         'updating_security_rules', PREVIOUS, None),
+    # 1.1 device operations: from a guest that is up, stopped or paused,
+    # back to where it started; the power state is not changed (None).
+    'attach_volume': Transition(_DEVICES_FROM, 'attaching_volume', PREVIOUS, None),
+    'detach_volume': Transition(_DEVICES_FROM, 'detaching_volume', PREVIOUS, None),
+    'attach_interface': Transition(_DEVICES_FROM, 'attaching_interface',
+                                   PREVIOUS, None),
+    'detach_interface': Transition(_DEVICES_FROM, 'detaching_interface',
+                                   PREVIOUS, None),
 }
 
 # Requests that change nothing: no per-instance queue, no fsync'ed outcome.

@@ -37,10 +37,23 @@
 #   HEARTBEAT <n>                       (every 10 s once READY)
 #   FLOOD-DONE <MiB>                    (ca_flood)
 #   REBOOTING-ONCE | REBOOTED-ONCE      (ca_reboot_once: before / after)
+#   DISK <name> SERIAL <serial|-> MARKER <text|->   (each disk, after BLOCK-DEVICES)
+#   WROTE <name> SERIAL <serial> | WRITE-FAILED <serial>   (meta write_marker)
+#   HOTPLUG-DISK <name> SERIAL <serial|-> MARKER <text|->   (after READY)
+#   HOTPLUG-GONE <name>                 (a disk left, after READY)
+#   HOTPLUG-NIC <ifname> <mac> | HOTPLUG-NIC-GONE <ifname>  (after READY)
+#   HOTPLUG-PING-OK <ip> | HOTPLUG-PING-FAIL <ip>  (meta hotplug_nic, below)
+# A disk's MARKER is the text after "CA-MARKER " on the first line of its
+# first 512 bytes ("-" when there is none); its SERIAL is
+# /sys/block/<name>/serial (the <serial> of the disk XML).
 # The config drive's openstack/latest/meta_data.json may carry
 #   "meta": {"ping": "<ip>", "poweroff": "1", "flood": "<MiB>",
 #            "reboot_once": "1"} with the same effect as
 # ca_ping / ca_poweroff / ca_flood / ca_reboot_once.
+# It may also carry "write_marker": "<serial>:<text> ..." to write
+# "CA-GUEST <text>" plus a newline at byte 4096 of the disk with that serial,
+# and "hotplug_nic": "<mac>=<ip/prefix>=<ping ip> ..." to configure a NIC
+# with that MAC when it is hot-plugged and ping the address through it.
 # -- network filter probes (filters branch; meta keys, all optional) --
 #   "nf_count": "1"        print "NF-INECHOS <n>" every second: ICMP echo
 #                          requests received (/proc/net/snmp Icmp InEchos)
@@ -307,6 +320,39 @@ for b in /sys/block/*; do
     devs="$devs $b"
 done
 echo "BLOCK-DEVICES:$devs"
+disk_serial() { local s; s=$(cat "/sys/block/$1/serial" 2>/dev/null | tr -cd 'A-Za-z0-9._:-'); echo "${s:--}"; }
+disk_marker() {  # disk_marker NAME: text after "CA-MARKER " at the disk's start
+    local line i=0
+    while [ $i -lt 10 ]; do
+        if [ -b "/dev/$1" ]; then
+            line=$(dd if="/dev/$1" bs=512 count=1 2>/dev/null | head -n 1 | tr -cd 'A-Za-z0-9 ._:=-')
+            case "$line" in "CA-MARKER "*) echo "${line#CA-MARKER }"; return 0 ;; esac
+            echo "-"; return 0
+        fi
+        sleep 0.1
+        i=$((i + 1))
+    done
+    echo "-"
+}
+describe_disk() { echo "SERIAL $(disk_serial "$1") MARKER $(disk_marker "$1")"; }
+for d in $devs; do
+    case "$d" in vd*|sd*|hd*|xvd*) echo "DISK $d $(describe_disk "$d")" ;; esac
+done
+WRITES=
+[ -n "$META" ] && WRITES=$(json_str write_marker "$META")
+for w in $WRITES; do
+    serial=${w%%:*}
+    text=${w#*:}
+    target=
+    for d in $devs; do [ "$(disk_serial "$d")" = "$serial" ] && target=$d; done
+    if [ -n "$target" ] && printf 'CA-GUEST %s\n' "$text" |
+            dd of="/dev/$target" bs=512 seek=8 conv=notrunc,fsync 2>/dev/null; then
+        sync
+        echo "WROTE $target SERIAL $serial"
+    else
+        echo "WRITE-FAILED $serial"
+    fi
+done
 
 # ------------------------------------------------------------ network
 mask2prefix() {
@@ -500,8 +546,62 @@ echo "READY"
         echo "HEARTBEAT $n"
     done
 ) &
+HOTPLUG_NICS=
+[ -n "$META" ] && HOTPLUG_NICS=$(json_str hotplug_nic "$META")
+configure_hotplug_nic() {  # configure_hotplug_nic IFNAME MAC (in the background)
+    local spec rest
+    for spec in $HOTPLUG_NICS; do
+        [ "${spec%%=*}" = "$2" ] || continue
+        rest=${spec#*=}
+        ip link set "$1" up && ip addr add "${rest%%=*}" dev "$1" || continue
+        if ping -c 3 -W 2 "${rest#*=}" >/dev/null 2>&1 ||
+                ping -c 5 -W 2 "${rest#*=}" >/dev/null 2>&1; then
+            echo "HOTPLUG-PING-OK ${rest#*=}"
+        else
+            echo "HOTPLUG-PING-FAIL ${rest#*=}"
+        fi
+    done
+}
+# Watch for hot-plugged (and removed) disks and NICs; shell globs only, so a
+# pass costs no fork unless something changed.
+known_disks=" "
+for b in /sys/block/*; do known_disks="$known_disks${b##*/} "; done
+known_nics=" "
+for n in /sys/class/net/*; do known_nics="$known_nics${n##*/} "; done
 while :; do
-    sleep 3600
+    sleep 0.2
+    now=" "
+    for b in /sys/block/*; do
+        [ -e "$b" ] || continue
+        d=${b##*/}
+        now="$now$d "
+        case "$known_disks" in
+            *" $d "*) ;;
+            *) echo "HOTPLUG-DISK $d $(describe_disk "$d")" ;;
+        esac
+    done
+    for d in $known_disks; do
+        case "$now" in *" $d "*) ;; *) echo "HOTPLUG-GONE $d" ;; esac
+    done
+    known_disks=$now
+    now=" "
+    for n in /sys/class/net/*; do
+        [ -e "$n" ] || continue
+        i=${n##*/}
+        now="$now$i "
+        case "$known_nics" in
+            *" $i "*) ;;
+            *)
+                mac=$(cat "$n/address" 2>/dev/null)
+                echo "HOTPLUG-NIC $i $mac"
+                [ -n "$HOTPLUG_NICS" ] && configure_hotplug_nic "$i" "$mac" &
+                ;;
+        esac
+    done
+    for i in $known_nics; do
+        case "$now" in *" $i "*) ;; *) echo "HOTPLUG-NIC-GONE $i" ;; esac
+    done
+    known_nics=$now
 done
 INIT
 chmod 0755 "$STAGE/init"

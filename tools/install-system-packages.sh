@@ -14,6 +14,10 @@ PACKAGES=(
     pkg-config
     qemu-system-x86
     qemu-utils
+    # QEMU's userspace iSCSI/NFS/RBD initiators (block-iscsi.so, ...)
+    qemu-block-extra
+    # tgtd, the userspace iSCSI target the volume tests start
+    tgt
     tini
     libxml2-utils
     openvswitch-switch

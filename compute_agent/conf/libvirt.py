@@ -101,6 +101,26 @@ opts = [
         'nfs_mount_point_base', default='$state_path/mnt',
         help='Where NFS volume exports are mounted, one directory per '
              'export (named by the export\'s SHA-1).'),
+    cfg.FloatOpt(
+        'device_detach_timeout', default=20.0, min=0.5,
+        help='Seconds a hot-unplug waits for the guest to let the device go '
+             '(libvirt\'s live XML no longer lists it). After that the '
+             'detach fails (VolumeDetachFailed) and the device stays attached '
+             'and recorded.'),
+    cfg.FloatOpt(
+        'volume_connect_timeout', default=3.0, min=0.1,
+        help='Seconds a volume driver waits for a network volume\'s server '
+             '(iSCSI portal, NBD server) to accept a TCP connection when it '
+             'checks the volume is reachable before attaching it.'),
+    cfg.StrOpt(
+        'hw_machine_type', default=None,
+        help='QEMU machine type of kvm/qemu guests (e.g. "pc", "q35"); unset '
+             'means QEMU\'s default (pc). q35 guests get num_pcie_ports '
+             'spare PCIe root ports for hot-plugged disks and NICs.'),
+    cfg.IntOpt(
+        'num_pcie_ports', default=8, min=0, max=28,
+        help='Spare pcie-root-port controllers a q35 guest gets beyond those '
+             'its own devices use: each takes one hot-plugged disk or NIC.'),
     cfg.IntOpt(
         'connect_retries', default=10, min=0,
         help='Attempts to open the libvirt connection before an operation '

@@ -10,6 +10,7 @@ each behind an option.
 """
 
 import os
+import re
 
 from compute_agent import exception
 from compute_agent.netfilter import firewall
@@ -84,6 +85,8 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
     if ctx.virt_type in HVM_TYPES and conf.libvirt.sysinfo_serial:
         dom.sysinfo = _sysinfo(instance)
     dom.os = _os(ctx)
+    if ctx.virt_type in HVM_TYPES and conf.libvirt.hw_machine_type:
+        dom.os.machine = conf.libvirt.hw_machine_type
     if ctx.virt_type in HVM_TYPES:
         dom.features = config.Features(acpi=True, apic=True)
         dom.cpu = _cpu(ctx)
@@ -94,6 +97,7 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
         _lxc_root(ctx, dom)
     elif rescue:
         _rescue_disks(ctx, dom)
+        _rescue_volumes(ctx, dom)
     else:
         _disks(ctx, dom)
     if instance.get('config_drive') or conf.force_config_drive:
@@ -109,6 +113,7 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
     _consoles(ctx, dom)
     _graphics(ctx, dom)
     _hvm_extras(ctx, dom)
+    _pcie_ports(ctx, dom)
     images = {}
     for meta in (image_meta, rescue_image_meta if rescue else None):
         if meta and meta.get('id'):
@@ -156,6 +161,9 @@ def _os(ctx):
         # console=ttyS0 a rescued guest's console log stays empty.
         os_.cmdline = ('ro' if vt == 'xen' else
                        'root=/dev/%s console=ttyS0' % ctx.root_dev)
+        extra = _extra_cmdline(ctx)
+        if extra:
+            os_.cmdline += ' ' + extra
     elif vt in HVM_TYPES:
         # A xen PV guest boots through its kernel or bootloader, never a
         # <boot dev> (the seed wrote one; libvirt ignores it).
@@ -163,6 +171,27 @@ def _os(ctx):
         for dev in (('cdrom', 'hd') if iso else ('hd',)):
             os_.add('boot', config.Boot(dev=dev))
     return os_
+
+
+# Kernel parameters an image may add: words of printable ASCII, no quotes.
+_CMDLINE_RE = re.compile(r'^[A-Za-z0-9_.,:=/+-]+( [A-Za-z0-9_.,:=/+-]+)*$')
+
+
+def _extra_cmdline(ctx):
+    """Image property ``os_command_line`` (nova's name): appended to the
+    kernel command line of a kernel-booted, not rescued guest (e.g.
+    ``acpi=off``)."""
+    if ctx.rescue:
+        return None
+    extra = (ctx.image_meta.get('properties') or {}).get('os_command_line')
+    if extra is None:
+        return None
+    if not isinstance(extra, str) or len(extra) > 1024 or not _CMDLINE_RE.match(extra):
+        raise exception.InvalidRequest(
+            'image_meta.properties.os_command_line',
+            'must be space-separated words of letters, digits and _.,:=/+- '
+            '(at most 1024 characters)', uuid=ctx.instance['uuid'])
+    return extra
 
 
 def _cpu(ctx):
@@ -301,11 +330,22 @@ def _disks(ctx, dom):
         info = bdm['connection_info']
         dev = blockinfo.strip_dev(bdm['mount_device'])
         driver = volume.load(ctx.conf, info['driver_volume_type'])
-        ctx.volumes.append((driver, info))
-        disk = dom.add_device(driver.get_config(info, dev, ctx.bus))
-        if ctx.virt_type == 'uml':      # the UML driver takes no <driver>
-            disk.driver_name = disk.driver_type = disk.driver_cache = None
+        ctx.volumes.append((driver, bdm))
+        dom.add_device(volume_disk(ctx.conf, bdm, dev, ctx.bus, driver))
         ctx.devices['volume%d' % i] = dev
+
+
+def volume_disk(conf, bdm, dev, bus, driver=None):
+    """The guest disk of a block_device_mapping entry, ``<serial>`` = its
+    volume id (PROTOCOL 1.1 section 3); for spawn and hot-plug alike."""
+    info = bdm['connection_info']
+    driver = driver or volume.load(conf, info['driver_volume_type'])
+    disk = driver.get_config(info, dev, bus)
+    if conf.libvirt.virt_type == 'uml':     # the UML driver takes no <driver>
+        disk.driver_name = disk.driver_type = disk.driver_cache = None
+    elif conf.libvirt.virt_type in HVM_TYPES:
+        disk.serial = volume.serial_for(volume.volume_id_of(bdm))
+    return disk
 
 
 def _swap(ctx, dom, dev, size_mb):
@@ -330,6 +370,20 @@ def _rescue_disks(ctx, dom):
         ctx.devices['root'] = second
     ctx.namer.claim(disk.target_dev)
     ctx.namer.claim(ctx.devices['root'])
+
+
+def _rescue_volumes(ctx, dom):
+    """Volumes stay attached in rescue, after the rescue disk and the root:
+    the next free names (the guest finds them by serial, not by name)."""
+    namer = blockinfo.DeviceNamer(ctx.prefix, (ctx.devices['rescue'], ctx.devices['root']))
+    for i, bdm in enumerate(ctx.bdi.get('block_device_mapping') or ()):
+        dev = namer.claim(namer.next_free())
+        ctx.namer.claim(dev)
+        info = bdm['connection_info']
+        driver = volume.load(ctx.conf, info['driver_volume_type'])
+        ctx.volumes.append((driver, bdm))
+        dom.add_device(volume_disk(ctx.conf, bdm, dev, ctx.bus, driver))
+        ctx.devices['volume%d' % i] = dev
 
 
 def _lxc_root(ctx, dom):
@@ -389,3 +443,23 @@ def _hvm_extras(ctx, dom):
     # Without an explicit element libvirt adds a balloon anyway.
     dom.memballoon = (config.MemBalloon(model='virtio', stats_period=10)
                       if lv.mem_balloon else config.MemBalloon(model='none'))
+
+
+def _pcie_ports(ctx, dom):
+    """q35: spare PCIe root ports, one per disk or NIC hot-plugged later.
+
+    libvirt gives a q35 guest's own PCI devices root ports of their own
+    (and only one spare); the builder adds ``num_pcie_ports`` more with
+    explicit indexes after one per device that needs a port, so they stay
+    free for hot-plug.
+    """
+    machine = ctx.conf.libvirt.hw_machine_type or ''
+    if ctx.virt_type not in HVM_TYPES or 'q35' not in machine:
+        return
+    used = sum(1 for d in dom.disks if d.target_bus == 'virtio')
+    used += len(dom.interfaces) + len(dom.rngs)
+    used += 1 if dom.memballoon is not None and dom.memballoon.model != 'none' else 0
+    used += 2       # USB controller and video
+    for i in range(ctx.conf.libvirt.num_pcie_ports):
+        dom.add_device(config.Controller(type='pci', index=used + 1 + i,
+                                         model='pcie-root-port'))

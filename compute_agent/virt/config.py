@@ -40,6 +40,7 @@ class DiskHost(XMLObject):
     name = Prop('@name')
     port = Prop('@port')
     transport = Prop('@transport')
+    socket = Prop('@socket')
 
 
 class VirtualPort(XMLObject):

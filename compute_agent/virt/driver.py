@@ -35,8 +35,10 @@ from compute_agent.virt import console
 from compute_agent.virt import disks
 from compute_agent.virt import guest
 from compute_agent.virt import host
+from compute_agent.virt import ifaceops
 from compute_agent.virt import plan as plan_mod
 from compute_agent.virt import volume
+from compute_agent.virt import volumeops
 from compute_agent.vif.loader import VifDrivers
 
 LOG = logging.getLogger(__name__)
@@ -190,9 +192,13 @@ class LibvirtDriver:
             undo.files.append(path)
 
     def _connect_volumes(self, volumes, undo):
-        for drv, info in volumes:
-            drv.connect(info)
-            undo.volumes.append((drv, info))
+        """Connect the plan's (driver, block_device_mapping entry) pairs."""
+        for _, bdm in volumes:
+            info, vid = bdm['connection_info'], volume.volume_id_of(bdm)
+            # The same cached driver, now holding the libvirt connection.
+            drv = volume.load(self.conf, info['driver_volume_type'], self.connection)
+            drv.connect(info, vid)
+            undo.volumes.append((drv, info, vid))
 
     def _boot(self, instance, vifs, undo=None):
         """Plug VIFs, start the domain, then let the VIF drivers finish.
@@ -219,7 +225,8 @@ class LibvirtDriver:
             steps.append(lambda: self._remove_domain(instance['uuid']))
         steps += [lambda d=d, v=v: d.unplug(instance, v) for d, v in reversed(undo.vifs)]
         steps.append(lambda: self.firewall.teardown(instance, undo.filters))
-        steps += [lambda d=d, i=i: d.disconnect(i) for d, i in reversed(undo.volumes)]
+        steps += [lambda d=d, i=i, v=v: d.disconnect(i, v)
+                  for d, i, v in reversed(undo.volumes)]
         if undo.dir:
             steps.append(lambda: shutil.rmtree(undo.dir, ignore_errors=True))
         else:
@@ -253,7 +260,7 @@ class LibvirtDriver:
         for bdm in (block_device_info or {}).get('block_device_mapping') or ():
             info = bdm['connection_info']
             _collect(errors, lambda i=info: volume.load(
-                self.conf, i['driver_volume_type']).disconnect(i))
+                self.conf, i['driver_volume_type'], self.connection).disconnect(i))
         if cleanup:
             path = disks.instance_dir(self.conf, instance['name'])
             if os.path.isdir(path) and not os.path.islink(path):
@@ -463,6 +470,42 @@ class LibvirtDriver:
         """The host record of PROTOCOL.md section 4 (host_state_update args)."""
         return self.connection.call(
             lambda c: host.host_stats(c, self.conf.instances_path), retry=retry)
+
+    # -- volumes on an existing guest (PROTOCOL 1.1: attach/detach_volume) -------
+    def check_volume_type(self, connection_info):
+        """InvalidRequest naming the field unless a driver serves the type."""
+        volume.load(self.conf, connection_info['driver_volume_type'],
+                    field='connection_info.driver_volume_type')
+
+    def pick_volume_device(self, instance, mountpoint, claimed=(), volume_id=None):
+        """The device name a new volume gets (InvalidRequest if taken/foreign)."""
+        return self._on_domain(instance, lambda d: volumeops.pick_device(
+            self.conf, d, mountpoint, claimed, volume_id))
+
+    def attach_volume(self, instance, bdm):
+        """Connect the volume and attach it, live if running and persistently."""
+        self._on_domain(instance, lambda d: volumeops.attach(
+            self.conf, self.connection, d, bdm))
+
+    def detach_volume(self, instance, bdm):
+        """Detach once the guest has let it go (VolumeDetachFailed after
+        ``[libvirt] device_detach_timeout``), then disconnect it."""
+        self._on_domain(instance, lambda d: volumeops.detach(
+            self.conf, self.connection, d, bdm))
+
+    # -- NICs on an existing guest (PROTOCOL 1.1: attach/detach_interface) -------
+    def check_attach_interface(self, network_info, vif):
+        ifaceops.check(self.vif_drivers, network_info, vif)
+
+    def attach_interface(self, instance, vif):
+        """Plug the VIF and attach its NIC, live if running and persistently."""
+        self._on_domain(instance, lambda d: ifaceops.attach(
+            self.conf, self.vif_drivers, d, instance, vif))
+
+    def detach_interface(self, instance, vif):
+        """Detach the NIC once the guest let it go, then unplug the VIF."""
+        self._on_domain(instance, lambda d: ifaceops.detach(
+            self.conf, self.vif_drivers, d, instance, vif))
 
 
 def _unlink(path):

@@ -53,7 +53,7 @@ class GuestPlan:
     instance_dir: str         # <instances_path>/<name>
     instance: dict = None     # the validated instance
     vifs: list = dataclasses.field(default_factory=list)     # [(vif driver, vif)]
-    volumes: list = dataclasses.field(default_factory=list)  # [(volume driver, connection_info)]
+    volumes: list = dataclasses.field(default_factory=list)  # [(volume driver, bdm entry)]
     images: dict = dataclasses.field(default_factory=dict)   # {image id: image_meta} to fetch
     config_drive: Optional[ConfigDrive] = None
     rescue: bool = False

@@ -44,7 +44,8 @@ HOST_STATE_KEYS = frozenset(('host', 'hypervisor_type', 'hypervisor_version',
                              'running_vms', 'timestamp'))
 RECORD_KEYS = frozenset(('uuid', 'name', 'host', 'vm_state', 'task_state',
                          'power_state', 'devices', 'vnc', 'created_at',
-                         'updated_at', 'error', 'power_checked_at', 'filters'))
+                         'updated_at', 'error', 'power_checked_at', 'filters',
+                         'volumes', 'vifs'))
 VM_STATES = frozenset(('building', 'active', 'stopped', 'paused', 'suspended',
                        'rescued', 'error', 'deleted'))
 TASK_STATES = frozenset((None, 'spawning', 'rebooting', 'rebooting_hard',

@@ -225,12 +225,14 @@ def test_rescue_disks(virt_type, prefix):
                               swap=bf.swap(prefix + 'e'),
                               volumes=[bf.local_volume(prefix + 'f')]))
     disks = xp(node, 'devices/disk')
+    # Volumes stay attached, after the rescue disk and the root (PROTOCOL 1.1).
     assert [one(d, 'source/@file') for d in disks] == [
-        DIR + '/disk.rescue', DIR + '/disk', DIR + '/disk.config.rescue']
+        DIR + '/disk.rescue', DIR + '/disk', '/var/lib/volumes/vol-1.img',
+        DIR + '/disk.config.rescue']
     assert [one(d, 'target/@dev') for d in disks] == [
-        prefix + 'a', prefix + 'b', prefix + 'z']
+        prefix + 'a', prefix + 'b', prefix + 'c', prefix + 'z']
     assert plan.devices == {'rescue': prefix + 'a', 'root': prefix + 'b',
-                            'config_drive': prefix + 'z'}
+                            'volume0': prefix + 'c', 'config_drive': prefix + 'z'}
     rescue_file = files_by_name(plan)['disk.rescue']
     assert rescue_file.kind == 'rescue'
     assert rescue_file.image_id == bf.IMAGE_ID
@@ -987,8 +989,9 @@ def test_devices_dict_matches_the_xml(virt_type, rescue):
         block_device_info=bf.bdi(ephemerals=[bf.ephemeral(2, p + 'd')], volumes=volumes))
     plan = bf.build(bf.make_conf(virt_type), request)
     node = bf.xml_of(plan)
-    if rescue:
+    if rescue:      # volumes follow the rescue disk and the root
         expected = {'rescue': p + 'a', 'root': p + 'b', 'config_drive': p + 'z'}
+        expected.update(('volume%d' % i, p + c) for i, c in enumerate('cdefg'))
     else:
         expected = {'root': p + 'a', 'ephemeral': p + 'b', 'swap': p + 'c',
                     'ephemeral2': p + 'd', 'config_drive': p + 'z'}

@@ -325,6 +325,20 @@ def test_operations_that_make_no_sense_change_nothing(h, start):
 
 
 UUID_METHODS = ('get_info', 'get_console_output', 'get_vnc_console')
+VOLUME_ARGS = {
+    'attach_volume': {'volume_id': 'vol-1', 'connection_info': {
+        'driver_volume_type': 'local', 'data': {'device_path': '/dev/null'}}},
+    'detach_volume': {'volume_id': 'vol-1'},
+    'attach_interface': {'vif': {'id': 'port-1', 'address': 'fa:16:3e:00:00:01',
+                                 'type': 'bridge', 'network': {'bridge': 'br-x'}}},
+    'detach_interface': {'vif_id': 'port-1'}}
+
+
+def _instance_args(method, instance):
+    """Args naming ``instance`` for a state-changing method."""
+    if method in VOLUME_ARGS:
+        return dict(VOLUME_ARGS[method], instance_uuid=instance['uuid'])
+    return {'instance': instance}
 
 
 STATE_CHANGING = ('spawn', 'rescue', 'unrescue', 'reboot', 'power_off',
@@ -341,7 +355,7 @@ def test_unknown_uuid_is_instance_not_found(h, method):
     if method in UUID_METHODS:
         args = {'instance_uuid': instance['uuid']}
     else:
-        args = {'instance': instance}
+        args = _instance_args(method, instance)
     with pytest.raises(exception.InstanceNotFound) as err:
         h.call(method, **args)
     assert instance['uuid'] in err.value.message
@@ -1018,7 +1032,8 @@ def test_key_is_the_uuid_for_state_changing_methods_only(h):
         'instance_uuid': uuid, 'vif_id': 'p', 'rules': None}, '1.1')
     assert h.manager.key('update_security_rules', valid) == uuid
     assert set(READ_ONLY) | set(STATE_CHANGING) | {
-        'update_security_rules'} == set(validation.METHODS)
+        'update_security_rules', 'attach_volume', 'detach_volume',
+        'attach_interface', 'detach_interface'} == set(validation.METHODS)
     assert not os.path.exists(h.conf.instances_path)
 
 

@@ -98,6 +98,16 @@ def minimal(method):
         return {'instance_uuid': UUID, 'vif_id': 'port-1', 'rules': None}
     if method == 'spawn':
         return {'instance': instance(), 'image_meta': {'id': 'cirros'}}
+    if method == 'attach_volume':
+        return {'instance_uuid': UUID, 'volume_id': 'vol-1', 'connection_info': {
+            'driver_volume_type': 'local', 'data': {'device_path': '/srv/vol-1'}}}
+    if method == 'detach_volume':
+        return {'instance_uuid': UUID, 'volume_id': 'vol-1'}
+    if method == 'attach_interface':
+        return {'instance_uuid': UUID, 'vif': {'id': 'port-1', 'address': 'fa:16:3e:00:00:01',
+                                               'type': 'bridge'}}
+    if method == 'detach_interface':
+        return {'instance_uuid': UUID, 'vif_id': 'port-1'}
     return {'instance': instance()}
 
 
@@ -124,7 +134,8 @@ PROTOCOL_METHODS = {
     'spawn', 'rescue', 'unrescue', 'reboot', 'power_off', 'power_on', 'pause',
     'unpause', 'suspend', 'resume', 'destroy', 'get_info', 'list_instances',
     'get_console_output', 'get_vnc_console', 'get_host_stats', 'ping',
-    'update_security_rules'}
+    'update_security_rules',
+    'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface'}
 
 
 # -- the method table -------------------------------------------------------
@@ -174,6 +185,11 @@ EXPECTED_MINIMAL = {
     'ping': {},
     'update_security_rules': {'instance_uuid': UUID, 'vif_id': 'port-1',
                               'rules': None},
+    'attach_volume': dict(minimal('attach_volume'), mountpoint=None),
+    'detach_volume': minimal('detach_volume'),
+    'attach_interface': {'instance_uuid': UUID, 'vif': dict(
+        minimal('attach_interface')['vif'], details={})},
+    'detach_interface': minimal('detach_interface'),
 }
 
 
@@ -490,10 +506,10 @@ SPAWN_BAD += [
      '.connection_info', 'is required'),
     (BDM + (0, 'connection_info', 'driver_volume_type'), 'fibre_channel',
      'block_device_info.block_device_mapping[0].connection_info.driver_volume_type',
-     'unknown volume driver type (installed: iscsi, local, nfs, rbd)'),
+     'unknown volume driver type (installed: iscsi, local, nbd, nfs, rbd)'),
     (BDM + (3, 'connection_info', 'driver_volume_type'), 'no_such_type',
      'block_device_info.block_device_mapping[3].connection_info.driver_volume_type',
-     'unknown volume driver type (installed: iscsi, local, nfs, rbd)'),
+     'unknown volume driver type (installed: iscsi, local, nbd, nfs, rbd)'),
     (BDM + (0, 'connection_info', 'driver_volume_type'), 'Local',
      'block_device_info.block_device_mapping[0].connection_info.driver_volume_type',
      'does not match ^[a-z][a-z0-9_]{0,31}$'),
