@@ -196,7 +196,8 @@ class LibvirtDriver:
         for _, bdm in volumes:
             info, vid = bdm['connection_info'], volume.volume_id_of(bdm)
             # The same cached driver, now holding the libvirt connection.
-            drv = volume.load(self.conf, info['driver_volume_type'], self.connection)
+            drv = volume.load(self.conf, info['driver_volume_type'],
+                              connection=self.connection)
             drv.connect(info, vid)
             undo.volumes.append((drv, info, vid))
 
@@ -259,8 +260,9 @@ class LibvirtDriver:
             _collect(errors, drv.unplug, instance, vif)
         for bdm in (block_device_info or {}).get('block_device_mapping') or ():
             info = bdm['connection_info']
-            _collect(errors, lambda i=info: volume.load(
-                self.conf, i['driver_volume_type'], self.connection).disconnect(i))
+            _collect(errors, lambda i=info, v=volume.volume_id_of(bdm): volume.load(
+                self.conf, i['driver_volume_type'],
+                connection=self.connection).disconnect(i, v))
         if cleanup:
             path = disks.instance_dir(self.conf, instance['name'])
             if os.path.isdir(path) and not os.path.islink(path):

@@ -22,7 +22,7 @@ NAMESPACE = plugins.VOLUME_DRIVERS
 FIELD = 'block_device_info.block_device_mapping.connection_info.driver_volume_type'
 
 
-def load(conf, volume_type, connection=None, field=FIELD):
+def load(conf, volume_type, field=FIELD, connection=None):
     """The volume driver for ``volume_type`` (one per conf, cached).
 
     ``connection`` (the agent's libvirt ``Connection``) is kept by the

@@ -65,7 +65,7 @@ def attach(conf, connection, dom, bdm):
     """Connect the volume and plug its disk; on failure nothing is left."""
     info = bdm['connection_info']
     vid = volume.volume_id_of(bdm)
-    drv = volume.load(conf, info['driver_volume_type'], connection,
+    drv = volume.load(conf, info['driver_volume_type'], connection=connection,
                       field='connection_info.driver_volume_type')
     _prefix, bus = blockinfo.disk_prefix_and_bus(conf)
     disk = builder.volume_disk(conf, bdm, blockinfo.strip_dev(bdm['mount_device']),
@@ -95,4 +95,5 @@ def detach(conf, connection, dom, bdm):
                        conf.libvirt.device_detach_timeout)
     except hotplug.HotplugError as e:
         raise exception.VolumeDetachFailed(volume_id=vid, reason=e.reason) from None
-    volume.load(conf, info['driver_volume_type'], connection).disconnect(info, vid)
+    volume.load(conf, info['driver_volume_type'],
+                connection=connection).disconnect(info, vid)

@@ -869,7 +869,7 @@ def test_unknown_volume_type_names_the_entry(method, index):
     args['block_device_info'] = bdi
     error = invalid(method, args)
     assert error.field == VTYPE % index
-    assert error.reason == 'unknown volume driver type (installed: iscsi, local, nfs, rbd)'
+    assert error.reason == 'unknown volume driver type (installed: iscsi, local, nbd, nfs, rbd)'
     assert error.uuid == UUID
 
 
