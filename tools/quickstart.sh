@@ -45,7 +45,16 @@ else
 fi
 echo "virt_type: $VIRT_TYPE ($( [[ $VIRT_TYPE == kvm ]] && echo 'hardware virtualization' || echo 'no vmx/svm or /dev/kvm unusable: QEMU TCG emulation'))"
 
+# The guest of an earlier run that was interrupted: removed, as its files.
+remove_guest() {
+    if virsh -c qemu:///system dominfo quickstart-1 >/dev/null 2>&1; then
+        virsh -c qemu:///system destroy quickstart-1 >/dev/null 2>&1 || true
+        virsh -c qemu:///system undefine --managed-save quickstart-1 >/dev/null 2>&1 || true
+    fi
+}
+
 step "image store and config in $WORK"
+remove_guest
 rm -rf "$WORK"
 install -d -m 0755 "$WORK" "$WORK/images" "$WORK/state" "$WORK/state/instances"
 cp "$CACHE/guest/vmlinuz" "$WORK/images/qs-kernel"
@@ -83,7 +92,7 @@ cleanup() {
         kill -TERM "$AGENT"; wait "$AGENT" || true
     fi
 }
-trap cleanup EXIT
+trap 'cleanup; remove_guest' EXIT
 for _ in $(seq 60); do
     "${CTL[@]}" --timeout 2 ping >/dev/null 2>&1 && break
     kill -0 "$AGENT" 2>/dev/null || fail "the agent exited; see $WORK/agent.log"
