@@ -1,7 +1,7 @@
 """The agent's errors: the classes a scheduler sees in failure replies.
 
 Their bare class names and this module's name are part of the wire contract
-(PROTOCOL.md section 5): an oslo client raises ``RemoteError`` whose
+(docs: protocol-errors): an oslo client raises ``RemoteError`` whose
 ``exc_type`` is the class name.
 """
 

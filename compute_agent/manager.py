@@ -182,7 +182,7 @@ class Manager(DeviceOperations):
 
     def _refused(self, record, context, method, exc):
         """The operation failed before it touched the guest: its states are
-        as they were (PROTOCOL 1.1 section 5), the error is recorded."""
+        as they were (docs: protocol-delivery), the error is recorded."""
         LOG.warning('%s: %s refused: %s', record['uuid'], method, exc,
                     extra={'instance_uuid': record['uuid'],
                            'request_id': context.get('request_id')})
@@ -274,7 +274,7 @@ class Manager(DeviceOperations):
             self._set(record, context, 'spawn.start', vm_state=states.BUILDING,
                       task_state=states.TRANSITIONS['spawn'].task,
                       power_state=states.NOSTATE)
-        except exception.InstanceInvalidState as exc:   # PROTOCOL 5: report
+        except exception.InstanceInvalidState as exc:   # docs: protocol-invalid-requests: report
             self.report_invalid('spawn', uuid, exc, context)
             raise
         try:

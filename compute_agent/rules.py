@@ -3,7 +3,7 @@
 Each rule is defined here and nowhere else; the JSON schemas
 (``schemas``), the VIF drivers, the disks, the block device naming and the
 image cache all use these objects, so what the door accepts is exactly what
-the parts behind it accept (PROTOCOL.md section 3).
+the parts behind it accept (docs: protocol-objects).
 
 A :class:`Rule` is an anchored pattern (ECMA-262 flavoured, as JSON Schema
 reads it: ``$`` is the very end, never "before a final newline") plus, for
@@ -83,7 +83,7 @@ def reason_for(pattern):
 INSTANCE_NAME = Rule('instance name', r'^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$')
 
 #: Every image_ref, kernel_id, ramdisk_id, image_meta.id and snapshot
-#: image_id (PROTOCOL 1.1 section 3): part of a store URL and a file name.
+#: image_id (docs: protocol-objects): part of a store URL and a file name.
 IMAGE_ID = Rule('image id', r'^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$')
 
 #: ``image_meta.checksum``: md5 hex, or sha256 as ``sha256:<hex>``.
@@ -109,7 +109,7 @@ VIF_ID = Rule('VIF id', r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$')
 
 #: Host interface names (VIF devname, bridge): the kernel allows 15
 #: characters (IFNAMSIZ 16 with the NUL); VIF devices are kept to 14 ("tap"
-#: + 11, as PROTOCOL.md and nova say), and so are bridges. Only characters
+#: + 11, as the protocol docs and nova say), and so are bridges. Only characters
 #: libvirt, ip and ovs-vsctl never need to quote.
 IFNAME_MAX = 14
 IFNAME = Rule('interface name', r'^[A-Za-z][A-Za-z0-9_.-]{0,%d}$' % (IFNAME_MAX - 1),
@@ -154,7 +154,7 @@ DISK_NAME = Rule('disk name', '^' + _DISK)
 #: ``mountpoint``: ``/dev/`` + a disk name.
 DEVICE_PATH = Rule('device path', '^/dev/' + _DISK)
 
-#: A volume's id (``block_device_mapping[].volume_id``, PROTOCOL 1.1): it
+#: A volume's id (``block_device_mapping[].volume_id``, docs: protocol-volumes-1-1): it
 #: names the volume in the record and becomes the disk's <serial>.
 VOLUME_ID = Rule('volume id', r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$')
 
@@ -169,7 +169,7 @@ def strip_dev(name):
 def check_image_meta_id(instance, image_meta, field='image_meta.id'):
     """``image_meta.id`` must be ``instance.image_ref`` when both are given.
 
-    PROTOCOL 1.1 section 3: the root disk is made from ``image_ref``; an
+    docs: protocol-image-meta: the root disk is made from ``image_ref``; an
     ``image_meta`` that describes another image would have its format,
     checksum and location silently applied to the wrong one.
     """

@@ -1,4 +1,4 @@
-"""The request schemas (PROTOCOL.md sections 2 and 3), declared as data.
+"""The request schemas (docs: protocol-methods, protocol-objects), declared as data.
 
 JSON Schema (Draft 2020-12) for the ``args`` of every method, the format
 checkers they use and the limits behind them; ``validation`` applies them.
@@ -13,7 +13,7 @@ Conventions the schemas rely on:
   at the very end (Python's ``$`` would also match before a final newline, so
   ``"vm\\n"`` would pass as an instance name).
 * Unknown keys are ignored inside objects (``instance``, ``image_meta``, a
-  VIF, ...), as PROTOCOL.md says for ``instance``; unknown top-level
+  VIF, ...), as the docs (protocol-objects) say for ``instance``; unknown top-level
   arguments are errors.
 * ``x-reason`` (our own keyword) is the reason reported for any failure of
   the schema it sits in; otherwise the reason is derived from the keyword.
@@ -277,7 +277,7 @@ DEFS = {
         'details': {'type': 'object', 'default': {}},
         'filter': _ref('vif_filter'),
     }, required=['id', 'address', 'type']),
-    # PROTOCOL 1.1: cross-field checks in compute_agent.netfilter.spec.
+    # docs: protocol-vif-filter; cross-field checks in compute_agent.netfilter.spec.
     'vif_filter': _obj({
         'anti_spoofing': {'type': 'boolean', 'default': True},
         'rules': _ref('security_rules'),
@@ -365,7 +365,7 @@ DEFS = {
                         'x-reason': 'must be a UUID string or null'},
         'secret_usage': _text(255, nullable=True),
     }, required=['name']),
-    # PROTOCOL 1.1: {"host", "port"} or {"socket"}, plus "export".
+    # docs: protocol-volumes-1-1: {"host", "port"} or {"socket"}, plus "export".
     'volume_data_nfs': _obj({
         'export': _str(format='nfs-export'),
         'name': _str(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$'),

@@ -1,4 +1,4 @@
-"""Instance states (PROTOCOL.md section 4) and which operation may run when.
+"""Instance states (docs: protocol-states, protocol-transitions) and which operation may run when.
 
 The table is the whole state machine. For each state-changing operation:
 the vm_states it may start from, the task_state while it runs, the vm_state
@@ -36,7 +36,7 @@ _ANY = (BUILDING, ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM, RESCUED, ERROR)
 _DEVICES_FROM = (ACTIVE, STOPPED, PAUSED_VM)
 
 TRANSITIONS = {
-    # A repeated spawn of an active instance is a success (PROTOCOL 5).
+    # A repeated spawn of an active instance is a success (docs: protocol-invalid-requests).
     'spawn': Transition((None, DELETED, ERROR), 'spawning', ACTIVE, RUNNING,
                         done_in=(ACTIVE,)),
     'rescue': Transition((ACTIVE,), 'rescuing', RESCUED, RUNNING),

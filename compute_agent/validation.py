@@ -1,4 +1,4 @@
-"""Validation of request ``args`` against ``schemas`` (PROTOCOL.md 2-3).
+"""Validation of request ``args`` against ``schemas`` (docs: protocol-methods, protocol-objects).
 
 ``validate(method, args)`` checks a request and returns a normalized copy
 (defaults filled in, UUIDs and MAC addresses lower-cased). A failure raises
@@ -9,8 +9,8 @@ password, or anything else, cannot leak into logs, failure replies or state
 reports through it).
 
 After the schema, the rules that span fields or need the host: an
-``image_meta.id`` must be the ``instance.image_ref`` (PROTOCOL 1.1 section
-3), and every ``driver_volume_type`` must be an installed volume driver
+``image_meta.id`` must be the ``instance.image_ref`` (docs:
+protocol-image-meta), and every ``driver_volume_type`` must be an installed volume driver
 plugin.
 """
 
@@ -252,7 +252,7 @@ def validate(method, args):
 
 
 def _check_filters(method, args):
-    """Cross-field checks of VIF filters (PROTOCOL 1.1 section 3)."""
+    """Cross-field checks of VIF filters (docs: protocol-objects)."""
     uuid = instance_uuid_of(method, args)
     if 'network_info' in args:
         spec.check_network_info(args['network_info'], uuid)

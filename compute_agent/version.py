@@ -1,4 +1,4 @@
-"""The agent's RPC API version (PROTOCOL.md) and package version."""
+"""The agent's RPC API version (docs: protocol-versions) and package version."""
 
 RPC_API_VERSION = '1.1'
 

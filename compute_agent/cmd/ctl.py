@@ -122,7 +122,7 @@ def build_parser():
 
     spawn = _sub(sub, 'spawn', 'Create and start an instance.')
     spawn.add_argument('--request', metavar='FILE.json',
-                       help='JSON object with the spawn args (PROTOCOL.md).')
+                       help='JSON object with the spawn args (docs: protocol-versions).')
     spawn.add_argument('--uuid', help='Instance uuid (without --request).')
     spawn.add_argument('--name', help='Instance name (without --request).')
     spawn.add_argument('--memory-mb', type=int, default=512,

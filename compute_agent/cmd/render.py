@@ -24,7 +24,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog='compute-agent-render',
         description='Print the libvirt domain XML for the args of a spawn '
-                    'message (PROTOCOL.md sections 2-3).')
+                    'message (docs: protocol-methods, protocol-objects).')
     parser.add_argument('--version', action='version',
                         version=common.version_string('compute-agent-render'))
     parser.add_argument('--config-file', action='append', default=[],

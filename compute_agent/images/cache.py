@@ -131,7 +131,7 @@ class ImageCache:
     def fetch(self, image_meta_or_id, checksum=None):
         """Path of the cached, verified image; downloads it if needed.
 
-        ``image_meta_or_id`` is an image_meta dict (PROTOCOL.md section 3) or
+        ``image_meta_or_id`` is an image_meta dict (docs: protocol-image-meta) or
         a bare image id; ``checksum`` overrides image_meta's.
         """
         meta = image_meta_or_id

@@ -1,6 +1,6 @@
 """A small client for Python schedulers (no oslo.messaging needed).
 
-Speaks the same wire format as oslo.messaging's RPCClient (PROTOCOL.md):
+Speaks the same wire format as oslo.messaging's RPCClient (docs: protocol-envelope):
 casts and calls to ``<topic>.<host>``, fanout casts, replies on an
 exclusive ``reply_<uuid>`` queue, call-monitor heartbeats (``ending:
 false``) extending the wait; plus ``watch`` for state reports.
@@ -224,7 +224,7 @@ class AgentClient:
         watcher.start(callback)
         return watcher
 
-    # ------------------------------------------- PROTOCOL.md section 2
+    # ------------------------------------------- docs: protocol-methods
 
     def _op(self, method, cast, timeout, args):
         if cast:

@@ -1,7 +1,7 @@
 """oslo.messaging wire format: envelope, requests, replies, failures.
 
 Everything that must be byte-compatible with a stock oslo.messaging peer
-(PROTOCOL.md section 1) lives here, so the server, the notifier and the client
+(docs: protocol-envelope) lives here, so the server, the notifier and the client
 share one definition. Kept free of AMQP so it can be tested in isolation.
 """
 

@@ -1,7 +1,7 @@
 """Bounds on what one message may hold ([rpc] max_message_* options).
 
 Every message must get its verdict in bounded time and memory, whatever a
-sender puts in it (PROTOCOL.md 1.1 section 5). The body size is checked
+sender puts in it (the protocol docs 1.1 section 5). The body size is checked
 before anything is decoded; JSON nested past Python's recursion limit cannot
 be decoded at all; everything else (depth, string and key lengths, the
 number of values, text that cannot be encoded) is checked by one iterative

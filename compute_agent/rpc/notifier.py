@@ -1,4 +1,4 @@
-"""State reports (PROTOCOL.md section 4), cast in oslo.messaging format.
+"""State reports (docs: protocol-reports), cast in oslo.messaging format.
 
 Reports are ordinary oslo casts (envelope 2.0, ``version`` "1.0") to the
 control exchange with routing key ``[rpc] state_topic``, so a stock

@@ -1,6 +1,6 @@
 """Outbox messages: what the agent publishes (replies, reports, heartbeats).
 
-Every message leaves the agent the same way (PROTOCOL.md sections 4 and 5):
+Every message leaves the agent the same way (the protocol docs sections 4 and 5):
 it is handed to a journal write (``Journal.send``, or the ``messages`` of
 ``Journal.record``/``save_instance``/``next_sequence``). A durable message is
 written to the outbox table in that write's transaction, beside the state it

@@ -268,7 +268,7 @@ class RPCServer:
 
     def _declare_dead(self, conn):
         """Declare <topic>.dead; when it is unavailable, serve anyway and
-        keep trying on a connection of its own (PROTOCOL 1.1 section 1)."""
+        keep trying on a connection of its own (docs: protocol-transport)."""
         error = topology.declare_dead(conn, self.conf)
         if error is None:
             return

@@ -1,4 +1,4 @@
-"""The broker objects the agent declares (PROTOCOL.md section 1).
+"""The broker objects the agent declares (docs: protocol-transport).
 
 Flags must equal what oslo.messaging peers declare for shared objects (the
 control exchange, the fanout exchange) or RabbitMQ closes the channel with
@@ -52,7 +52,7 @@ def host_problem(conf):
     return None
 
 
-# What the shared <topic> queue and the fanout may carry (PROTOCOL 1.1 s5):
+# What the shared <topic> queue and the fanout may carry (docs: protocol-host-queue-only):
 # no single host's journal could keep an instance method from running on
 # two hosts, so instance methods come only through <topic>.<host>.
 SHARED_METHODS = frozenset({'ping', 'get_host_stats', 'list_instances'})
@@ -113,7 +113,7 @@ def declare_dead(connection, conf):
     Returns None when done, else the error (logged by the caller, tried
     again later): an unavailable dead-letter queue (its node down, or a
     classic queue where a quorum one is asked for: 406) must never stop the
-    agent from consuming (PROTOCOL 1.1 section 1). Meanwhile rejected
+    agent from consuming (docs: protocol-transport). Meanwhile rejected
     messages still go to the dead-letter exchange; RabbitMQ drops those no
     available queue takes.
     """

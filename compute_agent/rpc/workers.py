@@ -1,7 +1,7 @@
 """Worker pools with per-key ordering.
 
 Operations on one instance must run one at a time in arrival order while
-different instances run in parallel (PROTOCOL.md section 5). Keyed jobs go
+different instances run in parallel (docs: protocol-ordering). Keyed jobs go
 to ``max_concurrent_builds`` threads, at most one job per key at a time;
 keyless jobs (ping, get_info, ...) go to a separate small pool so they answer
 even while every build thread is busy.

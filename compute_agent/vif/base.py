@@ -27,7 +27,7 @@ from compute_agent.conf.base import register_group_opts
 from compute_agent.vif import netdev
 from compute_agent.virt import config
 
-#: VIF device names: at most 14 characters (PROTOCOL.md: "tap" + 11).
+#: VIF device names: at most 14 characters (docs: protocol-network-info: "tap" + 11).
 DEVNAME_MAX = rules.IFNAME_MAX
 DEFAULT_DEVNAME_PREFIX = 'tap'
 LIBVIRT_RESERVED_PREFIXES = rules.LIBVIRT_RESERVED_PREFIXES

@@ -337,7 +337,7 @@ def _disks(ctx, dom):
 
 def volume_disk(conf, bdm, dev, bus, driver=None):
     """The guest disk of a block_device_mapping entry, ``<serial>`` = its
-    volume id (PROTOCOL 1.1 section 3); for spawn and hot-plug alike."""
+    volume id (docs: protocol-objects); for spawn and hot-plug alike."""
     info = bdm['connection_info']
     driver = driver or volume.load(conf, info['driver_volume_type'])
     disk = driver.get_config(info, dev, bus)

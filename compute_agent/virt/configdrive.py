@@ -185,7 +185,7 @@ def build_config_drive(path, instance, network_info, admin_password=None,
                        injected_files=(), extra_md=None):
     """Write the config drive ISO to ``path`` (via a temp name); returns path.
 
-    ``instance`` is the instance object of PROTOCOL.md section 3 (dict or
+    ``instance`` is the instance object (docs: protocol-instance) (dict or
     attributes): uuid, name, hostname, metadata, key_data, user_data (base64).
     """
     tree = _tree(instance, network_info, admin_password, injected_files, extra_md)

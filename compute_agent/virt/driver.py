@@ -68,8 +68,8 @@ class LibvirtDriver:
     """Guest operations on one libvirt host.
 
     ``on_power_event(uuid, power_state)`` is called from a worker thread for
-    every lifecycle event libvirt reports (power states of PROTOCOL.md
-    section 4). Errors: ``InstanceNotFound`` (no domain for the uuid),
+    every lifecycle event libvirt reports (power states, docs:
+    protocol-states). Errors: ``InstanceNotFound`` (no domain for the uuid),
     ``HypervisorUnavailable`` (libvirtd unreachable), ``ImageNotFound``,
     ``ImageChecksumMismatch``, ``InvalidRequest``, ``VifPlugFailed``,
     ``InstanceInvalidState``; libvirt's own failures as ``libvirtError``.
@@ -259,16 +259,18 @@ class LibvirtDriver:
         for drv, vif in self.vif_drivers.for_network_info(network_info or []):
             _collect(errors, drv.unplug, instance, vif)
         for bdm in (block_device_info or {}).get('block_device_mapping') or ():
-            info = bdm['connection_info']
-            _collect(errors, lambda i=info, v=volume.volume_id_of(bdm): volume.load(
-                self.conf, i['driver_volume_type'],
-                connection=self.connection).disconnect(i, v))
+            _collect(errors, self._disconnect_volume, bdm)
         if cleanup:
             path = disks.instance_dir(self.conf, instance['name'])
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
         if errors:
             raise errors[0]
+
+    def _disconnect_volume(self, bdm):
+        info = bdm['connection_info']
+        volume.load(self.conf, info['driver_volume_type'],
+                    connection=self.connection).disconnect(info, volume.volume_id_of(bdm))
 
     # -- rescue ------------------------------------------------------------------
     def prepare_rescue(self, plan):
@@ -421,7 +423,7 @@ class LibvirtDriver:
 
     # -- queries -------------------------------------------------------------------
     def get_power_state(self, instance, retry=True):
-        """PROTOCOL power state; 0 NOSTATE for a missing domain.
+        """Power state (docs: protocol-states); 0 NOSTATE for a missing domain.
 
         ``retry=False``: one connection attempt, for periodic checks that
         must tell quickly that libvirt cannot be asked.
@@ -469,11 +471,11 @@ class LibvirtDriver:
         return {'host': self.conf.vnc.server_proxyclient_address, 'port': port}
 
     def get_host_stats(self, retry=True):
-        """The host record of PROTOCOL.md section 4 (host_state_update args)."""
+        """The host record (docs: protocol-host-report; host_state_update args)."""
         return self.connection.call(
             lambda c: host.host_stats(c, self.conf.instances_path), retry=retry)
 
-    # -- volumes on an existing guest (PROTOCOL 1.1: attach/detach_volume) -------
+    # -- volumes on an existing guest (docs: protocol-method-attach-volume) -------
     def check_volume_type(self, connection_info):
         """InvalidRequest naming the field unless a driver serves the type."""
         volume.load(self.conf, connection_info['driver_volume_type'],
@@ -495,7 +497,7 @@ class LibvirtDriver:
         self._on_domain(instance, lambda d: volumeops.detach(
             self.conf, self.connection, d, bdm))
 
-    # -- NICs on an existing guest (PROTOCOL 1.1: attach/detach_interface) -------
+    # -- NICs on an existing guest (docs: protocol-method-attach-interface) -------
     def check_attach_interface(self, network_info, vif):
         ifaceops.check(self.vif_drivers, network_info, vif)
 

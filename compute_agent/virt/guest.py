@@ -14,7 +14,7 @@ from compute_agent.states import (
     CRASHED, NOSTATE, PAUSED, RUNNING, SHUTDOWN, SUSPENDED)
 
 
-# libvirt domain state -> PROTOCOL.md section 4 power state.
+# libvirt domain state -> power state (docs: protocol-states).
 LIBVIRT_POWER_STATE = {
     libvirt.VIR_DOMAIN_NOSTATE: NOSTATE,
     libvirt.VIR_DOMAIN_RUNNING: RUNNING,
@@ -35,7 +35,7 @@ POLL = 0.2
 
 
 def power_state(dom):
-    """PROTOCOL power state of ``dom``; SHUTOFF with a managed save is SUSPENDED."""
+    """Power state (docs: protocol-states) of ``dom``; SHUTOFF with a managed save is SUSPENDED."""
     state, _reason = dom.state()
     if state == libvirt.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage(0):
         return SUSPENDED

@@ -1,4 +1,4 @@
-"""The host record (PROTOCOL.md section 4, ``host_state_update`` args)."""
+"""The host record (docs: protocol-host-report; ``host_state_update`` args)."""
 
 import os
 

@@ -1,7 +1,7 @@
 """Hostile messages against the REAL agent over the REAL broker.
 
 Every message must get a verdict (a reply, an ack or a dead-letter) in
-bounded time and memory (PROTOCOL.md 1.1 section 5, issue 12): a hypothesis
+bounded time and memory (the protocol docs 1.1 section 5, issue 12): a hypothesis
 fuzz over the envelope and the arguments, and one regression test per class
 of message that used to break the agent (deep JSON, lone surrogates, long
 names, a 12 MB spawn, many 1 MB method names) plus the refusal of instance
@@ -296,7 +296,7 @@ def test_sixty_distinct_1mb_method_names(agent, wire):
     assert_bounded(agent, wire)
 
 
-# -- the shared queue and the fanout (PROTOCOL 1.1 section 5) -------------------------
+# -- the shared queue and the fanout (docs: protocol-delivery) -------------------------
 
 def test_instance_methods_refused_on_shared_queue_and_fanout(agent, wire):
     uuid = str(uuidlib.uuid4())

@@ -1,6 +1,6 @@
 """End to end: SIGKILL in the middle of an operation; its redelivery finishes it.
 
-PROTOCOL 1.1 section 5: a request interrupted by an agent crash is finished
+docs: protocol-delivery: a request interrupted by an agent crash is finished
 when its redelivery arrives, and replies with its outcome; it is never
 answered InstanceInvalidState because of the agent's own unfinished state.
 

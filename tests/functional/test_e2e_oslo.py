@@ -1,6 +1,6 @@
 """A scheduler written with stock oslo.messaging drives the real agent.
 
-PROTOCOL.md section 1: anything a stock ``RPCClient`` can do must work
+docs: protocol: anything a stock ``RPCClient`` can do must work
 against the agent unchanged, and a stock RPC server endpoint on the state
 topic receives the agent's reports. The agent here is the real process on
 real QEMU (agent_fixture.py), not a dispatcher double.

@@ -326,7 +326,7 @@ def test_bad_mountpoint_is_refused(agent, storage, main, mountpoint, reason):
                             volume_id=vid('x'), connection_info=_local(
                                 storage.file('unused', 'x')), mountpoint=mountpoint)
     assert reason in str(err.value)
-    # Reported with the states unchanged (PROTOCOL 1.1 section 5).
+    # Reported with the states unchanged (docs: protocol-delivery).
     assert [(r['event'], r['vm_state']) for r in reports] == [
         ('attach_volume.error', 'active')]
 

@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.rabbit]
 def test_targeted_and_fanout_casts_with_two_hosts(agents, oslo_transport):
     """Instance methods only through <topic>.<host>; through the fanout or
     the shared <topic> queue only ping, get_host_stats and list_instances
-    are served (PROTOCOL 1.1 section 5), the rest is refused unrun."""
+    are served (docs: protocol-delivery), the rest is refused unrun."""
     suffix = uuid.uuid4().hex[:8]
     a = agents(suffix=suffix, host='host-a-' + suffix)
     b = agents(suffix=suffix, host='host-b-' + suffix)

@@ -1,4 +1,4 @@
-"""The dead-letter queue in quorum mode (PROTOCOL 1.1 section 1).
+"""The dead-letter queue in quorum mode (docs: protocol-transport).
 
 ``<topic>.dead`` is a quorum queue when the agent's queues are, and a
 dead-letter queue the agent cannot declare as it wants never stops it from

@@ -1,7 +1,7 @@
 """Requests, configurations and libvirt helpers for the guest builder tests.
 
 ``make_request(**overrides)`` gives the keyword arguments of
-``builder.build`` for a small valid spawn (PROTOCOL.md section 3) and
+``builder.build`` for a small valid spawn (docs: protocol-objects) and
 ``make_conf(...)`` a fresh configuration; ``build(conf, request)`` runs the
 builder with the installed VIF drivers.  Nothing here touches the host: the
 default instances_path and state_path point at directories that do not exist.

@@ -34,7 +34,7 @@ HOST = 'unit-host'
 IMAGE_ID = 'img-cirros'
 RESCUE_IMAGE_ID = 'img-rescue'
 
-# PROTOCOL.md section 4: the args of instance_state_changed, and the values.
+# docs: protocol-reports: the args of instance_state_changed, and the values.
 REPORT_KEYS = frozenset(('host', 'instance_uuid', 'vm_state', 'task_state',
                          'power_state', 'event', 'error', 'request_id',
                          'sequence', 'timestamp'))
@@ -54,7 +54,7 @@ TASK_STATES = frozenset((None, 'spawning', 'rebooting', 'rebooting_hard',
                          'unrescuing', 'deleting'))
 POWER_STATES = frozenset((0, 1, 3, 4, 6, 7))
 
-# PROTOCOL power state -> what libvirt shows for it: (domain state, managed
+# Power state (docs: protocol-states) -> what libvirt shows for it: (domain state, managed
 # save image present).
 LIBVIRT_STATE = {
     states.RUNNING: (libvirt.VIR_DOMAIN_RUNNING, False),

@@ -225,7 +225,7 @@ def test_rescue_disks(virt_type, prefix):
                               swap=bf.swap(prefix + 'e'),
                               volumes=[bf.local_volume(prefix + 'f')]))
     disks = xp(node, 'devices/disk')
-    # Volumes stay attached, after the rescue disk and the root (PROTOCOL 1.1).
+    # Volumes stay attached, after the rescue disk and the root (docs: protocol-methods-1-1).
     assert [one(d, 'source/@file') for d in disks] == [
         DIR + '/disk.rescue', DIR + '/disk', '/var/lib/volumes/vol-1.img',
         DIR + '/disk.config.rescue']

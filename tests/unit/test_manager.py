@@ -3,7 +3,7 @@
 Everything is real: the Manager, the LibvirtDriver on libvirt's in-process
 ``test:///default`` driver, the SQLite Journal, a file:// image store with
 qcow2 images made by qemu-img. Only the notifier is a capturing stand-in.
-Expectations come from PROTOCOL.md (section 2 methods, 4 reports and values,
+Expectations come from the docs (protocol-methods, protocol-reports, protocol-states,
 5 errors), written out as cases: the tests never read ``states``' table.
 """
 
@@ -48,7 +48,7 @@ def triple(report_or_record):
 
 
 def check_report(report, uuid, ctx=None):
-    """One report's shape and values (PROTOCOL.md section 4)."""
+    """One report's shape and values (docs: protocol-reports)."""
     assert set(report) == mf.REPORT_KEYS, report
     assert report['host'] == mf.HOST
     assert report['instance_uuid'] == uuid
@@ -105,8 +105,8 @@ def bring_to(h, vm_state):
     elif vm_state == states.RESCUED:
         h.call('rescue', instance=instance)
     elif vm_state == states.ERROR:
-        # Only a failure after the guest was changed leaves error (PROTOCOL
-        # 1.1 section 5): the guest is restarted as it was and the record
+        # Only a failure after the guest was changed leaves error (docs:
+        # protocol-failure-unchanged): the guest is restarted as it was and the record
         # says error, as a rescue whose boot failed leaves it.
         h.force_record(instance['uuid'], vm_state=states.ERROR,
                        error={'class': 'AgentError', 'message': 'forged'})
@@ -124,7 +124,7 @@ def bring_to(h, vm_state):
     return instance
 
 
-# Every allowed transition, written out (PROTOCOL.md sections 4-5), not read
+# Every allowed transition, written out (the protocol docs sections 4-5), not read
 # from states.TRANSITIONS: (method, start vm_state, extra args, task_state
 # while it runs, end vm_state, end power_state). None: never spawned.
 S = states
@@ -484,7 +484,7 @@ def test_invalid_spawn_is_reported_and_creates_nothing(h, mutate, field):
 
 def test_report_invalid_for_an_existing_instance_leaves_it_alone(h):
     """A rejected request on a live instance: an error report with a new
-    sequence number carrying the unchanged states (PROTOCOL 1.1 section 5),
+    sequence number carrying the unchanged states (docs: protocol-delivery),
     and the record itself unchanged."""
     h.check_repeats = False     # the error report repeats the states
     instance, record = h.spawn()
@@ -645,7 +645,7 @@ def test_name_clash_with_a_live_instance(h):
     with pytest.raises(exception.InstanceNotFound):
         h.info(second['uuid'])
     assert h.domain(second['uuid']) is None
-    # ... and, like any invalid request naming a uuid (PROTOCOL 5), is
+    # ... and, like any invalid request naming a uuid (docs: protocol-invalid-requests), is
     # reported: a cast spawn has no other way to tell the scheduler.
     reports = h.notifier.for_uuid(second['uuid'])
     assert [r['event'] for r in reports] == ['spawn.error']
@@ -891,7 +891,7 @@ def _undefine(h, uuid):
 # A request interrupted by a kill, as the killed agent left it: (method,
 # extra args, start vm_state, task_state in the record, what had happened
 # to the guest, (vm_state, power_state) recovery settles on, the end the
-# redelivered request replies with). PROTOCOL 1.1 section 5.
+# redelivered request replies with). docs: protocol-delivery.
 INTERRUPTED = [
     ('pause', {}, S.ACTIVE, 'pausing', lambda h, u: h.domain(u).suspend(),
      (S.PAUSED_VM, S.PAUSED), (S.PAUSED_VM, S.PAUSED)),
@@ -1160,7 +1160,7 @@ def test_passwords_never_stored_nor_reported_nor_logged(h, caplog):
     assert admin not in repr(record)
 
 
-# -- update_security_rules (PROTOCOL 1.1) ------------------------------------------
+# -- update_security_rules (docs: protocol-methods-1-1) ------------------------------------------
 
 def _rule_states(h, uuid, since):
     return [(r['vm_state'], r['task_state'], r['event'])

@@ -128,7 +128,7 @@ def test_rescue_reboot_and_power_cycle_never_plan_in_the_driver(h):
 ], ids=['outside-the-store', 'disallowed-scheme'])
 def test_refused_rescue_location_is_invalid_and_changes_nothing(h, meta, field):
     """Checked at validation, like a spawn's: nothing is touched, and the
-    error report carries the unchanged states (PROTOCOL 1.1 section 5)."""
+    error report carries the unchanged states (docs: protocol-delivery)."""
     instance, record = h.spawn()
     uuid = instance['uuid']
     xml = defined_xml(h, uuid)

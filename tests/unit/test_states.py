@@ -1,4 +1,4 @@
-"""The state machine's rules, as literal cases (PROTOCOL.md sections 4-5).
+"""The state machine's rules, as literal cases (the protocol docs sections 4-5).
 
 The expectations are written out here, never read from ``states``' own
 tables: a wrong table entry must fail a case.

@@ -31,7 +31,7 @@ def instance(**overrides):
 
 
 def full_spawn():
-    """A spawn that uses every field PROTOCOL.md names."""
+    """A spawn that uses every field the protocol docs name."""
     return {
         'instance': {
             'uuid': UUID, 'name': 'vm-1',
@@ -709,7 +709,7 @@ def test_spawn_good_field(path, value):
     assert validation.validate('spawn', result) == result
 
 
-# -- image ids (PROTOCOL 1.1 section 3) ------------------------------------------
+# -- image ids (docs: protocol-objects) ------------------------------------------
 
 GOOD_IMAGE_IDS = ['a', '0', 'a' * 128, UUID, 'cirros-0.6', 'img.qcow2', 'a_b', 'rc~1',
                   'A.B-C_D~E']
