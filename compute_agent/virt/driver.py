@@ -504,12 +504,12 @@ class LibvirtDriver:
     def attach_interface(self, instance, vif):
         """Plug the VIF and attach its NIC, live if running and persistently."""
         self._on_domain(instance, lambda d: ifaceops.attach(
-            self.conf, self.vif_drivers, d, instance, vif))
+            self.conf, self.vif_drivers, self.firewall, d, instance, vif))
 
     def detach_interface(self, instance, vif):
         """Detach the NIC once the guest let it go, then unplug the VIF."""
         self._on_domain(instance, lambda d: ifaceops.detach(
-            self.conf, self.vif_drivers, d, instance, vif))
+            self.conf, self.vif_drivers, self.firewall, d, instance, vif))
 
 
 def _unlink(path):

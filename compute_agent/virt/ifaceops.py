@@ -4,12 +4,14 @@ The driver's ``attach_interface``/``detach_interface`` call these with the
 guest's ``virDomain``; the manager keeps the record. The VIF's driver
 (bridge, ovs, ethernet or a plugin) does the host side exactly as at spawn:
 ``plug`` before the NIC exists, ``post_start`` once QEMU made its tap,
-``unplug`` after the guest let the NIC go.
+``unplug`` after the guest let the NIC go. Its filter travels with it as at
+spawn: defined before the NIC, applied after it, removed with it.
 """
 
 import logging
 
 from compute_agent import exception
+from compute_agent.netfilter import firewall as firewall_mod
 from compute_agent.virt import config
 from compute_agent.virt import hotplug
 
@@ -37,19 +39,22 @@ def find_interface(xml, mac):
     return None
 
 
-def attach(conf, vif_drivers, dom, instance, vif):
+def attach(conf, vif_drivers, firewall, dom, instance, vif):
     """Plug the VIF and hot-plug its NIC; on failure nothing is left."""
     drv = vif_drivers.get(vif['type'], field='vif.type')
     if find_interface(dom.XMLDesc(0), vif['address']) is not None:
         return      # attached by an earlier try whose outcome was not recorded
     try:
+        firewall.prepare(instance, [vif])
         drv.plug(instance, vif)
-        hotplug.attach(dom, drv.get_config(instance, vif, conf.libvirt.virt_type)
-                       .to_xml(pretty=False))
+        iface = drv.get_config(instance, vif, conf.libvirt.virt_type)
+        firewall_mod.decorate(conf, iface, vif)
+        hotplug.attach(dom, iface.to_xml(pretty=False))
         if hotplug.is_active(dom):
             drv.post_start(instance, vif)
+            firewall.post_start(instance, [vif])
     except BaseException as e:
-        _undo(dom, drv, instance, vif)
+        _undo(dom, drv, firewall, instance, vif)
         if isinstance(e, hotplug.HotplugError):
             raise exception.InterfaceAttachFailed(vif_id=vif['id'], reason=e.reason) from None
         if isinstance(e, exception.VifPlugFailed):
@@ -57,16 +62,17 @@ def attach(conf, vif_drivers, dom, instance, vif):
         raise
 
 
-def _undo(dom, drv, instance, vif):
+def _undo(dom, drv, firewall, instance, vif):
     try:
         if find_interface(dom.XMLDesc(0), vif['address']) is not None:
             hotplug.detach(dom, lambda xml: find_interface(xml, vif['address']), 5)
         drv.unplug(instance, vif)
+        firewall.teardown(instance, [vif])
     except Exception:
         LOG.exception('Undoing the failed attach of VIF %s failed', vif['id'])
 
 
-def detach(conf, vif_drivers, dom, instance, vif):
+def detach(conf, vif_drivers, firewall, dom, instance, vif):
     """Hot-unplug the NIC (waiting for the guest), then unplug the VIF."""
     try:
         hotplug.detach(dom, lambda xml: find_interface(xml, vif['address']),
@@ -75,5 +81,6 @@ def detach(conf, vif_drivers, dom, instance, vif):
         raise exception.InterfaceDetachFailed(vif_id=vif['id'], reason=e.reason) from None
     try:
         vif_drivers.get(vif['type']).unplug(instance, vif)
+        firewall.teardown(instance, [vif])
     except exception.AgentError as e:
         raise exception.InterfaceDetachFailed(vif_id=vif['id'], reason=e.message) from None

@@ -25,6 +25,7 @@ except ImportError:
     from agent_fixture import (  # noqa: F401
         agent, open_libvirt, skip_or_fail, test_guest, wait_until)
 
+from compute_agent.netfilter import nwfilter
 from compute_agent.virt import config
 
 
@@ -64,6 +65,24 @@ def ovs_ports(bridge):
     return proc.stdout.split()
 
 
+def nwfilters():
+    lv = open_libvirt()
+    try:
+        return set(lv.listNWFilters())
+    finally:
+        lv.close()
+
+
+def live_filterref(uuid, mac):
+    lv = open_libvirt()
+    try:
+        xml = lv.lookupByUUIDString(uuid).XMLDesc(0)
+    finally:
+        lv.close()
+    found = re.search(r"<mac address='%s'/>.*?<filterref filter='([^']+)'" % mac, xml, re.S)
+    return found.group(1) if found else None
+
+
 def live_macs(uuid):
     lv = open_libvirt()
     try:
@@ -82,7 +101,9 @@ def net(agent):
     n.ip_target, n.ip_hot = str(n.cidr[21]), str(n.cidr[22])
     n.target_vif = make_vif('bridge', agent.fresh_link('tapca'), n.bridge,
                             ip=n.ip_target, cidr=str(n.cidr))
-    n.hot_vif = make_vif('bridge', agent.fresh_link('tapca'), n.bridge)
+    # Its address is listed: anti-spoofing (on by default) lets only that through.
+    n.hot_vif = make_vif('bridge', agent.fresh_link('tapca'), n.bridge,
+                         ip=n.ip_hot, cidr=str(n.cidr))
     n.ovs_vif = make_vif('ovs', agent.fresh_link('tapca'), agent.ovs_bridge)
     n.target, _ = agent.spawn(label='target', network_info=[n.target_vif])
     meta = {'hotplug_nic': '%s=%s/24=%s' % (n.hot_vif['address'], n.ip_hot, n.ip_target)}
@@ -107,12 +128,18 @@ def test_attach_bridge_interface_pings_and_detach_removes_it(agent, net):
     assert link_master(vif['devname']) == (True, link_index(net.bridge))
     out = agent.wait_console(uuid, 'HOTPLUG-PING-', timeout=60)
     assert 'HOTPLUG-PING-OK %s' % net.ip_target in out, out
+    # The NIC is filtered like one of a spawn: its own nwfilter, which the
+    # ping from its listed address passed.
+    name = nwfilter.filter_name(vif)
+    assert live_filterref(uuid, vif['address']) == name
+    assert name in nwfilters()
 
     record = agent.call('detach_interface', instance_uuid=uuid, vif_id=vif['id'])
     assert record['vifs'] == []
     agent.wait_console(uuid, 'HOTPLUG-NIC-GONE %s' % ifname, timeout=30)
     assert vif['address'] not in live_macs(uuid)
     assert link_master(vif['devname'])[0] is False      # libvirt's tap went with it
+    assert name not in nwfilters()                      # and its filter
 
 
 def test_attach_and_detach_ovs_interface(agent, net):
