@@ -411,11 +411,20 @@ class AgentEnv:
         return self.call('get_console_output', instance_uuid=uuid,
                          tail_lines=tail_lines, rpc_timeout=20)
 
-    def wait_console(self, uuid, text, timeout=60, interval=0.3):
-        """Poll get_console_output until it contains ``text``; return it."""
+    def console_mark(self, uuid):
+        """Where the console ends now. The log is appended to across boots,
+        so a wait for the next boot's output looks after this mark."""
+        return len(self.console(uuid, tail_lines=10000))
+
+    def wait_console(self, uuid, text, timeout=60, interval=0.3, since=None):
+        """Poll get_console_output until it contains ``text`` (after the
+        mark ``since``, if given); return that output."""
         deadline = time.monotonic() + timeout
         while True:
-            out = self.console(uuid)
+            if since is None:
+                out = self.console(uuid)
+            else:
+                out = self.console(uuid, tail_lines=10000)[since:]
             if text in out:
                 return out
             if time.monotonic() >= deadline:

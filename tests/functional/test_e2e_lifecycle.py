@@ -216,25 +216,28 @@ def test_rescue_and_unrescue(agent, guest, lv):
     d = agent.instance_dir(inst)
     before = canonical(dom_of(lv, inst).XMLDesc(SECURE_INACTIVE))
 
+    mark = agent.console_mark(inst['uuid'])
     check_op(agent, inst, 'rescue', 'rescuing', 'rescued', 1)
     live = dom_of(lv, inst).XMLDesc(0)
     disks = disks_of(live)
     assert disks[0][1] == str(d / 'disk.rescue'), disks
     assert disks[1][1] == str(d / 'disk'), disks
     assert lv_state(lv, inst) == libvirt.VIR_DOMAIN_RUNNING
-    out = agent.wait_console(inst['uuid'], 'BLOCK-DEVICES:')
+    out = agent.wait_console(inst['uuid'], 'BLOCK-DEVICES:', since=mark)
     assert BOOTED in out
     block = [line for line in out.splitlines() if line.startswith('BLOCK-DEVICES:')][-1]
     assert len(block.split()[1:]) >= 2, block       # rescue disk + the original
     assert glob.glob(str(d / '*.rescue'))
 
+    mark = agent.console_mark(inst['uuid'])
     check_op(agent, inst, 'unrescue', 'unrescuing', 'active', 1)
     assert canonical(dom_of(lv, inst).XMLDesc(SECURE_INACTIVE)) == before
     assert lv_state(lv, inst) == libvirt.VIR_DOMAIN_RUNNING
     assert not glob.glob(str(d / '*.rescue')), os.listdir(d)
     assert not glob.glob(str(d / '*.part')) and not glob.glob(str(d / '.*'))
     assert sorted(os.listdir(d)) == FILES
-    out = agent.wait_console(inst['uuid'], f"INSTANCE-UUID: {inst['uuid']}")
+    out = agent.wait_console(inst['uuid'], f"INSTANCE-UUID: {inst['uuid']}",
+                             since=mark)
     assert BOOTED in out
 
 
@@ -247,6 +250,7 @@ def test_power_operations(agent, guest, lv):
     # SOFT: an ACPI shutdown the guest honours (only once it is READY), then a start.
     agent.wait_console(uuid, READY)
     old_id = dom_of(lv, inst).ID()
+    mark = agent.console_mark(uuid)
     check_op(agent, inst, 'reboot', 'rebooting', 'active', 1, reboot_type='SOFT')
     # The guest honoured the ACPI shutdown: no fallback to a hard reboot.
     assert '%s ignored the ACPI shutdown' % uuid not in agent.log_file.read_text()
@@ -254,15 +258,17 @@ def test_power_operations(agent, guest, lv):
     assert lv_state(lv, inst) == libvirt.VIR_DOMAIN_RUNNING
     assert 'ignored the ACPI shutdown' not in agent.log_file.read_text(errors='replace')
 
-    agent.wait_console(uuid, READY)
+    agent.wait_console(uuid, READY, since=mark)
     old_id = dom_of(lv, inst).ID()
+    mark = agent.console_mark(uuid)
     check_op(agent, inst, 'reboot', 'rebooting_hard', 'active', 1, reboot_type='HARD')
     assert dom_of(lv, inst).ID() != old_id
     assert lv_state(lv, inst) == libvirt.VIR_DOMAIN_RUNNING
 
-    agent.wait_console(uuid, READY)
+    agent.wait_console(uuid, READY, since=mark)
     check_op(agent, inst, 'power_off', 'powering-off', 'stopped', 4, timeout=30)
     assert lv_state(lv, inst) == libvirt.VIR_DOMAIN_SHUTOFF
+    mark = agent.console_mark(uuid)
     check_op(agent, inst, 'power_on', 'powering-on', 'active', 1)
     assert lv_state(lv, inst) == libvirt.VIR_DOMAIN_RUNNING
 
@@ -271,7 +277,7 @@ def test_power_operations(agent, guest, lv):
     check_op(agent, inst, 'unpause', 'unpausing', 'active', 1)
     assert lv_state(lv, inst) == libvirt.VIR_DOMAIN_RUNNING
 
-    agent.wait_console(uuid, 'BLOCK-DEVICES:')
+    agent.wait_console(uuid, 'BLOCK-DEVICES:', since=mark)
     check_op(agent, inst, 'suspend', 'suspending', 'suspended', 7)
     dom = dom_of(lv, inst)
     assert dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage(0)
