@@ -60,14 +60,16 @@ class Planner:
 
     def rescue(self, spec, rescue_image_meta=None, rescue_password=None):
         """The rescue guest of an instance: the rescue image first, its own
-        root disk second, a config drive of its own (``disk.config.rescue``,
-        carrying ``rescue_password``)."""
+        root disk second, then its volumes, a config drive of its own
+        (``disk.config.rescue``, carrying ``rescue_password``)."""
         instance = spec['instance']
         self.check_location(rescue_image_meta, 'rescue_image_meta',
                             instance['uuid'])
         network_info = spec['network_info']
         vifs = self.check_vifs(instance, network_info)
-        plan = self._build(instance, spec['image_meta'], network_info, None, vifs,
+        # Volumes stay attached, after the rescue disk and the root.
+        plan = self._build(instance, spec['image_meta'], network_info,
+                           spec['block_device_info'], vifs,
                            rescue=True, rescue_image_meta=rescue_image_meta)
         plan.config_drive = plan_mod.ConfigDrive(list(network_info or ()),
                                                  rescue_password, [])

@@ -327,8 +327,9 @@ def test_bad_mountpoint_is_refused(agent, storage, main, mountpoint, reason):
                                 storage.file('unused', 'x')), mountpoint=mountpoint)
     assert reason in str(err.value)
     # Reported with the states unchanged (docs: protocol-delivery).
-    assert [(r['event'], r['vm_state']) for r in reports] == [
-        ('attach_volume.error', 'active')]
+    assert [(r['event'], r['vm_state'], r['task_state']) for r in reports] == [
+        ('attach_volume.start', 'active', 'attaching_volume'),
+        ('attach_volume.error', 'active', None)]
 
 
 def test_volume_id_already_attached_is_refused(agent, storage, main):
@@ -408,14 +409,12 @@ def test_detach_from_guest_ignoring_acpi_fails_and_keeps_the_volume(agent, stora
 
 # -- must-show 5: volumes survive operations ------------------------------------------------
 
-def _next_boot(agent, uuid):
-    """The console of the boot that started last, once it is READY.
-
-    QEMU truncates the console file when it starts, so after an operation
-    that restarted the guest the file holds only the new boot."""
+def _next_boot(agent, uuid, since):
+    """The console of the boot that started after the mark ``since``, once
+    it is READY (the console log is appended to across boots)."""
     def ready():
-        text = agent.console(uuid, tail_lines=3000)
-        return text.count(BOOT_MARKER) == 1 and 'READY' in text and text
+        text = agent.console(uuid, tail_lines=10000)[since:]
+        return BOOT_MARKER in text and 'READY' in text and text
     return wait_until(ready, 90, 'the guest booted again and READY', interval=0.5)
 
 
@@ -434,27 +433,31 @@ def test_volumes_survive_reboot_power_cycle_rescue_and_agent_restart(agent, stor
                 serial(k): v for k, v in ids.items()}, step
         assert agent.get_info(main.uuid)['volumes'] == expected, step
 
+    mark = agent.console_mark(main.uuid)
     agent.call('reboot', instance={'uuid': main.uuid}, reboot_type='HARD')
-    console = _next_boot(agent, main.uuid)
+    console = _next_boot(agent, main.uuid, mark)
     for v, marker in ((volume_id, 'm-keep'), (main.nbd_id, 'm-nbd'),
                       (main.iscsi_id, 'm-iscsi')):
         assert disk_line(console, v)[1] == marker, console
     check('hard reboot')
 
+    mark = agent.console_mark(main.uuid)
     agent.call('power_off', instance={'uuid': main.uuid}, timeout=0)
     agent.call('power_on', instance={'uuid': main.uuid})
-    console = _next_boot(agent, main.uuid)
+    console = _next_boot(agent, main.uuid, mark)
     assert disk_line(console, volume_id)[1] == 'm-keep', console
     check('power off/on')
 
+    mark = agent.console_mark(main.uuid)
     agent.call('rescue', instance={'uuid': main.uuid})
-    console = _next_boot(agent, main.uuid)
+    console = _next_boot(agent, main.uuid, mark)
     for v, marker in ((volume_id, 'm-keep'), (main.nbd_id, 'm-nbd'),
                       (main.iscsi_id, 'm-iscsi')):
         assert disk_line(console, v)[1] == marker, console     # still attached
     assert agent.get_info(main.uuid)['volumes'] == expected
+    mark = agent.console_mark(main.uuid)
     agent.call('unrescue', instance={'uuid': main.uuid})
-    console = _next_boot(agent, main.uuid)
+    console = _next_boot(agent, main.uuid, mark)
     assert disk_line(console, volume_id)[1] == 'm-keep', console
     check('rescue and unrescue')
 
