@@ -5,7 +5,7 @@ from elsewhere hits every row alike:
 
   ours       ``builder.build`` + ``to_xml`` of the full seed guest: kvm,
              kernel + ramdisk boot, root + ephemeral + swap + config drive,
-             file + pty serials, USB tablet, VNC, one bridge VIF (the
+             a pty serial logged to a file, USB tablet, VNC, one bridge VIF (the
              builder's policy, the VIF driver and our XML model);
   model      our ``config`` classes alone assembling the same guest (no
              builder), + ``to_xml``;
@@ -118,9 +118,8 @@ def make_model(conf, request):
         dom.add_device(config.Interface(
             type='bridge', mac=vif['address'], source_bridge=vif['network']['bridge'],
             target_dev=vif['devname'], model='virtio', mtu=vif['network']['mtu']))
-        dom.add_device(config.Serial(type='file',
-                                     source_path=os.path.join(d, 'console.log')))
-        dom.add_device(config.Serial(type='pty'))
+        dom.add_device(config.Serial(type='pty', log_file=os.path.join(d, 'console.log'),
+                                     log_append=True))
         dom.add_device(config.Input(type='tablet', bus='usb'))
         dom.add_device(config.Graphics(type='vnc', autoport=True, keymap='en-us',
                                        listen='127.0.0.1'))
@@ -176,10 +175,9 @@ def make_nova(nc, conf, request):
         iface.mtu = vif['network']['mtu']
         g.devices.append(iface)
         serial = nc.LibvirtConfigGuestSerial()
-        serial.type, serial.source_path = 'file', os.path.join(d, 'console.log')
-        g.devices.append(serial)
-        serial = nc.LibvirtConfigGuestSerial()
         serial.type = 'pty'
+        serial.log = nc.LibvirtConfigGuestCharDeviceLog()
+        serial.log.file, serial.log.append = os.path.join(d, 'console.log'), 'on'
         g.devices.append(serial)
         tablet = nc.LibvirtConfigGuestInput()
         tablet.type, tablet.bus = 'tablet', 'usb'
