@@ -127,6 +127,31 @@ def test_spawn_uses_the_thirdparty_volume_driver(agent, lv):
     assert vol.exists()             # the volume is not the agent's to delete
 
 
+def test_attach_volume_uses_the_thirdparty_volume_driver(agent, lv):
+    """attach_volume/detach_volume of a running guest through the plugin:
+    the guest sees the disk arrive (by its serial) and leave."""
+    inst, record = agent.spawn(label='tphot')
+    uuid = inst['uuid']
+    agent.wait_console(uuid, 'READY', timeout=90)
+    vol = make_volume(agent)
+    before = calls(agent)
+    record = agent.call('attach_volume', instance_uuid=uuid, volume_id='tp-hot-1',
+                        connection_info={'driver_volume_type': VOLUME_TYPE,
+                                         'data': {'path': str(vol)}})
+    assert record['volumes'] == [{'volume_id': 'tp-hot-1', 'device': record[
+        'volumes'][0]['device'], 'driver_volume_type': VOLUME_TYPE}]
+    dev = record['volumes'][0]['device']
+    assert calls(agent)[len(before):] == ['connect %s' % vol]
+    assert file_disks(lv.lookupByUUIDString(uuid).XMLDesc(0))[dev] == str(vol)
+    agent.wait_console(uuid, 'SERIAL tp-hot-1', timeout=60)     # HOTPLUG-DISK
+
+    record = agent.call('detach_volume', instance_uuid=uuid, volume_id='tp-hot-1')
+    assert record['volumes'] == []
+    assert dev not in file_disks(lv.lookupByUUIDString(uuid).XMLDesc(0))
+    assert calls(agent)[len(before):] == ['connect %s' % vol, 'disconnect %s' % vol]
+    agent.destroy(inst)
+
+
 def _refused(agent, bdi):
     """Spawn with ``bdi``; the InvalidRequest message; nothing was created."""
     dirs_before = sorted(os.listdir(agent.instances_path))
