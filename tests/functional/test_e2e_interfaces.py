@@ -104,12 +104,22 @@ def net(agent):
     # Its address is listed: anti-spoofing (on by default) lets only that through.
     n.hot_vif = make_vif('bridge', agent.fresh_link('tapca'), n.bridge,
                          ip=n.ip_hot, cidr=str(n.cidr))
-    n.ovs_vif = make_vif('ovs', agent.fresh_link('tapca'), agent.ovs_bridge)
+    # A second network on the module's OVS bridge, with a guest of its own.
+    n.ovs_cidr = ipaddress.ip_network('10.%d.%d.0/24' % (secrets.randbelow(200) + 20,
+                                                         secrets.randbelow(250)))
+    n.ip_ovs_target, n.ip_ovs_hot = str(n.ovs_cidr[31]), str(n.ovs_cidr[32])
+    n.ovs_target_vif = make_vif('ovs', agent.fresh_link('tapca'), agent.ovs_bridge,
+                                ip=n.ip_ovs_target, cidr=str(n.ovs_cidr))
+    n.ovs_vif = make_vif('ovs', agent.fresh_link('tapca'), agent.ovs_bridge,
+                         ip=n.ip_ovs_hot, cidr=str(n.ovs_cidr))
     n.target, _ = agent.spawn(label='target', network_info=[n.target_vif])
-    meta = {'hotplug_nic': '%s=%s/24=%s' % (n.hot_vif['address'], n.ip_hot, n.ip_target)}
+    n.ovs_target, _ = agent.spawn(label='ovstarget', network_info=[n.ovs_target_vif])
+    meta = {'hotplug_nic': '%s=%s/24=%s %s=%s/24=%s' % (
+        n.hot_vif['address'], n.ip_hot, n.ip_target,
+        n.ovs_vif['address'], n.ip_ovs_hot, n.ip_ovs_target)}
     n.hot, _ = agent.spawn(label='hot', metadata=meta)
-    agent.wait_console(n.target['uuid'], 'READY', timeout=90)
-    agent.wait_console(n.hot['uuid'], 'READY', timeout=90)
+    for guest in (n.target, n.ovs_target, n.hot):
+        agent.wait_console(guest['uuid'], 'READY', timeout=90)
     return n
 
 
@@ -149,6 +159,8 @@ def test_attach_and_detach_ovs_interface(agent, net):
     wait_until(lambda: re.search(r'^HOTPLUG-NIC \S+ %s$' % vif['address'],
                                  agent.console(uuid), re.M), 30, 'the OVS NIC in the guest')
     assert vif['devname'] in ovs_ports(agent.ovs_bridge), console
+    out = agent.wait_console(uuid, 'HOTPLUG-PING-OK %s' % net.ip_ovs_target, timeout=60)
+    assert 'HOTPLUG-PING-FAIL %s' % net.ip_ovs_target not in out
     record = agent.call('detach_interface', instance_uuid=uuid, vif_id=vif['id'])
     assert record['vifs'] == []
     assert vif['devname'] not in ovs_ports(agent.ovs_bridge)
