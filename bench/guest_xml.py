@@ -25,27 +25,22 @@ from the wheel and executed, with ``nova.exception``, ``nova.i18n``,
 stubbed; it also imports oslo.log and oslo.utils, which the agent's
 dependencies (oslo.messaging) already install.
 
-    .venv/bin/python bench/xml.py [--rounds 15] [--n 300]
+    .venv/bin/python bench/guest_xml.py [--rounds 15] [--n 300]
 
 Exit status: 0 target met, 1 target missed, 2 the run failed.
 """
 
+import argparse
+import glob
 import os
+import statistics
+import subprocess
 import sys
+import time
+import types
+import zipfile
 
-# This file is named like the standard library's ``xml`` package and Python
-# puts the script's directory first on sys.path: take it off before anything
-# (oslo.log, pip) imports xml.parsers or xml.etree.
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') != HERE]
-
-import argparse  # noqa: E402
-import glob  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-import types  # noqa: E402
-import zipfile  # noqa: E402
 
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
@@ -279,7 +274,7 @@ def main():
         wheel, how = nova_wheel()
         nc = load_nova_config(wheel)
     except Exception as e:
-        print('bench/xml.py: cannot load nova config.py: %s' % e, file=sys.stderr)
+        print('bench/guest_xml.py: cannot load nova config.py: %s' % e, file=sys.stderr)
         return 2
     print('nova: %s from %s (%s)' % (NOVA_MODULE, os.path.basename(wheel), how))
 
@@ -289,7 +284,7 @@ def main():
     shapes = {name: shape(fn()) for name, fn in rows.items()}
     for name in ('model', 'nova'):
         if shapes[name] != shapes['ours']:
-            print('bench/xml.py: %s builds another guest than ours:\n  %s\n  %s'
+            print('bench/guest_xml.py: %s builds another guest than ours:\n  %s\n  %s'
                   % (name, shapes[name], shapes['ours']), file=sys.stderr)
             return 2
 
