@@ -18,11 +18,13 @@ import pytest
 try:
     from tests.functional.guest_fixture import test_guest  # noqa: F401
     from tests.functional.test_driver import (  # noqa: F401
-        IMAGE_META, driver, env, events, inst_dir, make_instance, wait_console)
+        IMAGE_META, driver, env, events, inst_dir, make_instance, planner,
+        wait_console)
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from guest_fixture import test_guest  # noqa: F401
     from test_driver import (  # noqa: F401
-        IMAGE_META, driver, env, events, inst_dir, make_instance, wait_console)
+        IMAGE_META, driver, env, events, inst_dir, make_instance, planner,
+        wait_console)
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 PASSWORD = 'correct horse battery'
@@ -41,7 +43,8 @@ def test_config_drive_is_private_and_the_guest_reads_it(env, driver):
     inst = make_instance('ca-files')
     qemu_uid = pwd.getpwnam('libvirt-qemu').pw_uid
     try:
-        driver.spawn(inst, IMAGE_META, [], None, admin_password=PASSWORD)
+        driver.spawn(planner(driver).spawn(inst, IMAGE_META, [], None,
+                                           admin_password=PASSWORD))
         path = os.path.join(inst_dir(env, inst), 'disk.config')
         # The guest found its config drive and read meta_data.json from it.
         wait_console(env, inst, 'INSTANCE-UUID: %s' % inst['uuid'])
