@@ -538,15 +538,16 @@ def new_request_id():
     return 'req-' + str(uuidlib.uuid4())
 
 
-@pytest.fixture(scope='module')
-def agent(request, test_guest):
-    """The module's running agent (an AgentEnv)."""
+def run_agent(test_guest, label, prepare=None):
+    """For a module fixture (``yield from``): an AgentEnv, ``prepare(env)``
+    (config, environment) before it starts; at the end it is torn down and
+    must have left nothing behind."""
     url = broker_url()
     require_services(url)
-    label = request.module.__name__.rsplit('.', 1)[-1].replace('test_e2e_', '')[:10]
-    label = ''.join(c for c in label if c.isalnum()) or 'e2e'
     env = AgentEnv(test_guest, label=label, url=url)
     try:
+        if prepare is not None:
+            prepare(env)
         env.start()
     except BaseException:
         print(env.log_tail())
@@ -555,3 +556,11 @@ def agent(request, test_guest):
     yield env
     problems = env.teardown()
     assert not problems, '\n'.join(problems)
+
+
+@pytest.fixture(scope='module')
+def agent(request, test_guest):
+    """The module's running agent (an AgentEnv)."""
+    label = request.module.__name__.rsplit('.', 1)[-1].replace('test_e2e_', '')[:10]
+    label = ''.join(c for c in label if c.isalnum()) or 'e2e'
+    yield from run_agent(test_guest, label)

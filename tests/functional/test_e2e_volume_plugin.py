@@ -23,12 +23,12 @@ from compute_agent.rpc.client import RemoteError
 
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
-        AgentEnv, BOOT_MARKER, broker_url, no_domain, open_libvirt, require_services,
+        BOOT_MARKER, no_domain, open_libvirt, run_agent,
         test_guest)
     from tests.functional.plugin_install import env_with, fake_install
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from agent_fixture import (  # noqa: F401
-        AgentEnv, BOOT_MARKER, broker_url, no_domain, open_libvirt, require_services,
+        BOOT_MARKER, no_domain, open_libvirt, run_agent,
         test_guest)
     from plugin_install import env_with, fake_install
 
@@ -42,22 +42,12 @@ TYPE_FIELD = 'block_device_info.block_device_mapping[0].connection_info.driver_v
 @pytest.fixture(scope='module')
 def agent(test_guest):
     """A real agent that has the third-party volume driver installed."""
-    url = broker_url()
-    require_services(url)
-    env = AgentEnv(test_guest, label='volplug', url=url)
-    try:
+    def prepare(env):
         site = fake_install(FIXTURE, env.root / 'site')
         env.env = env_with(site, env.root / 'cache')
         env.calls_log = env.root / 'volume-calls.log'
         env.write_config(thirdparty_volume={'log_file': env.calls_log})
-        env.start()
-    except BaseException:
-        print(env.log_tail())
-        env.teardown()
-        raise
-    yield env
-    problems = env.teardown()
-    assert not problems, '\n'.join(problems)
+    yield from run_agent(test_guest, 'volplug', prepare)
 
 
 @pytest.fixture(scope='module')

@@ -26,15 +26,13 @@ import pytest
 try:
     from tests.functional import storage_fixture as sf
     from tests.functional.agent_fixture import (  # noqa: F401
-        BOOT_MARKER, IMAGE_META, WORK_ROOT, AgentEnv, open_libvirt, require_services, test_guest,
+        BOOT_MARKER, IMAGE_META, WORK_ROOT, open_libvirt, run_agent, test_guest,
         wait_until)
-    from tests.functional.rpc_fixtures import broker_url
 except ImportError:
     import storage_fixture as sf
     from agent_fixture import (  # noqa: F401
-        BOOT_MARKER, IMAGE_META, WORK_ROOT, AgentEnv, open_libvirt, require_services, test_guest,
+        BOOT_MARKER, IMAGE_META, WORK_ROOT, open_libvirt, run_agent, test_guest,
         wait_until)
-    from rpc_fixtures import broker_url
 
 from compute_agent.rpc.client import RemoteError
 from compute_agent.virt import config
@@ -78,19 +76,8 @@ def storage():
 
 @pytest.fixture(scope='module')
 def agent(storage, test_guest):
-    url = broker_url()
-    require_services(url)
-    env = AgentEnv(test_guest, label='volumes', url=url)
-    env.write_config(libvirt={'device_detach_timeout': DETACH_TIMEOUT})
-    try:
-        env.start()
-    except BaseException:
-        print(env.log_tail())
-        env.teardown()
-        raise
-    yield env
-    problems = env.teardown()
-    assert not problems, '\n'.join(problems)
+    yield from run_agent(test_guest, 'volumes', lambda env: env.write_config(
+        libvirt={'device_detach_timeout': DETACH_TIMEOUT}))
 
 
 def bdm(dev, volume_id, kind, data):

@@ -16,13 +16,11 @@ import pytest
 try:
     from tests.functional import storage_fixture as sf
     from tests.functional.agent_fixture import (  # noqa: F401
-        WORK_ROOT, AgentEnv, open_libvirt, require_services, test_guest, wait_until)
-    from tests.functional.rpc_fixtures import broker_url
+        WORK_ROOT, open_libvirt, run_agent, test_guest, wait_until)
 except ImportError:
     import storage_fixture as sf
     from agent_fixture import (  # noqa: F401
-        WORK_ROOT, AgentEnv, open_libvirt, require_services, test_guest, wait_until)
-    from rpc_fixtures import broker_url
+        WORK_ROOT, open_libvirt, run_agent, test_guest, wait_until)
 
 from compute_agent.rpc.client import RemoteError
 from compute_agent.virt import config
@@ -32,19 +30,8 @@ MAX_TRIES = 8
 
 @pytest.fixture(scope='module')
 def agent(test_guest):
-    url = broker_url()
-    require_services(url)
-    env = AgentEnv(test_guest, label='q35', url=url)
-    env.write_config(libvirt={'hw_machine_type': 'q35', 'num_pcie_ports': 1})
-    try:
-        env.start()
-    except BaseException:
-        print(env.log_tail())
-        env.teardown()
-        raise
-    yield env
-    problems = env.teardown()
-    assert not problems, '\n'.join(problems)
+    yield from run_agent(test_guest, 'q35', lambda env: env.write_config(
+        libvirt={'hw_machine_type': 'q35', 'num_pcie_ports': 1}))
 
 
 @pytest.fixture(scope='module')
