@@ -180,17 +180,18 @@ PROBE = re.compile(r'^NF-PROBE (\d+) (.*)$', re.M)
 
 
 def probe_after(agent, uuid, expected, timeout=60):
-    """Wait for two consecutive probe lines (started after now) == expected."""
-    start = max([int(n) for n, _ in PROBE.findall(agent.console(uuid))] or [0]) + 1
+    """Wait until the two newest probe lines == expected, each printed after
+    this call (the guest probes once a second; its counter starts again with
+    each boot and the console log is appended to, so lines are told new by
+    the time passed, not by their number or position)."""
     deadline = time.monotonic() + timeout
+    time.sleep(3)
     last = None
     while time.monotonic() < deadline:
-        lines = [(int(n), r.strip()) for n, r in PROBE.findall(agent.console(uuid))
-                 if int(n) > start]
-        for (_, r1), (_, r2) in zip(lines, lines[1:]):
-            if r1 == r2 == expected:
-                return
+        lines = [r.strip() for _, r in PROBE.findall(agent.console(uuid, tail_lines=200))]
         last = lines[-3:]
+        if len(lines) >= 2 and lines[-1] == lines[-2] == expected:
+            return
         time.sleep(1)
     raise AssertionError('probes of %s never showed %r twice; last: %s'
                          % (uuid, expected, last))
