@@ -90,6 +90,28 @@ class InterfaceNotFound(AgentError):
     msg_fmt = 'Instance %(uuid)s has no interface %(vif_id)s'
 
 
+class ImageUploadFailed(AgentError):
+    msg_fmt = 'Failed to write image %(image_id)s: %(reason)s'
+
+
+class GuestAgentUnavailable(AgentError):
+    """No guest agent answered within its deadline; nothing waits longer."""
+
+    msg_fmt = 'Guest agent of instance %(uuid)s is unavailable: %(reason)s'
+
+
+class MigrationError(AgentError):
+    """The migration failed; the guest runs on exactly one host, reported so."""
+
+    msg_fmt = 'Migration of instance %(uuid)s failed: %(reason)s'
+
+
+class MigrationPreCheckError(AgentError):
+    """A pre-check refused the migration; nothing changed on either host."""
+
+    msg_fmt = 'Migration of instance %(uuid)s refused: %(reason)s'
+
+
 class GuestXMLInvalid(AgentError):
     """The agent built XML libvirt's schema rejects: a bug, never bad input."""
 

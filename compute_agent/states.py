@@ -15,7 +15,7 @@ NOSTATE, RUNNING, PAUSED, SHUTDOWN, CRASHED, SUSPENDED = 0, 1, 3, 4, 6, 7
 
 BUILDING, ACTIVE, STOPPED = 'building', 'active', 'stopped'
 PAUSED_VM, SUSPENDED_VM, RESCUED = 'paused', 'suspended', 'rescued'
-ERROR, DELETED = 'error', 'deleted'
+RESIZED, ERROR, DELETED = 'resized', 'error', 'deleted'
 
 # An end vm_state: the vm_state the operation started from (for the 1.1
 # device operations, e.g. attach_volume: any of active/stopped/paused,
