@@ -64,6 +64,13 @@ def backups_allowed(conf):
     return keep
 
 
+def pruning(conf):
+    """Rotated files the agent must keep, or None when virtlogd keeps no
+    more than that itself (then nothing needs listing or removing)."""
+    keep = backups_allowed(conf)
+    return keep if keep < virtlogd_limits(conf.libvirt.virtlogd_conf)[1] else None
+
+
 def _rotated(inst_dir):
     """Rotated files, newest first (``console.log.0`` is the newest)."""
     found = []

@@ -16,6 +16,7 @@ Calls go through ``connection.Connection.call`` so a libvirtd restart under
 a running agent costs one reconnect, not an error.
 """
 
+import functools
 import glob
 import logging
 import os
@@ -81,7 +82,6 @@ class LibvirtDriver:
         self.connection = connection.Connection(conf, on_power_event)
         self.image_cache = image_cache or ImageCache(conf)
         self.vif_drivers = vif_drivers or VifDrivers(conf)
-        self._console_keep = None     # rotated console logs kept, read lazily
         self.firewall = firewall.Firewall(conf, self._call)
 
     def close(self):
@@ -448,10 +448,19 @@ class LibvirtDriver:
             return out
         return self.connection.call(run, retry=retry)
 
+    @functools.cached_property
+    def _console_keep(self):
+        """Rotated console logs to keep; None when virtlogd keeps no more."""
+        return console.pruning(self.conf)
+
     def trim_console_log(self, instance):
-        """Drop rotated console logs beyond ``[libvirt] console_log_max_bytes``."""
+        """Drop rotated console logs beyond ``[libvirt] console_log_max_bytes``.
+
+        Only when the operator's bound is below virtlogd's own: otherwise
+        every power sync would list each instance directory for nothing.
+        """
         if self._console_keep is None:
-            self._console_keep = console.backups_allowed(self.conf)
+            return 0
         path = disks.instance_dir(self.conf, instance['name'])
         return console.prune(path, self._console_keep)
 

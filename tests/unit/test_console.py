@@ -40,15 +40,18 @@ def _conf(tmp_path, bound, virtlogd_text):
     return conf
 
 
-@pytest.mark.parametrize('bound, virtlogd_text, keep', [
-    (8 * MiB, '', 3),                        # defaults fit exactly
-    (64 * MiB, '', 3),                       # virtlogd keeps fewer than allowed
-    (4 * MiB, '', 1),                        # live 2 MiB + one rotated file
-    (2 * MiB, '', 0),                        # only the live file
-    (3 * MiB, 'max_size = 1048576\n', 2),
+@pytest.mark.parametrize('bound, virtlogd_text, keep, pruning', [
+    (8 * MiB, '', 3, None),                  # defaults fit exactly
+    (64 * MiB, '', 3, None),                 # virtlogd keeps fewer than allowed
+    (4 * MiB, '', 1, 1),                     # live 2 MiB + one rotated file
+    (2 * MiB, '', 0, 0),                     # only the live file
+    (3 * MiB, 'max_size = 1048576\n', 2, 2),
 ])
-def test_backups_allowed(tmp_path, bound, virtlogd_text, keep):
-    assert console.backups_allowed(_conf(tmp_path, bound, virtlogd_text)) == keep
+def test_backups_allowed(tmp_path, bound, virtlogd_text, keep, pruning):
+    conf = _conf(tmp_path, bound, virtlogd_text)
+    assert console.backups_allowed(conf) == keep
+    # None: virtlogd's own rotation is the bound, the power sync lists nothing
+    assert console.pruning(conf) == pruning
 
 
 @pytest.mark.parametrize('bound, virtlogd_text', [
