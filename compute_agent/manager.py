@@ -24,6 +24,7 @@ from compute_agent import states
 from compute_agent import validation
 from compute_agent import version
 from compute_agent.device_ops import DeviceOperations
+from compute_agent.rebuild_ops import RebuildOperation
 from compute_agent.records import public
 from compute_agent.virt import planner as planner_mod
 
@@ -31,9 +32,10 @@ LOG = logging.getLogger(__name__)
 
 # Private keys of a record: 'spec' (the spawn request, no secrets), 'rescue'
 # (the rescue request while rescued, no password), 'task_request_id' (the
-# request_id of the operation running or last run) and 'interrupted' (the
+# request_id of the operation running or last run), 'interrupted' (the
 # operation a restart interrupted and its request_id, until its redelivery
-# or the next operation). What a record shows: records.public.
+# or the next operation) and 'rebuild' (whether the running rebuild starts
+# the guest, kept for its redelivery). What a record shows: records.public.
 # _reconcile without a sync's listing: ask libvirt about the one instance.
 _ASK = object()
 
@@ -48,7 +50,7 @@ def _error_of(exc):
     return {'class': type(exc).__name__, 'message': str(exc)}
 
 
-class Manager(DeviceOperations):
+class Manager(DeviceOperations, RebuildOperation):
     # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
     inline_methods = frozenset(('ping',))
 
@@ -87,6 +89,9 @@ class Manager(DeviceOperations):
             self.planner.check_location(args['rescue_image_meta'],
                                         'rescue_image_meta',
                                         args['instance']['uuid'])
+        elif method == 'rebuild':
+            self.planner.check_location(args['image_meta'], 'image_meta',
+                                        args['instance_uuid'])
         return args
 
     def key(self, method, args):
@@ -238,10 +243,10 @@ class Manager(DeviceOperations):
             raise
         changes = dict(end_changes or {})
         rescued = bool(changes.get('rescue', record.get('rescue')))
+        power = self._power(record)
         self._set(record, context, method + '.end',
-                  vm_state=states.end_vm_state(op, start_vm_state, rescued),
-                  task_state=None, power_state=self._power(record), error=None,
-                  **changes)
+                  vm_state=states.end_vm_state(op, start_vm_state, rescued, power),
+                  task_state=None, power_state=power, error=None, **changes)
         return record
 
     # --- operations ----------------------------------------------------------

@@ -108,6 +108,8 @@ def minimal(method):
                                                'type': 'bridge'}}
     if method == 'detach_interface':
         return {'instance_uuid': UUID, 'vif_id': 'port-1'}
+    if method == 'rebuild':
+        return {'instance_uuid': UUID, 'image_meta': {'id': 'cirros'}}
     return {'instance': instance()}
 
 
@@ -135,7 +137,8 @@ PROTOCOL_METHODS = {
     'unpause', 'suspend', 'resume', 'destroy', 'get_info', 'list_instances',
     'get_console_output', 'get_vnc_console', 'get_host_stats', 'ping',
     'update_security_rules',
-    'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface'}
+    'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface',
+    'rebuild'}
 
 
 # -- the method table -------------------------------------------------------
@@ -190,6 +193,10 @@ EXPECTED_MINIMAL = {
     'attach_interface': {'instance_uuid': UUID, 'vif': dict(
         minimal('attach_interface')['vif'], details={})},
     'detach_interface': minimal('detach_interface'),
+    'rebuild': {'instance_uuid': UUID,
+                'image_meta': {'id': 'cirros', 'disk_format': None, 'checksum': None,
+                               'size': None, 'location': None, 'properties': {}},
+                'admin_password': None, 'preserve_ephemeral': False},
 }
 
 
