@@ -209,7 +209,7 @@ class Manager(DeviceOperations, RebuildOperation):
         return verdict
 
     def _run(self, context, method, uuid, call, prepare=None, args=None,
-             end_changes=None, keep_on_failure=False):
+             end_changes=None, keep_on_failure=False, start_changes=None):
         """Run a state-changing operation on an existing instance.
 
         ``prepare(record)`` plans it from the stored request and makes ready
@@ -217,7 +217,9 @@ class Manager(DeviceOperations, RebuildOperation):
         states as they were); ``call(record, plan)`` changes the guest (a
         failure there leaves vm_state ``error``, unless ``keep_on_failure``:
         the call leaves the guest as it was when it fails). ``end_changes``
-        are saved with the end state.
+        are saved with the end state; ``start_changes(record)`` returns
+        what is saved with the start (one commit with the task_state, so a
+        restart never sees one without the other).
         """
         op = states.operation(method, args)
         with self._lock(uuid):      # no power event between check and start
@@ -227,9 +229,10 @@ class Manager(DeviceOperations, RebuildOperation):
                     self._set(record, context, method + '.end', interrupted=None)
                 return record
             start_vm_state = record['vm_state']
+            extra = start_changes(record) if start_changes else {}
             self._set(record, context, method + '.start',
                       task_state=states.TRANSITIONS[op].task, interrupted=None,
-                      task_request_id=context.get('request_id'))
+                      task_request_id=context.get('request_id'), **extra)
         try:
             plan = prepare(record) if prepare else None
         except Exception as exc:

@@ -16,9 +16,10 @@ rescue, destroy and volume operations follow it.
 The new config drive carries the request's ``admin_password``; without one
 it keeps the old drive's password and injected files, so a rebuild never
 silently drops a password a guest was given. Whether the guest is started
-is decided once and kept in the record (``rebuild``): the redelivery of a
-rebuild a restart interrupted (which found the guest stopped) starts it
-again if the first attempt would have.
+is decided once, when it starts, and kept in the record (``rebuild``) in
+the same commit as the task state: the redelivery of a rebuild a restart
+interrupted (recovery found the guest stopped) starts it if the first
+attempt would have.
 """
 
 from compute_agent import states
@@ -30,11 +31,13 @@ class RebuildOperation:
                    preserve_ephemeral=False):
         changes = {'rebuild': None}
 
+        def mark(record):
+            return {'rebuild': {'request_id': context.get('request_id'),
+                                'start': self._rebuild_starts(record, context)}}
+
         def prepare(record):
             spec = record['spec']
-            start = self._rebuild_starts(record, context)
-            self._set(record, context, 'rebuild', rebuild={
-                'request_id': context.get('request_id'), 'start': start})
+            start = record['rebuild']['start']
             password, files = self.driver.config_drive_kept(spec['instance'])
             plan, changes['spec'] = self.planner.rebuild(
                 spec, image_meta,
@@ -47,7 +50,7 @@ class RebuildOperation:
             plan, start = work
             self.driver.rebuild(plan, start)
         record = self._run(context, 'rebuild', instance_uuid, call, prepare,
-                           end_changes=changes)
+                           end_changes=changes, start_changes=mark)
         return self._refresh_vnc(record, context)
 
     @staticmethod

@@ -41,6 +41,10 @@ def kept_from_config_drive(driver, instance):
 def prepare(driver, plan):
     """Build the plan's files as ``<name>.rebuild``; remove them on failure."""
     inst_dir = disks.instance_dir(driver.conf, plan.instance['name'], create=True)
+    # What an interrupted attempt staged is made again from scratch: a new
+    # hardlink renamed over an old one of the same file would do nothing.
+    for f in plan.files:
+        _unlink(disks.safe_join(inst_dir, f.name + SUFFIX, field='disk.name'))
     undo = types.SimpleNamespace(files=[])      # the paths made, in order
     try:
         driver._create_files(plan, inst_dir, undo, suffix=SUFFIX)
@@ -64,7 +68,10 @@ def swap(driver, plan, start):
     if driver.exists(instance):
         driver.power_off(instance, driver.conf.libvirt.wait_soft_reboot_seconds)
     for new, old in staged:
-        os.rename(new, old)
+        if os.path.exists(old) and os.path.samefile(new, old):
+            os.unlink(new)      # e.g. the same cached kernel, hardlinked
+        else:
+            os.rename(new, old)
     _fsync_dir(inst_dir)
     driver._call(lambda c: c.defineXML(xml))
     LOG.info('Instance %s rebuilt on image %s', instance['uuid'],

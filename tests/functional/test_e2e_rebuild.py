@@ -13,7 +13,8 @@ Two guests, each used by one test:
 * ``main``: running, on a bridge VIF with an address (anti-spoofing
   filter on, the default) and with a local file volume attached after
   spawn; rebuilt onto the other image with a new password; an unknown
-  image and a wrong checksum leave it untouched.
+  image and a wrong checksum leave it untouched; a rebuild killed (SIGKILL)
+  after the start, with the guest off, is completed by its redelivery.
 * ``eph``: with an ephemeral disk, stopped before its rebuilds: it stays
   stopped, and ``preserve_ephemeral`` keeps a marker written onto the
   ephemeral disk (with ``qemu-io``, while it is stopped), which a rebuild
@@ -27,6 +28,7 @@ import json
 import re
 import secrets
 import subprocess
+import threading
 import uuid as uuidlib
 
 import pytest
@@ -35,13 +37,13 @@ from pyroute2 import IPRoute
 try:
     from tests.functional import storage_fixture as sf
     from tests.functional.agent_fixture import (  # noqa: F401
-        agent, open_libvirt, test_guest, wait_until)
+        agent, new_request_id, open_libvirt, test_guest, wait_until)
 except ImportError:
     import storage_fixture as sf
     from agent_fixture import (  # noqa: F401
-        agent, open_libvirt, test_guest, wait_until)
+        agent, new_request_id, open_libvirt, test_guest, wait_until)
 
-from compute_agent.rpc.client import RemoteError
+from compute_agent.rpc.client import AgentClient, RemoteError
 
 IMAGE_A, IMAGE_B = 'rb-img-a', 'rb-img-b'
 MARK_A, MARK_B = 'rb-image-a', 'rb-image-b'
@@ -196,6 +198,8 @@ def test_rebuild_boots_the_other_image_with_volume_vif_and_new_password(agent, i
                      re.escape(main.vif['address'])), console, re.M), console
     new_id, xml = domain(main.uuid)
     assert new_id != old_id
+    assert not [p.name for p in agent.instance_dir(main.inst).iterdir()
+                if p.name.endswith(('.rebuild', '.part'))]
     assert main.vif['address'] in xml and "filterref filter=" in xml
     assert main.serial in xml and main.volume_path in xml
     assert master_of(main.tap) == link_index(main.bridge)
@@ -280,3 +284,66 @@ def test_stopped_guest_stays_stopped_and_preserve_ephemeral(agent, images, tmp_p
     assert disk_marker(console, 'vda') == MARK_A, console
     assert disk_marker(console, 'vdb') == '-', console
     assert password not in agent.log_file.read_text(errors='replace')
+
+
+class InFlight:
+    """A call on its own client and thread: its reply queue outlives the
+    agent it was sent to (as in test_e2e_interrupted.py)."""
+
+    def __init__(self, agent, method, **args):
+        self.client = AgentClient(agent.url, agent.host, topic=agent.topic,
+                                  exchange=agent.exchange, timeout=180)
+        self.client.context = {'request_id': new_request_id()}
+        self.result, self.error = None, None
+        self.thread = threading.Thread(target=self._run, args=(method, args),
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self, method, args):
+        try:
+            self.result = self.client.call_args(method, args)
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            self.error = e
+
+    def reply(self):
+        self.thread.join(210)
+        self.client.close()
+        assert not self.thread.is_alive(), 'no reply'
+        assert self.error is None, f'the redelivered request failed: {self.error!r}'
+        return self.result
+
+
+def test_redelivery_completes_a_rebuild_killed_after_it_stopped_the_guest(agent, images,
+                                                                          main):
+    """SIGKILL as the rebuild starts; the guest is then off, as the killed
+    rebuild could have left it. Recovery settles on ``stopped``; the
+    redelivered request completes the rebuild and starts the guest, since
+    it was running before."""
+    image = IMAGE_A if agent.get_info(main.uuid)['image_ref'] == IMAGE_B else IMAGE_B
+    marker = MARK_A if image == IMAGE_A else MARK_B
+    mark, since = agent.console_mark(main.uuid), agent.reports.mark()
+    call = InFlight(agent, 'rebuild', instance_uuid=main.uuid, image_meta=meta(image))
+    agent.reports.wait(lambda r: r.get('event') == 'rebuild.start'
+                       and r.get('instance_uuid') == main.uuid, 60, 'rebuild.start', since)
+    agent.kill()
+    lv = open_libvirt()
+    try:
+        dom = lv.lookupByUUIDString(main.uuid)
+        if dom.isActive():
+            dom.destroy()
+    finally:
+        lv.close()
+    restart = agent.reports.mark()
+    agent.start()
+    record = call.reply()
+    recovered = [(r['vm_state'], r['power_state']) for r in agent.reports.states(
+        main.uuid, restart) if r['event'] == 'recover']
+    assert recovered and recovered[0] == ('stopped', 4), recovered
+    assert (record['vm_state'], record['task_state'], record['power_state'],
+            record['error'], record['image_ref']) == ('active', None, 1, None, image)
+    assert agent.get_info(main.uuid) == record
+    assert domain(main.uuid)[0] != -1
+    console = agent.wait_console(main.uuid, 'READY', timeout=BOOT_TIMEOUT, since=mark)
+    assert disk_marker(console, 'vda') == marker, console
+    assert not [p.name for p in agent.instance_dir(main.inst).iterdir()
+                if p.name.endswith(('.rebuild', '.part'))]

@@ -257,3 +257,22 @@ def test_admin_password_never_stored_nor_reported_nor_logged(h, caplog):
     assert secret not in repr(h.call('list_instances'))
     assert secret not in caplog.text
     assert secret not in repr(record)
+
+
+def test_a_second_attempt_after_staged_files_leaves_nothing_behind(h):
+    """Kernel and ramdisk are hardlinks of the cached images: staging them
+    again over an interrupted attempt's, and swapping them over the same
+    file, must still leave no staged or temporary file."""
+    instance = mf.make_instance(kernel_id=NEW_IMAGE, ramdisk_id=NEW_IMAGE,
+                                config_drive=True)
+    h.spawn(instance)
+    uuid = instance['uuid']
+    spec = h.journal.get_instance(uuid)['spec']
+    plan, _spec = h.manager.planner.rebuild(spec, {'id': NEW_IMAGE})
+    h.driver.prepare_rebuild(plan)      # the attempt a restart cut short
+    assert set(leftovers(h, instance)) >= {'disk.rebuild', 'kernel.rebuild',
+                                           'ramdisk.rebuild', 'disk.config.rebuild'}
+    record = rebuild(h, uuid)
+    assert states_of(record) == ('active', None, states.RUNNING)
+    assert [n for n in os.listdir(h.instance_dir(instance))
+            if n.endswith(('.rebuild', '.part'))] == []
