@@ -276,3 +276,21 @@ def test_a_second_attempt_after_staged_files_leaves_nothing_behind(h):
     assert states_of(record) == ('active', None, states.RUNNING)
     assert [n for n in os.listdir(h.instance_dir(instance))
             if n.endswith(('.rebuild', '.part'))] == []
+
+
+def test_the_log_masking_covers_the_rebuild_password():
+    """A rebuild request printed whole (debug, a traceback) loses its
+    admin_password: the envelope's redaction and the log formatter's mask."""
+    import json
+
+    from compute_agent import log
+    from compute_agent.rpc import envelope
+    secret = 'RbMask-' + mf.new_uuid()
+    args = {'instance_uuid': mf.new_uuid(), 'image_meta': {'id': NEW_IMAGE},
+            'admin_password': secret, 'preserve_ephemeral': False}
+    inner = {'method': 'rebuild', 'args': args, '_unique_id': 'u1'}
+    body = {'oslo.version': '2.0', 'oslo.message': json.dumps(inner)}
+    assert secret not in repr(envelope.redact(body))
+    for text in (json.dumps(inner), repr(inner), json.dumps(body),
+                 'rebuild(%s)' % ', '.join('%s=%s' % kv for kv in args.items())):
+        assert secret in text and secret not in log.mask(text)
