@@ -44,6 +44,7 @@ class RebuildOperation:
                 admin_password if admin_password is not None else password,
                 files, preserve_ephemeral)
             self.driver.prepare_rebuild(plan)
+            changes['devices'] = dict(plan.devices)     # an iso root is a cdrom
             return plan, start
 
         def call(record, work):

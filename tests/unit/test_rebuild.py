@@ -294,3 +294,16 @@ def test_the_log_masking_covers_the_rebuild_password():
     for text in (json.dumps(inner), repr(inner), json.dumps(body),
                  'rebuild(%s)' % ', '.join('%s=%s' % kv for kv in args.items())):
         assert secret in text and secret not in log.mask(text)
+
+
+def test_an_iso_image_becomes_a_cdrom_root_and_the_record_says_so(h):
+    with open(os.path.join(h.store, 'img-iso'), 'wb') as f:
+        f.truncate(1 << 20)
+    instance = mf.make_instance()
+    h.spawn(instance)
+    assert h.info(instance['uuid'])['devices']['root'] == 'vda'
+    record = rebuild(h, instance['uuid'], image='img-iso', meta={'disk_format': 'iso'})
+    assert record['devices']['root'] == 'hda'
+    assert "device='cdrom'" in h.domain(instance['uuid']).XMLDesc(0)
+    # And back to a disk image.
+    assert rebuild(h, instance['uuid'])['devices']['root'] == 'vda'
