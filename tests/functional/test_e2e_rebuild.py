@@ -210,6 +210,14 @@ def test_rebuild_boots_the_other_image_with_volume_vif_and_new_password(agent, i
     log = agent.log_file.read_text(errors='replace')
     assert new_password not in log and main.old_password not in log
 
+    # A hard reboot redefines the guest from the stored request: the new
+    # image's disk and the volume again.
+    mark = agent.console_mark(main.uuid)
+    agent.call('reboot', instance={'uuid': main.uuid}, reboot_type='HARD')
+    console = agent.wait_console(main.uuid, 'READY', timeout=BOOT_TIMEOUT, since=mark)
+    assert disk_marker(console, 'vda') == MARK_B, console
+    assert volume_line(console, main.serial)[1] == 'rb-vol', console
+
 
 def test_an_image_that_cannot_be_had_leaves_the_guest_untouched(agent, images, main):
     before = agent.get_info(main.uuid)

@@ -307,3 +307,21 @@ def test_an_iso_image_becomes_a_cdrom_root_and_the_record_says_so(h):
     assert "device='cdrom'" in h.domain(instance['uuid']).XMLDesc(0)
     # And back to a disk image.
     assert rebuild(h, instance['uuid'])['devices']['root'] == 'vda'
+
+
+def test_rescue_unrescue_and_destroy_follow_the_rebuilt_guest(h):
+    instance = mf.make_instance(config_drive=True)
+    h.spawn(instance)
+    uuid = instance['uuid']
+    rebuild(h, uuid)
+    rebuilt_xml = h.domain(uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    h.call('rescue', instance={'uuid': uuid})
+    rescue_xml = h.domain(uuid).XMLDesc(0)
+    assert 'disk.rescue' in rescue_xml
+    # The rescued guest's second disk is the rebuilt root disk.
+    assert backing_image(h, instance) == cached(h, NEW_IMAGE)
+    h.call('unrescue', instance={'uuid': uuid})
+    assert h.domain(uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == rebuilt_xml
+    h.call('destroy', instance={'uuid': uuid})
+    assert h.domain(uuid) is None
+    assert not os.path.exists(h.instance_dir(instance))
