@@ -184,8 +184,12 @@ def test_rebuild_boots_the_other_image_with_volume_vif_and_new_password(agent, i
         'active', None, 1)
     assert record['image_ref'] == IMAGE_B and record['error'] is None
     # The record keeps uuid, name, volume, VIF and its filter.
-    for key in ('uuid', 'name', 'volumes', 'vifs', 'filters', 'devices'):
+    for key in ('uuid', 'name', 'volumes', 'vifs', 'filters'):
         assert record[key] == before[key], key
+    # The devices as a spawn of the stored request would choose them: the
+    # attached volume among them now, where it is.
+    assert record['devices'] == dict(before['devices'],
+                                     volume0=before['volumes'][0]['device'])
     assert agent.get_info(main.uuid) == record
 
     # The guest booted again, from the other image, with its volume and NIC.
