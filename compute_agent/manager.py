@@ -24,6 +24,7 @@ from compute_agent import states
 from compute_agent import validation
 from compute_agent import version
 from compute_agent.device_ops import DeviceOperations
+from compute_agent.rebuild_ops import RebuildOperation
 from compute_agent.records import public
 from compute_agent.virt import planner as planner_mod
 
@@ -31,9 +32,10 @@ LOG = logging.getLogger(__name__)
 
 # Private keys of a record: 'spec' (the spawn request, no secrets), 'rescue'
 # (the rescue request while rescued, no password), 'task_request_id' (the
-# request_id of the operation running or last run) and 'interrupted' (the
+# request_id of the operation running or last run), 'interrupted' (the
 # operation a restart interrupted and its request_id, until its redelivery
-# or the next operation). What a record shows: records.public.
+# or the next operation) and 'rebuild' (whether the running rebuild starts
+# the guest, kept for its redelivery). What a record shows: records.public.
 # _reconcile without a sync's listing: ask libvirt about the one instance.
 _ASK = object()
 
@@ -48,7 +50,7 @@ def _error_of(exc):
     return {'class': type(exc).__name__, 'message': str(exc)}
 
 
-class Manager(DeviceOperations):
+class Manager(DeviceOperations, RebuildOperation):
     # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
     inline_methods = frozenset(('ping',))
 
@@ -87,6 +89,9 @@ class Manager(DeviceOperations):
             self.planner.check_location(args['rescue_image_meta'],
                                         'rescue_image_meta',
                                         args['instance']['uuid'])
+        elif method == 'rebuild':
+            self.planner.check_location(args['image_meta'], 'image_meta',
+                                        args['instance_uuid'])
         return args
 
     def key(self, method, args):
@@ -204,7 +209,7 @@ class Manager(DeviceOperations):
         return verdict
 
     def _run(self, context, method, uuid, call, prepare=None, args=None,
-             end_changes=None, keep_on_failure=False):
+             end_changes=None, keep_on_failure=False, start_changes=None):
         """Run a state-changing operation on an existing instance.
 
         ``prepare(record)`` plans it from the stored request and makes ready
@@ -212,7 +217,9 @@ class Manager(DeviceOperations):
         states as they were); ``call(record, plan)`` changes the guest (a
         failure there leaves vm_state ``error``, unless ``keep_on_failure``:
         the call leaves the guest as it was when it fails). ``end_changes``
-        are saved with the end state.
+        are saved with the end state; ``start_changes(record)`` returns
+        what is saved with the start (one commit with the task_state, so a
+        restart never sees one without the other).
         """
         op = states.operation(method, args)
         with self._lock(uuid):      # no power event between check and start
@@ -222,9 +229,10 @@ class Manager(DeviceOperations):
                     self._set(record, context, method + '.end', interrupted=None)
                 return record
             start_vm_state = record['vm_state']
+            extra = start_changes(record) if start_changes else {}
             self._set(record, context, method + '.start',
                       task_state=states.TRANSITIONS[op].task, interrupted=None,
-                      task_request_id=context.get('request_id'))
+                      task_request_id=context.get('request_id'), **extra)
         try:
             plan = prepare(record) if prepare else None
         except Exception as exc:
@@ -238,10 +246,10 @@ class Manager(DeviceOperations):
             raise
         changes = dict(end_changes or {})
         rescued = bool(changes.get('rescue', record.get('rescue')))
+        power = self._power(record)
         self._set(record, context, method + '.end',
-                  vm_state=states.end_vm_state(op, start_vm_state, rescued),
-                  task_state=None, power_state=self._power(record), error=None,
-                  **changes)
+                  vm_state=states.end_vm_state(op, start_vm_state, rescued, power),
+                  task_state=None, power_state=power, error=None, **changes)
         return record
 
     # --- operations ----------------------------------------------------------

@@ -22,6 +22,7 @@ def public(record):
     out = {k: record.get(k) for k in PUBLIC_KEYS}
     out['volumes'] = volumes_of(record)
     out['vifs'] = vifs_of(record)
+    out['image_ref'] = (spec.get('instance') or {}).get('image_ref')
     # Each VIF's filter (docs: protocol-vif-filter), as kept in the record.
     out['filters'] = firewall.describe(spec.get('network_info'))
     return out

@@ -420,6 +420,11 @@ ARGS = {
     'attach_interface': {'instance_uuid': _ref('uuid'), 'vif': _ref('vif')},
     'detach_interface': {'instance_uuid': _ref('uuid'),
                          'vif_id': _str(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$')},
+    # 1.1 rebuild (docs: protocol-method-rebuild); admin_password is a
+    # secret (SECRET_FIELDS, log.SECRET_KEYS).
+    'rebuild': {'instance_uuid': _ref('uuid'), 'image_meta': _ref('image_meta'),
+                'admin_password': _ref('password'),
+                'preserve_ephemeral': {'type': 'boolean', 'default': False}},
     'get_info': {'instance_uuid': _ref('uuid')},
     'list_instances': {},
     'get_console_output': {'instance_uuid': _ref('uuid'),

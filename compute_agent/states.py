@@ -21,13 +21,18 @@ RESIZED, ERROR, DELETED = 'resized', 'error', 'deleted'
 # device operations, e.g. attach_volume: any of active/stopped/paused,
 # task attaching_volume, back to where it was).
 PREVIOUS = 'previous'
+# An end vm_state: the one the guest's power state at the end means
+# (``at_rest``): ``active`` when it runs, ``stopped`` when it does not
+# (rebuild: the guest ends as it was).
+AS_POWERED = 'as powered'
 
 Transition = collections.namedtuple(
     'Transition', 'allowed task end_vm_state end_power_state rescued_end done_in',
     defaults=(None, ()))
 # allowed          start vm_states; None means "no record yet" (or a deleted one)
 # task             the task_state while it runs
-# end_vm_state     where it ends (PREVIOUS: where it started)
+# end_vm_state     where it ends (PREVIOUS: where it started; AS_POWERED:
+#                  what its end power state means)
 # end_power_state  the power state libvirt shows at the end (NOSTATE: no domain)
 # rescued_end      the end vm_state instead, when the guest it boots is rescued
 # done_in          start vm_states in which it is a success without running
@@ -69,6 +74,11 @@ TRANSITIONS = {
                                    PREVIOUS, None),
     'detach_interface': Transition(_DEVICES_FROM, 'detaching_interface',
                                    PREVIOUS, None),
+    # 1.1 rebuild: a running guest runs again on its new root disk, a
+    # stopped one stays stopped; one in error is rebuilt and started (as
+    # nova's rebuild revives it): its end vm_state is what its power says.
+    'rebuild': Transition((ACTIVE, STOPPED, ERROR), 'rebuilding', AS_POWERED,
+                          None),
 }
 
 # Requests that change nothing: no per-instance queue, no fsync'ed outcome.
@@ -105,10 +115,14 @@ def verdict(op, vm_state, interrupted=None):
     return None
 
 
-def end_vm_state(op, start_vm_state, rescued):
+def end_vm_state(op, start_vm_state, rescued, power_state=None):
+    """The vm_state ``op`` ends in; ``power_state`` is the guest's at the
+    end (for AS_POWERED rows; ``error`` when no vm_state fits it)."""
     tr = TRANSITIONS[op]
     if rescued and tr.rescued_end:
         return tr.rescued_end
+    if tr.end_vm_state == AS_POWERED:
+        return at_rest(power_state, rescued) or ERROR
     return start_vm_state if tr.end_vm_state == PREVIOUS else tr.end_vm_state
 
 
@@ -154,6 +168,9 @@ RECOVERY = {
     'unrescuing': 'unrescue', 'rebooting': 'boot', 'rebooting_hard': 'boot',
     'powering-on': 'boot', 'powering-off': None, 'pausing': None,
     'unpausing': None, 'suspending': None, 'resuming': None,
+    # rebuild: nothing; its redelivery builds the new files again and
+    # completes the swap (the record keeps whether to start the guest).
+    'rebuilding': None,
 }
 
 # The operation of each task_state (the mark its redelivery is matched by).

@@ -77,7 +77,9 @@ opts = [
     cfg.IntOpt(
         'wait_soft_reboot_seconds', default=120, min=1,
         deprecated_opts=_old('libvirt_wait_soft_reboot_seconds'),
-        help='Seconds to wait for an ACPI reboot before a hard one.'),
+        help='Seconds to wait for an ACPI reboot before a hard one; also '
+             'how long a rebuild waits for its guest to shut down cleanly '
+             'before it stops it hard.'),
     cfg.StrOpt(
         'rescue_image_id', default=None,
         deprecated_opts=_old('rescue_image_id'),

@@ -209,3 +209,27 @@ def build_config_drive(path, instance, network_info, admin_password=None,
         os.unlink(tmp)
         raise
     return path
+
+
+def read_kept(path):
+    """What a rebuilt drive keeps of the drive at ``path``: ``(admin_pass,
+    injected_files)`` (``[[path, base64]]``, as a spawn request gives them),
+    ``(None, [])`` when there is no drive. Neither is ever logged."""
+    import pycdlib
+    if not os.path.exists(path):
+        return None, []
+    iso = pycdlib.PyCdlib()
+    iso.open(path)
+    try:
+        def read(name):
+            buf = io.BytesIO()
+            iso.get_file_from_iso_fp(buf, rr_path='/' + name)
+            return buf.getvalue()
+        md = json.loads(read(f'openstack/{VERSIONS[-1]}/meta_data.json'))
+        files = []
+        for i, entry in enumerate(md.get('files') or ()):
+            data = read(f'openstack/content/{i:04d}')
+            files.append([entry['path'], base64.b64encode(data).decode('ascii')])
+    finally:
+        iso.close()
+    return md.get('admin_pass'), files

@@ -16,6 +16,7 @@ Calls go through ``connection.Connection.call`` so a libvirtd restart under
 a running agent costs one reconnect, not an error.
 """
 
+import dataclasses
 import functools
 import glob
 import logging
@@ -38,6 +39,7 @@ from compute_agent.virt import guest
 from compute_agent.virt import host
 from compute_agent.virt import ifaceops
 from compute_agent.virt import plan as plan_mod
+from compute_agent.virt import rebuildops
 from compute_agent.virt import volume
 from compute_agent.virt import volumeops
 from compute_agent.vif.loader import VifDrivers
@@ -174,10 +176,13 @@ class LibvirtDriver:
             pass
         return disks.instance_dir(self.conf, instance['name'], create=True)
 
-    def _create_files(self, plan, inst_dir, undo):
-        """Create each planned file (images fetched through the cache)."""
+    def _create_files(self, plan, inst_dir, undo, suffix=''):
+        """Create each planned file (images fetched through the cache),
+        named as planned plus ``suffix``."""
         drive = plan.config_drive or plan_mod.ConfigDrive([])
         for f in plan.files:
+            if suffix:
+                f = dataclasses.replace(f, name=f.name + suffix)
             path = disks.safe_join(inst_dir, f.name, field='disk.name')
             if f.kind == 'config':
                 configdrive.build_config_drive(path, plan.instance, drive.network_info,
@@ -341,6 +346,21 @@ class LibvirtDriver:
 
     def is_rescued(self, instance):
         return os.path.exists(disks.safe_join(self._dir(instance), UNRESCUE_XML))
+
+    # -- rebuild (docs: protocol-method-rebuild) -----------------------------------
+    def config_drive_kept(self, instance):
+        """``(admin_pass, injected_files)`` of the instance's config drive."""
+        return rebuildops.kept_from_config_drive(self, instance)
+
+    def prepare_rebuild(self, plan):
+        """Build the rebuild plan's files beside the old ones; the guest is
+        not touched (a failure removes what this call made)."""
+        rebuildops.prepare(self, plan)
+
+    def rebuild(self, plan, start):
+        """Stop the guest, swap the prepared files in, define the planned
+        guest and start it when ``start``."""
+        rebuildops.swap(self, plan, start)
 
     # -- power -------------------------------------------------------------------
     def reboot(self, plan, reboot_type='SOFT'):

@@ -75,6 +75,31 @@ class Planner:
                                                  rescue_password, [])
         return plan
 
+    def rebuild(self, spec, image_meta, admin_password=None, injected_files=(),
+                preserve_ephemeral=False):
+        """``(plan, new spec)`` of a rebuild onto ``image_meta``.
+
+        The new spec is the stored request with ``image_ref`` and
+        ``image_meta`` of the new image: the same uuid, name, VIFs with
+        their filters, volumes and flavor. The plan is that guest, its
+        ``files`` only those the rebuild makes anew: the root disk, the
+        config drive (``admin_password`` and ``injected_files`` on it), the
+        swap and kernel files, and the ephemeral disks unless
+        ``preserve_ephemeral``.
+        """
+        instance = dict(spec['instance'], image_ref=image_meta['id'])
+        new_spec = dict(spec, instance=instance, image_meta=image_meta)
+        plan = self.spawn(instance, image_meta, spec['network_info'],
+                          spec['block_device_info'], admin_password,
+                          injected_files)
+        if not any(f.kind in ('root', 'iso') for f in plan.files):
+            raise exception.InvalidRequest(
+                'image_meta', 'the root disk is a volume: rebuild re-creates '
+                'only a local root disk', uuid=instance['uuid'])
+        if preserve_ephemeral:
+            plan.files = [f for f in plan.files if f.kind != 'ephemeral']
+        return plan, new_spec
+
     def vifs(self, spec):
         """(driver, vif) pairs of an instance's stored network_info."""
         return self.vif_drivers.for_network_info(spec['network_info'] or [])

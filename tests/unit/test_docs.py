@@ -97,8 +97,9 @@ def test_the_transitions_table_lists_each_method_as_the_state_table_does(method)
     tr = states.TRANSITIONS[method]
     cells = row.split('\n     - ')
     assert '``%s``' % tr.task in cells[2]
-    assert ('where it started' if tr.end_vm_state == states.PREVIOUS
-            else '``%s``' % tr.end_vm_state) in cells[3]
+    phrase = {states.PREVIOUS: 'where it started',
+              states.AS_POWERED: 'as its power state says'}
+    assert phrase.get(tr.end_vm_state, '``%s``' % tr.end_vm_state) in cells[3]
     assert ('unchanged' if tr.end_power_state is None
             else str(tr.end_power_state)) in cells[4]
     for start in tr.allowed:

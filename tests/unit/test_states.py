@@ -57,6 +57,17 @@ VERDICTS = [
     ('destroy', 'error', None, RUN),
     ('destroy', 'rescued', None, RUN),
     ('destroy', None, None, INVALID),
+    # 1.1 rebuild: from a running, stopped or failed guest
+    ('rebuild', 'active', None, RUN),
+    ('rebuild', 'stopped', None, RUN),
+    ('rebuild', 'error', None, RUN),
+    ('rebuild', 'paused', None, INVALID),
+    ('rebuild', 'suspended', None, INVALID),
+    ('rebuild', 'rescued', None, INVALID),
+    ('rebuild', 'building', None, INVALID),
+    ('rebuild', None, None, INVALID),
+    ('rebuild', 'stopped', 'rebuild', RUN),     # interrupted: finish it
+    ('rebuild', 'error', 'rebuild', RUN),
 ]
 
 
@@ -89,6 +100,22 @@ ENDS = [
 def test_end_and_task(op, start, rescued, end, task):
     assert states.end_vm_state(op, start, rescued) == end
     assert states.TRANSITIONS[op].task == task
+
+
+# rebuild ends as its guest is at the end: (start, power_state at the end, end)
+REBUILD_ENDS = [
+    ('active', 1, 'active'),
+    ('stopped', 4, 'stopped'),
+    ('error', 1, 'active'),        # revived
+    ('stopped', 1, 'active'),      # an interrupted rebuild's redelivery
+    ('active', 0, 'error'),        # no domain at the end: nothing fits
+]
+
+
+@pytest.mark.parametrize('start,power,end', REBUILD_ENDS)
+def test_rebuild_ends_as_its_guest_is(start, power, end):
+    assert states.end_vm_state('rebuild', start, False, power) == end
+    assert states.TRANSITIONS['rebuild'].task == 'rebuilding'
 
 
 def test_operation_of_a_request():
@@ -148,6 +175,9 @@ RECOVERED = [
     ('suspending', 7, False, ('suspended', None)),
     ('rescuing', 1, False, ('active', None)),
     ('powering-on', 0, False, ('error', 'AgentRestarted')),
+    ('rebuilding', 1, False, ('active', None)),
+    ('rebuilding', 4, False, ('stopped', None)),   # its redelivery starts it
+    ('rebuilding', 0, False, ('error', 'AgentRestarted')),
 ]
 
 
@@ -165,6 +195,7 @@ RECOVERY_ACTIONS = [
     ('unrescuing', 'unrescue'), ('rebooting', 'boot'), ('rebooting_hard', 'boot'),
     ('powering-on', 'boot'), ('powering-off', None), ('pausing', None),
     ('unpausing', None), ('suspending', None), ('resuming', None),
+    ('rebuilding', None),
 ]
 
 

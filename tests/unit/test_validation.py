@@ -108,6 +108,8 @@ def minimal(method):
                                                'type': 'bridge'}}
     if method == 'detach_interface':
         return {'instance_uuid': UUID, 'vif_id': 'port-1'}
+    if method == 'rebuild':
+        return {'instance_uuid': UUID, 'image_meta': {'id': 'cirros'}}
     return {'instance': instance()}
 
 
@@ -135,7 +137,8 @@ PROTOCOL_METHODS = {
     'unpause', 'suspend', 'resume', 'destroy', 'get_info', 'list_instances',
     'get_console_output', 'get_vnc_console', 'get_host_stats', 'ping',
     'update_security_rules',
-    'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface'}
+    'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface',
+    'rebuild'}
 
 
 # -- the method table -------------------------------------------------------
@@ -190,6 +193,10 @@ EXPECTED_MINIMAL = {
     'attach_interface': {'instance_uuid': UUID, 'vif': dict(
         minimal('attach_interface')['vif'], details={})},
     'detach_interface': minimal('detach_interface'),
+    'rebuild': {'instance_uuid': UUID,
+                'image_meta': {'id': 'cirros', 'disk_format': None, 'checksum': None,
+                               'size': None, 'location': None, 'properties': {}},
+                'admin_password': None, 'preserve_ephemeral': False},
 }
 
 
@@ -1169,3 +1176,46 @@ def _assert_secret_hidden(error, secret):
                  repr(error.kwargs), json.dumps(error.to_dict())):
         assert secret not in text
         assert 'SECRET' not in text
+
+
+# -- rebuild (docs: protocol-method-rebuild) --------------------------------
+
+@pytest.mark.parametrize('path,value,field,reason', [
+    (('preserve_ephemeral',), 'yes', 'preserve_ephemeral', 'must be a boolean'),
+    (('preserve_ephemeral',), 1, 'preserve_ephemeral', 'must be a boolean'),
+    (('image_meta',), None, 'image_meta', 'must be an object'),
+    (('image_meta', 'id'), DELETE, 'image_meta.id', 'is required'),
+    (('image_meta', 'id'), '../etc/passwd', 'image_meta.id', None),
+    (('image_meta', 'disk_format'), 'vmdk', 'image_meta.disk_format', None),
+    (('image_meta', 'checksum'), 'sha256:xyz', 'image_meta.checksum', None),
+    (('image_meta', 'location'), 'not a url', 'image_meta.location', None),
+    (('instance_uuid',), 'not-a-uuid', 'instance_uuid', None),
+])
+def test_rebuild_bad_input_names_the_field(path, value, field, reason):
+    error = invalid('rebuild', with_value(minimal('rebuild'), path, value))
+    assert error.field == field
+    if reason is not None:
+        assert error.reason == reason
+
+
+def test_rebuild_keeps_its_values_and_names_its_instance():
+    args = dict(minimal('rebuild'), admin_password='pw', preserve_ephemeral=True,
+                image_meta={'id': 'img-2', 'disk_format': 'raw',
+                            'checksum': 'sha256:' + 'a' * 64})
+    result = validation.validate('rebuild', args)
+    assert (result['admin_password'], result['preserve_ephemeral']) == ('pw', True)
+    assert result['image_meta']['checksum'] == 'sha256:' + 'a' * 64
+    assert validation.instance_uuid_of('rebuild', args) == UUID
+
+
+@given(secret=SECRET, kind=st.sampled_from(['type-list', 'type-dict', 'too-long', 'nested']))
+def test_rebuild_passwords_never_appear_in_errors(secret, kind):
+    bad = _bad_password(secret, kind)
+    if kind == 'too-long':
+        assume(len(bad) > 255)
+    _assert_secret_hidden(invalid('rebuild', dict(minimal('rebuild'), admin_password=bad)),
+                          secret)
+    # A good password beside a bad field never shows either.
+    assume(len(secret) <= 255)
+    _assert_secret_hidden(invalid('rebuild', dict(
+        minimal('rebuild'), admin_password=secret, preserve_ephemeral=secret)), secret)
