@@ -25,6 +25,7 @@ from compute_agent import validation
 from compute_agent import version
 from compute_agent.device_ops import DeviceOperations
 from compute_agent.records import public
+from compute_agent.snapshot_ops import SnapshotOperations
 from compute_agent.virt import planner as planner_mod
 
 LOG = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def _error_of(exc):
     return {'class': type(exc).__name__, 'message': str(exc)}
 
 
-class Manager(DeviceOperations):
+class Manager(DeviceOperations, SnapshotOperations):
     # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
     inline_methods = frozenset(('ping',))
 
@@ -243,6 +244,11 @@ class Manager(DeviceOperations):
                   task_state=None, power_state=self._power(record), error=None,
                   **changes)
         return record
+
+    def _next_task(self, record, context, method):
+        """Move a running operation on to its table's ``later_task``."""
+        self._set(record, context, method + '.start',
+                  task_state=states.TRANSITIONS[method].later_task)
 
     # --- operations ----------------------------------------------------------
 
@@ -538,6 +544,8 @@ class Manager(DeviceOperations):
                 if self.driver.is_rescued(spec['instance']):
                     self.driver.unrescue(spec['instance'], self._vifs(record))
                 rescued, changes['rescue'] = False, None
+            elif action == 'abort_snapshot':
+                self.driver.abort_snapshot(spec['instance'], self._root(record))
             elif action == 'boot' and self.driver.exists(spec['instance']):
                 self.driver.power_on(spec['instance'], self._vifs(record))
         except Exception:

@@ -420,6 +420,11 @@ ARGS = {
     'attach_interface': {'instance_uuid': _ref('uuid'), 'vif': _ref('vif')},
     'detach_interface': {'instance_uuid': _ref('uuid'),
                          'vif_id': _str(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$')},
+    # 1.1 snapshot (docs: protocol-method-snapshot)
+    'snapshot': {'instance_uuid': _ref('uuid'), 'image_id': _ref('image_id'),
+                 'disk_format': {'type': 'string', 'enum': ['qcow2', 'raw'],
+                                 'default': 'qcow2'},
+                 'quiesce': {'type': ['boolean', 'null'], 'default': None}},
     'get_info': {'instance_uuid': _ref('uuid')},
     'list_instances': {},
     'get_console_output': {'instance_uuid': _ref('uuid'),

@@ -108,6 +108,8 @@ def minimal(method):
                                                'type': 'bridge'}}
     if method == 'detach_interface':
         return {'instance_uuid': UUID, 'vif_id': 'port-1'}
+    if method == 'snapshot':
+        return {'instance_uuid': UUID, 'image_id': 'snap-1'}
     return {'instance': instance()}
 
 
@@ -135,7 +137,8 @@ PROTOCOL_METHODS = {
     'unpause', 'suspend', 'resume', 'destroy', 'get_info', 'list_instances',
     'get_console_output', 'get_vnc_console', 'get_host_stats', 'ping',
     'update_security_rules',
-    'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface'}
+    'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface',
+    'snapshot'}
 
 
 # -- the method table -------------------------------------------------------
@@ -190,6 +193,7 @@ EXPECTED_MINIMAL = {
     'attach_interface': {'instance_uuid': UUID, 'vif': dict(
         minimal('attach_interface')['vif'], details={})},
     'detach_interface': minimal('detach_interface'),
+    'snapshot': dict(minimal('snapshot'), disk_format='qcow2', quiesce=None),
 }
 
 
@@ -913,6 +917,14 @@ for _method in ('get_info', 'get_console_output', 'get_vnc_console'):
     for _value in ['x', 5, None, UUID + '\n', UUID.replace('-', '')]:
         OTHER_BAD.append((_method, {'instance_uuid': _value}, 'instance_uuid',
                           'must be a UUID string (8-4-4-4-12 hex digits)'))
+# snapshot (1.1): the image id rule, the two formats, quiesce a bool or null
+OTHER_BAD += [
+    ('snapshot', {'instance_uuid': UUID, 'image_id': bad}, 'image_id', None)
+    for bad in ('../x', '.hidden', 'a/b', '', 'x' * 129, 'snap\n', 5, None)]
+OTHER_BAD += [
+    ('snapshot', dict(minimal('snapshot'), disk_format='iso'), 'disk_format', None),
+    ('snapshot', dict(minimal('snapshot'), quiesce='yes'), 'quiesce', None),
+]
 for _method in sorted(PROTOCOL_METHODS):
     if 'instance' in minimal(_method):
         OTHER_BAD.append((_method, {'instance': instance(name='../x')}, 'instance.name',
