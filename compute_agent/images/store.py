@@ -264,8 +264,9 @@ class _Hashing:
 
 
 def _sparse_copy(src, dest):
-    """Copy ``src`` to ``dest`` (fsynced), leaving runs of zeros as holes."""
-    with open(src, 'rb') as fin, open(dest, 'r+b') as fout:
+    """Copy ``src`` to a new file ``dest`` (fsynced), runs of zeros as holes."""
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with open(src, 'rb') as fin, os.fdopen(fd, 'wb') as fout:
         while chunk := fin.read(CHUNK):
             if chunk == _ZERO[:len(chunk)]:
                 fout.seek(len(chunk), os.SEEK_CUR)
