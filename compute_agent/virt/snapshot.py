@@ -6,25 +6,27 @@ from there (``images/store.py``).
 
 Why a block copy (``virDomainBlockCopy``, a QEMU mirror) for a guest that
 runs or is paused, rather than pause + ``qemu-img convert`` or an external
-snapshot + blockcommit:
+snapshot + blockcommit (all three measured here on a 256 MiB root disk full
+of data, read from disk, TCG guest, bench/snapshot.py):
 
-* pause + copy pauses the guest for the whole copy. Measured here (256 MiB
-  disk, 200 MiB of data): 0.09 s with the data in the host's page cache,
-  0.2 s from disk; that grows with the disk (~1 s per GB from disk), so a
-  tens-of-GB root would be paused far longer than the "few seconds" the
-  contract allows.
-* an external snapshot + blockcommit never pauses either, but it moves the
-  guest's disk onto a new overlay in its definition; an agent killed before
-  the commit leaves the guest running on that overlay, which recovery must
-  commit back (live or offline) and fix in the persistent XML.
-* a block copy with a transient job never pauses the guest (0 s) and never
-  changes its definition: the mirror converges, then cancelling the ready
-  job leaves the target a point-in-time copy of that instant (QEMU's
-  block-job-cancel after BLOCK_JOB_READY). The cost, measured in the same
-  run: 0.29-0.35 s for the same disk, a little slower than the copy by hand
-  because QEMU reads with the guest's cache mode (O_DIRECT for
-  ``cache=none``), not through the page cache. An agent killed meanwhile
-  leaves a job that recovery aborts (``abort``) and a temporary file.
+* pause + copy: 0.29-0.33 s, all of it paused. The pause grows with the
+  disk (~1 s per GB from disk), so a tens-of-GB root would be paused far
+  longer than the "few seconds" the contract allows.
+* external snapshot + ``qemu-img convert`` + active blockcommit: never
+  paused; 0.1 s snapshot + 0.2 s convert + 0.05-0.1 s commit/pivot. But it
+  moves the guest onto a new overlay in its live and persistent
+  definition: an agent killed before the pivot leaves the guest running on
+  that overlay, which recovery must commit back (live, or offline with
+  ``qemu-img commit`` and a redefinition when the guest died meanwhile).
+* a block copy with a transient job: never paused (0 s measured), and the
+  guest's definition is never touched: cancelling the ready mirror leaves
+  the target a point-in-time copy of that instant (QEMU's block-job-cancel
+  after BLOCK_JOB_READY). An agent killed meanwhile leaves a job that
+  recovery cancels (``abort``) and a temporary file. Cost: 0.5-0.6 s for
+  the copy, slower than ``qemu-img`` because QEMU reads and writes with
+  the guest's cache mode (O_DIRECT for ``cache=none``), so the sha256 pass
+  that follows reads the copy from disk too (~0.5 s). The simplest safe
+  recovery won over ~0.3 s.
 
 A stopped guest has no QEMU: its disk is converted with ``qemu-img``.
 ``quiesced`` (the guest agent's freeze/thaw) wraps only the instant that
