@@ -150,6 +150,7 @@ def abort(dom, dev):
     try:
         if dom.isActive() and dom.blockJobInfo(dev, 0):
             dom.blockJobAbort(dev, 0)
+            LOG.info('Cancelled the block copy of %s on %s', dev, dom.name())
     except libvirt.libvirtError as e:
         LOG.warning('Aborting the block job of %s on %s: %s', dev, dom.name(), e)
 
@@ -158,6 +159,7 @@ def remove_temps(inst_dir):
     """Temporary copies a killed snapshot left in the instance directory."""
     for path in glob.glob(os.path.join(glob.escape(inst_dir), PREFIX + '*' + SUFFIX)):
         _unlink(disks.safe_join(inst_dir, os.path.basename(path)))
+        LOG.info('Removed the partial snapshot copy %s', path)
 
 
 def _xml_attr(value):

@@ -23,10 +23,10 @@ import pytest
 
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
-        run_agent, test_guest, tree_snapshot, wait_until)
+        open_libvirt, run_agent, test_guest, tree_snapshot, wait_until)
 except ImportError:
     from agent_fixture import (  # noqa: F401
-        run_agent, test_guest, tree_snapshot, wait_until)
+        open_libvirt, run_agent, test_guest, tree_snapshot, wait_until)
 
 from compute_agent.rpc.client import RemoteError
 
@@ -167,6 +167,61 @@ def test_paused_and_stopped_guests(agent, src, tmp_path):
         mark = agent.console_mark(uuid)
         agent.call('power_on', instance=src)
     agent.wait_console(uuid, 'READY', timeout=90, since=mark)
+
+
+def test_agent_killed_mid_copy_settles_and_the_redelivery_finishes(agent):
+    """SIGKILL once the copy has started (a 256 MiB disk full of data takes
+    ~0.5 s to copy): the guest runs on untouched, the restart cancels any
+    block copy and drops the partial files, the redelivery completes."""
+    big = agent.images / 'big-root'
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', str(big), '256M'],
+                   check=True, timeout=60)
+    subprocess.run(['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x5a 0 256M', str(big)],
+                   check=True, timeout=300, stdout=subprocess.DEVNULL)
+    os.chmod(big, 0o644)
+    inst = agent.make_instance('big', image_ref='big-root')
+    inst, _ = agent.spawn(instance=inst, image_meta={'id': 'big-root',
+                                                     'disk_format': 'qcow2'})
+    uuid = inst['uuid']
+    try:
+        agent.wait_console(uuid, 'READY', timeout=90)
+        image_id = f'snap-killcopy-{TAG}'
+        since = agent.reports.mark()
+        lv = open_libvirt()
+        try:
+            dom = lv.lookupByUUIDString(uuid)
+            agent.cast('snapshot', instance_uuid=uuid, image_id=image_id)
+            # Killed while QEMU's block copy runs.
+            wait_until(lambda: dom.blockJobInfo('vda', 0), 60, 'the block copy',
+                       interval=0.005)
+            agent.kill()
+            assert dom.blockJobInfo('vda', 0), 'the copy ended before the kill'
+        finally:
+            lv.close()
+        agent.start()
+        agent.reports.wait(lambda r: r.get('instance_uuid') == uuid
+                           and r.get('event') == 'snapshot.end', 120,
+                           'the redelivered snapshot', since)
+        events = [r['event'] for r in agent.reports.states(uuid, since)]
+        assert 'recover' in events
+        assert 'Cancelled the block copy of vda' in agent.log_file.read_text()
+        meta_sum = sha256_file(agent.images / image_id)
+        info = agent.get_info(uuid)
+        assert (info['vm_state'], info['task_state'], info['power_state']) == (
+            'active', None, 1)
+        lv = open_libvirt()
+        try:
+            assert lv.lookupByUUIDString(uuid).blockJobInfo('vda', 0) == {}
+        finally:
+            lv.close()
+        assert not list(agent.instance_dir(inst).glob('snapshot-*'))
+        assert not [p for p in os.listdir(agent.images) if p.startswith('.')]
+        assert image_info(agent.images / image_id)['format'] == 'qcow2'
+        assert len(meta_sum) == 64
+    finally:
+        agent.destroy(inst)
+        for name in ('big-root', f'snap-killcopy-{TAG}'):
+            (agent.images / name).unlink(missing_ok=True)
 
 
 # -- must-show 6: bad input, nothing written --------------------------------------------
