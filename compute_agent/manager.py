@@ -26,6 +26,7 @@ from compute_agent import version
 from compute_agent.device_ops import DeviceOperations
 from compute_agent.rebuild_ops import RebuildOperation
 from compute_agent.records import public
+from compute_agent.snapshot_ops import SnapshotOperations
 from compute_agent.virt import planner as planner_mod
 
 LOG = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def _error_of(exc):
     return {'class': type(exc).__name__, 'message': str(exc)}
 
 
-class Manager(DeviceOperations, RebuildOperation):
+class Manager(DeviceOperations, RebuildOperation, SnapshotOperations):
     # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
     inline_methods = frozenset(('ping',))
 
@@ -251,6 +252,11 @@ class Manager(DeviceOperations, RebuildOperation):
                   vm_state=states.end_vm_state(op, start_vm_state, rescued, power),
                   task_state=None, power_state=power, error=None, **changes)
         return record
+
+    def _next_task(self, record, context, method):
+        """Move a running operation on to its table's ``later_task``."""
+        self._set(record, context, method + '.start',
+                  task_state=states.TRANSITIONS[method].later_task)
 
     # --- operations ----------------------------------------------------------
 
@@ -546,6 +552,8 @@ class Manager(DeviceOperations, RebuildOperation):
                 if self.driver.is_rescued(spec['instance']):
                     self.driver.unrescue(spec['instance'], self._vifs(record))
                 rescued, changes['rescue'] = False, None
+            elif action == 'abort_snapshot':
+                self.driver.abort_snapshot(spec['instance'], self._root(record))
             elif action == 'boot' and self.driver.exists(spec['instance']):
                 self.driver.power_on(spec['instance'], self._vifs(record))
         except Exception:

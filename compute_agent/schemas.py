@@ -425,6 +425,11 @@ ARGS = {
     'rebuild': {'instance_uuid': _ref('uuid'), 'image_meta': _ref('image_meta'),
                 'admin_password': _ref('password'),
                 'preserve_ephemeral': {'type': 'boolean', 'default': False}},
+    # 1.1 snapshot (docs: protocol-method-snapshot)
+    'snapshot': {'instance_uuid': _ref('uuid'), 'image_id': _ref('image_id'),
+                 'disk_format': {'type': 'string', 'enum': ['qcow2', 'raw'],
+                                 'default': 'qcow2'},
+                 'quiesce': {'type': ['boolean', 'null'], 'default': None}},
     'get_info': {'instance_uuid': _ref('uuid')},
     'list_instances': {},
     'get_console_output': {'instance_uuid': _ref('uuid'),

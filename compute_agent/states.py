@@ -27,8 +27,9 @@ PREVIOUS = 'previous'
 AS_POWERED = 'as powered'
 
 Transition = collections.namedtuple(
-    'Transition', 'allowed task end_vm_state end_power_state rescued_end done_in',
-    defaults=(None, ()))
+    'Transition',
+    'allowed task end_vm_state end_power_state rescued_end done_in later_task',
+    defaults=(None, (), None))
 # allowed          start vm_states; None means "no record yet" (or a deleted one)
 # task             the task_state while it runs
 # end_vm_state     where it ends (PREVIOUS: where it started; AS_POWERED:
@@ -36,6 +37,8 @@ Transition = collections.namedtuple(
 # end_power_state  the power state libvirt shows at the end (NOSTATE: no domain)
 # rescued_end      the end vm_state instead, when the guest it boots is rescued
 # done_in          start vm_states in which it is a success without running
+# later_task       a second task_state the operation moves to on its way
+#                  (``Manager._next_task``), e.g. a snapshot's upload
 
 _ANY = (BUILDING, ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM, RESCUED, ERROR)
 _DEVICES_FROM = (ACTIVE, STOPPED, PAUSED_VM)
@@ -79,6 +82,10 @@ TRANSITIONS = {
     # nova's rebuild revives it): its end vm_state is what its power says.
     'rebuild': Transition((ACTIVE, STOPPED, ERROR), 'rebuilding', AS_POWERED,
                           None),
+    # 1.1 snapshot: copy the root disk, then upload it; the guest's states
+    # are not changed (a running guest keeps running).
+    'snapshot': Transition(_DEVICES_FROM, 'image_snapshot', PREVIOUS, None,
+                           later_task='image_uploading'),
 }
 
 # Requests that change nothing: no per-instance queue, no fsync'ed outcome.
@@ -171,10 +178,14 @@ RECOVERY = {
     # rebuild: nothing; its redelivery builds the new files again and
     # completes the swap (the record keeps whether to start the guest).
     'rebuilding': None,
+    # snapshot: cancel its block copy, drop its temporary files; the guest
+    # runs (or not) as it did, its redelivery snapshots again.
+    'image_snapshot': 'abort_snapshot', 'image_uploading': 'abort_snapshot',
 }
 
 # The operation of each task_state (the mark its redelivery is matched by).
-TASK_OPERATION = {tr.task: op for op, tr in TRANSITIONS.items()}
+TASK_OPERATION = {task: op for op, tr in TRANSITIONS.items()
+                  for task in (tr.task, tr.later_task) if task}
 
 
 def recovered(task, power_state, rescued):

@@ -54,6 +54,15 @@
 # "CA-GUEST <text>" plus a newline at byte 4096 of the disk with that serial,
 # and "hotplug_nic": "<mac>=<ip/prefix>=<ping ip> ..." to configure a NIC
 # with that MAC when it is hot-plugged and ping the address through it.
+# -- snapshot round trip (snapshot branch; meta key, optional) --
+#   "write_disk": "<name>:<text> ..."  like write_marker, but the disk is
+#                          named (vda, the root disk, has no serial): writes
+#                          "CA-GUEST <text>" + newline at byte 4096 of
+#                          /dev/<name>, fsync'ed; prints "WROTE-DISK <name>"
+#                          or "WRITE-DISK-FAILED <name>"
+#   At boot, before any write, each disk's line at byte 4096 is printed:
+#   "AT4096 <name> <text after CA-GUEST |->" (a guest spawned from a
+#   snapshot shows what its source wrote).
 # -- network filter probes (filters branch; meta keys, all optional) --
 #   "nf_count": "1"        print "NF-INECHOS <n>" every second: ICMP echo
 #                          requests received (/proc/net/snmp Icmp InEchos)
@@ -338,6 +347,34 @@ describe_disk() { echo "SERIAL $(disk_serial "$1") MARKER $(disk_marker "$1")"; 
 for d in $devs; do
     case "$d" in vd*|sd*|hd*|xvd*) echo "DISK $d $(describe_disk "$d")" ;; esac
 done
+# ------------------------------------------------------------ snapshot round trip
+# (snapshot branch: see "snapshot round trip" in the header comment)
+at4096() {  # at4096 NAME: text after "CA-GUEST " at byte 4096 of the disk
+    local line
+    line=$(dd if="/dev/$1" bs=512 skip=8 count=1 2>/dev/null | head -n 1 | tr -cd 'A-Za-z0-9 ._:=-')
+    case "$line" in "CA-GUEST "*) echo "${line#CA-GUEST }" ;; *) echo "-" ;; esac
+}
+for d in $devs; do
+    case "$d" in vd*|sd*|hd*|xvd*) echo "AT4096 $d $(at4096 "$d")" ;; esac
+done
+DISK_WRITES=
+[ -n "$META" ] && DISK_WRITES=$(json_str write_disk "$META")
+for w in $DISK_WRITES; do
+    name=${w%%:*}
+    text=${w#*:}
+    case "$name" in
+        vd[a-z]|sd[a-z]|hd[a-z]|xvd[a-z]) ;;
+        *) echo "WRITE-DISK-FAILED $name"; continue ;;
+    esac
+    if [ -b "/dev/$name" ] && printf 'CA-GUEST %s\n' "$text" |
+            dd of="/dev/$name" bs=512 seek=8 conv=notrunc,fsync 2>/dev/null; then
+        sync
+        echo "WROTE-DISK $name"
+    else
+        echo "WRITE-DISK-FAILED $name"
+    fi
+done
+# ------------------------------------------------------------ end of snapshot round trip
 WRITES=
 [ -n "$META" ] && WRITES=$(json_str write_marker "$META")
 for w in $WRITES; do

@@ -37,6 +37,10 @@ opts = [
         'download_timeout', default=300, min=1,
         help='Seconds an image download may stall before it fails.'),
     cfg.IntOpt(
+        'upload_timeout', default=300, min=1,
+        help='Seconds an upload of a snapshot to an http(s):// image store '
+             'may stall before it fails (ImageUploadFailed).'),
+    cfg.IntOpt(
         'download_retries', default=3, min=0,
         help='Retries of a failed (not missing) image download.'),
     cfg.Opt(

@@ -31,6 +31,7 @@ from compute_agent import exception
 from compute_agent import rules
 from compute_agent.images import progress as progress_mod
 from compute_agent.images import sources
+from compute_agent.images import store
 from compute_agent.virt.disks import safe_join
 
 LOG = logging.getLogger(__name__)
@@ -98,8 +99,7 @@ class ImageCache:
         """The URL to fetch: ``location`` if allowed, else the store's."""
         location = image_meta.get('location')
         if not location:
-            store = self.conf.images.image_store_url.rstrip('/')
-            return f"{store}/{urllib.parse.quote(image_meta['id'], safe='')}"
+            return store.url_for(self.conf, image_meta['id'], 'image_meta.id')
         if not isinstance(location, str):
             raise exception.InvalidRequest('image_meta.location', 'must be a string')
         parts = urllib.parse.urlsplit(location)
@@ -109,11 +109,11 @@ class ImageCache:
                 'image_meta.location', f'scheme {scheme} not allowed')
         if scheme != 'file':
             return location
-        store = urllib.parse.urlsplit(self.conf.images.image_store_url)
-        if store.scheme != 'file' or parts.netloc not in ('', 'localhost'):
+        base = urllib.parse.urlsplit(store.base_url(self.conf))
+        if base.scheme != 'file' or parts.netloc not in ('', 'localhost'):
             raise exception.InvalidRequest(
                 'image_meta.location', 'file location outside the image store')
-        store_dir = os.path.realpath(urllib.parse.unquote(store.path))
+        store_dir = os.path.realpath(urllib.parse.unquote(base.path))
         real = os.path.realpath(urllib.parse.unquote(parts.path))
         if real == store_dir or os.path.commonpath([store_dir, real]) != store_dir:
             raise exception.InvalidRequest(

@@ -16,6 +16,7 @@ Calls go through ``connection.Connection.call`` so a libvirtd restart under
 a running agent costs one reconnect, not an error.
 """
 
+import contextlib
 import dataclasses
 import functools
 import glob
@@ -40,6 +41,7 @@ from compute_agent.virt import host
 from compute_agent.virt import ifaceops
 from compute_agent.virt import plan as plan_mod
 from compute_agent.virt import rebuildops
+from compute_agent.virt import snapshot
 from compute_agent.virt import volume
 from compute_agent.virt import volumeops
 from compute_agent.vif.loader import VifDrivers
@@ -539,6 +541,46 @@ class LibvirtDriver:
         """Detach the NIC once the guest let it go, then unplug the VIF."""
         self._on_domain(instance, lambda d: ifaceops.detach(
             self.conf, self.vif_drivers, self.firewall, d, instance, vif))
+
+
+    # -- snapshot (docs: protocol-method-snapshot) ---------------------------------
+    def quiesced(self, instance_name, uuid, quiesce):
+        """Freeze/thaw through the guest agent around a consistent moment.
+
+        Placeholder until the guest agent lands (virt/guest_agent.py):
+        quiesce true cannot be honoured yet; null and false do nothing.
+        """
+        if quiesce is True:
+            raise exception.GuestAgentUnavailable(
+                uuid=uuid, reason='no guest agent support yet')
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def snapshot_copy(self, instance, root_dev, image_id, disk_format, quiesce):
+        """A standalone copy of the root disk (``virt/snapshot.py``), as a
+        temporary file in the instance dir that is removed on exit."""
+        dest = snapshot.temp_path(self._dir(instance), image_id)
+
+        def run(dom):
+            _unlink(dest)       # a retry after a reconnect starts over
+            running = guest.libvirt_state(dom) in (libvirt.VIR_DOMAIN_RUNNING,
+                                                   libvirt.VIR_DOMAIN_BLOCKED)
+            if not running and quiesce is True:
+                raise exception.GuestAgentUnavailable(
+                    uuid=instance['uuid'], reason='the guest is not running')
+            return snapshot.copy_disk(dom, root_dev, dest, disk_format, (
+                lambda: self.quiesced(instance['name'], instance['uuid'], quiesce))
+                if running else contextlib.nullcontext)
+        try:
+            yield self._on_domain(instance, run)
+        finally:
+            _unlink(dest)
+
+    def abort_snapshot(self, instance, root_dev):
+        """After a restart: cancel a snapshot's block copy, drop its files."""
+        if self.exists(instance):
+            self._on_domain(instance, lambda d: snapshot.abort(d, root_dev))
+        snapshot.remove_temps(self._dir(instance))
 
 
 def _unlink(path):

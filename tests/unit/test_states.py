@@ -203,3 +203,24 @@ RECOVERY_ACTIONS = [
 def test_recovery_action(task, action):
     assert states.RECOVERY[task] == action
     assert states.TRANSITIONS[states.TASK_OPERATION[task]].task == task
+
+
+# -- snapshot (1.1): two task states, recovery cancels the copy ----------------------
+
+@pytest.mark.parametrize('task', ['image_snapshot', 'image_uploading'])
+def test_snapshot_tasks_belong_to_snapshot_and_recovery_aborts_it(task):
+    assert states.TASK_OPERATION[task] == 'snapshot'
+    assert states.RECOVERY[task] == 'abort_snapshot'
+    # After recovery the guest is where it was: its redelivery runs again.
+    for vm_state in ('active', 'stopped', 'paused'):
+        assert states.verdict('snapshot', vm_state, interrupted='snapshot') == states.RUN
+
+
+def test_snapshot_row():
+    tr = states.TRANSITIONS['snapshot']
+    assert (tr.task, tr.later_task) == ('image_snapshot', 'image_uploading')
+    assert tr.end_vm_state == states.PREVIOUS and tr.end_power_state is None
+    for vm_state in ('active', 'stopped', 'paused'):
+        assert states.end_vm_state('snapshot', vm_state, False) == vm_state
+    for vm_state in ('suspended', 'rescued', 'error', 'building', None):
+        assert states.verdict('snapshot', vm_state) is None

@@ -110,6 +110,8 @@ def minimal(method):
         return {'instance_uuid': UUID, 'vif_id': 'port-1'}
     if method == 'rebuild':
         return {'instance_uuid': UUID, 'image_meta': {'id': 'cirros'}}
+    if method == 'snapshot':
+        return {'instance_uuid': UUID, 'image_id': 'snap-1'}
     return {'instance': instance()}
 
 
@@ -138,7 +140,7 @@ PROTOCOL_METHODS = {
     'get_console_output', 'get_vnc_console', 'get_host_stats', 'ping',
     'update_security_rules',
     'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface',
-    'rebuild'}
+    'rebuild', 'snapshot'}
 
 
 # -- the method table -------------------------------------------------------
@@ -197,6 +199,7 @@ EXPECTED_MINIMAL = {
                 'image_meta': {'id': 'cirros', 'disk_format': None, 'checksum': None,
                                'size': None, 'location': None, 'properties': {}},
                 'admin_password': None, 'preserve_ephemeral': False},
+    'snapshot': dict(minimal('snapshot'), disk_format='qcow2', quiesce=None),
 }
 
 
@@ -920,6 +923,14 @@ for _method in ('get_info', 'get_console_output', 'get_vnc_console'):
     for _value in ['x', 5, None, UUID + '\n', UUID.replace('-', '')]:
         OTHER_BAD.append((_method, {'instance_uuid': _value}, 'instance_uuid',
                           'must be a UUID string (8-4-4-4-12 hex digits)'))
+# snapshot (1.1): the image id rule, the two formats, quiesce a bool or null
+OTHER_BAD += [
+    ('snapshot', {'instance_uuid': UUID, 'image_id': bad}, 'image_id', None)
+    for bad in ('../x', '.hidden', 'a/b', '', 'x' * 129, 'snap\n', 5, None)]
+OTHER_BAD += [
+    ('snapshot', dict(minimal('snapshot'), disk_format='iso'), 'disk_format', None),
+    ('snapshot', dict(minimal('snapshot'), quiesce='yes'), 'quiesce', None),
+]
 for _method in sorted(PROTOCOL_METHODS):
     if 'instance' in minimal(_method):
         OTHER_BAD.append((_method, {'instance': instance(name='../x')}, 'instance.name',

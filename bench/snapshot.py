@@ -1,0 +1,184 @@
+"""Benchmark: snapshot of a running guest through the agent vs by hand.
+
+Not a test. Needs root, RabbitMQ on localhost:5672, libvirtd and the test
+guest (built on demand into $CA_TEST_CACHE/guest). It starts a real
+``compute-agent`` (tests/functional/agent_fixture.AgentEnv) whose image
+store holds ``bench-root``, a 256 MiB qcow2 image full of data, spawns one
+test guest on it (its root disk a qcow2 overlay on the cached image) and
+waits until it is READY; then, alternating the order each round so that
+load from elsewhere hits both alike, --n rounds of:
+
+  agent   ``snapshot`` call (``disk_format`` qcow2): block copy of the
+          running guest's root disk, sha256, into the file:// store
+  hand    the baseline: pause the guest, ``qemu-img convert -O qcow2`` of
+          its root disk (the overlay and its base) to a file, resume
+  hand+sha256  the same, then the sha256 of the file (what the agent must
+          report), for reference: the contract's checksum is one more full
+          read of the image
+
+Before each run the root disk and its base are dropped from the host's page
+cache (posix_fadvise DONTNEED on those files only), so both sides read them
+from disk, as for a guest whose disk uses ``cache=none``. A thread polls the
+domain's state every 2 ms and adds up the time it is seen paused: the
+guest's pause. Prints p50/p95 of the wall time and the pause of each side
+and agent p50 / hand p50 (target <= 1.2).
+
+    .venv/bin/python bench/snapshot.py [--n 5] [--keep-logs]
+
+Exit status: 0 target met, 1 target missed, 2 the run failed.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'tests' / 'functional'))
+
+TARGET = 1.2
+DISK_MB = 256
+POLL = 0.002
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def evict(*paths):
+    """Drop these files' pages from the page cache (no other file's)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+class PauseMeter:
+    """Adds up the time a domain is seen paused (polled every 2 ms)."""
+
+    def __init__(self, dom):
+        import libvirt
+        self._paused_state = libvirt.VIR_DOMAIN_PAUSED
+        self._dom = dom
+        self._stop = threading.Event()
+        self.paused = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        last = time.monotonic()
+        while not self._stop.is_set():
+            state = self._dom.state()[0]
+            now = time.monotonic()
+            if state == self._paused_state:
+                self.paused += now - last
+            last = now
+            time.sleep(POLL)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        return self.paused
+
+
+def make_image(path):
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', str(path), f'{DISK_MB}M'],
+                   check=True, timeout=60)
+    subprocess.run(['qemu-io', '-f', 'qcow2', '-c', f'write -P 0x5a 0 {DISK_MB}M', str(path)],
+                   check=True, timeout=300, stdout=subprocess.DEVNULL)
+    os.chmod(path, 0o644)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--n', type=int, default=5)
+    ap.add_argument('--keep-logs', action='store_true')
+    args = ap.parse_args()
+
+    from agent_fixture import AgentEnv, open_libvirt
+    from guest_fixture import build_test_guest
+
+    from compute_agent.images import store
+    from compute_agent.virt import snapshot as snapshot_mod
+
+    env = AgentEnv(build_test_guest(), label='bench-snap')
+    env.write_config(DEFAULT={'debug': 'false'})
+    lv = None
+    try:
+        make_image(env.images / 'bench-root')
+        env.start()
+        inst = env.make_instance('bench', image_ref='bench-root')
+        inst, _ = env.spawn(instance=inst, image_meta={'id': 'bench-root',
+                                                       'disk_format': 'qcow2'})
+        env.wait_console(inst['uuid'], 'READY', timeout=120)
+        lv = open_libvirt()
+        dom = lv.lookupByUUIDString(inst['uuid'])
+        root, _fmt = snapshot_mod.root_disk(dom, 'vda')
+        base = subprocess.run(['qemu-img', 'info', '-U', '--output=json', root],
+                              check=True, capture_output=True, text=True)
+        backing = json.loads(base.stdout).get('full-backing-filename')
+        chain = [root] + ([backing] if backing else [])
+        times = {'agent': [], 'hand': [], 'hand+sha256': []}
+        pauses = {'agent': [], 'hand': []}
+        for i in range(args.n):
+            for side in ('agent', 'hand') if i % 2 == 0 else ('hand', 'agent'):
+                evict(*chain)
+                meter = PauseMeter(dom)
+                if side == 'agent':
+                    image_id = f'bench-snap-{i}'
+                    t0 = time.monotonic()
+                    env.call('snapshot', instance_uuid=inst['uuid'], image_id=image_id,
+                             disk_format='qcow2')
+                    times[side].append(time.monotonic() - t0)
+                    out = env.images / image_id
+                else:
+                    out = env.root / f'hand-{i}.qcow2'
+                    t0 = time.monotonic()
+                    dom.suspend()
+                    subprocess.run(['qemu-img', 'convert', '-U', '-O', 'qcow2', root,
+                                    str(out)], check=True, timeout=600)
+                    dom.resume()
+                    times[side].append(time.monotonic() - t0)
+                    store.sha256_of(out)
+                    times['hand+sha256'].append(time.monotonic() - t0)
+                pauses[side].append(meter.stop())
+                out.unlink()
+        print(f'snapshot of a running guest, {DISK_MB} MiB root disk full of data, '
+              f'{args.n} rounds each (page cache of the disk dropped before each)')
+        print('%-28s %8s %8s %12s %12s' % ('', 'p50 s', 'p95 s', 'pause p50 s',
+                                           'pause max s'))
+        for side in ('agent', 'hand', 'hand+sha256'):
+            pause = pauses.get(side)
+            print('%-28s %8.3f %8.3f %12s %12s' % (
+                side, statistics.median(times[side]), pct(times[side], 95),
+                '%.3f' % statistics.median(pause) if pause else '-',
+                '%.3f' % max(pause) if pause else '-'))
+        ratio = statistics.median(times['agent']) / statistics.median(times['hand'])
+        verdict = 'PASS' if ratio <= TARGET else 'MISS'
+        print('ratio agent/hand p50: %.3f (target <= %.2f) %s' % (ratio, TARGET, verdict))
+        print('ratio agent/hand+sha256 p50: %.3f (for reference)' % (
+            statistics.median(times['agent']) / statistics.median(times['hand+sha256'])))
+        return 0 if verdict == 'PASS' else 1
+    except Exception as e:      # noqa: BLE001 - a failed run, not a miss
+        print('bench/snapshot.py: run failed: %s' % e, file=sys.stderr)
+        print(env.log_tail(), file=sys.stderr)
+        return 2
+    finally:
+        if lv is not None:
+            lv.close()
+        if args.keep_logs:
+            os.environ['CA_E2E_KEEP_LOGS'] = str(REPO / 'bench-logs')
+        env.teardown()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The 1.1 ``snapshot`` operation (docs: protocol-method-snapshot).
+
+Mixed into ``Manager``; one row of ``states.TRANSITIONS``: task
+``image_snapshot`` while the root disk is copied (``driver.snapshot_copy``,
+mechanism in ``virt/snapshot.py``), then ``image_uploading`` while the copy
+goes into the image store (``images/store.py``), then back to the vm_state
+it started from, power unchanged: the guest is never stopped. ``prepare``
+refuses an ``image_id`` the store already has (or a store that cannot take
+it) before anything is written; a failure later leaves the guest as it was
+and the store without the image. The result is the new image's
+``image_meta``, not the record.
+"""
+
+from compute_agent import exception
+from compute_agent.images import store as store_mod
+
+DEFAULT_ROOT = 'vda'
+
+
+class SnapshotOperations:
+
+    @property
+    def image_store(self):
+        """The writer of ``[images] image_store_url`` (made on first use)."""
+        writer = getattr(self, '_image_store', None)
+        if writer is None:
+            writer = self._image_store = store_mod.for_conf(self.conf)
+        return writer
+
+    def do_snapshot(self, context, instance_uuid, image_id, disk_format='qcow2',
+                    quiesce=None):
+        result = {}
+
+        def prepare(record):
+            self.image_store.check_new(image_id)
+
+        def run(record, _plan):
+            instance = record['spec']['instance']
+            with self.driver.snapshot_copy(instance, self._root(record), image_id,
+                                           disk_format, quiesce) as path:
+                self._next_task(record, context, 'snapshot')
+                result['image_meta'] = self.image_store.put(image_id, path,
+                                                            disk_format)
+        self._run(context, 'snapshot', instance_uuid, run, prepare,
+                  keep_on_failure=True)
+        if 'image_meta' not in result:      # not run: nothing was written
+            raise exception.ImageUploadFailed(image_id=image_id,
+                                              reason='the snapshot did not run')
+        return result['image_meta']
+
+    @staticmethod
+    def _root(record):
+        """The guest's root disk name (``devices.root``)."""
+        return (record.get('devices') or {}).get('root') or DEFAULT_ROOT

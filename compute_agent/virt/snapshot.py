@@ -1,0 +1,172 @@
+"""Snapshot mechanism: a standalone copy of a guest's root disk.
+
+``copy_disk`` writes the disk, flattened (no backing chain), as qcow2 or raw
+into a temporary file in the instance directory; the image store takes it
+from there (``images/store.py``).
+
+Why a block copy (``virDomainBlockCopy``, a QEMU mirror) for a guest that
+runs or is paused, rather than pause + ``qemu-img convert`` or an external
+snapshot + blockcommit (all three measured here on a 256 MiB root disk full
+of data, read from disk, TCG guest, bench/snapshot.py):
+
+* pause + copy: 0.29-0.33 s, all of it paused. The pause grows with the
+  disk (~1 s per GB from disk), so a tens-of-GB root would be paused far
+  longer than the "few seconds" the contract allows.
+* external snapshot + ``qemu-img convert`` + active blockcommit: never
+  paused; 0.1 s snapshot + 0.2 s convert + 0.05-0.1 s commit/pivot. But it
+  moves the guest onto a new overlay in its live and persistent
+  definition: an agent killed before the pivot leaves the guest running on
+  that overlay, which recovery must commit back (live, or offline with
+  ``qemu-img commit`` and a redefinition when the guest died meanwhile).
+* a block copy with a transient job: never paused (0 s measured), and the
+  guest's definition is never touched: cancelling the ready mirror leaves
+  the target a point-in-time copy of that instant (QEMU's block-job-cancel
+  after BLOCK_JOB_READY). An agent killed meanwhile leaves a job that
+  recovery cancels (``abort``) and a temporary file. Cost: 0.5-0.6 s for
+  the copy, slower than ``qemu-img`` because QEMU reads and writes with
+  the guest's cache mode (O_DIRECT for ``cache=none``), so the sha256 pass
+  that follows reads the copy from disk too (~0.5 s). The simplest safe
+  recovery won over ~0.3 s.
+
+A stopped guest has no QEMU: its disk is converted with ``qemu-img``.
+``quiesced`` (the guest agent's freeze/thaw) wraps only the instant that
+fixes the copy's content: the cancel of the ready mirror.
+"""
+
+import contextlib
+import glob
+import logging
+import os
+import time
+
+import libvirt
+from lxml import etree
+
+from compute_agent import exception
+from compute_agent.virt import disks
+from compute_agent.virt import guest
+
+LOG = logging.getLogger(__name__)
+
+FORMATS = ('qcow2', 'raw')
+PREFIX = 'snapshot-'
+SUFFIX = '.part'
+POLL = 0.02
+READY_TIMEOUT = 3600        # a mirror that never converges: give up
+CONVERT_TIMEOUT = 3600
+
+
+def temp_path(inst_dir, image_id):
+    """The copy's temporary file in the instance directory."""
+    return disks.safe_join(inst_dir, f'{PREFIX}{image_id}{SUFFIX}', field='image_id')
+
+
+def root_disk(dom, root_dev):
+    """``(path, format)`` of the guest's root disk (a local file)."""
+    for d in etree.fromstring(dom.XMLDesc(0)).iter('disk'):
+        target = d.find('target')
+        if target is None or target.get('dev') != root_dev:
+            continue
+        source = d.find('source')
+        driver = d.find('driver')
+        if d.get('type') != 'file' or source is None or not source.get('file'):
+            raise exception.InvalidRequest(
+                'instance_uuid', 'its root disk is not a local file (volume-backed)')
+        return source.get('file'), (driver.get('type') if driver is not None else 'raw')
+    raise exception.InvalidRequest('instance_uuid', f'the guest has no root disk {root_dev}')
+
+
+def copy_disk(dom, root_dev, dest, disk_format, quiesced):
+    """Write the root disk ``root_dev`` of ``dom`` to ``dest`` as a
+    standalone ``disk_format`` image. ``quiesced()`` is a context manager
+    around the instant the copy is fixed (None for a stopped guest).
+
+    ``dest`` must not exist; on failure it is removed."""
+    if disk_format not in FORMATS:
+        raise exception.InvalidRequest('disk_format', 'must be qcow2 or raw')
+    src, src_fmt = root_disk(dom, root_dev)
+    try:
+        if guest.libvirt_state(dom) in (libvirt.VIR_DOMAIN_SHUTOFF,
+                                        libvirt.VIR_DOMAIN_SHUTDOWN,
+                                        libvirt.VIR_DOMAIN_CRASHED):
+            _convert(src, src_fmt, dest, disk_format)
+        else:
+            _block_copy(dom, root_dev, dest, disk_format, quiesced)
+    except BaseException:
+        _unlink(dest)
+        raise
+    return dest
+
+
+def _convert(src, src_fmt, dest, disk_format):
+    disks._run(['qemu-img', 'convert', '-q', '-f', src_fmt, '-O', disk_format,
+                src, dest], dest, timeout=CONVERT_TIMEOUT)
+
+
+def _block_copy(dom, dev, dest, disk_format, quiesced):
+    xml = (f"<disk type='file'><driver type='{disk_format}'/>"
+           f"<source file='{_xml_attr(dest)}'/></disk>")
+    # TRANSIENT_JOB: allowed on a persistent domain; the job ends with the
+    # QEMU process, and nothing of it is kept in the definition.
+    dom.blockCopy(dev, xml, {}, libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB)
+    try:
+        _wait_ready(dom, dev)
+        with quiesced():
+            # Cancelling a ready mirror (no pivot) leaves ``dest`` a
+            # point-in-time copy of this instant; synchronous.
+            dom.blockJobAbort(dev, 0)
+    except BaseException:
+        abort(dom, dev)
+        raise
+
+
+def _wait_ready(dom, dev):
+    """Until libvirt shows the mirror ready (source and copy in sync)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        state = _mirror_state(dom, dev)
+        if state == 'yes':
+            return
+        if state is None:
+            raise exception.AgentError(f'the block copy of {dev} ended before it was ready')
+        if time.monotonic() > deadline:
+            raise exception.AgentError(f'the block copy of {dev} did not converge')
+        time.sleep(POLL)
+
+
+def _mirror_state(dom, dev):
+    """The ``ready`` attribute of the disk's ``<mirror>`` ('' while
+    copying), None when no copy runs."""
+    for d in etree.fromstring(dom.XMLDesc(0)).iter('disk'):
+        target = d.find('target')
+        if target is not None and target.get('dev') == dev:
+            mirror = d.find('mirror')
+            return None if mirror is None else (mirror.get('ready') or '')
+    return None
+
+
+def abort(dom, dev):
+    """Cancel a block copy of ``dev`` if one runs (the guest keeps its disk)."""
+    try:
+        if dom.isActive() and dom.blockJobInfo(dev, 0):
+            dom.blockJobAbort(dev, 0)
+            LOG.info('Cancelled the block copy of %s on %s', dev, dom.name())
+    except libvirt.libvirtError as e:
+        LOG.warning('Aborting the block job of %s on %s: %s', dev, dom.name(), e)
+
+
+def remove_temps(inst_dir):
+    """Temporary copies a killed snapshot left in the instance directory."""
+    for path in glob.glob(os.path.join(glob.escape(inst_dir), PREFIX + '*' + SUFFIX)):
+        _unlink(disks.safe_join(inst_dir, os.path.basename(path)))
+        LOG.info('Removed the partial snapshot copy %s', path)
+
+
+def _xml_attr(value):
+    return (value.replace('&', '&amp;').replace("'", '&apos;')
+            .replace('<', '&lt;').replace('"', '&quot;'))
+
+
+def _unlink(path):
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
