@@ -20,6 +20,8 @@ PUBLIC_KEYS = ('uuid', 'name', 'host', 'vm_state', 'task_state', 'power_state',
 def public(record):
     spec = record.get('spec') or {}
     out = {k: record.get(k) for k in PUBLIC_KEYS}
+    # The flavor in force (a resize changes the stored request's).
+    out['flavor'] = (spec.get('instance') or {}).get('flavor')
     out['volumes'] = volumes_of(record)
     out['vifs'] = vifs_of(record)
     # Each VIF's filter (docs: protocol-vif-filter), as kept in the record.

@@ -23,16 +23,20 @@ RESIZED, ERROR, DELETED = 'resized', 'error', 'deleted'
 PREVIOUS = 'previous'
 
 Transition = collections.namedtuple(
-    'Transition', 'allowed task end_vm_state end_power_state rescued_end done_in',
-    defaults=(None, ()))
+    'Transition',
+    'allowed task end_vm_state end_power_state rescued_end done_in then',
+    defaults=(None, (), ()))
 # allowed          start vm_states; None means "no record yet" (or a deleted one)
 # task             the task_state while it runs
 # end_vm_state     where it ends (PREVIOUS: where it started)
 # end_power_state  the power state libvirt shows at the end (NOSTATE: no domain)
 # rescued_end      the end vm_state instead, when the guest it boots is rescued
 # done_in          start vm_states in which it is a success without running
+# then             task_states of its later steps, in order (an operation of
+#                  several steps: the manager runs one step per task_state)
 
-_ANY = (BUILDING, ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM, RESCUED, ERROR)
+_ANY = (BUILDING, ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM, RESCUED, RESIZED,
+        ERROR)
 _DEVICES_FROM = (ACTIVE, STOPPED, PAUSED_VM)
 
 TRANSITIONS = {
@@ -69,6 +73,17 @@ TRANSITIONS = {
                                    PREVIOUS, None),
     'detach_interface': Transition(_DEVICES_FROM, 'detaching_interface',
                                    PREVIOUS, None),
+    # -- resize (1.1, resize_ops.py): from a running guest only, so that
+    # confirm and revert always end running (active). Two steps: the disks
+    # (saved, grown) while the guest is down, then the guest on the new
+    # flavor. Cold migration ends in RESIZED too and reuses confirm/revert.
+    'resize': Transition((ACTIVE,), 'resize_migrating', RESIZED, RUNNING,
+                         then=('resize_finish',)),
+    'confirm_resize': Transition((RESIZED,), 'resize_confirming', ACTIVE,
+                                 RUNNING),
+    'revert_resize': Transition((RESIZED,), 'resize_reverting', ACTIVE,
+                                RUNNING),
+    # -- end of resize
 }
 
 # Requests that change nothing: no per-instance queue, no fsync'ed outcome.
@@ -148,16 +163,24 @@ def vm_state_for_power(vm_state, power_state, rescued=False):
 #               saved (an interrupted rescue is rolled back, its redelivery
 #               rescues again; an interrupted unrescue is finished)
 #   'boot'      start the guest (a reboot or power-on ends with it running)
+#   'revert_resize'   put back the guest and disks saved before the resize
+#               (an interrupted resize is rolled back, its redelivery resizes
+#               again; an interrupted revert is finished)
+#   'confirm_resize'  finish dropping what a revert would have needed
 #   None        nothing; the record follows the guest's power state
 RECOVERY = {
     'spawning': None, 'deleting': 'destroy', 'rescuing': 'unrescue',
     'unrescuing': 'unrescue', 'rebooting': 'boot', 'rebooting_hard': 'boot',
     'powering-on': 'boot', 'powering-off': None, 'pausing': None,
     'unpausing': None, 'suspending': None, 'resuming': None,
+    # resize (1.1)
+    'resize_migrating': 'revert_resize', 'resize_finish': 'revert_resize',
+    'resize_reverting': 'revert_resize', 'resize_confirming': 'confirm_resize',
 }
 
 # The operation of each task_state (the mark its redelivery is matched by).
-TASK_OPERATION = {tr.task: op for op, tr in TRANSITIONS.items()}
+TASK_OPERATION = {task: op for op, tr in TRANSITIONS.items()
+                  for task in (tr.task,) + tr.then}
 
 
 def recovered(task, power_state, rescued):
