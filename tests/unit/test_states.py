@@ -57,6 +57,28 @@ VERDICTS = [
     ('destroy', 'error', None, RUN),
     ('destroy', 'rescued', None, RUN),
     ('destroy', None, None, INVALID),
+    # -- resize (1.1): from active only; confirm/revert from resized
+    ('resize', 'active', None, RUN),
+    ('resize', 'stopped', None, INVALID),
+    ('resize', 'resized', None, INVALID),
+    ('resize', 'paused', None, INVALID),
+    ('resize', 'rescued', None, INVALID),
+    ('resize', 'error', None, INVALID),
+    ('resize', 'active', 'resize', RUN),        # rolled back: run it again
+    ('resize', 'resized', 'resize', DONE),
+    ('confirm_resize', 'resized', None, RUN),
+    ('confirm_resize', 'active', None, INVALID),
+    ('confirm_resize', 'active', 'confirm_resize', DONE),  # recovery finished it
+    ('confirm_resize', 'active', 'revert_resize', INVALID),
+    ('revert_resize', 'resized', None, RUN),
+    ('revert_resize', 'active', None, INVALID),
+    ('revert_resize', 'active', 'revert_resize', DONE),
+    ('revert_resize', 'stopped', None, INVALID),
+    ('destroy', 'resized', None, RUN),
+    ('rescue', 'resized', None, INVALID),
+    ('reboot_hard', 'resized', None, INVALID),
+    ('attach_volume', 'resized', None, INVALID),
+    # -- end of resize
 ]
 
 
@@ -82,7 +104,31 @@ ENDS = [
     ('suspend', 'active', False, 'suspended', 'suspending'),
     ('resume', 'suspended', False, 'active', 'resuming'),
     ('destroy', 'error', False, 'deleted', 'deleting'),
+    # -- resize
+    ('resize', 'active', False, 'resized', 'resize_migrating'),
+    ('confirm_resize', 'resized', False, 'active', 'resize_confirming'),
+    ('revert_resize', 'resized', False, 'active', 'resize_reverting'),
+    ('destroy', 'resized', False, 'deleted', 'deleting'),
+    # -- end of resize
 ]
+
+
+# (operation, its task states in order: one step each)
+STEPS = [
+    ('resize', ('resize_migrating', 'resize_finish')),
+    ('confirm_resize', ('resize_confirming',)),
+    ('revert_resize', ('resize_reverting',)),
+    ('reboot', ('rebooting',)),
+    ('attach_volume', ('attaching_volume',)),
+]
+
+
+@pytest.mark.parametrize('op,tasks', STEPS)
+def test_task_states_of_each_step(op, tasks):
+    tr = states.TRANSITIONS[op]
+    assert (tr.task,) + tr.then == tasks
+    for task in tasks:      # a restart in any step is matched to the operation
+        assert states.TASK_OPERATION[task] == op
 
 
 @pytest.mark.parametrize('op,start,rescued,end,task', ENDS)
@@ -148,6 +194,13 @@ RECOVERED = [
     ('suspending', 7, False, ('suspended', None)),
     ('rescuing', 1, False, ('active', None)),
     ('powering-on', 0, False, ('error', 'AgentRestarted')),
+    # -- resize: rolled back (resize) or finished (revert, confirm), running
+    ('resize_migrating', 1, False, ('active', None)),
+    ('resize_finish', 1, False, ('active', None)),
+    ('resize_reverting', 1, False, ('active', None)),
+    ('resize_confirming', 1, False, ('active', None)),
+    ('resize_finish', 0, False, ('error', 'AgentRestarted')),
+    # -- end of resize
 ]
 
 
@@ -165,10 +218,14 @@ RECOVERY_ACTIONS = [
     ('unrescuing', 'unrescue'), ('rebooting', 'boot'), ('rebooting_hard', 'boot'),
     ('powering-on', 'boot'), ('powering-off', None), ('pausing', None),
     ('unpausing', None), ('suspending', None), ('resuming', None),
+    # -- resize
+    ('resize_migrating', 'revert_resize'), ('resize_finish', 'revert_resize'),
+    ('resize_reverting', 'revert_resize'), ('resize_confirming', 'confirm_resize'),
 ]
 
 
 @pytest.mark.parametrize('task,action', RECOVERY_ACTIONS)
 def test_recovery_action(task, action):
     assert states.RECOVERY[task] == action
-    assert states.TRANSITIONS[states.TASK_OPERATION[task]].task == task
+    tr = states.TRANSITIONS[states.TASK_OPERATION[task]]
+    assert task in (tr.task,) + tr.then
