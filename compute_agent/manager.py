@@ -240,7 +240,7 @@ class Manager(DeviceOperations, ResizeOperations):
             for task, step in zip((tr.task,) + tr.then, steps, strict=True):
                 if task != record['task_state']:
                     self._set(record, context, method + '.start',
-                              task_state=task)
+                              task_state=task, power_state=self._power(record))
                 step(record, plan)
         except Exception as exc:
             (self._refused if keep_on_failure else self._fail)(
