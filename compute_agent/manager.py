@@ -26,13 +26,15 @@ from compute_agent import version
 from compute_agent.device_ops import DeviceOperations
 from compute_agent.rebuild_ops import RebuildOperation
 from compute_agent.records import public
+from compute_agent.resize_ops import ResizeOperations
 from compute_agent.snapshot_ops import SnapshotOperations
 from compute_agent.virt import planner as planner_mod
 
 LOG = logging.getLogger(__name__)
 
 # Private keys of a record: 'spec' (the spawn request, no secrets), 'rescue'
-# (the rescue request while rescued, no password), 'task_request_id' (the
+# (the rescue request while rescued, no password), 'resize' (what a revert
+# needs while resized, resize_ops.py), 'task_request_id' (the
 # request_id of the operation running or last run), 'interrupted' (the
 # operation a restart interrupted and its request_id, until its redelivery
 # or the next operation) and 'rebuild' (whether the running rebuild starts
@@ -51,7 +53,8 @@ def _error_of(exc):
     return {'class': type(exc).__name__, 'message': str(exc)}
 
 
-class Manager(DeviceOperations, RebuildOperation, SnapshotOperations):
+class Manager(DeviceOperations, RebuildOperation, ResizeOperations,
+              SnapshotOperations):
     # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
     inline_methods = frozenset(('ping',))
 
@@ -217,7 +220,9 @@ class Manager(DeviceOperations, RebuildOperation, SnapshotOperations):
         whatever the guest is not touched by (a failure there leaves the
         states as they were); ``call(record, plan)`` changes the guest (a
         failure there leaves vm_state ``error``, unless ``keep_on_failure``:
-        the call leaves the guest as it was when it fails). ``end_changes``
+        the call leaves the guest as it was when it fails). An operation of
+        several steps (the table's ``then``) passes one call per task_state,
+        a list; each later step is reported as it starts. ``end_changes``
         are saved with the end state; ``start_changes(record)`` returns
         what is saved with the start (one commit with the task_state, so a
         restart never sees one without the other).
@@ -239,8 +244,14 @@ class Manager(DeviceOperations, RebuildOperation, SnapshotOperations):
         except Exception as exc:
             self._refused(record, context, method, exc)
             raise
+        tr = states.TRANSITIONS[op]
+        steps = call if isinstance(call, (list, tuple)) else (call,)
         try:
-            call(record, plan)
+            for task, step in zip((tr.task,) + tr.then, steps, strict=True):
+                if task != record['task_state']:
+                    self._set(record, context, method + '.start',
+                              task_state=task, power_state=self._power(record))
+                step(record, plan)
         except Exception as exc:
             (self._refused if keep_on_failure else self._fail)(
                 record, context, method, exc)
@@ -252,11 +263,6 @@ class Manager(DeviceOperations, RebuildOperation, SnapshotOperations):
                   vm_state=states.end_vm_state(op, start_vm_state, rescued, power),
                   task_state=None, power_state=power, error=None, **changes)
         return record
-
-    def _next_task(self, record, context, method):
-        """Move a running operation on to its table's ``later_task``."""
-        self._set(record, context, method + '.start',
-                  task_state=states.TRANSITIONS[method].later_task)
 
     # --- operations ----------------------------------------------------------
 
@@ -556,6 +562,8 @@ class Manager(DeviceOperations, RebuildOperation, SnapshotOperations):
                 self.driver.abort_snapshot(spec['instance'], self._root(record))
             elif action == 'boot' and self.driver.exists(spec['instance']):
                 self.driver.power_on(spec['instance'], self._vifs(record))
+            elif action in ('revert_resize', 'confirm_resize'):
+                changes.update(self.recover_resize(action, record))
         except Exception:
             LOG.exception('%s: recovering from %s failed', record['uuid'], task)
         power = self._power(record)

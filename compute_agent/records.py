@@ -20,6 +20,8 @@ PUBLIC_KEYS = ('uuid', 'name', 'host', 'vm_state', 'task_state', 'power_state',
 def public(record):
     spec = record.get('spec') or {}
     out = {k: record.get(k) for k in PUBLIC_KEYS}
+    # The flavor in force (a resize changes the stored request's).
+    out['flavor'] = (spec.get('instance') or {}).get('flavor')
     out['volumes'] = volumes_of(record)
     out['vifs'] = vifs_of(record)
     out['image_ref'] = (spec.get('instance') or {}).get('image_ref')

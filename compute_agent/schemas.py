@@ -235,13 +235,7 @@ DEFS = {
     'instance': _obj({
         'uuid': _ref('uuid'),
         'name': rules.INSTANCE_NAME.schema(),
-        'flavor': _obj({
-            'memory_mb': _int(minimum=1),
-            'vcpus': _int(minimum=1),
-            'root_gb': _int(),
-            'ephemeral_gb': _int(default=0),
-            'swap': _int(default=0),
-        }, required=['memory_mb', 'vcpus', 'root_gb']),
+        'flavor': _ref('flavor'),
         'image_ref': _ref('image_id_or_null'),
         'kernel_id': _ref('image_id_or_null'),
         'ramdisk_id': _ref('image_id_or_null'),
@@ -255,6 +249,13 @@ DEFS = {
         'hostname': _str(nullable=True, format='hostname', default=None),
         'key_data': _str(nullable=True, maxLength=65535, default=None),
     }, required=['uuid', 'name', 'flavor']),
+    'flavor': _obj({
+        'memory_mb': _int(minimum=1),
+        'vcpus': _int(minimum=1),
+        'root_gb': _int(),
+        'ephemeral_gb': _int(default=0),
+        'swap': _int(default=0),
+    }, required=['memory_mb', 'vcpus', 'root_gb']),
     'image_meta': _image_meta(),
     'vif': _obj({
         'id': rules.VIF_ID.schema(),
@@ -430,6 +431,11 @@ ARGS = {
                  'disk_format': {'type': 'string', 'enum': ['qcow2', 'raw'],
                                  'default': 'qcow2'},
                  'quiesce': {'type': ['boolean', 'null'], 'default': None}},
+    # -- resize (1.1): the flavor as in the instance object
+    'resize': {'instance_uuid': _ref('uuid'), 'flavor': _ref('flavor')},
+    'confirm_resize': {'instance_uuid': _ref('uuid')},
+    'revert_resize': {'instance_uuid': _ref('uuid')},
+    # -- end of resize
     'get_info': {'instance_uuid': _ref('uuid')},
     'list_instances': {},
     'get_console_output': {'instance_uuid': _ref('uuid'),

@@ -11,6 +11,8 @@ and the store without the image. The result is the new image's
 ``image_meta``, not the record.
 """
 
+import contextlib
+
 from compute_agent import exception
 from compute_agent.images import store as store_mod
 
@@ -34,15 +36,18 @@ class SnapshotOperations:
         def prepare(record):
             self.image_store.check_new(image_id)
 
-        def run(record, _plan):
-            instance = record['spec']['instance']
-            with self.driver.snapshot_copy(instance, self._root(record), image_id,
-                                           disk_format, quiesce) as path:
-                self._next_task(record, context, 'snapshot')
-                result['image_meta'] = self.image_store.put(image_id, path,
-                                                            disk_format)
-        self._run(context, 'snapshot', instance_uuid, run, prepare,
-                  keep_on_failure=True)
+        # The temporary copy outlives the first step: the upload reads it.
+        with contextlib.ExitStack() as copy:
+            def snapshot(record, _plan):
+                result['path'] = copy.enter_context(self.driver.snapshot_copy(
+                    record['spec']['instance'], self._root(record), image_id,
+                    disk_format, quiesce))
+
+            def upload(record, _plan):
+                result['image_meta'] = self.image_store.put(
+                    image_id, result['path'], disk_format)
+            self._run(context, 'snapshot', instance_uuid, [snapshot, upload],
+                      prepare, keep_on_failure=True)
         if 'image_meta' not in result:      # not run: nothing was written
             raise exception.ImageUploadFailed(image_id=image_id,
                                               reason='the snapshot did not run')

@@ -28,8 +28,8 @@ AS_POWERED = 'as powered'
 
 Transition = collections.namedtuple(
     'Transition',
-    'allowed task end_vm_state end_power_state rescued_end done_in later_task',
-    defaults=(None, (), None))
+    'allowed task end_vm_state end_power_state rescued_end done_in then',
+    defaults=(None, (), ()))
 # allowed          start vm_states; None means "no record yet" (or a deleted one)
 # task             the task_state while it runs
 # end_vm_state     where it ends (PREVIOUS: where it started; AS_POWERED:
@@ -37,10 +37,11 @@ Transition = collections.namedtuple(
 # end_power_state  the power state libvirt shows at the end (NOSTATE: no domain)
 # rescued_end      the end vm_state instead, when the guest it boots is rescued
 # done_in          start vm_states in which it is a success without running
-# later_task       a second task_state the operation moves to on its way
-#                  (``Manager._next_task``), e.g. a snapshot's upload
+# then             task_states of its later steps, in order (an operation of
+#                  several steps: the manager runs one step per task_state)
 
-_ANY = (BUILDING, ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM, RESCUED, ERROR)
+_ANY = (BUILDING, ACTIVE, STOPPED, PAUSED_VM, SUSPENDED_VM, RESCUED, RESIZED,
+        ERROR)
 _DEVICES_FROM = (ACTIVE, STOPPED, PAUSED_VM)
 
 TRANSITIONS = {
@@ -85,7 +86,18 @@ TRANSITIONS = {
     # 1.1 snapshot: copy the root disk, then upload it; the guest's states
     # are not changed (a running guest keeps running).
     'snapshot': Transition(_DEVICES_FROM, 'image_snapshot', PREVIOUS, None,
-                           later_task='image_uploading'),
+                           then=('image_uploading',)),
+    # -- resize (1.1, resize_ops.py): from a running guest only, so that
+    # confirm and revert always end running (active). Two steps: the disks
+    # (saved, grown) while the guest is down, then the guest on the new
+    # flavor. Cold migration ends in RESIZED too and reuses confirm/revert.
+    'resize': Transition((ACTIVE,), 'resize_migrating', RESIZED, RUNNING,
+                         then=('resize_finish',)),
+    'confirm_resize': Transition((RESIZED,), 'resize_confirming', ACTIVE,
+                                 RUNNING),
+    'revert_resize': Transition((RESIZED,), 'resize_reverting', ACTIVE,
+                                RUNNING),
+    # -- end of resize
 }
 
 # Requests that change nothing: no per-instance queue, no fsync'ed outcome.
@@ -169,6 +181,10 @@ def vm_state_for_power(vm_state, power_state, rescued=False):
 #               saved (an interrupted rescue is rolled back, its redelivery
 #               rescues again; an interrupted unrescue is finished)
 #   'boot'      start the guest (a reboot or power-on ends with it running)
+#   'revert_resize'   put back the guest and disks saved before the resize
+#               (an interrupted resize is rolled back, its redelivery resizes
+#               again; an interrupted revert is finished)
+#   'confirm_resize'  finish dropping what a revert would have needed
 #   None        nothing; the record follows the guest's power state
 RECOVERY = {
     'spawning': None, 'deleting': 'destroy', 'rescuing': 'unrescue',
@@ -181,11 +197,14 @@ RECOVERY = {
     # snapshot: cancel its block copy, drop its temporary files; the guest
     # runs (or not) as it did, its redelivery snapshots again.
     'image_snapshot': 'abort_snapshot', 'image_uploading': 'abort_snapshot',
+    # resize (1.1)
+    'resize_migrating': 'revert_resize', 'resize_finish': 'revert_resize',
+    'resize_reverting': 'revert_resize', 'resize_confirming': 'confirm_resize',
 }
 
 # The operation of each task_state (the mark its redelivery is matched by).
 TASK_OPERATION = {task: op for op, tr in TRANSITIONS.items()
-                  for task in (tr.task, tr.later_task) if task}
+                  for task in (tr.task,) + tr.then}
 
 
 def recovered(task, power_state, rescued):

@@ -77,6 +77,16 @@
 #                          with a foreign MAC "nf_spoof_mac"
 #                          (spoof-mac-start/end); each phase waits 3 s
 #                          before and after its pings; then NF-SPOOF-DONE.
+# -- resize probes (resize branch) --
+# Printed at every boot, after the DISK lines:
+#   MEMTOTAL-KB <n>             MemTotal of /proc/meminfo
+#   NPROC <n>                   processors in /proc/cpuinfo
+#   DISK-SIZE <name> <bytes>    size of each disk (/sys/block/<name>/size)
+# and, with the meta key "disk_counter": "<name>" (e.g. "vda"):
+#   DISK-COUNTER <name> <n>     the boot counter kept in the sector at 1 MiB
+#                               of that disk, as found (0 when none); the
+#                               guest then writes n+1 there (fsync'ed), so a
+#                               disk put back as it was shows the old count
 set -euo pipefail
 
 usage() { echo "usage: $0 OUTDIR" >&2; exit 2; }
@@ -390,6 +400,28 @@ for w in $WRITES; do
         echo "WRITE-FAILED $serial"
     fi
 done
+
+# ------------------------------------------------------------ resize probes
+# (resize branch: see "resize probes" in the header comment)
+echo "MEMTOTAL-KB $(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo)"
+echo "NPROC $(grep -c '^processor' /proc/cpuinfo)"
+for d in $devs; do
+    case "$d" in
+        vd*|sd*|hd*|xvd*) echo "DISK-SIZE $d $(( $(cat "/sys/block/$d/size") * 512 ))" ;;
+    esac
+done
+COUNTER_DEV=
+[ -n "$META" ] && COUNTER_DEV=$(json_str disk_counter "$META")
+if [ -n "$COUNTER_DEV" ] && [ -b "/dev/$COUNTER_DEV" ]; then
+    n=$(dd if="/dev/$COUNTER_DEV" bs=512 skip=2048 count=1 2>/dev/null | head -n 1 |
+        tr -cd 'A-Z0-9 -' | sed -n 's/^CA-COUNTER \([0-9]*\)$/\1/p')
+    n=${n:-0}
+    echo "DISK-COUNTER $COUNTER_DEV $n"
+    printf 'CA-COUNTER %s\n' $((n + 1)) |
+        dd of="/dev/$COUNTER_DEV" bs=512 seek=2048 conv=notrunc,fsync 2>/dev/null
+    sync
+fi
+# ------------------------------------------------------------ end of resize probes
 
 # ------------------------------------------------------------ network
 mask2prefix() {

@@ -111,6 +111,9 @@ def _run(argv, path, timeout=QEMU_IMG_TIMEOUT):
     return res.stdout
 
 
+run = _run     # for the other file operations of virt/ (resizeops)
+
+
 def qemu_img_info(path, fmt=None):
     """``qemu-img info`` as a dict (``-U``: the base may be in use), run
     under ``QEMU_IMG_INFO_LIMITS`` (CPU seconds, address space)."""
@@ -184,6 +187,9 @@ class _Building:
         os.chmod(self.tmp, FILE_MODE)
         os.rename(self.tmp, self.path)
         return False
+
+
+building = _Building     # for resizeops: a file made under a temp name
 
 
 def _unlink(path):

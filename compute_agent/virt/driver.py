@@ -42,6 +42,7 @@ from compute_agent.virt import ifaceops
 from compute_agent.virt import plan as plan_mod
 from compute_agent.virt import rebuildops
 from compute_agent.virt import snapshot
+from compute_agent.virt import resizeops
 from compute_agent.virt import volume
 from compute_agent.virt import volumeops
 from compute_agent.vif.loader import VifDrivers
@@ -181,22 +182,25 @@ class LibvirtDriver:
     def _create_files(self, plan, inst_dir, undo, suffix=''):
         """Create each planned file (images fetched through the cache),
         named as planned plus ``suffix``."""
-        drive = plan.config_drive or plan_mod.ConfigDrive([])
         for f in plan.files:
             if suffix:
                 f = dataclasses.replace(f, name=f.name + suffix)
-            path = disks.safe_join(inst_dir, f.name, field='disk.name')
-            if f.kind == 'config':
-                configdrive.build_config_drive(path, plan.instance, drive.network_info,
-                                               drive.admin_password, drive.injected_files)
-            else:
-                base = fmt = None
-                if f.image_id:
-                    meta = plan.images.get(f.image_id) or {'id': f.image_id}
-                    base, fmt = self.image_cache.fetch(meta), meta.get('disk_format')
-                disks.create_disk(self.conf, inst_dir, f, base_path=base,
-                                  disk_format=fmt)
-            undo.files.append(path)
+            undo.files.append(self._create_file(plan, inst_dir, f))
+
+    def _create_file(self, plan, inst_dir, f):
+        path = disks.safe_join(inst_dir, f.name, field='disk.name')
+        if f.kind == 'config':
+            drive = plan.config_drive or plan_mod.ConfigDrive([])
+            configdrive.build_config_drive(path, plan.instance, drive.network_info,
+                                           drive.admin_password, drive.injected_files)
+        else:
+            base = fmt = None
+            if f.image_id:
+                meta = plan.images.get(f.image_id) or {'id': f.image_id}
+                base, fmt = self.image_cache.fetch(meta), meta.get('disk_format')
+            disks.create_disk(self.conf, inst_dir, f, base_path=base,
+                              disk_format=fmt)
+        return path
 
     def _connect_volumes(self, volumes, undo):
         """Connect the plan's (driver, block_device_mapping entry) pairs."""
@@ -375,11 +379,7 @@ class LibvirtDriver:
         """
         if reboot_type == 'SOFT' and self._soft_reboot(plan.instance, plan.vifs):
             return 'SOFT'
-        instance = plan.instance
-        xml = plan.xml()
-        self._on_domain(instance, guest.destroy_if_active)
-        self._call(lambda c: c.defineXML(xml))
-        self._boot(instance, plan.vifs)
+        self._redefine(plan)
         return 'HARD'
 
     def _soft_reboot(self, instance, vifs):
@@ -436,6 +436,45 @@ class LibvirtDriver:
     def resume(self, instance, vifs=()):
         """Start from the managed save image (create() restores it)."""
         self._boot(instance, vifs)
+
+    # -- resize (docs: protocol-method-resize) ------------------------------------
+    # Each takes a plan.ResizePlan; the files are resizeops' business.
+    def resize_disks(self, rplan):
+        """First step: shut the guest down (cleanly if it will, within
+        ``[libvirt] wait_soft_reboot_seconds``), save the disks the resize
+        replaces, grow or make the new ones. Repeatable."""
+        instance = rplan.new.instance
+        self.power_off(instance, self.conf.libvirt.wait_soft_reboot_seconds)
+        inst_dir = self._dir(instance)
+        for name in rplan.grow + rplan.replace:
+            resizeops.save(inst_dir, name)
+        for name in rplan.grow:
+            resizeops.grow(inst_dir, rplan.new_file(name))
+        for name in rplan.replace + rplan.create:
+            self._create_file(rplan.new, inst_dir, rplan.new_file(name))
+
+    def finish_resize(self, rplan):
+        """Second step: the guest defined and started on the new flavor."""
+        self._redefine(rplan.new)
+
+    def revert_resize(self, rplan):
+        """The old guest back on its saved disks. The resized guest is
+        stopped hard: its disks are thrown away. Repeatable."""
+        instance = rplan.old.instance
+        self._on_domain(instance, guest.destroy_if_active)
+        resizeops.restore(self._dir(instance), rplan)
+        self._redefine(rplan.old)
+
+    def confirm_resize(self, rplan):
+        """Drop the saved disks and what only the old guest used."""
+        resizeops.drop_saved(self._dir(rplan.new.instance), rplan)
+
+    def _redefine(self, plan):
+        """Define the planned guest over the existing one and start it."""
+        xml = plan.xml()
+        self._on_domain(plan.instance, guest.destroy_if_active)
+        self._call(lambda c: c.defineXML(xml))
+        self._boot(plan.instance, plan.vifs)
 
     # -- network filters ---------------------------------------------------------
     def update_security_rules(self, instance, network_info, vif_id, rules):

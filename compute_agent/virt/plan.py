@@ -60,3 +60,41 @@ class GuestPlan:
 
     def xml(self):
         return self.domain.to_xml()
+
+
+# Where a file the resize replaces is kept until confirm or revert: inside
+# the instance directory, so destroy removes it with the rest.
+SAVED_SUFFIX = '.pre-resize'
+
+
+@dataclasses.dataclass
+class ResizePlan:
+    """A resize of one guest, as the driver carries it out (docs:
+    protocol-method-resize).
+
+    ``old`` and ``new`` are the guest before and after; the file lists are
+    names inside the instance directory, decided once when the resize is
+    planned and kept in the journal record, so confirm and revert (also
+    after an agent restart) act on exactly those files.
+    """
+    old: GuestPlan
+    new: GuestPlan
+    grow: list        # names saved, then copied from the saved file and grown
+    replace: list     # names saved, then made afresh (blank disks of a new size)
+    create: list      # names the old guest had none of (revert removes them)
+    drop: list        # names only the old guest used (confirm removes them)
+    old_spec: dict = None     # the stored request (records' spec) before
+    new_spec: dict = None     # and after
+
+    def files(self):
+        """The plan's file lists, as the journal record keeps them."""
+        return {'grow': list(self.grow), 'replace': list(self.replace),
+                'create': list(self.create), 'drop': list(self.drop)}
+
+    def new_file(self, name):
+        """The new guest's ``DiskFile`` called ``name``."""
+        return next(f for f in self.new.files if f.name == name)
+
+    @staticmethod
+    def saved_name(name):
+        return name + SAVED_SUFFIX

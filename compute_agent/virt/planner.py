@@ -99,6 +99,30 @@ class Planner:
         if preserve_ephemeral:
             plan.files = [f for f in plan.files if f.kind != 'ephemeral']
         return plan, new_spec
+    def resize(self, spec, old_flavor, new_flavor, files=None):
+        """The ``plan.ResizePlan`` of an instance whose stored request
+        ``spec`` runs ``old_flavor``, to ``new_flavor``.
+
+        ``files`` are the file lists of a resize planned before (from the
+        journal record: confirm and revert act on what the resize did);
+        without them they are decided here, and a flavor that would shrink
+        the root or ephemeral disk is InvalidRequest naming the field.
+        """
+        instance = spec['instance']
+        if files is None:
+            for key in ('root_gb', 'ephemeral_gb'):
+                if new_flavor.get(key, 0) < old_flavor.get(key, 0):
+                    raise exception.InvalidRequest(
+                        'flavor.' + key, 'must not be smaller than the '
+                        'current flavor\'s: a resize never shrinks a disk',
+                        uuid=instance['uuid'])
+        old_spec = _with_flavor(spec, old_flavor)
+        new_spec = _with_flavor(spec, new_flavor)
+        old, new = self.guest(old_spec), self.guest(new_spec)
+        if files is None:
+            files = _resized_files(old.files, new.files)
+        return plan_mod.ResizePlan(old=old, new=new, old_spec=old_spec,
+                                   new_spec=new_spec, **files)
 
     def vifs(self, spec):
         """(driver, vif) pairs of an instance's stored network_info."""
@@ -110,3 +134,30 @@ class Planner:
                              block_device_info, vifs=vifs, **rescue)
         schema.validate_domain(plan.domain.node)
         return plan
+
+
+def _with_flavor(spec, flavor):
+    return dict(spec, instance=dict(spec['instance'], flavor=flavor))
+
+
+# Disks a flavor sizes: their content is kept and grown, or (swap) made anew.
+_GROWN_KINDS = ('root', 'ephemeral')
+
+
+def _resized_files(old_files, new_files):
+    """Which files a resize from ``old_files`` to ``new_files`` touches."""
+    old = {f.name: f for f in old_files}
+    new = {f.name: f for f in new_files}
+    out = {'grow': [], 'replace': [], 'create': [], 'drop': []}
+    for name, f in new.items():
+        before = old.get(name)
+        if before is None:
+            out['create'].append(name)
+        elif f.size_bytes == before.size_bytes and f.fmt == before.fmt:
+            continue
+        elif f.kind in _GROWN_KINDS:
+            out['grow'].append(name)
+        else:
+            out['replace'].append(name)
+    out['drop'] = [name for name in old if name not in new]
+    return out

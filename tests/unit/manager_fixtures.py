@@ -45,13 +45,16 @@ HOST_STATE_KEYS = frozenset(('host', 'hypervisor_type', 'hypervisor_version',
 RECORD_KEYS = frozenset(('uuid', 'name', 'host', 'vm_state', 'task_state',
                          'power_state', 'devices', 'vnc', 'created_at',
                          'updated_at', 'error', 'power_checked_at', 'filters',
-                         'volumes', 'vifs', 'image_ref'))
+                         'volumes', 'vifs', 'image_ref', 'flavor'))
 VM_STATES = frozenset(('building', 'active', 'stopped', 'paused', 'suspended',
-                       'rescued', 'error', 'deleted'))
+                       'rescued', 'resized', 'error', 'deleted'))
 TASK_STATES = frozenset((None, 'spawning', 'rebooting', 'rebooting_hard',
                          'powering-off', 'powering-on', 'pausing',
                          'unpausing', 'suspending', 'resuming', 'rescuing',
-                         'unrescuing', 'deleting'))
+                         'unrescuing', 'deleting',
+                         # resize (1.1)
+                         'resize_migrating', 'resize_finish',
+                         'resize_confirming', 'resize_reverting'))
 POWER_STATES = frozenset((0, 1, 3, 4, 6, 7))
 
 # Power state (docs: protocol-states) -> what libvirt shows for it: (domain state, managed

@@ -68,6 +68,28 @@ VERDICTS = [
     ('rebuild', None, None, INVALID),
     ('rebuild', 'stopped', 'rebuild', RUN),     # interrupted: finish it
     ('rebuild', 'error', 'rebuild', RUN),
+    # -- resize (1.1): from active only; confirm/revert from resized
+    ('resize', 'active', None, RUN),
+    ('resize', 'stopped', None, INVALID),
+    ('resize', 'resized', None, INVALID),
+    ('resize', 'paused', None, INVALID),
+    ('resize', 'rescued', None, INVALID),
+    ('resize', 'error', None, INVALID),
+    ('resize', 'active', 'resize', RUN),        # rolled back: run it again
+    ('resize', 'resized', 'resize', DONE),
+    ('confirm_resize', 'resized', None, RUN),
+    ('confirm_resize', 'active', None, INVALID),
+    ('confirm_resize', 'active', 'confirm_resize', DONE),  # recovery finished it
+    ('confirm_resize', 'active', 'revert_resize', INVALID),
+    ('revert_resize', 'resized', None, RUN),
+    ('revert_resize', 'active', None, INVALID),
+    ('revert_resize', 'active', 'revert_resize', DONE),
+    ('revert_resize', 'stopped', None, INVALID),
+    ('destroy', 'resized', None, RUN),
+    ('rescue', 'resized', None, INVALID),
+    ('reboot_hard', 'resized', None, INVALID),
+    ('attach_volume', 'resized', None, INVALID),
+    # -- end of resize
 ]
 
 
@@ -93,7 +115,31 @@ ENDS = [
     ('suspend', 'active', False, 'suspended', 'suspending'),
     ('resume', 'suspended', False, 'active', 'resuming'),
     ('destroy', 'error', False, 'deleted', 'deleting'),
+    # -- resize
+    ('resize', 'active', False, 'resized', 'resize_migrating'),
+    ('confirm_resize', 'resized', False, 'active', 'resize_confirming'),
+    ('revert_resize', 'resized', False, 'active', 'resize_reverting'),
+    ('destroy', 'resized', False, 'deleted', 'deleting'),
+    # -- end of resize
 ]
+
+
+# (operation, its task states in order: one step each)
+STEPS = [
+    ('resize', ('resize_migrating', 'resize_finish')),
+    ('confirm_resize', ('resize_confirming',)),
+    ('revert_resize', ('resize_reverting',)),
+    ('reboot', ('rebooting',)),
+    ('attach_volume', ('attaching_volume',)),
+]
+
+
+@pytest.mark.parametrize('op,tasks', STEPS)
+def test_task_states_of_each_step(op, tasks):
+    tr = states.TRANSITIONS[op]
+    assert (tr.task,) + tr.then == tasks
+    for task in tasks:      # a restart in any step is matched to the operation
+        assert states.TASK_OPERATION[task] == op
 
 
 @pytest.mark.parametrize('op,start,rescued,end,task', ENDS)
@@ -178,6 +224,13 @@ RECOVERED = [
     ('rebuilding', 1, False, ('active', None)),
     ('rebuilding', 4, False, ('stopped', None)),   # its redelivery starts it
     ('rebuilding', 0, False, ('error', 'AgentRestarted')),
+    # -- resize: rolled back (resize) or finished (revert, confirm), running
+    ('resize_migrating', 1, False, ('active', None)),
+    ('resize_finish', 1, False, ('active', None)),
+    ('resize_reverting', 1, False, ('active', None)),
+    ('resize_confirming', 1, False, ('active', None)),
+    ('resize_finish', 0, False, ('error', 'AgentRestarted')),
+    # -- end of resize
 ]
 
 
@@ -196,13 +249,17 @@ RECOVERY_ACTIONS = [
     ('powering-on', 'boot'), ('powering-off', None), ('pausing', None),
     ('unpausing', None), ('suspending', None), ('resuming', None),
     ('rebuilding', None),
+    # -- resize
+    ('resize_migrating', 'revert_resize'), ('resize_finish', 'revert_resize'),
+    ('resize_reverting', 'revert_resize'), ('resize_confirming', 'confirm_resize'),
 ]
 
 
 @pytest.mark.parametrize('task,action', RECOVERY_ACTIONS)
 def test_recovery_action(task, action):
     assert states.RECOVERY[task] == action
-    assert states.TRANSITIONS[states.TASK_OPERATION[task]].task == task
+    tr = states.TRANSITIONS[states.TASK_OPERATION[task]]
+    assert task in (tr.task,) + tr.then
 
 
 # -- snapshot (1.1): two task states, recovery cancels the copy ----------------------
@@ -218,7 +275,7 @@ def test_snapshot_tasks_belong_to_snapshot_and_recovery_aborts_it(task):
 
 def test_snapshot_row():
     tr = states.TRANSITIONS['snapshot']
-    assert (tr.task, tr.later_task) == ('image_snapshot', 'image_uploading')
+    assert (tr.task, tr.then) == ('image_snapshot', ('image_uploading',))
     assert tr.end_vm_state == states.PREVIOUS and tr.end_power_state is None
     for vm_state in ('active', 'stopped', 'paused'):
         assert states.end_vm_state('snapshot', vm_state, False) == vm_state

@@ -112,6 +112,13 @@ def minimal(method):
         return {'instance_uuid': UUID, 'image_meta': {'id': 'cirros'}}
     if method == 'snapshot':
         return {'instance_uuid': UUID, 'image_id': 'snap-1'}
+    # -- resize
+    if method == 'resize':
+        return {'instance_uuid': UUID,
+                'flavor': {'memory_mb': 256, 'vcpus': 2, 'root_gb': 2}}
+    if method in ('confirm_resize', 'revert_resize'):
+        return {'instance_uuid': UUID}
+    # -- end of resize
     return {'instance': instance()}
 
 
@@ -140,7 +147,7 @@ PROTOCOL_METHODS = {
     'get_console_output', 'get_vnc_console', 'get_host_stats', 'ping',
     'update_security_rules',
     'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface',
-    'rebuild', 'snapshot'}
+    'rebuild', 'snapshot', 'resize', 'confirm_resize', 'revert_resize'}
 
 
 # -- the method table -------------------------------------------------------
@@ -195,11 +202,7 @@ EXPECTED_MINIMAL = {
     'attach_interface': {'instance_uuid': UUID, 'vif': dict(
         minimal('attach_interface')['vif'], details={})},
     'detach_interface': minimal('detach_interface'),
-    'rebuild': {'instance_uuid': UUID,
-                'image_meta': {'id': 'cirros', 'disk_format': None, 'checksum': None,
-                               'size': None, 'location': None, 'properties': {}},
-                'admin_password': None, 'preserve_ephemeral': False},
-    'snapshot': dict(minimal('snapshot'), disk_format='qcow2', quiesce=None),
+    'rebuild', 'snapshot', 'resize', 'confirm_resize', 'revert_resize'}
 }
 
 
@@ -919,6 +922,38 @@ OTHER_BAD = [
     ('get_console_output', {'instance_uuid': UUID, 'tail_lines': '100'}, 'tail_lines',
      None),
 ]
+# -- resize: the flavor is checked as the instance's (docs: protocol-method-resize)
+_FLAVOR = {'memory_mb': 256, 'vcpus': 2, 'root_gb': 2}
+OTHER_BAD += [
+    ('resize', {'instance_uuid': UUID}, 'flavor', 'is required'),
+    ('resize', {'instance_uuid': UUID, 'flavor': None}, 'flavor', 'must be an object'),
+    ('resize', {'instance_uuid': UUID, 'flavor': {'vcpus': 2, 'root_gb': 2}},
+     'flavor.memory_mb', 'is required'),
+    ('resize', {'instance_uuid': UUID, 'flavor': dict(_FLAVOR, memory_mb=0)},
+     'flavor.memory_mb', 'must be an integer > 0'),
+    ('resize', {'instance_uuid': UUID, 'flavor': dict(_FLAVOR, vcpus=0)},
+     'flavor.vcpus', 'must be an integer > 0'),
+    ('resize', {'instance_uuid': UUID, 'flavor': dict(_FLAVOR, vcpus=1.0)},
+     'flavor.vcpus', 'must be an integer > 0'),
+    ('resize', {'instance_uuid': UUID, 'flavor': dict(_FLAVOR, root_gb=-1)},
+     'flavor.root_gb', 'must be an integer >= 0'),
+    ('resize', {'instance_uuid': UUID, 'flavor': dict(_FLAVOR, ephemeral_gb='1')},
+     'flavor.ephemeral_gb', 'must be an integer >= 0'),
+    ('resize', {'instance_uuid': UUID, 'flavor': dict(_FLAVOR, swap=True)},
+     'flavor.swap', 'must be an integer >= 0'),
+    ('resize', {'instance_uuid': UUID, 'flavor': dict(_FLAVOR, memory_mb=2 ** 31)},
+     'flavor.memory_mb', 'must be at most 2147483647'),
+    ('resize', {'instance_uuid': 'x', 'flavor': _FLAVOR}, 'instance_uuid',
+     'must be a UUID string (8-4-4-4-12 hex digits)'),
+    ('resize', {'instance_uuid': UUID, 'flavor': _FLAVOR, 'instance': instance()},
+     'instance', 'unexpected argument'),
+    ('confirm_resize', {}, 'instance_uuid', 'is required'),
+    ('confirm_resize', {'instance_uuid': UUID, 'flavor': _FLAVOR}, 'flavor',
+     'unexpected argument'),
+    ('revert_resize', {'instance_uuid': 5}, 'instance_uuid',
+     'must be a UUID string (8-4-4-4-12 hex digits)'),
+]
+# -- end of resize
 for _method in ('get_info', 'get_console_output', 'get_vnc_console'):
     for _value in ['x', 5, None, UUID + '\n', UUID.replace('-', '')]:
         OTHER_BAD.append((_method, {'instance_uuid': _value}, 'instance_uuid',
@@ -969,6 +1004,15 @@ def test_other_method_good(method, args):
     for key, value in args.items():
         if key != 'instance' and not isinstance(value, dict):
             assert result[key] == value
+
+
+def test_resize_flavor_keeps_unknown_keys_and_its_values():
+    """The flavor is the instance object's (unknown keys ignored, kept)."""
+    flavor = {'memory_mb': 512, 'vcpus': 4, 'root_gb': 10, 'ephemeral_gb': 5,
+              'swap': 256, 'name': 'm1.medium'}
+    result = validation.validate('resize', {'instance_uuid': UUID.upper(),
+                                            'flavor': flavor})
+    assert result == {'instance_uuid': UUID, 'flavor': flavor}
 
 
 def test_rescue_image_meta_gets_image_defaults():
