@@ -202,7 +202,16 @@ EXPECTED_MINIMAL = {
     'attach_interface': {'instance_uuid': UUID, 'vif': dict(
         minimal('attach_interface')['vif'], details={})},
     'detach_interface': minimal('detach_interface'),
-    'rebuild', 'snapshot', 'resize', 'confirm_resize', 'revert_resize'}
+    'rebuild': {'instance_uuid': UUID,
+                'image_meta': {'id': 'cirros', 'disk_format': None, 'checksum': None,
+                               'size': None, 'location': None, 'properties': {}},
+                'admin_password': None, 'preserve_ephemeral': False},
+    'snapshot': dict(minimal('snapshot'), disk_format='qcow2', quiesce=None),
+    # -- resize: the flavor gets the instance flavor's defaults
+    'resize': {'instance_uuid': UUID, 'flavor': {
+        'memory_mb': 256, 'vcpus': 2, 'root_gb': 2, 'ephemeral_gb': 0, 'swap': 0}},
+    'confirm_resize': minimal('confirm_resize'),
+    'revert_resize': minimal('revert_resize'),
 }
 
 
