@@ -420,6 +420,17 @@ ARGS = {
     'attach_interface': {'instance_uuid': _ref('uuid'), 'vif': _ref('vif')},
     'detach_interface': {'instance_uuid': _ref('uuid'),
                          'vif_id': _str(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$')},
+    # -- guest agent (issue 15) --
+    # The password goes to the guest as one chpasswd line: no control
+    # characters (a newline would start another user's line).
+    'set_admin_password': {
+        'instance_uuid': _ref('uuid'),
+        'admin_password': {'type': 'string', 'minLength': 1, 'maxLength': 255,
+                           'pattern': '^[^\\u0000-\\u001f\\u007f]*$',
+                           'x-reason': 'must be a string of 1 to 255 characters '
+                                       'without control characters'},
+        'user': rules.USER_NAME.schema(default='root')},
+    # -- end of guest agent --
     'get_info': {'instance_uuid': _ref('uuid')},
     'list_instances': {},
     'get_console_output': {'instance_uuid': _ref('uuid'),

@@ -69,6 +69,9 @@ TRANSITIONS = {
                                    PREVIOUS, None),
     'detach_interface': Transition(_DEVICES_FROM, 'detaching_interface',
                                    PREVIOUS, None),
+    # 1.1 guest agent: inside a running guest, back to where it was.
+    'set_admin_password': Transition((ACTIVE,), 'updating_password',
+                                     PREVIOUS, None),
 }
 
 # Requests that change nothing: no per-instance queue, no fsync'ed outcome.

@@ -34,6 +34,7 @@ from compute_agent.virt import connection
 from compute_agent.virt import console
 from compute_agent.virt import disks
 from compute_agent.virt import guest
+from compute_agent.virt import guest_agent
 from compute_agent.virt import host
 from compute_agent.virt import ifaceops
 from compute_agent.virt import plan as plan_mod
@@ -76,9 +77,12 @@ class LibvirtDriver:
     """
 
     def __init__(self, conf, on_power_event=None, image_cache=None,
-                 vif_drivers=None):
+                 vif_drivers=None, on_agent_event=None):
         self.conf = conf
-        self.connection = connection.Connection(conf, on_power_event)
+        self.connection = connection.Connection(conf, on_power_event,
+                                                on_agent_event)
+        # Guest-agent commands with deadlines; quiesced() takes this driver.
+        self.guest_agent = guest_agent.GuestAgent(conf, self.connection)
         self.image_cache = image_cache or ImageCache(conf)
         self.vif_drivers = vif_drivers or VifDrivers(conf)
         self._console_keep = None     # rotated console logs kept, read lazily

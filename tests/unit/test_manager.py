@@ -1033,7 +1033,8 @@ def test_key_is_the_uuid_for_state_changing_methods_only(h):
     assert h.manager.key('update_security_rules', valid) == uuid
     assert set(READ_ONLY) | set(STATE_CHANGING) | {
         'update_security_rules', 'attach_volume', 'detach_volume',
-        'attach_interface', 'detach_interface'} == set(validation.METHODS)
+        'attach_interface', 'detach_interface',
+        'set_admin_password'} == set(validation.METHODS)
     assert not os.path.exists(h.conf.instances_path)
 
 

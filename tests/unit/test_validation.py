@@ -108,6 +108,8 @@ def minimal(method):
                                                'type': 'bridge'}}
     if method == 'detach_interface':
         return {'instance_uuid': UUID, 'vif_id': 'port-1'}
+    if method == 'set_admin_password':     # guest agent (issue 15)
+        return {'instance_uuid': UUID, 'admin_password': 'n3w-pass word'}
     return {'instance': instance()}
 
 
@@ -135,7 +137,8 @@ PROTOCOL_METHODS = {
     'unpause', 'suspend', 'resume', 'destroy', 'get_info', 'list_instances',
     'get_console_output', 'get_vnc_console', 'get_host_stats', 'ping',
     'update_security_rules',
-    'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface'}
+    'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface',
+    'set_admin_password'}
 
 
 # -- the method table -------------------------------------------------------
@@ -190,6 +193,7 @@ EXPECTED_MINIMAL = {
     'attach_interface': {'instance_uuid': UUID, 'vif': dict(
         minimal('attach_interface')['vif'], details={})},
     'detach_interface': minimal('detach_interface'),
+    'set_admin_password': dict(minimal('set_admin_password'), user='root'),
 }
 
 
@@ -1169,3 +1173,32 @@ def _assert_secret_hidden(error, secret):
                  repr(error.kwargs), json.dumps(error.to_dict())):
         assert secret not in text
         assert 'SECRET' not in text
+
+
+# -- set_admin_password (issue 15) ------------------------------------------------------
+
+@pytest.mark.parametrize('args, field', [
+    ({'admin_password': ''}, 'admin_password'),
+    ({'admin_password': 'a\nroot:x'}, 'admin_password'),
+    ({'admin_password': 'tab\there'}, 'admin_password'),
+    ({'admin_password': 'x' * 256}, 'admin_password'),
+    ({'admin_password': None}, 'admin_password'),
+    ({'admin_password': 'ok', 'user': 'ro:ot'}, 'user'),
+    ({'admin_password': 'ok', 'user': '../etc'}, 'user'),
+    ({'admin_password': 'ok', 'user': 'a b'}, 'user'),
+    ({'admin_password': 'ok', 'user': ''}, 'user'),
+    ({'admin_password': 'ok', 'user': 'x' * 33}, 'user'),
+])
+def test_set_admin_password_bad_input(args, field):
+    secret = args['admin_password']
+    error = invalid('set_admin_password', dict(args, instance_uuid=UUID))
+    assert error.field == field
+    if isinstance(secret, str) and len(secret) > 3:
+        assert secret not in str(error)     # the reason never repeats it
+
+
+def test_set_admin_password_user_defaults_to_root():
+    args = validation.validate('set_admin_password', {
+        'instance_uuid': UUID, 'admin_password': 'p:ss w0rd'})
+    assert args['user'] == 'root'
+    assert args['admin_password'] == 'p:ss w0rd'
