@@ -86,24 +86,24 @@ class GuestAgentOperations:
             # A new start: nothing has answered since.
             self._ga_update(uuid, guest_agent=False, guest_addresses=None)
         if connected:
-            self._probe_soon(uuid)
+            self._ga_probe_soon(uuid)
 
     def poll_guest_agents(self):
         """Probe every running guest's agent, each in its own thread."""
         for uuid in self.journal.instance_uuids():
             record = self.journal.get_instance(uuid)
             if record and record.get('power_state') == states.RUNNING:
-                self._probe_soon(uuid)
+                self._ga_probe_soon(uuid)
 
-    def _probe_soon(self, uuid):
+    def _ga_probe_soon(self, uuid):
         with self._ga_lock:
             if uuid in self._ga_probing:
                 return
             self._ga_probing.add(uuid)
-        threading.Thread(target=self._probe, args=(uuid,), daemon=True,
+        threading.Thread(target=self._ga_probe, args=(uuid,), daemon=True,
                          name='guest-agent-probe').start()
 
-    def _probe(self, uuid):
+    def _ga_probe(self, uuid):
         try:
             agent = getattr(self.driver, 'guest_agent', None)
             record = self.journal.get_instance(uuid)

@@ -200,7 +200,7 @@ class GuestAgent:
     def set_user_password(self, uuid, user, password):
         """``guest-set-user-password`` with crypted=false: the guest hashes
         it. The password goes to libvirt only, never to a log."""
-        self._run(uuid, 'set-user-password', self._with_timeout(
+        self._run(uuid, 'guest-set-user-password command', self._with_timeout(
             lambda dom: dom.setUserPassword(user, password, 0)))
 
     def addresses(self, uuid, timeout=None):
