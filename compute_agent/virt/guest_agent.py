@@ -331,6 +331,8 @@ def quiesced(driver, domain_name, uuid, quiesce):
         try:
             agent.ping(uuid, timeout=min(PROBE_TIMEOUT, agent.timeout))
         except exception.GuestAgentUnavailable as e:
+            if agent.doomed(uuid):
+                raise
             LOG.info('%s: no guest agent answered (%s): not quiesced', uuid,
                      e.kwargs.get('reason'), extra={'instance_uuid': uuid})
             yield False
