@@ -406,6 +406,7 @@ class Manager(DeviceOperations, GuestAgentOperations):
         request_id, outcome = self._destroyed.get(uuid, (None, None))
         if (outcome is not None and request_id == context.get('request_id')
                 and self.journal.get_instance(uuid) is None):
+            self._destroy_ran(uuid)
             return outcome      # the redelivery of a destroy recovery finished
         try:
             record = self._run(context, 'destroy', uuid, call)
