@@ -26,8 +26,15 @@ import threading
 from compute_agent import exception
 from compute_agent import records
 from compute_agent import states
+from compute_agent.virt import guest_agent
 
 LOG = logging.getLogger(__name__)
+
+# Probes in flight at once. A guest-agent call that gets no answer holds
+# one of libvirtd's worker threads (20 by default, shared by every client)
+# until its deadline: background probes of many silent guests must leave
+# most of them to the operations.
+PROBE_CONCURRENCY = 4
 
 
 class GuestAgentOperations:
@@ -36,6 +43,7 @@ class GuestAgentOperations:
         self._ga_lock = threading.Lock()
         self._ga = {}           # uuid -> {'guest_agent', 'guest_addresses'}
         self._ga_probing = set()
+        self._ga_slots = threading.BoundedSemaphore(PROBE_CONCURRENCY)
 
     # -- set_admin_password (docs: protocol-method-set-admin-password) ----------
     def do_set_admin_password(self, context, instance_uuid, admin_password,
@@ -105,28 +113,35 @@ class GuestAgentOperations:
 
     def _ga_probe(self, uuid):
         try:
-            agent = getattr(self.driver, 'guest_agent', None)
-            record = self.journal.get_instance(uuid)
-            if agent is None or record is None:
-                return
-            try:
-                agent.ping(uuid)
-            except (exception.GuestAgentUnavailable,
-                    exception.InstanceNotFound) as e:
-                LOG.debug('%s: guest agent probe: %s', uuid, e)
-                return
-            if not self._ga_fields(uuid).get('guest_agent'):
-                LOG.info('%s: guest agent answers', uuid,
-                         extra={'instance_uuid': uuid})
-            self._ga_update(uuid, guest_agent=True)
-            agent.thaw_leftover(record['name'], uuid)
-            try:
-                self._ga_update(uuid, guest_addresses=agent.addresses(uuid))
-            except (exception.GuestAgentUnavailable,
-                    exception.InstanceNotFound) as e:
-                LOG.debug('%s: no addresses from the guest agent: %s', uuid, e)
+            with self._ga_slots:
+                self._ga_ask(uuid)
         except Exception:
             LOG.exception('%s: guest agent probe failed', uuid)
         finally:
             with self._ga_lock:
                 self._ga_probing.discard(uuid)
+
+    def _ga_ask(self, uuid):
+        """Ping (short deadline), thaw a leftover freeze, read addresses."""
+        agent = getattr(self.driver, 'guest_agent', None)
+        record = self.journal.get_instance(uuid)
+        if agent is None or record is None:
+            return
+        deadline = min(guest_agent.PROBE_TIMEOUT, agent.timeout)
+        try:
+            agent.ping(uuid, timeout=deadline)
+        except (exception.GuestAgentUnavailable,
+                exception.InstanceNotFound) as e:
+            LOG.debug('%s: guest agent probe: %s', uuid, e)
+            return
+        if not self._ga_fields(uuid).get('guest_agent'):
+            LOG.info('%s: guest agent answers', uuid,
+                     extra={'instance_uuid': uuid})
+        self._ga_update(uuid, guest_agent=True)
+        agent.thaw_leftover(record['name'], uuid)
+        try:
+            self._ga_update(uuid, guest_addresses=agent.addresses(
+                uuid, timeout=deadline))
+        except (exception.GuestAgentUnavailable,
+                exception.InstanceNotFound) as e:
+            LOG.debug('%s: no addresses from the guest agent: %s', uuid, e)

@@ -389,3 +389,39 @@ def test_agent_events_set_and_reset_the_record(h):
     h.manager.on_guest_agent_event(uuid, False, True)    # the guest started
     info = h.info(uuid)
     assert info['guest_agent'] is False and info['guest_addresses'] is None
+
+
+def test_a_connected_guest_agent_is_probed_off_the_request_path(h, monkeypatch):
+    instance, _ = h.spawn()
+    uuid = instance['uuid']
+    asked = []
+
+    class Agent:
+        timeout = 30
+
+        def ping(self, uuid_, timeout=None):
+            asked.append(('ping', timeout))
+            return True
+
+        def addresses(self, uuid_, timeout=None):
+            asked.append(('addresses', timeout))
+            return [{'name': 'eth0', 'mac': 'fa:16:3e:00:00:01',
+                     'ips': ['10.0.0.7']}]
+
+        def thaw_leftover(self, name, uuid_):
+            asked.append(('thaw_leftover', name))
+            return False
+    monkeypatch.setattr(h.driver, 'guest_agent', Agent())
+    assert h.info(uuid)['guest_agent'] is False     # get_info asks nothing
+    assert asked == []
+    h.manager.on_guest_agent_event(uuid, True, False)
+    for _ in range(100):
+        if h.info(uuid)['guest_addresses']:
+            break
+        threading.Event().wait(0.05)
+    info = h.info(uuid)
+    assert info['guest_agent'] is True
+    assert info['guest_addresses'][0]['ips'] == ['10.0.0.7']
+    # Probes use the short deadline, and look for a leftover freeze.
+    assert ('ping', guest_agent.PROBE_TIMEOUT) in asked
+    assert ('thaw_leftover', instance['name']) in asked
