@@ -150,7 +150,7 @@ def test_record_shows_an_answering_guest_agent_and_its_addresses(agent, guests):
         return info if info['guest_agent'] and GUEST_IP in ips else None
     try:
         info = wait_until(shown, 60, 'guest_agent true and the guest address')
-    except AssertionError:
+    except AssertionError:      # what the guest and the agent said, for the log
         print(agent.console(guests.ga.uuid), agent.get_info(guests.ga.uuid))
         raise
     nic = next(i for i in info['guest_addresses'] if GUEST_IP in i['ips'])
@@ -299,6 +299,26 @@ def test_freeze_left_by_a_dead_agent_is_thawed(agent, guests, lv, tmp_path):
                                      'guest-fsfreeze-status') == 'thawed',
                60, 'the agent thaws the leftover freeze')
     wait_until(lambda: not ga.is_marked(guests.ga.name), 10, 'the mark is gone')
+
+
+def test_freeze_left_when_the_agent_was_killed_is_thawed_after_restart(
+        agent, guests, lv):
+    """The agent dies (SIGKILL) while a guest is frozen with its mark: the
+    restarted agent thaws it, and the record still knows its guest agent."""
+    agent.kill()
+    try:
+        ga = local_agent(agent, agent.instances_path, [], timeout=20)
+        ga.mark_frozen(guests.ga.name, guests.ga.uuid)
+        ga.freeze(guests.ga.uuid)
+        assert agent_command(lv, guests.ga.uuid, 'guest-fsfreeze-status') == 'frozen'
+    finally:
+        agent.start()
+    wait_until(lambda: agent_command(lv, guests.ga.uuid,
+                                     'guest-fsfreeze-status') == 'thawed',
+               60, 'the restarted agent thaws the guest')
+    wait_until(lambda: not ga.is_marked(guests.ga.name), 10, 'the mark is gone')
+    wait_until(lambda: agent.get_info(guests.ga.uuid)['guest_agent'], 30,
+               'guest_agent true after the restart')
 
 
 # -- destroy of the same guest during a hung command -----------------------------------------
