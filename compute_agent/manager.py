@@ -24,6 +24,7 @@ from compute_agent import states
 from compute_agent import validation
 from compute_agent import version
 from compute_agent.device_ops import DeviceOperations
+from compute_agent.guest_agent_ops import GuestAgentOperations
 from compute_agent.rebuild_ops import RebuildOperation
 from compute_agent.records import public
 from compute_agent.resize_ops import ResizeOperations
@@ -53,8 +54,8 @@ def _error_of(exc):
     return {'class': type(exc).__name__, 'message': str(exc)}
 
 
-class Manager(DeviceOperations, RebuildOperation, ResizeOperations,
-              SnapshotOperations):
+class Manager(DeviceOperations, GuestAgentOperations, RebuildOperation,
+              ResizeOperations, SnapshotOperations):
     # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
     inline_methods = frozenset(('ping',))
 
@@ -75,6 +76,7 @@ class Manager(DeviceOperations, RebuildOperation, ResizeOperations,
         self._destroyed = {}
         self.planner = planner_mod.Planner(conf, driver.vif_drivers,
                                            driver.image_cache)
+        self._init_guest_agent()
 
     # --- the dispatcher interface ------------------------------------------
 
@@ -101,7 +103,14 @@ class Manager(DeviceOperations, RebuildOperation, ResizeOperations,
     def key(self, method, args):
         if method in states.READ_ONLY:
             return None
-        return validation.instance_uuid_of(method, args)
+        uuid = validation.instance_uuid_of(method, args)
+        if method == 'destroy':
+            # Runs on the consume thread as the destroy arrives, before it is
+            # queued behind the instance's running operation: a guest-agent
+            # command that operation waits on is cancelled now
+            # (virt/guest_agent.py, "cancellation by destroy").
+            self._destroy_queued(uuid)
+        return uuid
 
     def instance_uuid_of(self, method, args):
         return validation.instance_uuid_of(method, args)
@@ -144,6 +153,7 @@ class Manager(DeviceOperations, RebuildOperation, ResizeOperations,
             before = (record.get('vm_state'), record.get('task_state'),
                       record.get('power_state'))
             record.update(changes, updated_at=_now())
+            record.update(self._ga_fields(record['uuid']))
             if record['uuid'] in self._checked:
                 record['power_checked_at'] = self._checked[record['uuid']]
             after = (record['vm_state'], record['task_state'],
@@ -416,9 +426,13 @@ class Manager(DeviceOperations, RebuildOperation, ResizeOperations,
         request_id, outcome = self._destroyed.get(uuid, (None, None))
         if (outcome is not None and request_id == context.get('request_id')
                 and self.journal.get_instance(uuid) is None):
+            self._destroy_ran(uuid)
             return outcome      # the redelivery of a destroy recovery finished
-        record = self._run(context, 'destroy', uuid, call)
-        self._delete(uuid)
+        try:
+            record = self._run(context, 'destroy', uuid, call)
+            self._delete(uuid)
+        finally:
+            self._destroy_ran(uuid)
         return public(record)
 
     def do_get_info(self, context, instance_uuid):
@@ -431,6 +445,9 @@ class Manager(DeviceOperations, RebuildOperation, ResizeOperations,
         out = public(record)
         out['power_checked_at'] = (self._checked.get(record['uuid'])
                                    or out['power_checked_at'])
+        ga = self._ga_fields(record['uuid'])
+        out['guest_agent'] = bool(ga.get('guest_agent', out['guest_agent']))
+        out['guest_addresses'] = ga.get('guest_addresses', out['guest_addresses'])
         return out
 
     def do_get_console_output(self, context, instance_uuid, tail_lines=100):
@@ -543,6 +560,8 @@ class Manager(DeviceOperations, RebuildOperation, ResizeOperations,
                 continue
             with self._lock(record['uuid']):
                 self._recover(record)
+        # Off the start path: thaw what a freeze left frozen, learn who answers.
+        self.poll_guest_agents()
 
     def _recover(self, record):
         task = record['task_state']

@@ -27,6 +27,11 @@ def public(record):
     out['image_ref'] = (spec.get('instance') or {}).get('image_ref')
     # Each VIF's filter (docs: protocol-vif-filter), as kept in the record.
     out['filters'] = firewall.describe(spec.get('network_info'))
+    # The guest agent (docs: protocol-guest-agent): whether one answered
+    # since the guest last started, and the addresses it reported (null
+    # while none did).
+    out['guest_agent'] = bool(record.get('guest_agent'))
+    out['guest_addresses'] = record.get('guest_addresses')
     return out
 
 

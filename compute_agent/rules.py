@@ -158,6 +158,10 @@ DEVICE_PATH = Rule('device path', '^/dev/' + _DISK)
 #: names the volume in the record and becomes the disk's <serial>.
 VOLUME_ID = Rule('volume id', r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$')
 
+#: The guest user whose password ``set_admin_password`` sets (a POSIX-style
+#: login name: no ``:``, space or newline can reach chpasswd's input line).
+USER_NAME = Rule('user name', r'^[A-Za-z_][A-Za-z0-9._-]{0,31}$')
+
 
 def strip_dev(name):
     """``/dev/vdb`` -> ``vdb``; a bare name or None is returned as is."""

@@ -436,6 +436,17 @@ ARGS = {
     'confirm_resize': {'instance_uuid': _ref('uuid')},
     'revert_resize': {'instance_uuid': _ref('uuid')},
     # -- end of resize
+    # -- guest agent (issue 15) --
+    # The password goes to the guest as one chpasswd line: no control
+    # characters (a newline would start another user's line).
+    'set_admin_password': {
+        'instance_uuid': _ref('uuid'),
+        'admin_password': {'type': 'string', 'minLength': 1, 'maxLength': 255,
+                           'pattern': '^[^\\u0000-\\u001f\\u007f]*$',
+                           'x-reason': 'must be a string of 1 to 255 characters '
+                                       'without control characters'},
+        'user': rules.USER_NAME.schema(default='root')},
+    # -- end of guest agent --
     'get_info': {'instance_uuid': _ref('uuid')},
     'list_instances': {},
     'get_console_output': {'instance_uuid': _ref('uuid'),

@@ -37,7 +37,8 @@ class Service:
         self.publisher = publisher_mod.Publisher(self.journal, conf)
         self.notifier = notifier_mod.Notifier(self.journal, conf)
         self.driver = driver or driver_mod.LibvirtDriver(
-            conf, on_power_event=self._on_power_event)
+            conf, on_power_event=self._on_power_event,
+            on_agent_event=self._on_agent_event)
         self.manager = manager_mod.Manager(conf, self.driver, self.journal,
                                            self.notifier)
         self.server = server_mod.RPCServer(conf, self.manager, self.journal,
@@ -97,9 +98,15 @@ class Service:
                                             conf.report_interval) if i),
             self.health.probe)
         add('watchdog', watchdog, self.health.watchdog)
+        # Guest agents are probed as often as power states are synced.
+        add('guest-agent', conf.sync_power_state_interval,
+            self.manager.poll_guest_agents, run_immediately=False)
 
     def _on_power_event(self, uuid, power_state):
         self.manager.on_power_event(uuid, power_state)
+
+    def _on_agent_event(self, uuid, connected, domain_started):
+        self.manager.on_guest_agent_event(uuid, connected, domain_started)
 
     def healthy(self):
         """Loops alive (what the watchdog checks); see health.py."""

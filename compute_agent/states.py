@@ -98,6 +98,9 @@ TRANSITIONS = {
     'revert_resize': Transition((RESIZED,), 'resize_reverting', ACTIVE,
                                 RUNNING),
     # -- end of resize
+    # 1.1 guest agent: inside a running guest, back to where it was.
+    'set_admin_password': Transition((ACTIVE,), 'updating_password',
+                                     PREVIOUS, None),
 }
 
 # Requests that change nothing: no per-instance queue, no fsync'ed outcome.

@@ -87,6 +87,25 @@
 #                               of that disk, as found (0 when none); the
 #                               guest then writes n+1 there (fsync'ed), so a
 #                               disk put back as it was shows the old count
+# -- guest agent (issue 15; meta keys, all optional) --
+# qemu-ga (Debian's qemu-guest-agent) starts on the org.qemu.guest_agent.0
+# virtio port after the network is configured (so it reports the addresses).
+# guest-set-user-password works through a shell chpasswd (busybox mkpasswd
+# -m sha512 + sed on /etc/shadow; /etc/passwd and /etc/shadow hold root).
+#   "guest_agent": "off"   boot WITHOUT a guest agent (GA-OFF)
+#   "guest_agent": "hang"  a stub guest agent instead of qemu-ga: answers
+#                          guest-sync, guest-ping, guest-fsfreeze-status
+#                          ("thawed") and guest-fsfreeze-thaw, but never
+#                          guest-fsfreeze-freeze (GA-STUB-FREEZE-IGNORED)
+#                          nor guest-set-user-password
+#                          (GA-STUB-PASSWORD-IGNORED)
+#   "ga_ext4": "<serial or name>"  mount the ext4 file system on that disk
+#                          at /mnt/ga-ext4 (something for fsfreeze to freeze)
+# Console lines:
+#   GA-EXT4-MOUNTED <name> | GA-EXT4-FAILED <serial or name>
+#   GA-STARTED <port> | GA-STUB <port> | GA-OFF | GA-NO-CHANNEL
+#   GA-PASSWORD-SET <user>              (chpasswd ran for that user)
+#   GA-STUB-FREEZE-IGNORED | GA-STUB-PASSWORD-IGNORED  (the stub got one)
 set -euo pipefail
 
 usage() { echo "usage: $0 OUTDIR" >&2; exit 2; }
@@ -229,6 +248,64 @@ for m in "${REQUIRED_MODULES[@]}"; do add_module "$m" 1; done
 for m in "${OPTIONAL_MODULES[@]}"; do add_module "$m" 0; done
 printf '%s\n' "${ORDER[@]}" >"$STAGE/etc/modules.order"
 log "modules (${#ORDER[@]}): ${ORDER[*]}"
+
+# ------------------------------------------------------------------ guest agent (issue 15)
+# qemu-ga with the libraries ldd names and the ELF interpreter; a shell
+# chpasswd for guest-set-user-password; the hanging stub agent.
+log "downloading qemu-guest-agent"
+(cd "$DL" && apt-get download -q qemu-guest-agent >/dev/null) ||
+    die "apt-get download qemu-guest-agent failed"
+dpkg -x "$DL"/qemu-guest-agent_*.deb "$WORK/qga"
+QGA="$WORK/qga/usr/sbin/qemu-ga"
+[[ -x "$QGA" ]] || die "no usr/sbin/qemu-ga in qemu-guest-agent"
+cp "$QGA" "$STAGE/bin/qemu-ga"
+for lib in $(ldd "$QGA" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\/.*ld-linux/ { print $1 }'); do
+    mkdir -p "$STAGE$(dirname "$lib")"
+    cp -L "$lib" "$STAGE$lib"
+done
+[[ -e "$STAGE/lib64/ld-linux-x86-64.so.2" ]] || die "qemu-ga's ld-linux not copied"
+mkdir -p "$STAGE/var/run" "$STAGE/mnt/ga-ext4"
+printf 'root:x:0:0:root:/root:/bin/sh\n' >"$STAGE/etc/passwd"
+printf 'root:*:19000:0:99999:7:::\n' >"$STAGE/etc/shadow"
+chmod 0600 "$STAGE/etc/shadow"
+rm -f "$STAGE/bin/chpasswd"
+cat >"$STAGE/bin/chpasswd" <<'CHPASSWD'
+#!/bin/sh
+# "user:password" lines on stdin (qemu-ga's guest-set-user-password, plain).
+[ "$1" = "-e" ] && exit 1     # only plain-text passwords here
+while IFS= read -r line || [ -n "$line" ]; do
+    user=${line%%:*}
+    pass=${line#*:}
+    grep -q "^$user:" /etc/shadow || exit 1
+    hash=$(mkpasswd -m sha512 "$pass") || exit 1
+    sed -i "s|^$user:[^:]*:|$user:$hash:|" /etc/shadow || exit 1
+    echo "GA-PASSWORD-SET $user" >/dev/console
+done
+CHPASSWD
+cat >"$STAGE/bin/ga-stub" <<'STUB'
+#!/bin/sh
+# A guest agent that answers guest-sync and guest-ping but never a freeze.
+exec 3<>"$1"
+while :; do
+    while IFS= read -r line <&3; do
+        case "$line" in
+            *guest-sync*)
+                id=$(echo "$line" | sed -n 's/.*"id": *\([0-9]*\).*/\1/p')
+                printf '{"return": %s}\n' "$id" >&3 ;;
+            *guest-ping*) printf '{"return": {}}\n' >&3 ;;
+            *guest-fsfreeze-status*) printf '{"return": "thawed"}\n' >&3 ;;
+            *guest-fsfreeze-thaw*) printf '{"return": 0}\n' >&3 ;;
+            *guest-fsfreeze-freeze*) echo "GA-STUB-FREEZE-IGNORED" >/dev/console ;;
+            *guest-set-user-password*) echo "GA-STUB-PASSWORD-IGNORED" >/dev/console ;;
+            *) printf '{"error": {"class": "CommandNotFound", "desc": "stub"}}\n' >&3 ;;
+        esac
+    done
+    sleep 0.2
+done
+STUB
+chmod 0755 "$STAGE/bin/chpasswd" "$STAGE/bin/ga-stub"
+log "qemu-ga and $(find "$STAGE/lib" "$STAGE/lib64" -name '*.so*' | wc -l) libraries added"
+# ------------------------------------------------------------------ end of guest agent
 
 cat >"$STAGE/init" <<'INIT'
 #!/bin/sh
@@ -572,6 +649,53 @@ if [ -n "$NF_PROBE" ]; then
     ) &
 fi
 # ------------------------------------------------------------ end of network filter probes
+
+# ------------------------------------------------------------ guest agent (issue 15)
+# (see "guest agent" in the header comment)
+ga_meta() { [ -n "$META" ] && json_str "$1" "$META"; }
+GA_EXT4=$(ga_meta ga_ext4)
+if [ -n "$GA_EXT4" ]; then
+    target=
+    for d in $devs; do
+        [ "$d" = "$GA_EXT4" ] || [ "$(disk_serial "$d")" = "$GA_EXT4" ] && target=$d
+    done
+    if [ -n "$target" ] && mount -t ext4 "/dev/$target" /mnt/ga-ext4 2>/dev/null; then
+        echo "booted $(uptime_s)" >/mnt/ga-ext4/ga-boot && sync
+        echo "GA-EXT4-MOUNTED $target"
+    else
+        echo "GA-EXT4-FAILED $GA_EXT4"
+    fi
+fi
+ga_port() {  # the /dev node of the guest agent's virtio port
+    local p
+    for p in /sys/class/virtio-ports/*; do
+        [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && { echo "/dev/${p##*/}"; return 0; }
+    done
+    return 1
+}
+GA_MODE=$(ga_meta guest_agent)
+if [ "$GA_MODE" = off ]; then
+    echo "GA-OFF"
+else
+    GA_PORT=
+    i=0
+    while [ $i -lt 25 ]; do
+        GA_PORT=$(ga_port) && [ -c "$GA_PORT" ] && break
+        GA_PORT=
+        sleep 0.2
+        i=$((i + 1))
+    done
+    if [ -z "$GA_PORT" ]; then
+        echo "GA-NO-CHANNEL"
+    elif [ "$GA_MODE" = hang ]; then
+        ga-stub "$GA_PORT" &
+        echo "GA-STUB $GA_PORT"
+    else
+        qemu-ga -m virtio-serial -p "$GA_PORT" -t /var/run -l /tmp/qemu-ga.log &
+        echo "GA-STARTED $GA_PORT"
+    fi
+fi
+# ------------------------------------------------------------ end of guest agent
 
 # ------------------------------------------------------------ finish
 if has_opt ca_poweroff || { [ -n "$META" ] && [ "$(json_str poweroff "$META")" = 1 ]; }; then

@@ -158,6 +158,23 @@ opts = [
         'connect_retry_interval', default=1.0, min=0.0,
         help='Seconds between libvirt connection attempts (doubling, '
              'capped at 10 s).'),
+    # -- guest agent (issue 15, guest agent channel) --
+    cfg.BoolOpt(
+        'guest_agent', default=True,
+        help='Give every kvm/qemu guest the org.qemu.guest_agent.0 '
+             'virtio-serial channel, through which the agent talks to a '
+             'QEMU guest agent (qemu-ga) in the guest: file system freeze '
+             'for snapshots, set_admin_password, guest IP addresses. '
+             'Applies to guests defined (spawned, hard-rebooted, rescued) '
+             'after the change; without the channel those features report '
+             'GuestAgentUnavailable.'),
+    cfg.IntOpt(
+        'guest_agent_timeout', default=30, min=1, max=3600,
+        help='Seconds one guest-agent command may take before it fails '
+             'with GuestAgentUnavailable. A command that does not answer '
+             'blocks only its own operation, never other guests nor the '
+             'same guest\'s destroy.'),
+    # -- end of guest agent --
 ]
 
 

@@ -23,6 +23,7 @@ from compute_agent.virt.plan import DiskFile, GuestPlan
 GiB = 1024 ** 3
 MiB = 1024 ** 2
 HVM_TYPES = ('kvm', 'qemu')
+GUEST_AGENT_CHANNEL = 'org.qemu.guest_agent.0'
 
 
 class _Context:
@@ -437,6 +438,9 @@ def _hvm_extras(ctx, dom):
     if ctx.virt_type not in HVM_TYPES:
         return
     lv = ctx.conf.libvirt
+    if lv.guest_agent:
+        dom.add_device(config.Channel(type='unix', target_type='virtio',
+                                      target_name=GUEST_AGENT_CHANNEL))
     if lv.rng_dev_path:
         dom.add_device(config.Rng(model='virtio', backend_model='random',
                                   backend_path=lv.rng_dev_path))
@@ -459,6 +463,7 @@ def _pcie_ports(ctx, dom):
     used = sum(1 for d in dom.disks if d.target_bus == 'virtio')
     used += len(dom.interfaces) + len(dom.rngs)
     used += 1 if dom.memballoon is not None and dom.memballoon.model != 'none' else 0
+    used += 1 if dom.channels else 0    # their virtio-serial controller
     used += 2       # USB controller and video
     for i in range(ctx.conf.libvirt.num_pcie_ports):
         dom.add_device(config.Controller(type='pci', index=used + 1 + i,

@@ -201,6 +201,14 @@ class Console(_CharDevice):
     TAG = 'console'
 
 
+class Channel(_CharDevice):
+    """A host-guest channel; the guest agent's is ``type='unix'`` with a
+    virtio target named ``org.qemu.guest_agent.0`` (libvirt picks the
+    socket path)."""
+    TAG = 'channel'
+    target_name = Prop('target/@name')
+
+
 class Input(XMLObject):
     TAG = 'input'
     type = Prop('@type')                 # tablet | mouse | keyboard
@@ -280,6 +288,7 @@ class Domain(XMLObject):
     videos = Children(Video, 'devices')
     serials = Children(Serial, 'devices')
     consoles = Children(Console, 'devices')
+    channels = Children(Channel, 'devices')
     memballoon = Child(MemBalloon, 'devices')
     rngs = Children(Rng, 'devices')
 
@@ -287,6 +296,7 @@ class Domain(XMLObject):
         Disk: 'disks', Filesystem: 'filesystems', Controller: 'controllers',
         Interface: 'interfaces', Input: 'inputs', Graphics: 'graphics',
         Video: 'videos', Serial: 'serials', Console: 'consoles', Rng: 'rngs',
+        Channel: 'channels',
     }
 
     def add_device(self, device):
@@ -301,5 +311,5 @@ class Domain(XMLObject):
 ALL_CLASSES = (Boot, CPUFeature, Timer, SysInfoEntry, DiskHost, VirtualPort,
                FilterParameter, FilterRef,
                OS, Features, CPU, Clock, SysInfo, Disk, Filesystem, Interface,
-               Serial, Console, Input, Graphics, Video, Controller, MemBalloon,
-               Rng, Domain)
+               Serial, Console, Channel, Input, Graphics, Video, Controller,
+               MemBalloon, Rng, Domain)

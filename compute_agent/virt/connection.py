@@ -125,10 +125,14 @@ class Connection:
     ``[libvirt] connect_retries`` attempts.
     """
 
-    def __init__(self, conf, on_power_event=None):
+    def __init__(self, conf, on_power_event=None, on_agent_event=None):
         self.conf = conf
         self.uri = libvirt_conf.connection_uri(conf)
         self.on_power_event = on_power_event
+        # on_agent_event(uuid, connected, domain_started): the guest agent's
+        # channel opened or closed (VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE).
+        self.on_agent_event = on_agent_event
+        self._agent_callback_id = None
         size = pool_size(conf)
         if self.uri.startswith('test:') and self.uri != 'test:///default':
             size = 1            # each connection would be its own mock host
@@ -206,6 +210,14 @@ class Connection:
             LOG.debug('No close callback on %s: %s', self.uri, e)
         self._callback_id = conn.domainEventRegisterAny(
             None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+        if self.on_agent_event is not None:
+            try:
+                self._agent_callback_id = conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE,
+                    self._on_agent_lifecycle, None)
+            except libvirt.libvirtError as e:   # drivers without the event
+                LOG.debug('No guest agent events on %s: %s', self.uri, e)
+                self._agent_callback_id = None
 
     def _forget(self, conn, primary):
         """Drop a dead connection; its callbacks may already be gone."""
@@ -213,6 +225,9 @@ class Connection:
         if primary:
             steps[:0] = [lambda: conn.domainEventDeregisterAny(self._callback_id),
                          conn.unregisterCloseCallback]
+            if self._agent_callback_id is not None:
+                steps[:0] = [lambda: conn.domainEventDeregisterAny(
+                    self._agent_callback_id)]
         for fn in steps:
             try:
                 fn()
@@ -242,6 +257,32 @@ class Connection:
             with self._lock:
                 slot.busy -= 1
 
+    def dedicated(self, fn):
+        """``fn(conn)`` on a connection of its own, closed when it returns.
+
+        For guest-agent commands (virt/guest_agent.py): libvirtd serves at
+        most ``max_client_requests`` calls of one connection at a time, so a
+        call stuck until its agent deadline on a pooled connection would take
+        a slot the guests' other operations need. One attempt, no retries:
+        the caller has a deadline of its own.
+        """
+        if self._closed:
+            raise exception.HypervisorUnavailable(
+                uri=self.uri, reason='connection closed by the agent')
+        start_event_loop()
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as e:
+            raise exception.HypervisorUnavailable(
+                uri=self.uri, reason=e.get_error_message()) from e
+        try:
+            return fn(conn)
+        finally:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
     def close(self):
         """Stop delivering events and close every connection."""
         self._closed = True
@@ -258,6 +299,15 @@ class Connection:
             self._events.put(('lifecycle', dom.UUIDString(), event, detail))
         except Exception:     # an exception here would end up in libvirt's C code
             LOG.exception('Dropped a lifecycle event')
+
+    def _on_agent_lifecycle(self, _conn, dom, state, reason, _opaque):
+        try:
+            self._events.put((
+                'agent', dom.UUIDString(),
+                state == libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED,
+                reason == libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_DOMAIN_STARTED))
+        except Exception:
+            LOG.exception('Dropped a guest agent event')
 
     def _on_close(self, _conn, reason, _opaque):
         self._events.put(('closed', reason))
@@ -276,6 +326,10 @@ class Connection:
             try:
                 if item[0] == 'lifecycle':
                     self._deliver(*item[1:])
+                elif item[0] == 'agent':
+                    LOG.debug('Guest agent event of %s: connected=%s '
+                              'domain_started=%s', *item[1:])
+                    self.on_agent_event(*item[1:])
                 else:
                     self._reopen_after_close(item[1])
             except Exception:

@@ -37,6 +37,7 @@ from compute_agent.virt import connection
 from compute_agent.virt import console
 from compute_agent.virt import disks
 from compute_agent.virt import guest
+from compute_agent.virt import guest_agent
 from compute_agent.virt import host
 from compute_agent.virt import ifaceops
 from compute_agent.virt import plan as plan_mod
@@ -82,9 +83,12 @@ class LibvirtDriver:
     """
 
     def __init__(self, conf, on_power_event=None, image_cache=None,
-                 vif_drivers=None):
+                 vif_drivers=None, on_agent_event=None):
         self.conf = conf
-        self.connection = connection.Connection(conf, on_power_event)
+        self.connection = connection.Connection(conf, on_power_event,
+                                                on_agent_event)
+        # Guest-agent commands with deadlines; quiesced() takes this driver.
+        self.guest_agent = guest_agent.GuestAgent(conf, self.connection)
         self.image_cache = image_cache or ImageCache(conf)
         self.vif_drivers = vif_drivers or VifDrivers(conf)
         self.firewall = firewall.Firewall(conf, self._call)
@@ -584,15 +588,9 @@ class LibvirtDriver:
 
     # -- snapshot (docs: protocol-method-snapshot) ---------------------------------
     def quiesced(self, instance_name, uuid, quiesce):
-        """Freeze/thaw through the guest agent around a consistent moment.
-
-        Placeholder until the guest agent lands (virt/guest_agent.py):
-        quiesce true cannot be honoured yet; null and false do nothing.
-        """
-        if quiesce is True:
-            raise exception.GuestAgentUnavailable(
-                uuid=uuid, reason='no guest agent support yet')
-        return contextlib.nullcontext()
+        """Freeze/thaw through the guest agent around a consistent moment
+        (``guest_agent.quiesced``: thawed in every case)."""
+        return guest_agent.quiesced(self, instance_name, uuid, quiesce)
 
     @contextlib.contextmanager
     def snapshot_copy(self, instance, root_dev, image_id, disk_format, quiesce):

@@ -45,7 +45,9 @@ HOST_STATE_KEYS = frozenset(('host', 'hypervisor_type', 'hypervisor_version',
 RECORD_KEYS = frozenset(('uuid', 'name', 'host', 'vm_state', 'task_state',
                          'power_state', 'devices', 'vnc', 'created_at',
                          'updated_at', 'error', 'power_checked_at', 'filters',
-                         'volumes', 'vifs', 'image_ref', 'flavor'))
+                         'volumes', 'vifs', 'image_ref', 'flavor',
+                         # guest agent (issue 15)
+                         'guest_agent', 'guest_addresses'))
 VM_STATES = frozenset(('building', 'active', 'stopped', 'paused', 'suspended',
                        'rescued', 'resized', 'error', 'deleted'))
 TASK_STATES = frozenset((None, 'spawning', 'rebooting', 'rebooting_hard',

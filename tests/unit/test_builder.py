@@ -1074,3 +1074,47 @@ def test_builder_touches_no_files(tmp_path):
     assert not state.exists()
     assert list(tmp_path.iterdir()) == []
     assert not os.path.exists(bf.INSTANCES_PATH)
+
+
+# -- guest agent channel (issue 15) ---------------------------------------------------
+
+@pytest.mark.parametrize('virt_type', bf.VIRT_TYPES)
+@pytest.mark.parametrize('enabled', [True, False])
+def test_guest_agent_channel(virt_type, enabled):
+    conf = bf.make_conf(virt_type, {'libvirt.guest_agent': enabled})
+    node, plan = node_for(conf=conf)
+    channels = xp(node, 'devices/channel')
+    if enabled and virt_type in bf.HVM_TYPES:
+        assert len(channels) == 1
+        assert channels[0].get('type') == 'unix'
+        assert one(channels[0], 'target/@type') == 'virtio'
+        assert one(channels[0], 'target/@name') == 'org.qemu.guest_agent.0'
+        assert xp(channels[0], 'source') == []    # libvirt picks the socket
+    else:
+        assert channels == []
+    assert_valid_and_defined(plan)
+
+
+def test_guest_agent_channel_is_on_by_default():
+    node, _ = node_for('qemu')
+    assert one(node, 'devices/channel/target/@name') == 'org.qemu.guest_agent.0'
+
+
+@pytest.mark.parametrize('rescue', [False, True])
+def test_guest_agent_channel_in_rescue_guest(rescue):
+    node, plan = node_for('kvm', rescue=rescue)
+    assert len(xp(node, 'devices/channel')) == 1
+    assert_valid_and_defined(plan)
+
+
+def test_guest_agent_channel_q35_keeps_spare_ports():
+    """The channel's virtio-serial controller takes a root port of its own;
+    the spare ports for hot-plug are still all free."""
+    base = {'libvirt.hw_machine_type': 'q35', 'libvirt.num_pcie_ports': 2}
+    with_ga = node_for(conf=bf.make_conf('kvm', dict(base)))[0]
+    without = node_for(conf=bf.make_conf(
+        'kvm', dict(base, **{'libvirt.guest_agent': False})))[0]
+    idx = [int(i) for i in xp(with_ga, "devices/controller[@model='pcie-root-port']/@index")]
+    idx0 = [int(i) for i in xp(without, "devices/controller[@model='pcie-root-port']/@index")]
+    assert len(idx) == len(idx0) == 2
+    assert min(idx) == min(idx0) + 1

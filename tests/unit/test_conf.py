@@ -210,3 +210,28 @@ def test_bad_value_raises_config_error_naming_option(tmp_path, text, option):
         agent_conf.check(conf)
     assert info.value.kwargs['option'] == option
     assert option in str(info.value)
+
+
+# -- guest agent options (issue 15) ---------------------------------------------------
+
+def test_guest_agent_options_defaults(tmp_path):
+    conf = _load(tmp_path, '')
+    assert conf.libvirt.guest_agent is True
+    assert conf.libvirt.guest_agent_timeout == 30
+
+
+def test_guest_agent_options_set(tmp_path):
+    conf = _load(tmp_path, '[libvirt]\nguest_agent = false\n'
+                           'guest_agent_timeout = 3\n')
+    assert conf.libvirt.guest_agent is False
+    assert conf.libvirt.guest_agent_timeout == 3
+
+
+@pytest.mark.parametrize('text', ['[libvirt]\nguest_agent_timeout = 0\n',
+                                  '[libvirt]\nguest_agent_timeout = abc\n',
+                                  '[libvirt]\nguest_agent = maybe\n'])
+def test_guest_agent_bad_values_name_the_option(tmp_path, text):
+    conf = _load(tmp_path, text)
+    with pytest.raises(exception.ConfigError) as info:
+        agent_conf.check(conf)
+    assert info.value.kwargs['option'] in text

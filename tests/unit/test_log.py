@@ -195,3 +195,14 @@ def test_unterminated_values_are_masked_to_their_line_only():
     text = "password='abc def\n" * 20000 + "tail'"
     masked = log.mask(text)
     assert masked == "password='***\n" * 20000 + "tail'"
+
+
+# -- set_admin_password (issue 15) ------------------------------------------------------
+
+@pytest.mark.parametrize('form', FORMS)
+def test_set_admin_password_request_is_masked(logging_to, form):
+    stream = logging_to()
+    secret = 'n3w root:pass, "quoted"'
+    _emit(form, 'admin_password', secret)
+    assert secret not in stream.getvalue()
+    assert 'n3w root' not in stream.getvalue()

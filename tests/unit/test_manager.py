@@ -1034,7 +1034,8 @@ def test_key_is_the_uuid_for_state_changing_methods_only(h):
     assert set(READ_ONLY) | set(STATE_CHANGING) | {
         'update_security_rules', 'attach_volume', 'detach_volume',
         'attach_interface', 'detach_interface', 'rebuild', 'snapshot',
-        'resize', 'confirm_resize', 'revert_resize'} == set(validation.METHODS)
+        'resize', 'confirm_resize', 'revert_resize',
+        'set_admin_password'} == set(validation.METHODS)
     assert not os.path.exists(h.conf.instances_path)
 
 

@@ -119,6 +119,8 @@ def minimal(method):
     if method in ('confirm_resize', 'revert_resize'):
         return {'instance_uuid': UUID}
     # -- end of resize
+    if method == 'set_admin_password':     # guest agent (issue 15)
+        return {'instance_uuid': UUID, 'admin_password': 'n3w-pass word'}
     return {'instance': instance()}
 
 
@@ -147,7 +149,8 @@ PROTOCOL_METHODS = {
     'get_console_output', 'get_vnc_console', 'get_host_stats', 'ping',
     'update_security_rules',
     'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface',
-    'rebuild', 'snapshot', 'resize', 'confirm_resize', 'revert_resize'}
+    'rebuild', 'snapshot', 'resize', 'confirm_resize', 'revert_resize',
+    'set_admin_password'}
 
 
 # -- the method table -------------------------------------------------------
@@ -212,6 +215,7 @@ EXPECTED_MINIMAL = {
         'memory_mb': 256, 'vcpus': 2, 'root_gb': 2, 'ephemeral_gb': 0, 'swap': 0}},
     'confirm_resize': minimal('confirm_resize'),
     'revert_resize': minimal('revert_resize'),
+    'set_admin_password': dict(minimal('set_admin_password'), user='root'),
 }
 
 
@@ -1283,3 +1287,30 @@ def test_rebuild_passwords_never_appear_in_errors(secret, kind):
     assume(len(secret) <= 255)
     _assert_secret_hidden(invalid('rebuild', dict(
         minimal('rebuild'), admin_password=secret, preserve_ephemeral=secret)), secret)
+# -- set_admin_password (issue 15) ------------------------------------------------------
+
+@pytest.mark.parametrize('args, field', [
+    ({'admin_password': ''}, 'admin_password'),
+    ({'admin_password': 'a\nroot:x'}, 'admin_password'),
+    ({'admin_password': 'tab\there'}, 'admin_password'),
+    ({'admin_password': 'x' * 256}, 'admin_password'),
+    ({'admin_password': None}, 'admin_password'),
+    ({'admin_password': 'ok', 'user': 'ro:ot'}, 'user'),
+    ({'admin_password': 'ok', 'user': '../etc'}, 'user'),
+    ({'admin_password': 'ok', 'user': 'a b'}, 'user'),
+    ({'admin_password': 'ok', 'user': ''}, 'user'),
+    ({'admin_password': 'ok', 'user': 'x' * 33}, 'user'),
+])
+def test_set_admin_password_bad_input(args, field):
+    secret = args['admin_password']
+    error = invalid('set_admin_password', dict(args, instance_uuid=UUID))
+    assert error.field == field
+    if isinstance(secret, str) and len(secret) > 3:
+        assert secret not in str(error)     # the reason never repeats it
+
+
+def test_set_admin_password_user_defaults_to_root():
+    args = validation.validate('set_admin_password', {
+        'instance_uuid': UUID, 'admin_password': 'p:ss w0rd'})
+    assert args['user'] == 'root'
+    assert args['admin_password'] == 'p:ss w0rd'
