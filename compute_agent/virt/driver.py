@@ -391,7 +391,7 @@ class LibvirtDriver:
             if guest.libvirt_state(dom) not in (libvirt.VIR_DOMAIN_RUNNING,
                                                 libvirt.VIR_DOMAIN_BLOCKED):
                 return False
-            dom.shutdown()
+            guest.acpi_shutdown(dom)
             if not guest.wait_for(dom, (libvirt.VIR_DOMAIN_SHUTOFF,),
                                   self.conf.libvirt.wait_soft_reboot_seconds):
                 LOG.info('Instance %s ignored the ACPI shutdown; rebooting hard',
@@ -413,7 +413,7 @@ class LibvirtDriver:
             if state not in ACTIVE_STATES:
                 return True
             if state != libvirt.VIR_DOMAIN_PAUSED and timeout > 0:
-                dom.shutdown()
+                guest.acpi_shutdown(dom)
                 if guest.wait_for(dom, (libvirt.VIR_DOMAIN_SHUTOFF,), timeout):
                     return True
             guest.destroy_if_active(dom)

@@ -16,6 +16,7 @@ import libvirt
 import pytest
 
 from compute_agent import exception
+from compute_agent.virt import guest
 from compute_agent.virt import connection
 from compute_agent.virt import guest_agent
 
@@ -425,3 +426,34 @@ def test_a_connected_guest_agent_is_probed_off_the_request_path(h, monkeypatch):
     # Probes use the short deadline, and look for a leftover freeze.
     assert ('ping', guest_agent.PROBE_TIMEOUT) in asked
     assert ('thaw_leftover', instance['name']) in asked
+
+
+# -- power operations never wait on a guest agent -------------------------------------
+
+class _Dom:
+    def __init__(self, refuse_flags):
+        self.refuse_flags, self.calls = refuse_flags, []
+
+    def shutdownFlags(self, flags):
+        self.calls.append(('shutdownFlags', flags))
+        if self.refuse_flags:
+            raise libvirt.libvirtError('unsupported flags')
+
+    def shutdown(self):
+        self.calls.append(('shutdown',))
+
+
+@pytest.mark.parametrize('refuse_flags, calls', [
+    # kvm/qemu: the ACPI button only (flags 0 would let libvirt prefer a
+    # connected guest agent, which may hang for its whole deadline)
+    (False, [('shutdownFlags', libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)]),
+    # a domain type without ACPI refuses the flag: libvirt's own choice
+    (True, [('shutdownFlags', libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN),
+            ('shutdown',)]),
+])
+def test_acpi_shutdown(monkeypatch, refuse_flags, calls):
+    monkeypatch.setattr(libvirt.libvirtError, 'get_error_code',
+                        lambda self: libvirt.VIR_ERR_INVALID_ARG)
+    dom = _Dom(refuse_flags)
+    guest.acpi_shutdown(dom)
+    assert dom.calls == calls
