@@ -16,8 +16,8 @@ import libvirt
 import pytest
 
 from compute_agent import exception
-from compute_agent.virt import guest
 from compute_agent.virt import connection
+from compute_agent.virt import guest
 from compute_agent.virt import guest_agent
 
 try:
