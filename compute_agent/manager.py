@@ -24,6 +24,7 @@ from compute_agent import states
 from compute_agent import validation
 from compute_agent import version
 from compute_agent.device_ops import DeviceOperations
+from compute_agent.migration_ops import MigrationOperations
 from compute_agent.records import public
 from compute_agent.virt import planner as planner_mod
 
@@ -48,7 +49,7 @@ def _error_of(exc):
     return {'class': type(exc).__name__, 'message': str(exc)}
 
 
-class Manager(DeviceOperations):
+class Manager(DeviceOperations, MigrationOperations):
     # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
     inline_methods = frozenset(('ping',))
 
@@ -67,6 +68,8 @@ class Manager(DeviceOperations):
         self._checked = {}
         # uuid -> (request_id, outcome) of destroys recovery finished
         self._destroyed = {}
+        # uuid -> (request_id, outcome) of live migrations away from here
+        self._migrated = {}
         self.planner = planner_mod.Planner(conf, driver.vif_drivers,
                                            driver.image_cache)
 
@@ -92,7 +95,10 @@ class Manager(DeviceOperations):
     def key(self, method, args):
         if method in states.READ_ONLY:
             return None
-        return validation.instance_uuid_of(method, args)
+        uuid = validation.instance_uuid_of(method, args)
+        if method in states.ALONGSIDE:      # acts on the operation running
+            return '%s/%s' % (uuid, method)
+        return uuid
 
     def instance_uuid_of(self, method, args):
         return validation.instance_uuid_of(method, args)
@@ -123,7 +129,8 @@ class Manager(DeviceOperations):
 
     def _get(self, uuid):
         record = self.journal.get_instance(uuid)
-        if record is None:
+        # An incoming migration is not this host's until it takes over.
+        if record is None or record.get('incoming'):
             raise exception.InstanceNotFound(uuid=uuid)
         return record
 
@@ -405,7 +412,8 @@ class Manager(DeviceOperations):
         return self._public(self._get(instance_uuid))
 
     def do_list_instances(self, context):
-        return [self._public(r) for r in self.journal.list_instances()]
+        return [self._public(r) for r in self.journal.list_instances()
+                if not r.get('incoming')]
 
     def _public(self, record):
         out = public(record)
@@ -513,6 +521,9 @@ class Manager(DeviceOperations):
         restart interrupted (``states.RECOVERY``); the interrupted request's
         redelivery then completes it (``states.verdict``)."""
         for record in self.journal.list_instances():
+            if record.get('incoming') or record.get('migration'):
+                # Settled by the migration's redelivery (migration_ops).
+                continue
             if 'rescue' not in record:      # kept by an agent before 'rescue'
                 with self._lock(record['uuid']):
                     rescued = self.driver.is_rescued(record['spec']['instance'])

@@ -69,7 +69,15 @@ TRANSITIONS = {
                                    PREVIOUS, None),
     'detach_interface': Transition(_DEVICES_FROM, 'detaching_interface',
                                    PREVIOUS, None),
+    # -- live migration: a running (or paused) guest moves to another host,
+    # whose agent reports the end in the state it started from.
+    'live_migrate': Transition((ACTIVE, PAUSED_VM), 'migrating', PREVIOUS, None),
+    # -- end of live migration
 }
+
+# Requests that act on the operation running on their instance (they must
+# not wait behind it): their own serialization lane.
+ALONGSIDE = frozenset(('live_migrate_abort',))
 
 # Requests that change nothing: no per-instance queue, no fsync'ed outcome.
 READ_ONLY = frozenset(('get_info', 'list_instances', 'get_console_output',
@@ -154,6 +162,8 @@ RECOVERY = {
     'unrescuing': 'unrescue', 'rebooting': 'boot', 'rebooting_hard': 'boot',
     'powering-on': 'boot', 'powering-off': None, 'pausing': None,
     'unpausing': None, 'suspending': None, 'resuming': None,
+    # A migration's redelivery settles it (migration_ops); recover skips it.
+    'migrating': None,
 }
 
 # The operation of each task_state (the mark its redelivery is matched by).

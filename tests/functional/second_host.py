@@ -271,6 +271,9 @@ class TwoHosts:
     def __init__(self, agent1, second, agent2, agent2_shared):
         self.agent1, self.second = agent1, second
         self.agent2, self.agent2_shared = agent2, agent2_shared
+        # A bridge name free on both hosts (each agent creates it on plug;
+        # host 2's goes with its namespace).
+        self.bridge = agent1.fresh_link('cabm')
 
     def alive(self):
         return both_alive(self.second)
@@ -287,7 +290,8 @@ def run_two_hosts(test_guest, label):
     agents = []
     try:
         def prepare(env):
-            env.base_config = {'DEFAULT': {'my_ip': second.host_ip}}
+            env.base_config = {'DEFAULT': {'my_ip': second.host_ip},
+                               'libvirt': {'live_migration_peer_timeout': 5}}
             env.write_config()
         gen = run_agent(test_guest, label, prepare)
         agent1 = next(gen)
