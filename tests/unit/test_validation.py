@@ -108,6 +108,12 @@ def minimal(method):
                                                'type': 'bridge'}}
     if method == 'detach_interface':
         return {'instance_uuid': UUID, 'vif_id': 'port-1'}
+    if method == 'live_migrate':
+        return {'instance_uuid': UUID, 'dest_host': 'compute-2'}
+    if method == 'live_migrate_abort':
+        return {'instance_uuid': UUID}
+    if method.startswith('_migration_'):
+        return {'instance_uuid': UUID, 'migration': {}}
     return {'instance': instance()}
 
 
@@ -135,7 +141,10 @@ PROTOCOL_METHODS = {
     'unpause', 'suspend', 'resume', 'destroy', 'get_info', 'list_instances',
     'get_console_output', 'get_vnc_console', 'get_host_stats', 'ping',
     'update_security_rules',
-    'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface'}
+    'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface',
+    # live migration, and the agents' handshake for it
+    'live_migrate', 'live_migrate_abort', '_migration_check',
+    '_migration_prepare', '_migration_take_over', '_migration_rollback'}
 
 
 # -- the method table -------------------------------------------------------
@@ -190,6 +199,12 @@ EXPECTED_MINIMAL = {
     'attach_interface': {'instance_uuid': UUID, 'vif': dict(
         minimal('attach_interface')['vif'], details={})},
     'detach_interface': minimal('detach_interface'),
+    'live_migrate': dict(minimal('live_migrate'), block_migration=False),
+    'live_migrate_abort': minimal('live_migrate_abort'),
+    '_migration_check': minimal('_migration_check'),
+    '_migration_prepare': minimal('_migration_prepare'),
+    '_migration_take_over': minimal('_migration_take_over'),
+    '_migration_rollback': minimal('_migration_rollback'),
 }
 
 
