@@ -70,6 +70,8 @@ class Manager(DeviceOperations, MigrationOperations):
         self._destroyed = {}
         # uuid -> (request_id, outcome) of live migrations away from here
         self._migrated = {}
+        # uuids whose running live migration was asked to stop
+        self._aborting = set()
         self.planner = planner_mod.Planner(conf, driver.vif_drivers,
                                            driver.image_cache)
 

@@ -72,10 +72,14 @@ class MigrationOperations:
                 self._peer_rollback(context, record, mark)
             else:
                 mark['phase'] = 'switched'
-        with peer_mod.Peer(self.conf, mark['dest'], context) as peer:
-            if mark['phase'] != 'switched':
-                self._move(context, record, mark, peer)
-            return self._hand_over(context, record, mark, peer)
+        self._aborting.discard(uuid)
+        try:
+            with peer_mod.Peer(self.conf, mark['dest'], context) as peer:
+                if mark['phase'] != 'switched':
+                    self._move(context, record, mark, peer)
+                return self._hand_over(context, record, mark, peer)
+        finally:
+            self._aborting.discard(uuid)
 
     def _move(self, context, record, mark, peer):
         """Pre-check, prepare, migrate: the guest runs at the destination
@@ -100,6 +104,9 @@ class MigrationOperations:
                                  source=self.host)['instance_dir']
             mark = dict(mark, phase='migrating')
             self._set(record, context, METHOD, migration=mark)
+            if uuid in self._aborting:
+                raise exception.MigrationError(
+                    uuid=uuid, reason='aborted (live_migrate_abort)')
             self.driver.live_migrate(instance, target['uri'],
                                      target['migrate_uri'], dest_dir,
                                      mark['block'])
@@ -171,6 +178,9 @@ class MigrationOperations:
                 action='live_migrate_abort (no migration running)',
                 uuid=instance_uuid, vm_state=record['vm_state'],
                 task_state=record['task_state'])
+        # Before libvirt's job exists, _move sees the flag; during it,
+        # libvirt cancels the job and the migration fails on the source.
+        self._aborting.add(instance_uuid)
         self.driver.abort_migration(record['spec']['instance'])
         return public(record)
 

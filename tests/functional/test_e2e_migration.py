@@ -233,3 +233,44 @@ def test_abort_without_migration_is_invalid(hosts, resident):
     with pytest.raises(RemoteError) as ei:
         hosts.agent1.call('live_migrate_abort', instance_uuid=resident['uuid'])
     assert ei.value.exc_type == 'InstanceInvalidState'
+
+
+def test_abort_keeps_the_guest_on_the_source(hosts):
+    """A migration slowed to 1 MiB/s is cancelled while libvirt copies."""
+    a1, dest = hosts.agent1, hosts.agent2
+    inst, vif = spawn_guest(hosts, 'abort')
+    uuid = inst['uuid']
+    lv = open_libvirt()
+    try:
+        dom = lv.lookupByUUIDString(uuid)
+        dom.migrateSetMaxSpeed(1, 0)
+        before = last_heartbeat(a1, uuid)
+        since = a1.reports.mark()
+        a1.cast('live_migrate', instance_uuid=uuid, dest_host=dest.host,
+                block_migration=True)
+        wait_until(lambda: dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE, 60,
+                   'the migration job on the source', interval=0.05)
+        out = a1.call('live_migrate_abort', instance_uuid=uuid)
+        assert out['host'] == a1.host
+        err = a1.reports.wait(lambda r: r.get('instance_uuid') == uuid
+                              and r.get('event') == 'live_migrate.error', 60,
+                              'live_migrate.error', since)
+        assert err['host'] == a1.host and err['error']['class'] == 'MigrationError'
+        assert (err['vm_state'], err['power_state']) == ('active', 1)
+        assert dom.isActive()
+    finally:
+        lv.close()
+    info = a1.get_info(uuid)
+    assert (info['vm_state'], info['task_state'], info['host']) == (
+        'active', None, a1.host)
+    with pytest.raises(RemoteError):
+        dest.get_info(uuid)
+    lv2 = hosts.second.open()
+    try:
+        assert no_domain(lv2, uuid)
+    finally:
+        lv2.close()
+    assert not dest.instance_dir(inst).exists()
+    wait_until(lambda: last_heartbeat(a1, uuid) > before, 40,
+               'the guest still beating on the source', interval=1)
+    a1.destroy(inst)
