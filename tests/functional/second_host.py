@@ -279,8 +279,9 @@ class TwoHosts:
         return both_alive(self.second)
 
 
-def run_two_hosts(test_guest, label):
-    """For a module fixture (``yield from``): TwoHosts, torn down after."""
+def run_two_hosts(test_guest, label, prepare1=None):
+    """For a module fixture (``yield from``): TwoHosts, torn down after.
+    ``prepare1(env)``: more setup of host 1's agent before it starts."""
     try:
         from tests.functional.agent_fixture import run_agent
     except ImportError:
@@ -293,6 +294,8 @@ def run_two_hosts(test_guest, label):
             env.base_config = {'DEFAULT': {'my_ip': second.host_ip},
                                'libvirt': {'live_migration_peer_timeout': 5}}
             env.write_config()
+            if prepare1 is not None:
+                prepare1(env)
         gen = run_agent(test_guest, label, prepare)
         agent1 = next(gen)
         agents.append(('gen', gen))

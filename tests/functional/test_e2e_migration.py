@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import subprocess
+from pathlib import Path
 
 import libvirt
 import pytest
@@ -22,19 +23,29 @@ from compute_agent.rpc.client import RemoteError
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
         new_request_id, no_domain, open_libvirt, test_guest, wait_until)
+    from tests.functional.plugin_install import env_with, fake_install
     from tests.functional.second_host import run_two_hosts
 except ImportError:
     from agent_fixture import (  # noqa: F401
         new_request_id, no_domain, open_libvirt, test_guest, wait_until)
+    from plugin_install import env_with, fake_install
     from second_host import run_two_hosts
 
 BOOTED = 'COMPUTE-AGENT-TEST-GUEST BOOTED'
 HEARTBEAT = re.compile(r'^HEARTBEAT (\d+)', re.M)
 
 
+THIRDPARTY = Path(__file__).resolve().parents[1] / 'fixtures' / 'thirdparty_vif'
+
+
 @pytest.fixture(scope='module')
-def hosts(test_guest):
-    yield from run_two_hosts(test_guest, 'mig')
+def hosts(test_guest, tmp_path_factory):
+    """Host 1's agent also has a third-party VIF driver that host 2's lack."""
+    site = fake_install(THIRDPARTY, tmp_path_factory.mktemp('site') / 'site')
+
+    def prepare1(env):
+        env.env = env_with(site, tmp_path_factory.mktemp('stevedore'))
+    yield from run_two_hosts(test_guest, 'mig', prepare1)
 
 
 def random_mac():
@@ -273,4 +284,20 @@ def test_abort_keeps_the_guest_on_the_source(hosts):
     assert not dest.instance_dir(inst).exists()
     wait_until(lambda: last_heartbeat(a1, uuid) > before, 40,
                'the guest still beating on the source', interval=1)
+    a1.destroy(inst)
+
+
+def test_unknown_vif_type_at_the_destination(hosts):
+    """Host 1 knows the third-party VIF type, host 2 does not."""
+    a1 = hosts.agent1
+    tap = a1.fresh_link('tapmt')
+    subprocess.run(['ip', 'tuntap', 'add', 'dev', tap, 'mode', 'tap'], check=True)
+    subprocess.run(['ip', 'link', 'set', tap, 'up'], check=True)
+    vif = {'id': 'port-' + secrets.token_hex(4), 'address': random_mac(),
+           'type': 'thirdparty', 'devname': tap,
+           'network': {'id': 'net-3p', 'label': '3p', 'subnets': []}, 'details': {}}
+    inst, rec = a1.spawn(label='vif3p', network_info=[vif])
+    assert rec['vm_state'] == 'active', rec
+    err = refused(hosts, inst, dest_host=hosts.agent2.host, block_migration=True)
+    assert 'no VIF driver' in str(err)
     a1.destroy(inst)
