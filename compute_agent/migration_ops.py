@@ -28,6 +28,7 @@ instead of starting a second one.
 """
 
 import logging
+import time
 
 from compute_agent import exception
 from compute_agent import states
@@ -37,6 +38,8 @@ from compute_agent.rpc import peer as peer_mod
 
 LOG = logging.getLogger(__name__)
 METHOD = 'live_migrate'
+# Peer timeouts the source waits for the destination to take over.
+TAKE_OVER_ATTEMPTS = 10
 
 
 def _refusal(uuid, exc):
@@ -154,9 +157,7 @@ class MigrationOperations:
     def _hand_over(self, context, record, mark, peer):
         """The destination takes over, then this host lets go."""
         uuid, spec = record['uuid'], record['spec']
-        outcome = peer.call('_migration_take_over', uuid,
-                            sequence=self.journal.instance_sequence(uuid),
-                            request_id=mark.get('request_id'))
+        outcome = self._take_over(context, record, mark, peer)
         try:
             self.driver.cleanup_migrated(
                 spec['instance'], spec['network_info'],
@@ -168,6 +169,28 @@ class MigrationOperations:
         self._migrated[uuid] = (mark.get('request_id'), outcome)
         LOG.info('%s: migrated to %s', uuid, mark['dest'])
         return outcome
+
+    def _take_over(self, context, record, mark, peer):
+        """Ask the destination to take over until it answers: the guest
+        runs there, so a destination agent that is restarting must still
+        become the owner. Given up after TAKE_OVER_ATTEMPTS peer timeouts:
+        then the record stays marked here and a new ``live_migrate`` of the
+        instance finishes the hand-over."""
+        uuid = record['uuid']
+        for _attempt in range(TAKE_OVER_ATTEMPTS):
+            try:
+                return peer.call('_migration_take_over', uuid,
+                                 sequence=self.journal.instance_sequence(uuid),
+                                 request_id=mark.get('request_id'))
+            except peer_mod.PeerUnavailable as exc:
+                LOG.warning('%s: the destination has not taken over yet '
+                            '(%s); asking again', uuid, exc)
+                time.sleep(1)
+        err = exception.MigrationError(
+            uuid=uuid, reason='the guest runs on %s but its agent did not '
+            'take it over' % mark['dest'])
+        self._set(record, context, METHOD + '.error', error=err.to_dict())
+        raise err
 
     def do_live_migrate_abort(self, context, instance_uuid):
         record = self._get(instance_uuid)

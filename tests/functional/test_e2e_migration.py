@@ -301,3 +301,57 @@ def test_unknown_vif_type_at_the_destination(hosts):
     err = refused(hosts, inst, dest_host=hosts.agent2.host, block_migration=True)
     assert 'no VIF driver' in str(err)
     a1.destroy(inst)
+
+
+# -- crashes: the redelivered request settles the migration -------------------------
+
+def test_source_agent_killed_during_the_copy(hosts):
+    """SIGKILL of the source agent while libvirt copies; the restarted
+    agent's redelivery of the same request settles it: exactly one running
+    domain (at the destination), one owner, the end reported from there."""
+    a1, dest = hosts.agent1, hosts.agent2
+    inst, vif = spawn_guest(hosts, 'crash')
+    uuid = inst['uuid']
+    dest.instances[uuid] = inst
+    before = last_heartbeat(a1, uuid)
+    lv = open_libvirt()
+    try:
+        dom = lv.lookupByUUIDString(uuid)
+        dom.migrateSetMaxSpeed(1, 0)
+        since = a1.reports.mark()
+        rid = new_request_id()
+        a1.cast('live_migrate', request_id=rid, instance_uuid=uuid,
+                dest_host=dest.host, block_migration=True)
+        wait_until(lambda: dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE, 60,
+                   'the migration job on the source', interval=0.05)
+        a1.kill()
+        # Full speed again: libvirtd finishes the copy on its own (or, if
+        # it gave up with its client, the redelivery migrates again).
+        dom.migrateSetMaxSpeed(8 * 1024 * 1024, 0)
+    finally:
+        lv.close()
+    a1.start()
+    end = a1.reports.wait(lambda r: r.get('instance_uuid') == uuid
+                          and r.get('event') == 'live_migrate.end', 120,
+                          'live_migrate.end after the restart', since)
+    assert end['host'] == dest.host and end['vm_state'] == 'active'
+    wait_until(lambda: _not_found(a1, uuid), 30, 'the source to forget it')
+    assert dest.get_info(uuid)['host'] == dest.host
+    lv2 = hosts.second.open()
+    try:
+        running = [d for d in lv2.listAllDomains(0) if d.UUIDString() == uuid]
+        assert len(running) == 1 and running[0].isActive()
+    finally:
+        lv2.close()
+    assert_left_nothing_on_source(hosts, inst, vif)
+    wait_until(lambda: last_heartbeat(dest, uuid) > before, 40,
+               f'a HEARTBEAT above {before} at the destination', interval=1)
+    dest.destroy(inst)
+
+
+def _not_found(agent, uuid):
+    try:
+        agent.get_info(uuid)
+    except RemoteError as e:
+        return e.exc_type == 'InstanceNotFound'
+    return False
