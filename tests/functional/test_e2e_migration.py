@@ -349,6 +349,40 @@ def test_source_agent_killed_during_the_copy(hosts):
     dest.destroy(inst)
 
 
+def test_destination_agent_killed_before_take_over(hosts):
+    """SIGKILL of the destination agent while libvirt copies: the guest
+    arrives there anyway, and the source keeps asking until the restarted
+    destination agent takes it over."""
+    a1, dest = hosts.agent1, hosts.agent2
+    inst, vif = spawn_guest(hosts, 'dkill')
+    uuid = inst['uuid']
+    dest.instances[uuid] = inst
+    lv = open_libvirt()
+    try:
+        dom = lv.lookupByUUIDString(uuid)
+        dom.migrateSetMaxSpeed(1, 0)
+        since = a1.reports.mark()
+        a1.cast('live_migrate', instance_uuid=uuid, dest_host=dest.host,
+                block_migration=True)
+        wait_until(lambda: dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE, 60,
+                   'the migration job on the source', interval=0.05)
+        dest.kill()
+        dom.migrateSetMaxSpeed(8 * 1024 * 1024, 0)
+        wait_until(lambda: not dom.isActive(), 60, 'the guest to leave host 1')
+    finally:
+        lv.close()
+    assert hosts.alive()
+    dest.start()
+    end = a1.reports.wait(lambda r: r.get('instance_uuid') == uuid
+                          and r.get('event') == 'live_migrate.end', 120,
+                          'live_migrate.end after the restart', since)
+    assert end['host'] == dest.host
+    wait_until(lambda: _not_found(a1, uuid), 30, 'the source to forget it')
+    assert dest.get_info(uuid)['host'] == dest.host
+    assert_left_nothing_on_source(hosts, inst, vif)
+    dest.destroy(inst)
+
+
 def _not_found(agent, uuid):
     try:
         agent.get_info(uuid)
