@@ -171,6 +171,10 @@ def main():
                 print('%-7s %-6s %9.3fs %9.3fs %10s' % (
                     mode, side, statistics.median(totals), totals[-1],
                     '%d ms' % statistics.median(downs) if downs else 'n/a'))
+        for mode, res in rows:      # every sample, to judge the noise
+            for side in ('agent', 'hand'):
+                print('%-7s %-6s samples: %s' % (mode, side, ', '.join(
+                    '%.2fs/%sms' % (t, d) for t, d in res[side])))
         for mode, res in rows:
             for what, idx, unit in (('total', 0, 's'), ('downtime', 1, 'ms')):
                 a = [r[idx] for r in res['agent'] if r[idx] is not None]
