@@ -31,6 +31,8 @@ except ImportError:
     from plugin_install import env_with, fake_install
     from second_host import run_two_hosts
 
+# The guests' network (second_host.py's veth subnets stop at 10.93.250).
+GUEST_NET = '10.93.251'
 BOOTED = 'COMPUTE-AGENT-TEST-GUEST BOOTED'
 HEARTBEAT = re.compile(r'^HEARTBEAT (\d+)', re.M)
 
@@ -59,9 +61,9 @@ def spawn_guest(hosts, label):
            'type': 'bridge', 'devname': a1.fresh_link('tapmg'),
            'network': {'id': 'net-mig', 'bridge': hosts.bridge, 'label': 'mig',
                        'mtu': 1500,
-                       'subnets': [{'cidr': '10.93.250.0/24', 'gateway': None,
+                       'subnets': [{'cidr': GUEST_NET + '.0/24', 'gateway': None,
                                     'dns': [],
-                                    'ips': [{'address': '10.93.250.%d' % (
+                                    'ips': [{'address': GUEST_NET + '.%d' % (
                                         secrets.randbelow(200) + 10)}]}]},
            'details': {}}
     vol = a1.root / f'vol-{label}-{secrets.token_hex(3)}.img'
@@ -134,6 +136,15 @@ def migrate_and_check(hosts, dest, label, block):
     finally:
         lv2.close()
     assert_left_nothing_on_source(hosts, inst, vif, files_gone=block)
+    # Its network works there: host 2 (its side of the bridge) pings it
+    # (busybox-static's ping: the machine may have no other).
+    ns = ('ip', 'netns', 'exec', hosts.second.netns)
+    subprocess.run([*ns, 'ip', 'addr', 'replace', GUEST_NET + '.1/24', 'dev',
+                    hosts.bridge], check=True)
+    guest_ip = info['vifs'][0]['ips'][0]
+    wait_until(lambda: subprocess.run([*ns, 'busybox', 'ping', '-c', '1', '-W', '1', guest_ip],
+                                      capture_output=True).returncode == 0,
+               30, f'{guest_ip} answering ping on host 2', interval=0.5)
     # The counter goes on at the destination: the guest never restarted.
     wait_until(lambda: last_heartbeat(dest, uuid) > before, 40,
                f'a HEARTBEAT above {before} at the destination', interval=1)
