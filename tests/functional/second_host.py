@@ -172,7 +172,22 @@ class SecondHost:
             return False
 
     def _stop_daemons(self):
-        """libvirtd (tini's child) and virtlogd, by their own pid files."""
+        """Every guest of host 2, then libvirtd (tini's child) and virtlogd,
+        by their own pid files."""
+        try:
+            conn = self.open()
+            try:
+                for dom in conn.listAllDomains(0):
+                    try:
+                        if dom.isActive():
+                            dom.destroy()
+                        dom.undefine()
+                    except Exception as exc:  # noqa: BLE001 - go on
+                        print(f'second host: cannot remove {dom.name()}: {exc}')
+            finally:
+                conn.close()
+        except Exception:  # noqa: BLE001 - libvirtd is gone already
+            pass
         for name in ('libvirtd', 'virtlogd'):
             try:
                 pid = int((self.root / f'{name}.pid').read_text())
