@@ -32,6 +32,7 @@ import time
 
 from compute_agent import exception
 from compute_agent import states
+from compute_agent import validation
 from compute_agent.conf import libvirt as libvirt_conf
 from compute_agent.records import public
 from compute_agent.rpc import peer as peer_mod
@@ -40,6 +41,16 @@ LOG = logging.getLogger(__name__)
 METHOD = 'live_migrate'
 # Peer timeouts the source waits for the destination to take over.
 TAKE_OVER_ATTEMPTS = 10
+
+
+def _checked_spec(spec):
+    """The instance's stored request as a peer sent it, validated like a
+    spawn (the destination trusts the broker, not the bytes)."""
+    args = validation.validate('spawn', {
+        k: spec.get(k) for k in ('instance', 'image_meta', 'network_info',
+                                 'block_device_info')})
+    return dict(spec, **{k: args[k] for k in (
+        'instance', 'image_meta', 'network_info', 'block_device_info')})
 
 
 def _refusal(uuid, exc):
@@ -217,7 +228,10 @@ class MigrationOperations:
                     uuid=uuid, reason='the destination already has it')
             if record is not None:          # a dead attempt's leftovers
                 self._undo_incoming(record)
-        spec = m['spec']
+        spec = _checked_spec(m['spec'])
+        if spec['instance']['uuid'] != uuid:
+            raise exception.InvalidRequest('migration.spec.instance.uuid',
+                                           'is not instance_uuid', uuid=uuid)
         self.driver.check_incoming(uuid, m['facts'], spec.get('network_info'),
                                    spec.get('block_device_info'),
                                    self.conf.reserved_host_memory_mb)
@@ -240,7 +254,10 @@ class MigrationOperations:
 
     def do__migration_prepare(self, context, instance_uuid, migration):
         uuid, m = instance_uuid, migration
-        source = m['record']
+        source = dict(m['record'], spec=_checked_spec(m['record']['spec']))
+        if source['spec']['instance']['uuid'] != uuid or source.get('uuid') != uuid:
+            raise exception.InvalidRequest('migration.record.uuid',
+                                           'is not instance_uuid', uuid=uuid)
         with self._lock(uuid):
             plan = self.planner.guest(source['spec'])
             inst_dir = self.driver.prepare_incoming(plan, m['block'])

@@ -47,10 +47,13 @@ class Peer:
             raise PeerUnavailable('the broker failed while calling host %s: '
                                   '%s' % (self.host, e)) from None
         except client_mod.RemoteError as e:
-            cls = getattr(exception, e.exc_type or '', None)
-            if isinstance(cls, type) and issubclass(cls, exception.AgentError):
-                raise cls(e.value) from None
-            raise exception.MigrationError(e.value) from None
+            cls = exception.WIRE_ERRORS.get(e.exc_type) or {
+                'MigrationError': exception.MigrationError,
+                'MigrationPreCheckError': exception.MigrationPreCheckError,
+            }.get(e.exc_type)
+            if cls is None or cls is exception.InvalidRequest:
+                cls = exception.MigrationError
+            raise cls('%s (from %s)' % (e.value, self.host)) from None
 
     def close(self):
         self._client.close()
