@@ -405,6 +405,13 @@ class Journal:
             self._put(db, messages, seq, now)
         return seq
 
+    def continue_sequence(self, uuid, sequence):
+        """Raise the instance's sequence to ``sequence`` (a migrated-in
+        instance goes on from the source's last number; never lowered)."""
+        with self._tx() as db:
+            db.execute('UPDATE instances SET sequence = ? WHERE uuid = ? AND'
+                       ' sequence < ?', (int(sequence), uuid, int(sequence)))
+
     def next_sequence(self, uuid, messages=()):
         """Bump and return the sequence, leaving the record as it is; write
         ``messages`` (a report of a rejected request) in the same commit.

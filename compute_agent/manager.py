@@ -25,6 +25,7 @@ from compute_agent import validation
 from compute_agent import version
 from compute_agent.device_ops import DeviceOperations
 from compute_agent.guest_agent_ops import GuestAgentOperations
+from compute_agent.migration_ops import MigrationOperations
 from compute_agent.rebuild_ops import RebuildOperation
 from compute_agent.records import public
 from compute_agent.resize_ops import ResizeOperations
@@ -54,8 +55,8 @@ def _error_of(exc):
     return {'class': type(exc).__name__, 'message': str(exc)}
 
 
-class Manager(DeviceOperations, GuestAgentOperations, RebuildOperation,
-              ResizeOperations, SnapshotOperations):
+class Manager(DeviceOperations, GuestAgentOperations, MigrationOperations,
+              RebuildOperation, ResizeOperations, SnapshotOperations):
     # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
     inline_methods = frozenset(('ping',))
 
@@ -74,6 +75,10 @@ class Manager(DeviceOperations, GuestAgentOperations, RebuildOperation,
         self._checked = {}
         # uuid -> (request_id, outcome) of destroys recovery finished
         self._destroyed = {}
+        # uuid -> (request_id, outcome) of live migrations away from here
+        self._migrated = {}
+        # uuids whose running live migration was asked to stop
+        self._aborting = set()
         self.planner = planner_mod.Planner(conf, driver.vif_drivers,
                                            driver.image_cache)
         self._init_guest_agent()
@@ -110,6 +115,8 @@ class Manager(DeviceOperations, GuestAgentOperations, RebuildOperation,
             # command that operation waits on is cancelled now
             # (virt/guest_agent.py, "cancellation by destroy").
             self._destroy_queued(uuid)
+        if method in states.ALONGSIDE:      # acts on the operation running
+            return '%s/%s' % (uuid, method)
         return uuid
 
     def instance_uuid_of(self, method, args):
@@ -141,7 +148,8 @@ class Manager(DeviceOperations, GuestAgentOperations, RebuildOperation,
 
     def _get(self, uuid):
         record = self.journal.get_instance(uuid)
-        if record is None:
+        # An incoming migration is not this host's until it takes over.
+        if record is None or record.get('incoming'):
             raise exception.InstanceNotFound(uuid=uuid)
         return record
 
@@ -439,7 +447,8 @@ class Manager(DeviceOperations, GuestAgentOperations, RebuildOperation,
         return self._public(self._get(instance_uuid))
 
     def do_list_instances(self, context):
-        return [self._public(r) for r in self.journal.list_instances()]
+        return [self._public(r) for r in self.journal.list_instances()
+                if not r.get('incoming')]
 
     def _public(self, record):
         out = public(record)
@@ -550,6 +559,9 @@ class Manager(DeviceOperations, GuestAgentOperations, RebuildOperation,
         restart interrupted (``states.RECOVERY``); the interrupted request's
         redelivery then completes it (``states.verdict``)."""
         for record in self.journal.list_instances():
+            if record.get('incoming') or record.get('migration'):
+                # Settled by the migration's redelivery (migration_ops).
+                continue
             if 'rescue' not in record:      # kept by an agent before 'rescue'
                 with self._lock(record['uuid']):
                     rescued = self.driver.is_rescued(record['spec']['instance'])

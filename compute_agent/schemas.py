@@ -386,6 +386,9 @@ DEFS = {
 # keys, when sent, are still type-checked).
 DEFS['instance_ref'] = dict(DEFS['instance'], required=['uuid'])
 _INSTANCE = {'instance': _ref('instance_ref')}
+# A host name (the [DEFAULT] host of an agent): it becomes a routing key.
+HOST_RE = r'^[^\x00-\x1f\x7f*#]{1,255}$'
+_PEER_ARGS = {'instance_uuid': _ref('uuid'), 'migration': {'type': 'object'}}
 ARGS = {
     'spawn': dict(instance=_ref('instance'), image_meta=_ref('image_meta'),
                   network_info=_ref('network_info'),
@@ -447,6 +450,19 @@ ARGS = {
                                        'without control characters'},
         'user': rules.USER_NAME.schema(default='root')},
     # -- end of guest agent --
+    # -- live migration (docs: protocol-method-live-migrate) -------------------
+    'live_migrate': {'instance_uuid': _ref('uuid'),
+                     'dest_host': _str(HOST_RE, **{
+                         'x-reason': 'must be a host name: 1-255 characters, '
+                                     'no control characters, no * or #'}),
+                     'block_migration': {'type': 'boolean', 'default': False}},
+    'live_migrate_abort': {'instance_uuid': _ref('uuid')},
+    # Between agents (the migration handshake): their own business.
+    '_migration_check': _PEER_ARGS,
+    '_migration_prepare': _PEER_ARGS,
+    '_migration_take_over': _PEER_ARGS,
+    '_migration_rollback': _PEER_ARGS,
+    # -- end of live migration ----------------------------------------------------
     'get_info': {'instance_uuid': _ref('uuid')},
     'list_instances': {},
     'get_console_output': {'instance_uuid': _ref('uuid'),

@@ -101,7 +101,15 @@ TRANSITIONS = {
     # 1.1 guest agent: inside a running guest, back to where it was.
     'set_admin_password': Transition((ACTIVE,), 'updating_password',
                                      PREVIOUS, None),
+    # -- live migration: a running (or paused) guest moves to another host,
+    # whose agent reports the end in the state it started from.
+    'live_migrate': Transition((ACTIVE, PAUSED_VM), 'migrating', PREVIOUS, None),
+    # -- end of live migration
 }
+
+# Requests that act on the operation running on their instance (they must
+# not wait behind it): their own serialization lane.
+ALONGSIDE = frozenset(('live_migrate_abort',))
 
 # Requests that change nothing: no per-instance queue, no fsync'ed outcome.
 READ_ONLY = frozenset(('get_info', 'list_instances', 'get_console_output',
@@ -203,6 +211,8 @@ RECOVERY = {
     # resize (1.1)
     'resize_migrating': 'revert_resize', 'resize_finish': 'revert_resize',
     'resize_reverting': 'revert_resize', 'resize_confirming': 'confirm_resize',
+    # A migration's redelivery settles it (migration_ops); recover skips it.
+    'migrating': None,
 }
 
 # The operation of each task_state (the mark its redelivery is matched by).

@@ -17,6 +17,11 @@ opts = [
         help='IP address of this host on the management network; other '
              'options may refer to it as $my_ip (e.g. [vnc] '
              'server_proxyclient_address).'),
+    cfg.IntOpt(
+        'reserved_host_memory_mb', default=512, min=0,
+        help='Memory (MiB) kept for the host itself: a migration is only '
+             'accepted when the guest fits in the free memory beyond it '
+             '(nova\'s option of the same name).'),
     cfg.BoolOpt(
         'use_cow_images', default=True,
         deprecated_opts=[cfg.DeprecatedOpt('use_cow_images', group='images')],

@@ -175,6 +175,27 @@ opts = [
              'blocks only its own operation, never other guests nor the '
              'same guest\'s destroy.'),
     # -- end of guest agent --
+    # -- live migration (docs: protocol-migration-hosts) ----------------------
+    cfg.StrOpt(
+        'live_migration_scheme', default='tcp',
+        help='Scheme of the URI other hosts reach this host\'s libvirt with: '
+             'qemu+<scheme>://<address>/system (tcp, tls, ssh...). Ignored '
+             'when live_migration_uri is set.'),
+    cfg.HostAddressOpt(
+        'live_migration_inbound_addr', default=None,
+        help='Address other hosts send live migrations to this host at '
+             '(its libvirt and the migration stream); unset means my_ip.'),
+    cfg.StrOpt(
+        'live_migration_uri', default=None,
+        help='The libvirt URI of this host as other hosts use it, "%s" '
+             'standing for the address (e.g. qemu+tcp://%s/system); unset '
+             'derives it from live_migration_scheme.'),
+    cfg.FloatOpt(
+        'live_migration_peer_timeout', default=30.0, min=1.0,
+        help='Seconds an agent waits for the other agent of a migration '
+             'to answer a handshake step (its heartbeats extend the wait); '
+             'a destination that does not answer in time fails the '
+             'pre-check (MigrationPreCheckError).'),
 ]
 
 
@@ -192,3 +213,16 @@ def disk_prefix(conf):
         return conf.libvirt.disk_prefix
     return {'kvm': 'vd', 'qemu': 'vd', 'xen': 'xvd', 'uml': 'ubd',
             'lxc': 'sd'}[conf.libvirt.virt_type]
+
+
+def migration_address(conf):
+    """Where other hosts reach this host for a live migration."""
+    return conf.libvirt.live_migration_inbound_addr or conf.my_ip
+
+
+def migration_uri(conf, address):
+    """The libvirt URI of the host at ``address`` (docs: protocol-migration-hosts)."""
+    if conf.libvirt.live_migration_uri:
+        return conf.libvirt.live_migration_uri % address
+    host = '[%s]' % address if ':' in address else address
+    return 'qemu+%s://%s/system' % (conf.libvirt.live_migration_scheme, host)

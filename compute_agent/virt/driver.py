@@ -40,6 +40,7 @@ from compute_agent.virt import guest
 from compute_agent.virt import guest_agent
 from compute_agent.virt import host
 from compute_agent.virt import ifaceops
+from compute_agent.virt import migration
 from compute_agent.virt import plan as plan_mod
 from compute_agent.virt import rebuildops
 from compute_agent.virt import snapshot
@@ -71,7 +72,7 @@ class _Undo:
         self.domain = False      # True once this call defined the domain
 
 
-class LibvirtDriver:
+class LibvirtDriver(migration.LiveMigration):
     """Guest operations on one libvirt host.
 
     ``on_power_event(uuid, power_state)`` is called from a worker thread for

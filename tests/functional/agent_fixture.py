@@ -77,10 +77,10 @@ def require_services(url):
                      '(run tools/start-services.sh)')
 
 
-def open_libvirt():
+def open_libvirt(uri=LIBVIRT_URI):
     import libvirt
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    return libvirt.open(LIBVIRT_URI)
+    return libvirt.open(uri)
 
 
 def no_domain(lv, uuid):
@@ -190,8 +190,12 @@ def _fmt(r):
 class AgentEnv:
     """One real agent process, its directories, config and broker names."""
 
-    def __init__(self, test_guest, label='e2e', url=None, env=None):
-        """``env``: the agent's environment (None: this process's)."""
+    def __init__(self, test_guest, label='e2e', url=None, env=None, peer=None,
+                 command_prefix=()):
+        """``env``: the agent's environment (None: this process's).
+        ``peer``: another AgentEnv of the same cloud (its topic, exchange and
+        state topic are shared; it owns them). ``command_prefix``: run the
+        agent through it (e.g. ``ip netns exec NS``)."""
         from compute_agent.rpc.client import AgentClient
 
         self.url = url or broker_url()
@@ -202,6 +206,13 @@ class AgentEnv:
         self.topic = f'compute-e2e-{self.tag}'
         self.state_topic = f'sched-e2e-{self.tag}'
         self.exchange = f'e2e-ex-{self.tag}'
+        self.peer = peer
+        if peer is not None:
+            self.topic, self.state_topic, self.exchange = (
+                peer.topic, peer.state_topic, peer.exchange)
+        self.command_prefix = list(command_prefix)
+        self.base_config = {}    # sections over the defaults, under extras
+        self.libvirt_uri = LIBVIRT_URI
         self.ovs_bridge = f'cabr{secrets.token_hex(2)}'  # unique integration bridge
         self.name_prefix = f'ca{self.tag}-'
         self.proc = None
@@ -262,7 +273,8 @@ class AgentEnv:
             'ovs': {'integration_bridge': self.ovs_bridge, 'datapath_type': 'netdev',
                     'ovs_vsctl_timeout': 30},
         }
-        for section, values in extra_sections.items():
+        for section, values in list(self.base_config.items()) + list(
+                extra_sections.items()):
             sections.setdefault(section, {}).update(values)
         text = ''.join(f'[{s}]\n' + ''.join(f'{k} = {v}\n' for k, v in opts.items()) + '\n'
                        for s, opts in sections.items())
@@ -276,7 +288,7 @@ class AgentEnv:
         with open(self.log_file, 'ab') as log:
             log.write(b'\n==== test: starting the agent ====\n')
             self.proc = subprocess.Popen(
-                [str(AGENT_BIN), '--config-file', str(self.config_file),
+                self.command_prefix + [str(AGENT_BIN), '--config-file', str(self.config_file),
                  '--log-file', str(self.log_file)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=str(self.root), env=self.env)
@@ -484,7 +496,7 @@ class AgentEnv:
     def _clean_domains(self):
         import libvirt
         try:
-            conn = open_libvirt()
+            conn = open_libvirt(self.libvirt_uri)
         except libvirt.libvirtError:
             return
         try:
@@ -529,7 +541,8 @@ class AgentEnv:
             with kombu.Connection(kombu_url(self.url), connect_timeout=3) as c:
                 ch = c.channel()
                 topology.delete(ch, names)
-                ch.exchange_delete(self.exchange)
+                if self.peer is None:   # the peer's, not ours to remove
+                    ch.exchange_delete(self.exchange)
         except Exception:  # noqa: BLE001 - best effort
             pass
 

@@ -1031,11 +1031,23 @@ def test_key_is_the_uuid_for_state_changing_methods_only(h):
     valid = h.manager.validate('update_security_rules', {
         'instance_uuid': uuid, 'vif_id': 'p', 'rules': None}, '1.1')
     assert h.manager.key('update_security_rules', valid) == uuid
+    for method in ('live_migrate', '_migration_check', '_migration_prepare',
+                   '_migration_take_over', '_migration_rollback'):
+        args = {'instance_uuid': uuid}
+        args.update({'dest_host': 'h2'} if method == 'live_migrate'
+                    else {'migration': {}})
+        valid = h.manager.validate(method, args, '1.1')
+        assert h.manager.key(method, valid) == uuid, method
+    # An abort must not wait behind the migration it cancels.
+    valid = h.manager.validate('live_migrate_abort', {'instance_uuid': uuid}, '1.1')
+    assert h.manager.key('live_migrate_abort', valid) == uuid + '/live_migrate_abort'
     assert set(READ_ONLY) | set(STATE_CHANGING) | {
         'update_security_rules', 'attach_volume', 'detach_volume',
         'attach_interface', 'detach_interface', 'rebuild', 'snapshot',
         'resize', 'confirm_resize', 'revert_resize',
-        'set_admin_password'} == set(validation.METHODS)
+        'set_admin_password', 'live_migrate',
+        'live_migrate_abort', '_migration_check', '_migration_prepare',
+        '_migration_take_over', '_migration_rollback'} == set(validation.METHODS)
     assert not os.path.exists(h.conf.instances_path)
 
 

@@ -121,6 +121,12 @@ def minimal(method):
     # -- end of resize
     if method == 'set_admin_password':     # guest agent (issue 15)
         return {'instance_uuid': UUID, 'admin_password': 'n3w-pass word'}
+    if method == 'live_migrate':
+        return {'instance_uuid': UUID, 'dest_host': 'compute-2'}
+    if method == 'live_migrate_abort':
+        return {'instance_uuid': UUID}
+    if method.startswith('_migration_'):
+        return {'instance_uuid': UUID, 'migration': {}}
     return {'instance': instance()}
 
 
@@ -150,7 +156,10 @@ PROTOCOL_METHODS = {
     'update_security_rules',
     'attach_volume', 'detach_volume', 'attach_interface', 'detach_interface',
     'rebuild', 'snapshot', 'resize', 'confirm_resize', 'revert_resize',
-    'set_admin_password'}
+    'set_admin_password',
+    # live migration, and the agents' handshake for it
+    'live_migrate', 'live_migrate_abort', '_migration_check',
+    '_migration_prepare', '_migration_take_over', '_migration_rollback'}
 
 
 # -- the method table -------------------------------------------------------
@@ -216,6 +225,12 @@ EXPECTED_MINIMAL = {
     'confirm_resize': minimal('confirm_resize'),
     'revert_resize': minimal('revert_resize'),
     'set_admin_password': dict(minimal('set_admin_password'), user='root'),
+    'live_migrate': dict(minimal('live_migrate'), block_migration=False),
+    'live_migrate_abort': minimal('live_migrate_abort'),
+    '_migration_check': minimal('_migration_check'),
+    '_migration_prepare': minimal('_migration_prepare'),
+    '_migration_take_over': minimal('_migration_take_over'),
+    '_migration_rollback': minimal('_migration_rollback'),
 }
 
 
