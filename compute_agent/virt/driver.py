@@ -595,9 +595,11 @@ class LibvirtDriver:
         return contextlib.nullcontext()
 
     @contextlib.contextmanager
-    def snapshot_copy(self, instance, root_dev, image_id, disk_format, quiesce):
+    def snapshot_copy(self, instance, root_dev, image_id, disk_format, quiesce,
+                      on_pause=None):
         """A standalone copy of the root disk (``virt/snapshot.py``), as a
-        temporary file in the instance dir that is removed on exit."""
+        temporary file in the instance dir that is removed on exit.
+        ``on_pause()`` runs before the guest is paused for the copy."""
         dest = snapshot.temp_path(self._dir(instance), image_id)
 
         def run(dom):
@@ -609,16 +611,19 @@ class LibvirtDriver:
                     uuid=instance['uuid'], reason='the guest is not running')
             return snapshot.copy_disk(dom, root_dev, dest, disk_format, (
                 lambda: self.quiesced(instance['name'], instance['uuid'], quiesce))
-                if running else contextlib.nullcontext)
+                if running else contextlib.nullcontext,
+                pause_max_bytes=self.conf.libvirt.snapshot_pause_max_mb << 20,
+                on_pause=on_pause)
         try:
             yield self._on_domain(instance, run)
         finally:
             _unlink(dest)
 
-    def abort_snapshot(self, instance, root_dev):
-        """After a restart: cancel a snapshot's block copy, drop its files."""
+    def abort_snapshot(self, instance, root_dev, paused=False):
+        """After a restart: cancel a snapshot's block copy, resume the guest
+        if the snapshot had paused it (``paused``), drop its files."""
         if self.exists(instance):
-            self._on_domain(instance, lambda d: snapshot.abort(d, root_dev))
+            self._on_domain(instance, lambda d: snapshot.abort(d, root_dev, paused))
         snapshot.remove_temps(self._dir(instance))
 
 

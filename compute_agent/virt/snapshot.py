@@ -35,6 +35,7 @@ fixes the copy's content: the cancel of the ready mirror.
 
 import contextlib
 import glob
+import json
 import logging
 import os
 import time
@@ -54,6 +55,7 @@ SUFFIX = '.part'
 POLL = 0.02
 READY_TIMEOUT = 3600        # a mirror that never converges: give up
 CONVERT_TIMEOUT = 3600
+INFO_TIMEOUT = 60
 
 
 def temp_path(inst_dir, image_id):
@@ -76,20 +78,29 @@ def root_disk(dom, root_dev):
     raise exception.InvalidRequest('instance_uuid', f'the guest has no root disk {root_dev}')
 
 
-def copy_disk(dom, root_dev, dest, disk_format, quiesced):
+def copy_disk(dom, root_dev, dest, disk_format, quiesced, pause_max_bytes=0,
+              on_pause=None):
     """Write the root disk ``root_dev`` of ``dom`` to ``dest`` as a
     standalone ``disk_format`` image. ``quiesced()`` is a context manager
     around the instant the copy is fixed (None for a stopped guest).
+
+    A running guest whose disk allocates at most ``pause_max_bytes`` is
+    paused for the copy (``on_pause()`` is called first, to record that it
+    will be) and resumed in every case; above it, or with 0, it is copied
+    by a block copy that never pauses it.
 
     ``dest`` must not exist; on failure it is removed."""
     if disk_format not in FORMATS:
         raise exception.InvalidRequest('disk_format', 'must be qcow2 or raw')
     src, src_fmt = root_disk(dom, root_dev)
     try:
-        if guest.libvirt_state(dom) in (libvirt.VIR_DOMAIN_SHUTOFF,
-                                        libvirt.VIR_DOMAIN_SHUTDOWN,
-                                        libvirt.VIR_DOMAIN_CRASHED):
+        state = guest.libvirt_state(dom)
+        if state in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTDOWN,
+                     libvirt.VIR_DOMAIN_CRASHED):
             _convert(src, src_fmt, dest, disk_format)
+        elif (state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED)
+              and pause_max_bytes and allocated(src, src_fmt) <= pause_max_bytes):
+            _paused_convert(dom, src, src_fmt, dest, disk_format, quiesced, on_pause)
         else:
             _block_copy(dom, root_dev, dest, disk_format, quiesced)
     except BaseException:
@@ -98,9 +109,49 @@ def copy_disk(dom, root_dev, dest, disk_format, quiesced):
     return dest
 
 
-def _convert(src, src_fmt, dest, disk_format):
-    disks._run(['qemu-img', 'convert', '-q', '-f', src_fmt, '-O', disk_format,
-                src, dest], dest, timeout=CONVERT_TIMEOUT)
+def allocated(path, fmt):
+    """Bytes the image and its backing chain take on disk (what a copy reads
+    at most): the sum of qemu-img info's ``actual-size``."""
+    chain = json.loads(disks.run(
+        ['qemu-img', 'info', '-U', '--backing-chain', '--output=json', '-f', fmt, path],
+        path, timeout=INFO_TIMEOUT))
+    return sum(int(image.get('actual-size') or 0) for image in chain)
+
+
+def _convert(src, src_fmt, dest, disk_format, shared=False):
+    # -t unsafe: qemu-img does not flush; the written image stays in the
+    # page cache, so the store's sha256 reads it from memory and its fsync
+    # makes it durable before the image is published. -T writeback: the
+    # source is read through the page cache too (never O_DIRECT).
+    # -U (shared): the running QEMU holds the image's write lock; paused, it
+    # has flushed everything and writes nothing until it is resumed.
+    disks.run(['qemu-img', 'convert', '-q', *(['-U'] if shared else []),
+               '-t', 'unsafe', '-T', 'writeback', '-f', src_fmt, '-O', disk_format,
+               src, dest], dest, timeout=CONVERT_TIMEOUT)
+
+
+def _paused_convert(dom, src, src_fmt, dest, disk_format, quiesced, on_pause):
+    if on_pause is not None:
+        on_pause()
+    with quiesced():
+        # Paused, QEMU has drained and flushed its block layer (vm_stop):
+        # the files are a consistent image of this instant.
+        dom.suspend()
+        paused = time.monotonic()
+        try:
+            _convert(src, src_fmt, dest, disk_format, shared=True)
+        finally:
+            resume(dom)
+            LOG.info('Copied the root disk of %s paused for %.3f s', dom.name(),
+                     time.monotonic() - paused)
+
+
+def resume(dom):
+    """Resume ``dom`` if it is paused (the snapshot paused it)."""
+    if guest.libvirt_state(dom) == libvirt.VIR_DOMAIN_PAUSED:
+        dom.resume()
+        return True
+    return False
 
 
 def _block_copy(dom, dev, dest, disk_format, quiesced):
@@ -145,14 +196,17 @@ def _mirror_state(dom, dev):
     return None
 
 
-def abort(dom, dev):
-    """Cancel a block copy of ``dev`` if one runs (the guest keeps its disk)."""
+def abort(dom, dev, paused=False):
+    """Cancel a block copy of ``dev`` if one runs (the guest keeps its disk);
+    ``paused``: the snapshot had paused the guest, resume it."""
     try:
         if dom.isActive() and dom.blockJobInfo(dev, 0):
             dom.blockJobAbort(dev, 0)
             LOG.info('Cancelled the block copy of %s on %s', dev, dom.name())
     except libvirt.libvirtError as e:
         LOG.warning('Aborting the block job of %s on %s: %s', dev, dom.name(), e)
+    if paused and dom.isActive() and resume(dom):
+        LOG.info('Resumed %s, paused for a snapshot when the agent stopped', dom.name())
 
 
 def remove_temps(inst_dir):
