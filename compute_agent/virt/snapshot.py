@@ -142,8 +142,8 @@ def _paused_convert(dom, src, src_fmt, dest, disk_format, quiesced, on_pause):
             _convert(src, src_fmt, dest, disk_format, shared=True)
         finally:
             resume(dom)
-            LOG.info('Copied the root disk of %s paused for %.3f s', dom.name(),
-                     time.monotonic() - paused)
+            LOG.info('Resumed %s after %.3f s paused for the copy of its root disk',
+                     dom.name(), time.monotonic() - paused)
 
 
 def resume(dom):
