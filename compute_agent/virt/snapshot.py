@@ -10,10 +10,12 @@ snapshot_pause_max_mb`` (all measured here, 2 shared CPUs, TCG guest,
 bench/snapshot.py: 256 MiB root disk full of data, page cache dropped):
 
 * pause + ``qemu-img convert`` + resume: the fastest copy, and the one the
-  contract's floor is measured with. Agent p50 0.615 s against 0.279 s for
-  the copy by hand and 0.595 s for the copy by hand + sha256 (the checksum
-  the contract requires is one more pass at ~0.3 s per 256 MiB: the floor
-  of any conformant agent); the guest is paused 0.24 s p50. The pause
+  contract's floor is measured with. Agent p50 0.51-0.62 s over four runs,
+  against 0.23-0.28 s for the copy by hand and 0.51-0.60 s for the copy by
+  hand + sha256 (agent / that floor: 0.99-1.11). The checksum the contract
+  requires is one more pass at ~0.3 s per 256 MiB on these CPUs: the floor
+  of any conformant agent, 2.1-2.2x the bare copy. The guest is paused
+  0.20-0.24 s p50, as long as by hand. The pause
   grows with the data read: a cold 1 GiB convert took 0.59-0.62 s, so the
   default bound of 1024 MiB keeps the pause near 0.6 s here, and under
   ~2 s on a disk or host three times slower, inside the contract's "a few
@@ -25,7 +27,8 @@ bench/snapshot.py: 256 MiB root disk full of data, page cache dropped):
   definition is never touched: cancelling the ready mirror leaves the
   target a point-in-time copy of that instant (QEMU's block-job-cancel after
   BLOCK_JOB_READY). An agent killed meanwhile leaves a job that recovery
-  cancels and a temporary file. Cost: agent p50 0.88 s (1.48x the floor),
+  cancels and a temporary file. Cost: agent p50 0.72-0.88 s (1.40-1.53x
+  the floor; 1.17 s before the store hashed while it fsynced),
   because QEMU writes the copy with the guest's cache mode (O_DIRECT for
   ``cache=none``) and the sha256 pass then reads it from disk.
 * external snapshot + ``qemu-img convert`` + active blockcommit (measured
@@ -35,7 +38,10 @@ bench/snapshot.py: 256 MiB root disk full of data, page cache dropped):
 
 The convert keeps the copy in the page cache (``-t unsafe``; the store
 fsyncs it while hashing it, images/store.py), so the checksum reads memory,
-not the disk.
+not the disk. Measured on 256 MiB: convert 0.16-0.24 s this way against
+0.35-0.50 s with ``-t none`` or ``-t writeback`` (qemu-img flushes or
+bypasses the cache itself); store fsync + hash 0.52 s one after the other,
+0.31 s at once (p50 of 6).
 
 A stopped guest has no QEMU: its disk is converted with ``qemu-img``; a
 guest the user paused takes the block copy (the pause is not the
