@@ -601,9 +601,17 @@ class LibvirtDriver:
         temporary file in the instance dir that is removed on exit.
         ``on_pause()`` runs before the guest is paused for the copy."""
         dest = snapshot.temp_path(self._dir(instance), image_id)
+        paused = []
+
+        def pausing():
+            paused.append(True)
+            if on_pause is not None:
+                on_pause()
 
         def run(dom):
             _unlink(dest)       # a retry after a reconnect starts over
+            if paused:          # ... with the guest resumed if it paused it
+                snapshot.resume(dom)
             running = guest.libvirt_state(dom) in (libvirt.VIR_DOMAIN_RUNNING,
                                                    libvirt.VIR_DOMAIN_BLOCKED)
             if not running and quiesce is True:
@@ -613,7 +621,7 @@ class LibvirtDriver:
                 lambda: self.quiesced(instance['name'], instance['uuid'], quiesce))
                 if running else contextlib.nullcontext,
                 pause_max_bytes=self.conf.libvirt.snapshot_pause_max_mb << 20,
-                on_pause=on_pause)
+                on_pause=pausing)
         try:
             yield self._on_domain(instance, run)
         finally:
