@@ -160,8 +160,8 @@ opts = [
         help='A snapshot of a running guest whose root disk allocates at '
              'most this many MiB (its whole backing chain, as qemu-img '
              'info counts it) pauses the guest and copies the disk with '
-             'qemu-img, the fastest copy: measured here ~0.6 s paused per '
-             'GiB read from disk. Larger disks are copied by a libvirt '
+             'qemu-img, the fastest copy: measured here 0.7-1.4 s paused '
+             'per GiB read from disk. Larger disks are copied by a libvirt '
              'block copy that never pauses the guest but takes longer. '
              '0 never pauses.'),
     cfg.FloatOpt(
