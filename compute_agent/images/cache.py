@@ -32,6 +32,7 @@ from compute_agent import rules
 from compute_agent.images import progress as progress_mod
 from compute_agent.images import sources
 from compute_agent.images import store
+from compute_agent.virt import disks
 from compute_agent.virt.disks import safe_join
 
 LOG = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ class ImageCache:
             self._write_info(path, image_id, digests)
             os.rename(tmp, path)
             tmp = None
-            _fsync_dir(self.base_dir)
+            disks.fsync_dir(self.base_dir)
             LOG.info('Cached image %s (%d bytes) from %s', image_id, written, url)
         finally:
             if tmp is not None:
@@ -318,11 +319,3 @@ def _hash_file(path, algo):
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

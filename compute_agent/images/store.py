@@ -34,6 +34,7 @@ import urllib.parse
 
 from compute_agent import exception
 from compute_agent import rules
+from compute_agent.virt import disks
 
 LOG = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -137,7 +138,7 @@ class FileStore:
             except OSError as e:
                 raise exception.ImageUploadFailed(
                     image_id=image_id, reason=f'{self.dir}: {e.strerror or e}') from None
-            _fsync_dir(self.dir)
+            disks.fsync_dir(self.dir)
         finally:
             if tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
@@ -310,11 +311,3 @@ def _hash_and_sync(path):
     if errors:
         raise errors[0]
     return result
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

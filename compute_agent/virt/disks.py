@@ -69,6 +69,15 @@ def safe_join(directory, filename, field='file name'):
     return path
 
 
+def fsync_dir(path):
+    """Make the names in ``path`` (a rename, a link) survive a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def instance_dir(conf, name, create=False):
     """Validated ``<instances_path>/<name>``; made 0755 when ``create``."""
     rules.INSTANCE_NAME.require(name, 'instance.name')

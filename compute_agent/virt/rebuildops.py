@@ -72,20 +72,12 @@ def swap(driver, plan, start):
             os.unlink(new)      # e.g. the same cached kernel, hardlinked
         else:
             os.rename(new, old)
-    _fsync_dir(inst_dir)
+    disks.fsync_dir(inst_dir)
     driver._call(lambda c: c.defineXML(xml))
     LOG.info('Instance %s rebuilt on image %s', instance['uuid'],
              instance.get('image_ref'))
     if start:
         driver._boot(instance, plan.vifs)
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink(path):
