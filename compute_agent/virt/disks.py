@@ -96,6 +96,13 @@ def instance_dir(conf, name, create=False):
     return path
 
 
+def remove_instance_dir(conf, name):
+    """Remove an instance's directory (never through a symlink)."""
+    path = instance_dir(conf, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+
+
 def base_dir(conf):
     """``<instances_path>/_base``: cached images and blank bases."""
     return safe_join(os.path.realpath(conf.instances_path), '_base',

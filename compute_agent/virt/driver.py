@@ -277,9 +277,7 @@ class LibvirtDriver(migration.LiveMigration):
         for bdm in (block_device_info or {}).get('block_device_mapping') or ():
             _collect(errors, self._disconnect_volume, bdm)
         if cleanup:
-            path = disks.instance_dir(self.conf, instance['name'])
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
+            disks.remove_instance_dir(self.conf, instance['name'])
         if errors:
             raise errors[0]
 

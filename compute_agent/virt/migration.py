@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import xml.etree.ElementTree as ET
 
 import libvirt
@@ -183,9 +182,7 @@ class LiveMigration:
                 LOG.exception('%s: migration cleanup step failed', instance['uuid'])
                 errors.append(e)
         if remove_files:
-            path = disks.instance_dir(self.conf, instance['name'])
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
+            disks.remove_instance_dir(self.conf, instance['name'])
         if errors:
             raise errors[0]
 
