@@ -16,7 +16,6 @@ Calls go through ``connection.Connection.call`` so a libvirtd restart under
 a running agent costs one reconnect, not an error.
 """
 
-import contextlib
 import dataclasses
 import functools
 import glob
@@ -72,7 +71,7 @@ class _Undo:
         self.domain = False      # True once this call defined the domain
 
 
-class LibvirtDriver(migration.LiveMigration):
+class LibvirtDriver(migration.LiveMigration, snapshot.Snapshots):
     """Guest operations on one libvirt host.
 
     ``on_power_event(uuid, power_state)`` is called from a worker thread for
@@ -583,53 +582,6 @@ class LibvirtDriver(migration.LiveMigration):
         """Detach the NIC once the guest let it go, then unplug the VIF."""
         self._on_domain(instance, lambda d: ifaceops.detach(
             self.conf, self.vif_drivers, self.firewall, d, instance, vif))
-
-
-    # -- snapshot (docs: protocol-method-snapshot) ---------------------------------
-    def quiesced(self, instance_name, uuid, quiesce):
-        """Freeze/thaw through the guest agent around a consistent moment
-        (``guest_agent.quiesced``: thawed in every case)."""
-        return guest_agent.quiesced(self, instance_name, uuid, quiesce)
-
-    @contextlib.contextmanager
-    def snapshot_copy(self, instance, root_dev, image_id, disk_format, quiesce,
-                      on_pause=None):
-        """A standalone copy of the root disk (``virt/snapshot.py``), as a
-        temporary file in the instance dir that is removed on exit.
-        ``on_pause()`` runs before the guest is paused for the copy."""
-        dest = snapshot.temp_path(self._dir(instance), image_id)
-        paused = []
-
-        def pausing():
-            paused.append(True)
-            if on_pause is not None:
-                on_pause()
-
-        def run(dom):
-            _unlink(dest)       # a retry after a reconnect starts over
-            if paused:          # ... with the guest resumed if it paused it
-                snapshot.resume(dom)
-            running = guest.libvirt_state(dom) in (libvirt.VIR_DOMAIN_RUNNING,
-                                                   libvirt.VIR_DOMAIN_BLOCKED)
-            if not running and quiesce is True:
-                raise exception.GuestAgentUnavailable(
-                    uuid=instance['uuid'], reason='the guest is not running')
-            return snapshot.copy_disk(dom, root_dev, dest, disk_format, (
-                lambda: self.quiesced(instance['name'], instance['uuid'], quiesce))
-                if running else contextlib.nullcontext,
-                pause_max_bytes=self.conf.libvirt.snapshot_pause_max_mb << 20,
-                on_pause=pausing)
-        try:
-            yield self._on_domain(instance, run)
-        finally:
-            _unlink(dest)
-
-    def abort_snapshot(self, instance, root_dev, paused=False):
-        """After a restart: cancel a snapshot's block copy, resume the guest
-        if the snapshot had paused it (``paused``), drop its files."""
-        if self.exists(instance):
-            self._on_domain(instance, lambda d: snapshot.abort(d, root_dev, paused))
-        snapshot.remove_temps(self._dir(instance))
 
 
 def _unlink(path):
