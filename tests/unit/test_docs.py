@@ -105,3 +105,10 @@ def test_the_transitions_table_lists_each_method_as_the_state_table_does(method)
     for start in tr.allowed:
         if start is not None:
             assert '``%s``' % start in cells[1], (method, start)
+
+
+def test_every_task_state_is_listed_with_the_state_values():
+    text = (PROTOCOL_DIR / 'reports.rst').read_text()
+    values = text[text.index('``task_state``:'):text.index('``power_state``:')]
+    tasks = {task for tr in states.TRANSITIONS.values() for task in (tr.task,) + tr.then}
+    assert {t for t in tasks if '``%s``' % t not in values} == set()
