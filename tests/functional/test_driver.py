@@ -368,7 +368,7 @@ def test_reboot_soft_falls_back_to_hard(env, driver, guest, lv, monkeypatch):
     """A guest that ignores ACPI is rebooted hard after wait_soft_reboot_seconds."""
     inst = guest['instance']
     mark = console_mark(env, inst)
-    monkeypatch.setattr(libvirt.virDomain, 'shutdown', lambda self: 0)
+    monkeypatch.setattr(libvirt.virDomain, 'shutdownFlags', lambda self, flags=0: 0)
     env.set_override('wait_soft_reboot_seconds', 3, group='libvirt')
     try:
         start = time.monotonic()
