@@ -105,6 +105,10 @@ TRANSITIONS = {
     # whose agent reports the end in the state it started from.
     'live_migrate': Transition((ACTIVE, PAUSED_VM), 'migrating', PREVIOUS, None),
     # -- end of live migration
+    # -- cold migration (cold_migration_ops.py): the destination reports
+    # the end, resized; confirm_resize/revert_resize are then sent there.
+    'migrate': Transition((ACTIVE,), 'resize_migrating', RESIZED, RUNNING),
+    # -- end of cold migration
 }
 
 # Requests that act on the operation running on their instance (they must
