@@ -41,7 +41,11 @@ class ColdMigrationOperations:
 
     # -- the source ----------------------------------------------------------------
     def do_migrate(self, context, instance_uuid, dest_host, flavor=None):
-        uuid = instance_uuid
+        uuid, request_id = instance_uuid, context.get('request_id')
+        # The same memo as live migration's (manager: _migrated).
+        done = self._migrated.get(uuid)
+        if done and done[0] == request_id and self.journal.get_instance(uuid) is None:
+            return done[1]      # its redelivery: the outcome
         with self._lock(uuid):
             record = self._get(uuid)
             self._check(METHOD, METHOD, uuid, record, context)
@@ -59,7 +63,7 @@ class ColdMigrationOperations:
                 raise
         with peer_mod.Peer(self.conf, dest_host, context) as peer:
             try:
-                self._pre_check(peer, record, {'block': True})
+                self._cold_pre_check(peer, record, new_flavor)
             except Exception as exc:
                 err = _refusal(uuid, exc)
                 self._refused(record, context, METHOD, err)
@@ -100,8 +104,26 @@ class ColdMigrationOperations:
                           'failed', uuid)
         self._delete(uuid)
         self._checked.pop(uuid, None)
+        self._migrated[uuid] = (request_id, outcome)
         LOG.info('%s: cold-migrated to %s', uuid, dest_host)
         return outcome
+
+    def _cold_pre_check(self, peer, record, flavor):
+        """``_migration_check`` in block mode, for the memory of the new
+        flavor when it is larger."""
+        facts = self.driver.migration_facts(record['spec']['instance'])
+        facts['memory_mb'] = max(facts['memory_mb'],
+                                 int(flavor.get('memory_mb') or 0))
+        probe = self.driver.write_probe()
+        try:
+            return peer.call('_migration_check', record['uuid'], facts=facts,
+                             spec=record['spec'], block=True, probe=probe,
+                             source=self.host)
+        except peer_mod.PeerUnavailable as exc:
+            raise exception.MigrationPreCheckError(
+                uuid=record['uuid'], reason=str(exc)) from None
+        finally:
+            self.driver.remove_probe(probe)
 
     def do__cold_migration_drop(self, context, instance_uuid, migration):
         """Confirm at the destination: the kept files go."""
@@ -187,17 +209,39 @@ class ColdMigrationOperations:
             self._set(record, context, 'revert_resize.start',
                       task_state=states.TRANSITIONS['revert_resize'].task)
             saved, spec = record['resize'], record['spec']
-            self.driver.remove_cold_copy(spec['instance'], spec['network_info'],
-                                         spec['block_device_info'])
-            with peer_mod.Peer(self.conf, saved['host'], context) as peer:
-                source_record = {k: v for k, v in record.items()
-                                 if k not in ('resize', 'spec', 'devices')}
-                outcome = peer.call(
-                    '_cold_migration_restore', uuid, record=source_record,
-                    spec=saved['source_spec'],
-                    devices=saved.get('source_devices') or {},
-                    source=self.host,
-                    sequence=self.journal.instance_sequence(uuid) + 1)
+            # Stopped (not removed) first: the old guest has the same MACs
+            # and addresses, and this copy must stay until the source owns
+            # the instance again.
+            self.driver.stop_cold_copy(spec['instance'])
+            source_record = {k: v for k, v in record.items()
+                             if k not in ('resize', 'spec', 'devices')}
+            try:
+                with peer_mod.Peer(self.conf, saved['host'], context) as peer:
+                    outcome = peer.call(
+                        '_cold_migration_restore', uuid, record=source_record,
+                        spec=saved['source_spec'],
+                        devices=saved.get('source_devices') or {},
+                        source=self.host,
+                        sequence=self.journal.instance_sequence(uuid) + 1)
+            except Exception as exc:
+                LOG.exception('%s: the source did not take the guest back; '
+                              'it runs here again', uuid)
+                err = exc if isinstance(exc, exception.MigrationError) else \
+                    exception.MigrationError(uuid=uuid, reason=str(exc))
+                try:
+                    self.driver.power_on(spec['instance'],
+                                         self.planner.vifs(spec))
+                    self._set(record, context, 'revert_resize.error',
+                              task_state=None, power_state=self._power(record),
+                              error=err.to_dict())
+                except Exception:
+                    self._fail(record, context, 'revert_resize', err)
+                raise err from None
             self.journal.delete_instance(uuid)
             self._checked.pop(uuid, None)
+        try:
+            self.driver.remove_cold_copy(spec['instance'], spec['network_info'],
+                                         spec['block_device_info'])
+        except Exception:
+            LOG.exception('%s: removing the reverted copy here failed', uuid)
         return outcome

@@ -196,6 +196,11 @@ class ColdMigration:
                        % (address, port, EXPORT_NAME), tmp],
                       path, timeout=disks.CONVERT_TIMEOUT)
 
+    def stop_cold_copy(self, instance):
+        """Revert at the destination, first: the copy stopped hard (its
+        disks are discarded once the source runs the guest again)."""
+        self._on_domain(instance, guest.destroy_if_active)
+
     def remove_cold_copy(self, instance, network_info, block_device_info):
         """Revert at the destination: the guest and everything of it go."""
         self._on_domain_gone(instance)

@@ -87,8 +87,9 @@ def guest(hosts):
 def migrate(hosts, uuid):
     a1, a2 = hosts.agent1, hosts.agent2
     since = a1.reports.mark()
-    out = a1.call('migrate', instance_uuid=uuid, dest_host=a2.host,
-                  flavor=NEW, rpc_timeout=300)
+    rid = new_request_id()
+    out = a1.call('migrate', request_id=rid, instance_uuid=uuid,
+                  dest_host=a2.host, flavor=NEW, rpc_timeout=300)
     assert (out['host'], out['vm_state'], out['task_state'],
             out['power_state'], out['flavor']) == (
         a2.host, 'resized', None, 1, NEW), out
@@ -99,6 +100,10 @@ def migrate(hosts, uuid):
     not_found(a1, uuid)
     assert domain_on(open_libvirt, uuid) is None
     assert domain_on(hosts.second.open, uuid) is True
+    # Its redelivery answers the outcome and moves nothing.
+    again = a1.call('migrate', request_id=rid, instance_uuid=uuid,
+                    dest_host=a2.host, flavor=NEW)
+    assert again['host'] == a2.host
     return out
 
 
