@@ -199,6 +199,19 @@ class ColdMigrationOperations:
             peer.call('_cold_migration_drop', record['uuid'],
                       spec=saved['source_spec'])
 
+    def forget_cold_source(self, record, context):
+        """``destroy`` of a cold-migrated instance not yet confirmed: the
+        source's kept copy goes too (best effort: a source that does not
+        answer keeps it, logged)."""
+        saved = record.get('resize') or {}
+        if saved.get('host', self.host) == self.host:
+            return
+        try:
+            self.cold_confirm(record, context)
+        except Exception:
+            LOG.exception('%s: the source %s did not drop its copy',
+                          record['uuid'], saved['host'])
+
     def cold_revert(self, context, instance_uuid):
         """revert_resize of a cold migration here: the guest back to the
         source (which owns and reports it), nothing of it left here."""

@@ -434,6 +434,8 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
                                 network_info or spec['network_info'],
                                 block_device_info or spec['block_device_info'],
                                 cleanup=cleanup)
+            # Cold migration (issue 16): a copy the source kept goes too.
+            self.forget_cold_source(record, context)
         request_id, outcome = self._destroyed.get(uuid, (None, None))
         if (outcome is not None and request_id == context.get('request_id')
                 and self.journal.get_instance(uuid) is None):

@@ -169,4 +169,18 @@ def test_migrate_revert_then_migrate_confirm(hosts, guest):
     assert not src_dir.exists()
     not_found(a1, uuid)
     assert domain_on(hosts.second.open, uuid) is True
-    a2.destroy(inst)
+
+    # 4. Back the other way (host 2 exports, host 1 copies), same flavor:
+    # the disk shows host 2's last count (3); destroy of the resized
+    # instance at host 1 drops host 2's kept copy too.
+    out = a2.call('migrate', instance_uuid=uuid, dest_host=a1.host,
+                  rpc_timeout=300)
+    assert (out['host'], out['vm_state'], out['flavor']) == (
+        a1.host, 'resized', NEW), out
+    home = counter_boot(a1, uuid, 3)
+    assert home['disks']['vda'] == NEW['root_gb'] * GiB, home
+    not_found(a2, uuid)
+    assert a2.instance_dir(inst).exists()
+    a1.destroy(inst)
+    assert not a2.instance_dir(inst).exists()
+    assert not src_dir.exists()
