@@ -97,7 +97,7 @@ def main():
         drv = _Driver(inst)
         plan = types.SimpleNamespace(
             instance={'uuid': 'bench', 'name': 'bench'},
-            files=[types.SimpleNamespace(kind='root', name='disk')])
+            files=[types.SimpleNamespace(kind='root', name='disk', fmt='qcow2')])
 
         def channel():
             with drv.export_disks(plan, ADDRESS) as (key, exports):

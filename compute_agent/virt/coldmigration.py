@@ -19,6 +19,7 @@ cached base image at the destination.
 import contextlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -34,6 +35,9 @@ LOG = logging.getLogger(__name__)
 PSK_USER = 'compute-agent'
 EXPORT_NAME = 'disk'
 START_TIMEOUT = 10
+# The source's address as a peer sends it: goes into qemu's option string,
+# so no ',' or '=' (another option) can ride along.
+ADDRESS_RE = re.compile(r'^[A-Za-z0-9.:-]{1,255}$')
 # Names of files a cold migration copies: disks, not sockets or logs.
 COPIED_KINDS = ('root', 'ephemeral', 'swap', 'config', 'kernel', 'ramdisk',
                 'iso')
@@ -89,7 +93,9 @@ class ColdMigration:
                 path = disks.safe_join(inst_dir, f.name, field='disk.name')
                 if not os.path.exists(path):
                     continue
-                fmt = disks.qemu_img_info(path)['format']
+                # The planned format, never a probe: a raw disk whose guest
+                # wrote a qcow2 header must not open a backing file here.
+                fmt = f.fmt
                 port = _free_port(address)
                 proc = subprocess.Popen(
                     ['qemu-nbd', '-r', '-t', '--shared=1', '-f', fmt,
@@ -163,11 +169,13 @@ class ColdMigration:
                     continue        # only the old flavor's, or made afresh
                 path = disks.safe_join(inst_dir, f.name, field='disk.name')
                 undo.files.append(path)
-                self._fetch(address, int(e['port']), keydir, e['fmt'], path)
+                # This host's plan says the format (the stream is the
+                # guest's view of the disk, whatever the source stored).
+                self._fetch(address, int(e['port']), keydir, f.fmt, path)
                 if f.size_bytes and f.kind in ('root', 'ephemeral'):
-                    size = disks.qemu_img_info(path, e['fmt'])['virtual-size']
+                    size = disks.qemu_img_info(path, f.fmt)['virtual-size']
                     if f.size_bytes > size:
-                        disks.run(['qemu-img', 'resize', '-q', '-f', e['fmt'],
+                        disks.run(['qemu-img', 'resize', '-q', '-f', f.fmt,
                                    path, str(f.size_bytes)], path)
                 copied.add(f.name)
             for f in new.files:
@@ -185,6 +193,12 @@ class ColdMigration:
             shutil.rmtree(keydir, ignore_errors=True)
 
     def _fetch(self, address, port, keydir, fmt, path):
+        if not ADDRESS_RE.match(str(address)):
+            raise exception.InvalidRequest('migration.address',
+                                           'is not a host address')
+        if not 0 < port < 65536:
+            raise exception.InvalidRequest('migration.exports.port',
+                                           'is not a TCP port')
         host = '[%s]' % address if ':' in address else address
         LOG.info('Copying %s from %s:%d', path, host, port)
         with disks.building(path) as tmp:

@@ -61,8 +61,8 @@ def source(tmp_path):
     _qemu_io(disk, 'write -P 0x43 1M 4k')
     plan = types.SimpleNamespace(
         instance={'uuid': UUID, 'name': 'cm-unit'},
-        files=[types.SimpleNamespace(kind='root', name='disk'),
-               types.SimpleNamespace(kind='root', name='absent')])
+        files=[types.SimpleNamespace(kind='root', name='disk', fmt='qcow2'),
+               types.SimpleNamespace(kind='root', name='absent', fmt='raw')])
     return _Driver(inst), plan
 
 
@@ -112,6 +112,16 @@ def test_the_copy_is_whole_and_only_the_key_opens_it(source, tmp_path):
     assert 'pattern verification failed' not in _qemu_io(copy, 'read -P 0x43 1M 4k')
     subprocess.run(['qemu-img', 'compare', '-q', str(drv.inst_dir / 'disk'), str(copy)],
                    check=True)
+
+
+def test_a_peer_cannot_smuggle_options_into_the_fetch(tmp_path):
+    drv = _Driver(tmp_path)
+    with pytest.raises(exception.InvalidRequest) as ei:
+        drv._fetch('127.0.0.1,tls-creds=x', 10809, str(tmp_path), 'raw',
+                   str(tmp_path / 'x'))
+    assert 'migration.address' in str(ei.value)
+    with pytest.raises(exception.InvalidRequest):
+        drv._fetch(ADDRESS, 70000, str(tmp_path), 'raw', str(tmp_path / 'x'))
 
 
 def test_migrate_arguments():
