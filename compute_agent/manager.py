@@ -26,6 +26,8 @@ from compute_agent import version
 from compute_agent.device_ops import DeviceOperations
 from compute_agent.guest_agent_ops import GuestAgentOperations
 from compute_agent.migration_ops import MigrationOperations
+# Cold migration (issue 16, migrate): its own mixin.
+from compute_agent.cold_migration_ops import ColdMigrationOperations
 from compute_agent.rebuild_ops import RebuildOperation
 from compute_agent.records import public
 from compute_agent.resize_ops import ResizeOperations
@@ -55,7 +57,8 @@ def _error_of(exc):
     return {'class': type(exc).__name__, 'message': str(exc)}
 
 
-class Manager(DeviceOperations, GuestAgentOperations, MigrationOperations,
+class Manager(ColdMigrationOperations,  # cold migration (issue 16)
+              DeviceOperations, GuestAgentOperations, MigrationOperations,
               RebuildOperation, ResizeOperations, SnapshotOperations):
     # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
     inline_methods = frozenset(('ping',))
@@ -431,6 +434,8 @@ class Manager(DeviceOperations, GuestAgentOperations, MigrationOperations,
                                 network_info or spec['network_info'],
                                 block_device_info or spec['block_device_info'],
                                 cleanup=cleanup)
+            # Cold migration (issue 16): a copy the source kept goes too.
+            self.forget_cold_source(record, context)
         request_id, outcome = self._destroyed.get(uuid, (None, None))
         if (outcome is not None and request_id == context.get('request_id')
                 and self.journal.get_instance(uuid) is None):

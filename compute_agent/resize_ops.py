@@ -50,13 +50,21 @@ class ResizeOperations:
         return self._refresh_vnc(record, context)
 
     def do_confirm_resize(self, context, instance_uuid):
+        def confirm(record, rplan):
+            # Cold migration (cold_migration_ops): the source keeps the copy.
+            if record['resize'].get('host', self.host) != self.host:
+                self.cold_confirm(record, context)
+            self.driver.confirm_resize(rplan)
         record = self._run(
-            context, 'confirm_resize', instance_uuid,
-            lambda record, rplan: self.driver.confirm_resize(rplan),
+            context, 'confirm_resize', instance_uuid, confirm,
             self._resize_plan, end_changes={'resize': None})
         return records.public(record)
 
     def do_revert_resize(self, context, instance_uuid):
+        # Cold migration (cold_migration_ops): the source takes the guest back.
+        saved = (self.journal.get_instance(instance_uuid) or {}).get('resize')
+        if saved and saved.get('host', self.host) != self.host:
+            return self.cold_revert(context, instance_uuid)
         changes = {'resize': None}
 
         def revert(record, rplan):

@@ -463,6 +463,17 @@ ARGS = {
     '_migration_take_over': _PEER_ARGS,
     '_migration_rollback': _PEER_ARGS,
     # -- end of live migration ----------------------------------------------------
+    # -- cold migration (docs: protocol-method-migrate) --
+    'migrate': {'instance_uuid': _ref('uuid'),
+                'dest_host': _str(HOST_RE, **{
+                    'x-reason': 'must be a host name: 1-255 characters, '
+                                'no control characters, no * or #'}),
+                'flavor': {'oneOf': [{'type': 'null'}, _ref('flavor')],
+                           'default': None}},
+    '_cold_migration_receive': _PEER_ARGS,
+    '_cold_migration_drop': _PEER_ARGS,
+    '_cold_migration_restore': _PEER_ARGS,
+    # -- end of cold migration --
     'get_info': {'instance_uuid': _ref('uuid')},
     'list_instances': {},
     'get_console_output': {'instance_uuid': _ref('uuid'),

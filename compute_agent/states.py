@@ -105,6 +105,10 @@ TRANSITIONS = {
     # whose agent reports the end in the state it started from.
     'live_migrate': Transition((ACTIVE, PAUSED_VM), 'migrating', PREVIOUS, None),
     # -- end of live migration
+    # -- cold migration (cold_migration_ops.py): the destination reports
+    # the end, resized; confirm_resize/revert_resize are then sent there.
+    'migrate': Transition((ACTIVE,), 'resize_migrating', RESIZED, RUNNING),
+    # -- end of cold migration
 }
 
 # Requests that act on the operation running on their instance (they must
@@ -216,8 +220,13 @@ RECOVERY = {
 }
 
 # The operation of each task_state (the mark its redelivery is matched by).
-TASK_OPERATION = {task: op for op, tr in TRANSITIONS.items()
-                  for task in (tr.task,) + tr.then}
+TASK_OPERATION = {}
+for _op, _tr in TRANSITIONS.items():
+    for _task in (_tr.task,) + _tr.then:
+        # Cold migration (issue 16): migrate shares resize_migrating with
+        # resize (the contract's task states); the first row keeps it.
+        TASK_OPERATION.setdefault(_task, _op)
+del _op, _tr, _task
 
 
 def recovered(task, power_state, rescued):

@@ -30,6 +30,7 @@ from compute_agent import exception
 from compute_agent import states
 from compute_agent.images.cache import ImageCache
 from compute_agent.netfilter import firewall
+from compute_agent.virt import coldmigration   # cold migration (issue 16)
 from compute_agent.virt import config
 from compute_agent.virt import configdrive
 from compute_agent.virt import connection
@@ -71,7 +72,8 @@ class _Undo:
         self.domain = False      # True once this call defined the domain
 
 
-class LibvirtDriver(migration.LiveMigration, snapshot.Snapshots):
+class LibvirtDriver(migration.LiveMigration, snapshot.Snapshots,
+                    coldmigration.ColdMigration):   # cold migration (issue 16)
     """Guest operations on one libvirt host.
 
     ``on_power_event(uuid, power_state)`` is called from a worker thread for

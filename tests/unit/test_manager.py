@@ -1032,9 +1032,12 @@ def test_key_is_the_uuid_for_state_changing_methods_only(h):
         'instance_uuid': uuid, 'vif_id': 'p', 'rules': None}, '1.1')
     assert h.manager.key('update_security_rules', valid) == uuid
     for method in ('live_migrate', '_migration_check', '_migration_prepare',
-                   '_migration_take_over', '_migration_rollback'):
+                   '_migration_take_over', '_migration_rollback',
+                   # cold migration
+                   'migrate', '_cold_migration_receive',
+                   '_cold_migration_drop', '_cold_migration_restore'):
         args = {'instance_uuid': uuid}
-        args.update({'dest_host': 'h2'} if method == 'live_migrate'
+        args.update({'dest_host': 'h2'} if method in ('live_migrate', 'migrate')
                     else {'migration': {}})
         valid = h.manager.validate(method, args, '1.1')
         assert h.manager.key(method, valid) == uuid, method
@@ -1047,7 +1050,10 @@ def test_key_is_the_uuid_for_state_changing_methods_only(h):
         'resize', 'confirm_resize', 'revert_resize',
         'set_admin_password', 'live_migrate',
         'live_migrate_abort', '_migration_check', '_migration_prepare',
-        '_migration_take_over', '_migration_rollback'} == set(validation.METHODS)
+        '_migration_take_over', '_migration_rollback',
+        # cold migration
+        'migrate', '_cold_migration_receive', '_cold_migration_drop',
+        '_cold_migration_restore'} == set(validation.METHODS)
     assert not os.path.exists(h.conf.instances_path)
 
 

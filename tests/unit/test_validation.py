@@ -127,6 +127,12 @@ def minimal(method):
         return {'instance_uuid': UUID}
     if method.startswith('_migration_'):
         return {'instance_uuid': UUID, 'migration': {}}
+    # -- cold migration
+    if method == 'migrate':
+        return {'instance_uuid': UUID, 'dest_host': 'compute-2'}
+    if method.startswith('_cold_migration_'):
+        return {'instance_uuid': UUID, 'migration': {}}
+    # -- end of cold migration
     return {'instance': instance()}
 
 
@@ -159,7 +165,10 @@ PROTOCOL_METHODS = {
     'set_admin_password',
     # live migration, and the agents' handshake for it
     'live_migrate', 'live_migrate_abort', '_migration_check',
-    '_migration_prepare', '_migration_take_over', '_migration_rollback'}
+    '_migration_prepare', '_migration_take_over', '_migration_rollback',
+    # cold migration, and the agents' methods for it
+    'migrate', '_cold_migration_receive', '_cold_migration_drop',
+    '_cold_migration_restore'}
 
 
 # -- the method table -------------------------------------------------------
@@ -231,6 +240,11 @@ EXPECTED_MINIMAL = {
     '_migration_prepare': minimal('_migration_prepare'),
     '_migration_take_over': minimal('_migration_take_over'),
     '_migration_rollback': minimal('_migration_rollback'),
+    # cold migration
+    'migrate': dict(minimal('migrate'), flavor=None),
+    '_cold_migration_receive': minimal('_cold_migration_receive'),
+    '_cold_migration_drop': minimal('_cold_migration_drop'),
+    '_cold_migration_restore': minimal('_cold_migration_restore'),
 }
 
 
