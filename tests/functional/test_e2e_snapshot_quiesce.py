@@ -16,8 +16,6 @@ another guest sent meanwhile completes while the snapshot still waits.
 """
 
 import subprocess
-import threading
-
 import pytest
 
 try:
@@ -26,7 +24,6 @@ try:
 except ImportError:
     from agent_fixture import run_agent, test_guest, wait_until  # noqa: F401
 
-from compute_agent.rpc.client import RemoteError
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.rabbit, pytest.mark.timeout(600)]
 
@@ -106,21 +103,23 @@ def test_hung_freeze_fails_or_goes_on_unfrozen_and_blocks_nothing(agent):
     hang, _ = agent.spawn(label='hang', metadata={'guest_agent': 'hang'})
     other, _ = agent.spawn(label='other')
     agent.wait_console(hang['uuid'], 'GA-STUB', timeout=90)
-    result = {}
-
-    def snapshot():
-        try:
-            result['meta'] = _snapshot(agent, hang['uuid'], 'hang-q', quiesce=True)
-        except RemoteError as e:
-            result['error'] = e
-    waiting = threading.Thread(target=snapshot)
-    waiting.start()
+    # A cast: the test's client makes one call at a time, and the destroy
+    # below must be able to go while the snapshot waits.
+    since = agent.reports.mark()
+    agent.cast('snapshot', instance_uuid=hang['uuid'], image_id='hang-q',
+               disk_format='raw', quiesce=True)
     agent.wait_console(hang['uuid'], 'GA-STUB-FREEZE-IGNORED', timeout=60)
     # The freeze hangs; a destroy of another guest is answered meanwhile.
     assert agent.destroy(other)['vm_state'] == 'deleted'
-    assert waiting.is_alive(), (result, agent.log_tail(80))
-    waiting.join(AGENT_TIMEOUT * 4 + 60)
-    assert result['error'].exc_type == 'GuestAgentUnavailable', result
+
+    def snapshot_reports():
+        return [r for r in agent.reports.states(hang['uuid'], since)
+                if r['event'] in ('snapshot.end', 'snapshot.error')]
+    assert snapshot_reports() == [], 'the snapshot did not wait for its freeze'
+    wait_until(snapshot_reports, AGENT_TIMEOUT * 4 + 60, 'the snapshot verdict')
+    (verdict,) = snapshot_reports()
+    assert verdict['event'] == 'snapshot.error'
+    assert verdict['error']['class'] == 'GuestAgentUnavailable', verdict
     assert not (agent.images / 'hang-q').exists()
     record = agent.get_info(hang['uuid'])
     assert (record['vm_state'], record['task_state'], record['power_state']) == (
