@@ -26,6 +26,7 @@ from compute_agent import version
 from compute_agent.device_ops import DeviceOperations
 from compute_agent.guest_agent_ops import GuestAgentOperations
 from compute_agent.migration_ops import MigrationOperations
+from compute_agent.migration_settle import MigrationSettlement
 from compute_agent.rebuild_ops import RebuildOperation
 from compute_agent.records import public
 from compute_agent.resize_ops import ResizeOperations
@@ -56,6 +57,7 @@ def _error_of(exc):
 
 
 class Manager(DeviceOperations, GuestAgentOperations, MigrationOperations,
+              MigrationSettlement,
               RebuildOperation, ResizeOperations, SnapshotOperations):
     # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
     inline_methods = frozenset(('ping',))
@@ -75,8 +77,8 @@ class Manager(DeviceOperations, GuestAgentOperations, MigrationOperations,
         self._checked = {}
         # uuid -> (request_id, outcome) of destroys recovery finished
         self._destroyed = {}
-        # uuid -> (request_id, outcome) of live migrations away from here
-        self._migrated = {}
+        # uuids this process is migrating away (settle_migrations skips them)
+        self._moving = set()
         # uuids whose running live migration was asked to stop
         self._aborting = set()
         self.planner = planner_mod.Planner(conf, driver.vif_drivers,
@@ -560,7 +562,7 @@ class Manager(DeviceOperations, GuestAgentOperations, MigrationOperations,
         redelivery then completes it (``states.verdict``)."""
         for record in self.journal.list_instances():
             if record.get('incoming') or record.get('migration'):
-                # Settled by the migration's redelivery (migration_ops).
+                # Settled after start, with the other agent (migration_settle).
                 continue
             if 'rescue' not in record:      # kept by an agent before 'rescue'
                 with self._lock(record['uuid']):

@@ -211,7 +211,8 @@ RECOVERY = {
     # resize (1.1)
     'resize_migrating': 'revert_resize', 'resize_finish': 'revert_resize',
     'resize_reverting': 'revert_resize', 'resize_confirming': 'confirm_resize',
-    # A migration's redelivery settles it (migration_ops); recover skips it.
+    # An interrupted migration is settled with the other agent after start
+    # (migration_settle); recover skips it.
     'migrating': None,
 }
 
