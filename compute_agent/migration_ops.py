@@ -31,6 +31,7 @@ import logging
 import time
 
 from compute_agent import exception
+from compute_agent import pause_points
 from compute_agent import states
 from compute_agent import validation
 from compute_agent.conf import libvirt as libvirt_conf
@@ -192,6 +193,7 @@ class MigrationOperations:
 
     def _hand_over(self, context, record, mark, peer):
         """The destination takes over, then this host lets go."""
+        pause_points.pause('source-take-over')
         outcome = self._take_over(context, record, mark, peer)
         return self._let_go(record, mark, outcome)
 
@@ -199,6 +201,7 @@ class MigrationOperations:
         """The destination owns it: remove it here; the outcome stays in
         the journal for the request's redelivery."""
         uuid, spec = record['uuid'], record['spec']
+        pause_points.pause('source-cleanup')
         try:
             self.driver.cleanup_migrated(
                 spec['instance'], spec['network_info'],
@@ -309,6 +312,7 @@ class MigrationOperations:
                 raise exception.InstanceNotFound(uuid=uuid)
             if not record.get('incoming'):
                 return public(record)           # taken over already
+            pause_points.pause('dest-take-over')
             try:
                 self.driver.finish_incoming(self.planner.guest(record['spec']))
             except Exception:
