@@ -58,14 +58,22 @@ class MigrationSettlement:
         return left
 
     def _settle(self, uuid):
+        record = self.journal.get_instance(uuid)
+        if record is not None and record.get('incoming'):
+            # Asked without the lock: the source's take-over may need it.
+            with peer_mod.Peer(self.conf, record['incoming']['source']) as peer:
+                there = peer.call('_migration_status', uuid)
+            with self._lock(uuid):
+                now = self.journal.get_instance(uuid)
+                if now != record:
+                    return now is None or not now.get('incoming')
+                return self._settle_incoming(record, there)
         with self._lock(uuid):
             if uuid in self._moving:
                 return True             # a request of this process moves it
             record = self.journal.get_instance(uuid)
-            if record is None:
-                return True
-            if record.get('incoming'):
-                return self._settle_incoming(record)
+            if record is None or record.get('incoming'):
+                return record is None
             if record.get('migration') and record['task_state'] == 'migrating':
                 return self._settle_outgoing(record)
             return True
@@ -126,10 +134,8 @@ class MigrationSettlement:
                                'request_id': mark.get('request_id')})
 
     # -- the destination: its record is kept, not owned, until take-over ---------
-    def _settle_incoming(self, record):
+    def _settle_incoming(self, record, there):
         uuid, source = record['uuid'], record['incoming']['source']
-        with peer_mod.Peer(self.conf, source) as peer:
-            there = peer.call('_migration_status', uuid)
         mark = there.get('migration') or {}
         if there['holds'] == 'owner' and mark.get('dest') == self.host:
             return False                # the source decides (its settle)

@@ -159,7 +159,8 @@ PROTOCOL_METHODS = {
     'set_admin_password',
     # live migration, and the agents' handshake for it
     'live_migrate', 'live_migrate_abort', '_migration_check',
-    '_migration_prepare', '_migration_take_over', '_migration_rollback'}
+    '_migration_prepare', '_migration_take_over', '_migration_rollback',
+    '_migration_status'}
 
 
 # -- the method table -------------------------------------------------------
@@ -231,6 +232,7 @@ EXPECTED_MINIMAL = {
     '_migration_prepare': minimal('_migration_prepare'),
     '_migration_take_over': minimal('_migration_take_over'),
     '_migration_rollback': minimal('_migration_rollback'),
+    '_migration_status': minimal('_migration_status'),
 }
 
 
