@@ -21,13 +21,13 @@ import pytest
 
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
-        new_request_id, open_libvirt, test_guest, wait_until)
+        new_request_id, no_domain, open_libvirt, test_guest, wait_until)
     from tests.functional.second_host import run_two_hosts
     from tests.functional.test_e2e_migration import (
         _not_found, assert_left_nothing_on_source, last_heartbeat, spawn_guest)
 except ImportError:
     from agent_fixture import (  # noqa: F401
-        new_request_id, open_libvirt, test_guest, wait_until)
+        new_request_id, no_domain, open_libvirt, test_guest, wait_until)
     from second_host import run_two_hosts
     from test_e2e_migration import (
         _not_found, assert_left_nothing_on_source, last_heartbeat, spawn_guest)
@@ -159,3 +159,50 @@ def test_destination_libvirtd_killed_at_cleanup(hosts):
     second = hosts.second
     crash(hosts, 'lcl', 'source-cleanup', second.kill_libvirtd,
           second.restart_libvirtd)
+
+
+def test_destination_libvirtd_killed_during_the_copy(hosts):
+    """SIGKILL of host 2's libvirtd while libvirt copies, then its restart:
+    the copy fails, the guest stays on host 1 (its ``.error`` says so), and
+    host 2's agent removes what it had prepared (it asks host 1's agent)."""
+    a1, dest, second = hosts.agent1, hosts.agent2, hosts.second
+    assert hosts.alive()
+    inst, vif = spawn_guest(hosts, 'lcp')
+    uuid = inst['uuid']
+    before = last_heartbeat(a1, uuid)
+    lv = open_libvirt()
+    try:
+        dom = lv.lookupByUUIDString(uuid)
+        dom.migrateSetMaxSpeed(1, 0)
+        since = a1.reports.mark()
+        a1.cast('live_migrate', instance_uuid=uuid, dest_host=dest.host,
+                block_migration=True)
+        wait_until(lambda: dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE, 60,
+                   'the migration job on the source', interval=0.05)
+        second.kill_libvirtd()
+    finally:
+        lv.close()
+    # The copy is QEMU to QEMU: it goes on without host 2's libvirtd (it
+    # fails only when the restarted libvirtd drops the unfinished incoming
+    # guest).
+    second.restart_libvirtd()
+    err = a1.reports.wait(lambda r: r.get('instance_uuid') == uuid
+                          and r.get('event') == 'live_migrate.error', 120,
+                          'live_migrate.error', since)
+    assert err['host'] == a1.host and err['vm_state'] == 'active', err
+    info = a1.get_info(uuid)
+    assert (info['host'], info['task_state'], info['power_state']) == (
+        a1.host, None, 1), info
+    lv2 = second.open()
+    try:
+        wait_until(lambda: no_domain(lv2, uuid), 120,
+                   'host 2 to drop what it prepared')
+    finally:
+        lv2.close()
+    wait_until(lambda: not dest.instance_dir(inst).exists(), 60,
+               'host 2 to remove the instance directory')
+    assert running_copies(hosts, uuid) == ['host1']
+    assert _not_found(dest, uuid)
+    wait_until(lambda: last_heartbeat(a1, uuid) > before, 60,
+               'the guest still beating on host 1', interval=1)
+    a1.destroy(inst)
