@@ -22,9 +22,11 @@ calls over the broker (``rpc.peer``), each an ``_``-prefixed method:
 Exactly one agent owns the instance at a time: the source until the
 destination's take-over has answered, then the destination; the source
 then removes its domain, filters, VIFs and (unless shared) files and
-forgets the record. The record's ``migration`` mark (journal) says how far
-the source got, so a redelivered ``live_migrate`` finishes that migration
-instead of starting a second one.
+forgets the record, keeping the outcome in its journal tombstone for the
+request's redelivery. The record's ``migration`` mark (journal) says how
+far the source got, so a redelivered ``live_migrate`` finishes that
+migration instead of starting a second one; a death mid-migration is
+settled without waiting for it (migration_settle).
 """
 
 import logging
@@ -114,7 +116,7 @@ class MigrationOperations:
     def _migrated_outcome(self, uuid, request_id):
         """The kept outcome of ``request_id`` when it moved the instance
         away (journal tombstone: it survives a restart), else None."""
-        if self.journal.get_instance(uuid) is not None:
+        if request_id is None or self.journal.get_instance(uuid) is not None:
             return None
         done = (self.journal.tombstone(uuid) or {}).get('migrated') or {}
         if done.get('request_id') == request_id and 'outcome' in done:

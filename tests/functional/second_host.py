@@ -16,7 +16,8 @@ Host 1 is the machine's libvirtd and an agent started as ``agent_fixture``
 does. ``migration_agents`` (module scope) yields both hosts and their
 agents; everything (agents, daemons, mounts, namespace, veth, broker user)
 is removed at teardown. ``both_alive()`` checks the two libvirtds before a
-test blames an agent.
+test blames an agent. ``kill_libvirtd``/``restart_libvirtd`` crash host 2's
+libvirtd and start it again in the namespaces its guests and virtlogd keep.
 """
 
 import os
