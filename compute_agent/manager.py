@@ -77,6 +77,10 @@ class Manager(DeviceOperations, GuestAgentOperations, MigrationOperations,
         self._checked = {}
         # uuid -> (request_id, outcome) of destroys recovery finished
         self._destroyed = {}
+        # uuid -> (request_id, outcome) of migrations away from here kept
+        # in memory (cold migration's; live migration keeps its outcome in
+        # the journal)
+        self._migrated = {}
         # uuids this process is migrating away (settle_migrations skips them)
         self._moving = set()
         # uuids whose running live migration was asked to stop

@@ -298,7 +298,8 @@ class MigrationOperations:
             plan = self.planner.guest(source['spec'])
             inst_dir = self.driver.prepare_incoming(plan, m['block'])
             record = dict(source, host=self.host,
-                          incoming={'source': m['source'], 'block': m['block']})
+                          incoming={'source': m['source'], 'block': m['block'],
+                                    'live': True})     # migration_settle's
             try:
                 self.journal.save_instance(uuid, record)     # not reported
             except Exception:

@@ -41,8 +41,9 @@ class MigrationSettlement:
         the uuids still unsettled."""
         left = []
         for record in self.journal.list_instances():
-            if not (record.get('incoming') or record.get('migration')):
-                continue
+            if not ((record.get('incoming') or {}).get('live')
+                    or record.get('migration')):
+                continue        # (an incoming mark of cold migration's too)
             uuid = record['uuid']
             try:
                 if not self._settle(uuid):
@@ -59,7 +60,7 @@ class MigrationSettlement:
 
     def _settle(self, uuid):
         record = self.journal.get_instance(uuid)
-        if record is not None and record.get('incoming'):
+        if record is not None and (record.get('incoming') or {}).get('live'):
             # Asked without the lock: the source's take-over may need it.
             with peer_mod.Peer(self.conf, record['incoming']['source']) as peer:
                 there = peer.call('_migration_status', uuid)

@@ -155,7 +155,7 @@ def incoming(h, source='src-host'):
     instance = mf.make_instance()
     h.spawn(instance)
     h.force_record(instance['uuid'], incoming={'source': source,
-                                               'block': True})
+                                               'block': True, 'live': True})
     return instance['uuid']
 
 
@@ -181,3 +181,11 @@ def test_destination_takes_over_a_guest_no_source_claims(h, peer):
     assert h.manager.settle_migrations() == []
     info = h.info(uuid)
     assert info['host'] == mf.HOST and info['task_state'] is None
+
+
+def test_an_incoming_mark_not_of_live_migration_is_left_alone(h, peer):
+    uuid = incoming(h)
+    h.force_record(uuid, incoming={'source': 'src-host', 'block': True})
+    assert h.manager.settle_migrations() == []
+    assert peer.calls == []
+    assert h.journal.get_instance(uuid)['incoming']
