@@ -447,7 +447,17 @@ class Journal:
             "SELECT json_extract(record, '$.vm_state'), count(*) FROM instances"
             ' WHERE deleted = 0 GROUP BY 1'))
 
-    def delete_instance(self, uuid):
+    def delete_instance(self, uuid, tombstone=None):
+        """Delete the record; ``tombstone`` (a dict) stays in its row until
+        the uuid is saved again (a live migration's outcome, for the
+        redelivery of the request that moved it away)."""
         with self._tx() as db:
-            db.execute("UPDATE instances SET deleted = 1, record = '{}',"
-                       ' updated_at = ? WHERE uuid = ?', (time.time(), uuid))
+            db.execute('UPDATE instances SET deleted = 1, record = ?,'
+                       ' updated_at = ? WHERE uuid = ?',
+                       (json.dumps(tombstone or {}), time.time(), uuid))
+
+    def tombstone(self, uuid):
+        """What ``delete_instance`` kept of a deleted record, or None."""
+        rows = self._query('SELECT record FROM instances'
+                           ' WHERE uuid = ? AND deleted = 1', (uuid,))
+        return json.loads(rows[0][0]) if rows else None

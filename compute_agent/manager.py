@@ -28,6 +28,7 @@ from compute_agent.guest_agent_ops import GuestAgentOperations
 from compute_agent.migration_ops import MigrationOperations
 # Cold migration (issue 16, migrate): its own mixin.
 from compute_agent.cold_migration_ops import ColdMigrationOperations
+from compute_agent.migration_settle import MigrationSettlement
 from compute_agent.rebuild_ops import RebuildOperation
 from compute_agent.records import public
 from compute_agent.resize_ops import ResizeOperations
@@ -59,6 +60,7 @@ def _error_of(exc):
 
 class Manager(ColdMigrationOperations,  # cold migration (issue 16)
               DeviceOperations, GuestAgentOperations, MigrationOperations,
+              MigrationSettlement,
               RebuildOperation, ResizeOperations, SnapshotOperations):
     # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
     inline_methods = frozenset(('ping',))
@@ -78,8 +80,12 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
         self._checked = {}
         # uuid -> (request_id, outcome) of destroys recovery finished
         self._destroyed = {}
-        # uuid -> (request_id, outcome) of live migrations away from here
+        # uuid -> (request_id, outcome) of migrations away from here kept
+        # in memory (cold migration's; live migration keeps its outcome in
+        # the journal)
         self._migrated = {}
+        # uuids this process is migrating away (settle_migrations skips them)
+        self._moving = set()
         # uuids whose running live migration was asked to stop
         self._aborting = set()
         self.planner = planner_mod.Planner(conf, driver.vif_drivers,
@@ -565,7 +571,7 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
         redelivery then completes it (``states.verdict``)."""
         for record in self.journal.list_instances():
             if record.get('incoming') or record.get('migration'):
-                # Settled by the migration's redelivery (migration_ops).
+                # Settled after start, with the other agent (migration_settle).
                 continue
             if 'rescue' not in record:      # kept by an agent before 'rescue'
                 with self._lock(record['uuid']):

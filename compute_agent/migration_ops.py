@@ -22,15 +22,18 @@ calls over the broker (``rpc.peer``), each an ``_``-prefixed method:
 Exactly one agent owns the instance at a time: the source until the
 destination's take-over has answered, then the destination; the source
 then removes its domain, filters, VIFs and (unless shared) files and
-forgets the record. The record's ``migration`` mark (journal) says how far
-the source got, so a redelivered ``live_migrate`` finishes that migration
-instead of starting a second one.
+forgets the record, keeping the outcome in its journal tombstone for the
+request's redelivery. The record's ``migration`` mark (journal) says how
+far the source got, so a redelivered ``live_migrate`` finishes that
+migration instead of starting a second one; a death mid-migration is
+settled without waiting for it (migration_settle).
 """
 
 import logging
 import time
 
 from compute_agent import exception
+from compute_agent import pause_points
 from compute_agent import states
 from compute_agent import validation
 from compute_agent.conf import libvirt as libvirt_conf
@@ -53,6 +56,18 @@ def _checked_spec(spec):
         'instance', 'image_meta', 'network_info', 'block_device_info')})
 
 
+def settled_here(record, request_id):
+    """Raise the outcome of ``request_id`` when settle_migrations ended its
+    interrupted migration with the guest kept here (its redelivery must not
+    start a second one)."""
+    done = record.get('interrupted') or {}
+    if (done.get('op') == METHOD and request_id is not None
+            and done.get('request_id') == request_id and not record.get('migration')):
+        raise exception.MigrationError(
+            uuid=record['uuid'], reason='interrupted; the guest stays on %s'
+            % record.get('host'))
+
+
 def _refusal(uuid, exc):
     if isinstance(exc, exception.MigrationPreCheckError):
         return exc
@@ -65,11 +80,12 @@ class MigrationOperations:
     def do_live_migrate(self, context, instance_uuid, dest_host,
                         block_migration=False):
         uuid, request_id = instance_uuid, context.get('request_id')
-        done = self._migrated.get(uuid)
-        if done and done[0] == request_id and self.journal.get_instance(uuid) is None:
-            return done[1]      # its redelivery: the outcome
         with self._lock(uuid):
+            outcome = self._migrated_outcome(uuid, request_id)
+            if outcome is not None:
+                return outcome      # its redelivery: the outcome, kept
             record = self._get(uuid)
+            settled_here(record, request_id)
             mark = record.get('migration')
             if not (mark and record['task_state'] == 'migrating'):
                 self._check(METHOD, METHOD, uuid, record, context)
@@ -86,6 +102,7 @@ class MigrationOperations:
                 self._peer_rollback(context, record, mark)
             else:
                 mark['phase'] = 'switched'
+            self._moving.add(uuid)      # not for settle_migrations now
         self._aborting.discard(uuid)
         try:
             with peer_mod.Peer(self.conf, mark['dest'], context) as peer:
@@ -94,6 +111,17 @@ class MigrationOperations:
                 return self._hand_over(context, record, mark, peer)
         finally:
             self._aborting.discard(uuid)
+            self._moving.discard(uuid)
+
+    def _migrated_outcome(self, uuid, request_id):
+        """The kept outcome of ``request_id`` when it moved the instance
+        away (journal tombstone: it survives a restart), else None."""
+        if request_id is None or self.journal.get_instance(uuid) is not None:
+            return None
+        done = (self.journal.tombstone(uuid) or {}).get('migrated') or {}
+        if done.get('request_id') == request_id and 'outcome' in done:
+            return done['outcome']
+        return None
 
     def _move(self, context, record, mark, peer):
         """Pre-check, prepare, migrate: the guest runs at the destination
@@ -167,17 +195,25 @@ class MigrationOperations:
 
     def _hand_over(self, context, record, mark, peer):
         """The destination takes over, then this host lets go."""
-        uuid, spec = record['uuid'], record['spec']
+        pause_points.pause('source-take-over')
         outcome = self._take_over(context, record, mark, peer)
+        return self._let_go(record, mark, outcome)
+
+    def _let_go(self, record, mark, outcome):
+        """The destination owns it: remove it here; the outcome stays in
+        the journal for the request's redelivery."""
+        uuid, spec = record['uuid'], record['spec']
+        pause_points.pause('source-cleanup')
         try:
             self.driver.cleanup_migrated(
                 spec['instance'], spec['network_info'],
                 spec['block_device_info'], remove_files=mark['block'])
         except Exception:
             LOG.exception('%s: cleaning up after the migration failed', uuid)
-        self._delete(uuid)
+        with self._lock(uuid):
+            self.journal.delete_instance(uuid, tombstone={'migrated': {
+                'request_id': mark.get('request_id'), 'outcome': outcome}})
         self._checked.pop(uuid, None)
-        self._migrated[uuid] = (mark.get('request_id'), outcome)
         LOG.info('%s: migrated to %s', uuid, mark['dest'])
         return outcome
 
@@ -262,7 +298,8 @@ class MigrationOperations:
             plan = self.planner.guest(source['spec'])
             inst_dir = self.driver.prepare_incoming(plan, m['block'])
             record = dict(source, host=self.host,
-                          incoming={'source': m['source'], 'block': m['block']})
+                          incoming={'source': m['source'], 'block': m['block'],
+                                    'live': True})     # migration_settle's
             try:
                 self.journal.save_instance(uuid, record)     # not reported
             except Exception:
@@ -278,6 +315,7 @@ class MigrationOperations:
                 raise exception.InstanceNotFound(uuid=uuid)
             if not record.get('incoming'):
                 return public(record)           # taken over already
+            pause_points.pause('dest-take-over')
             try:
                 self.driver.finish_incoming(self.planner.guest(record['spec']))
             except Exception:

@@ -462,6 +462,7 @@ ARGS = {
     '_migration_prepare': _PEER_ARGS,
     '_migration_take_over': _PEER_ARGS,
     '_migration_rollback': _PEER_ARGS,
+    '_migration_status': _PEER_ARGS,        # settling a crash (migration_settle)
     # -- end of live migration ----------------------------------------------------
     # -- cold migration (docs: protocol-method-migrate) --
     'migrate': {'instance_uuid': _ref('uuid'),

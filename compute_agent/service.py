@@ -98,6 +98,9 @@ class Service:
                                             conf.report_interval) if i),
             self.health.probe)
         add('watchdog', watchdog, self.health.watchdog)
+        # Interrupted live migrations: at start, then until settled.
+        add('migration-settle', conf.libvirt.live_migration_settle_interval,
+            self.manager.settle_migrations)
         # Guest agents are probed as often as power states are synced.
         add('guest-agent', conf.sync_power_state_interval,
             self.manager.poll_guest_agents, run_immediately=False)

@@ -117,7 +117,10 @@ ALONGSIDE = frozenset(('live_migrate_abort',))
 
 # Requests that change nothing: no per-instance queue, no fsync'ed outcome.
 READ_ONLY = frozenset(('get_info', 'list_instances', 'get_console_output',
-                       'get_vnc_console', 'get_host_stats', 'ping'))
+                       'get_vnc_console', 'get_host_stats', 'ping',
+                       # live migration crash settling: asked while the
+                       # instance's own lane may wait on the asker
+                       '_migration_status'))
 
 
 def operation(method, args):
@@ -215,7 +218,8 @@ RECOVERY = {
     # resize (1.1)
     'resize_migrating': 'revert_resize', 'resize_finish': 'revert_resize',
     'resize_reverting': 'revert_resize', 'resize_confirming': 'confirm_resize',
-    # A migration's redelivery settles it (migration_ops); recover skips it.
+    # An interrupted migration is settled with the other agent after start
+    # (migration_settle); recover skips it.
     'migrating': None,
 }
 

@@ -206,6 +206,11 @@ opts = [
              'to answer a handshake step (its heartbeats extend the wait); '
              'a destination that does not answer in time fails the '
              'pre-check (MigrationPreCheckError).'),
+    cfg.FloatOpt(
+        'live_migration_settle_interval', default=10.0, min=0.0,
+        help='Seconds between attempts to settle a live migration an agent '
+             'or libvirtd death interrupted (at start, then until the other '
+             'agent answers and one running copy remains); 0 disables it.'),
 ]
 
 

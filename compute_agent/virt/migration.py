@@ -151,6 +151,29 @@ class LiveMigration:
             return dom is not None and dom.isActive() == 1
         return self._call(run)
 
+    def migration_view(self, instance):
+        """What libvirt here says of the guest, for settling an
+        interrupted migration: ``active`` (a qemu process), ``running`` (not
+        paused for a migration: the copy that runs), ``job`` (libvirt still
+        moves it)."""
+        uuid = instance['uuid']
+
+        def run(conn):
+            dom = self._find(conn, uuid)
+            if dom is None or dom.isActive() != 1:
+                return {'active': False, 'running': False, 'job': False}
+            state, reason = dom.state()
+            moving = (state == libvirt.VIR_DOMAIN_PAUSED and reason in (
+                libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
+                getattr(libvirt, 'VIR_DOMAIN_PAUSED_POSTCOPY', -1),
+                getattr(libvirt, 'VIR_DOMAIN_PAUSED_POSTCOPY_FAILED', -1)))
+            try:
+                job = dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
+            except libvirt.libvirtError:
+                job = False
+            return {'active': True, 'running': not moving, 'job': job}
+        return self._call(run)
+
     def cleanup_migrated(self, instance, network_info, block_device_info,
                          remove_files):
         """After the guest left: undefine it here, remove its filters, VIFs

@@ -16,7 +16,8 @@ Host 1 is the machine's libvirtd and an agent started as ``agent_fixture``
 does. ``migration_agents`` (module scope) yields both hosts and their
 agents; everything (agents, daemons, mounts, namespace, veth, broker user)
 is removed at teardown. ``both_alive()`` checks the two libvirtds before a
-test blames an agent.
+test blames an agent. ``kill_libvirtd``/``restart_libvirtd`` crash host 2's
+libvirtd and start it again in the namespaces its guests and virtlogd keep.
 """
 
 import os
@@ -210,6 +211,27 @@ class SecondHost:
             return True
         except (FileNotFoundError, ValueError, ProcessLookupError):
             return False
+
+    # -- a crash of this host's libvirtd -----------------------------------------------
+
+    def kill_libvirtd(self):
+        """SIGKILL of host 2's libvirtd. Its QEMU processes and virtlogd live
+        on, and with them the mount namespace they run in."""
+        os.kill(int((self.root / 'libvirtd.pid').read_text()), signal.SIGKILL)
+        self.proc.wait(20)          # tini goes with its child
+
+    def restart_libvirtd(self):
+        """libvirtd again, in the namespaces virtlogd (and the guests) kept
+        (nsenter), under tini as at start; it reconnects to its QEMUs."""
+        keeper = int((self.root / 'virtlogd.pid').read_text())
+        with open(self.log_file, 'ab') as log:
+            self.proc = subprocess.Popen(
+                ['nsenter', '-t', str(keeper), '-m', '-n', '--', 'tini', '-s',
+                 '--', 'libvirtd', '-l', '-p', str(self.root / 'libvirtd.pid')],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        wait_until(self._answers, DAEMON_TIMEOUT,
+                   f'the restarted libvirtd at {self.libvirt_uri}', interval=0.2)
 
     # -- checks ---------------------------------------------------------------------
 

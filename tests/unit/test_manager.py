@@ -1041,6 +1041,10 @@ def test_key_is_the_uuid_for_state_changing_methods_only(h):
                     else {'migration': {}})
         valid = h.manager.validate(method, args, '1.1')
         assert h.manager.key(method, valid) == uuid, method
+    # Settling a crash asks beside the instance's lane (the asked may wait on the asker).
+    valid = h.manager.validate('_migration_status', {'instance_uuid': uuid,
+                                                     'migration': {}}, '1.1')
+    assert h.manager.key('_migration_status', valid) is None
     # An abort must not wait behind the migration it cancels.
     valid = h.manager.validate('live_migrate_abort', {'instance_uuid': uuid}, '1.1')
     assert h.manager.key('live_migrate_abort', valid) == uuid + '/live_migrate_abort'
@@ -1053,7 +1057,7 @@ def test_key_is_the_uuid_for_state_changing_methods_only(h):
         '_migration_take_over', '_migration_rollback',
         # cold migration
         'migrate', '_cold_migration_receive', '_cold_migration_drop',
-        '_cold_migration_restore'} == set(validation.METHODS)
+        '_cold_migration_restore', '_migration_status'} == set(validation.METHODS)
     assert not os.path.exists(h.conf.instances_path)
 
 

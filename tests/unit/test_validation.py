@@ -168,7 +168,7 @@ PROTOCOL_METHODS = {
     '_migration_prepare', '_migration_take_over', '_migration_rollback',
     # cold migration, and the agents' methods for it
     'migrate', '_cold_migration_receive', '_cold_migration_drop',
-    '_cold_migration_restore'}
+    '_cold_migration_restore', '_migration_status'}
 
 
 # -- the method table -------------------------------------------------------
@@ -245,6 +245,7 @@ EXPECTED_MINIMAL = {
     '_cold_migration_receive': minimal('_cold_migration_receive'),
     '_cold_migration_drop': minimal('_cold_migration_drop'),
     '_cold_migration_restore': minimal('_cold_migration_restore'),
+    '_migration_status': minimal('_migration_status'),
 }
 
 

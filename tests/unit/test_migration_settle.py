@@ -1,0 +1,191 @@
+"""Settling a live migration a death interrupted (migration_settle), and the
+outcome a redelivered ``live_migrate`` gets after a restart: a real Manager
+on ``test:///default``; the other agent is a fake (the two-host crash tests
+in tests/functional/test_e2e_migration_crash.py use real ones)."""
+
+import pytest
+
+from compute_agent import exception
+from compute_agent.journal import Journal
+from compute_agent.rpc import peer as peer_mod
+
+try:
+    from tests.unit import manager_fixtures as mf
+except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
+    import manager_fixtures as mf
+
+DEST = 'other-host'
+RUNNING = {'active': True, 'running': True, 'job': False}
+GONE = {'active': False, 'running': False, 'job': False}
+
+
+@pytest.fixture
+def h(tmp_path):
+    harness = mf.Harness(tmp_path)
+    yield harness
+    harness.close()
+
+
+class FakePeer:
+    """The other agent: answers from ``answers`` (method -> value or error)."""
+    calls = []
+    answers = {}
+
+    def __init__(self, conf, host, context=None):
+        self.host = host
+
+    def call(self, method, instance_uuid, **migration):
+        FakePeer.calls.append((self.host, method))
+        answer = FakePeer.answers.get(method)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+@pytest.fixture
+def peer(monkeypatch):
+    FakePeer.calls, FakePeer.answers = [], {}
+    monkeypatch.setattr(peer_mod, 'Peer', FakePeer)
+    return FakePeer
+
+
+def marked(h, phase='migrating', request_id='req-mig'):
+    """A running guest whose record a killed source left mid-migration."""
+    instance = mf.make_instance()
+    h.spawn(instance)
+    h.force_record(instance['uuid'], task_state='migrating', migration={
+        'dest': DEST, 'block': True, 'request_id': request_id,
+        'phase': phase, 'start_vm_state': 'active'})
+    return instance['uuid']
+
+
+def status(holds, running, migration=None, record=None):
+    return dict(RUNNING if running else GONE, holds=holds,
+                migration=migration, record=record, sequence=3)
+
+
+def test_tombstone_keeps_what_a_delete_left(tmp_path):
+    j = Journal(str(tmp_path))
+    j.save_instance('u1', {'uuid': 'u1', 'name': 'a'})
+    assert j.tombstone('u1') is None
+    j.delete_instance('u1', tombstone={'migrated': {'request_id': 'r'}})
+    assert j.get_instance('u1') is None
+    assert j.tombstone('u1') == {'migrated': {'request_id': 'r'}}
+    j.save_instance('u1', {'uuid': 'u1', 'name': 'a'})   # spawned again
+    assert j.tombstone('u1') is None
+    j.close()
+
+
+def test_guest_still_here_stays_and_the_redelivery_gets_the_error(h, peer):
+    uuid = marked(h)
+    since = len(h.notifier.reports)
+    assert h.manager.settle_migrations() == []
+    info = h.info(uuid)
+    assert (info['vm_state'], info['task_state'], info['host']) == (
+        'active', None, mf.HOST)
+    assert (DEST, '_migration_rollback') in peer.calls
+    last = h.notifier.reports[since:][-1]
+    assert last['event'] == 'live_migrate.error' and last['host'] == mf.HOST
+    assert h.journal.get_instance(uuid).get('migration') is None
+    # The redelivered request: its outcome, no second migration.
+    peer.calls.clear()
+    with pytest.raises(exception.MigrationError):
+        h.call('live_migrate', mf.context('req-mig'), instance_uuid=uuid,
+               dest_host=DEST)
+    assert peer.calls == []
+
+
+def test_guest_at_the_destination_is_handed_over(h, peer, monkeypatch):
+    uuid = marked(h, phase='migrating')
+    monkeypatch.setattr(h.manager.driver, 'migration_view', lambda i: GONE)
+    outcome = {'uuid': uuid, 'host': DEST, 'vm_state': 'active'}
+    peer.answers = {'_migration_status': status('incoming', True),
+                    '_migration_take_over': outcome}
+    assert h.manager.settle_migrations() == []
+    assert (DEST, '_migration_take_over') in peer.calls
+    with pytest.raises(exception.InstanceNotFound):
+        h.info(uuid)
+    # A restart later, the redelivery still gets the outcome (journal).
+    h.manager._moving.clear()
+    peer.calls.clear()
+    assert h.call('live_migrate', mf.context('req-mig'), instance_uuid=uuid,
+                  dest_host=DEST) == outcome
+    assert peer.calls == []
+    # Another request for it: not found here, nothing started.
+    with pytest.raises(exception.InstanceNotFound):
+        h.call('live_migrate', mf.context('req-other'), instance_uuid=uuid,
+               dest_host=DEST)
+
+
+def test_destination_owning_it_already_means_let_go(h, peer, monkeypatch):
+    uuid = marked(h, phase='switched')
+    monkeypatch.setattr(h.manager.driver, 'migration_view', lambda i: GONE)
+    owned = {'uuid': uuid, 'host': DEST}
+    peer.answers = {'_migration_status': status('owner', True, record=owned)}
+    assert h.manager.settle_migrations() == []
+    assert h.journal.get_instance(uuid) is None
+    assert h.journal.tombstone(uuid)['migrated']['outcome'] == owned
+
+
+def test_unsettled_while_the_peer_is_away_or_libvirt_moves_it(h, peer,
+                                                               monkeypatch):
+    uuid = marked(h, phase='switched')
+    monkeypatch.setattr(h.manager.driver, 'migration_view', lambda i: GONE)
+    peer.answers = {'_migration_status': peer_mod.PeerUnavailable('down')}
+    assert h.manager.settle_migrations() == [uuid]
+    peer.answers = {'_migration_status': dict(status('incoming', False),
+                                              job=True)}
+    assert h.manager.settle_migrations() == [uuid]
+    assert h.journal.get_instance(uuid)['migration']['phase'] == 'switched'
+    # A request of this process moving it is left alone.
+    h.manager._moving.add(uuid)
+    peer.calls.clear()
+    assert h.manager.settle_migrations() == []
+    assert peer.calls == []
+
+
+def incoming(h, source='src-host'):
+    """A destination's record a dead migration left ``incoming``."""
+    instance = mf.make_instance()
+    h.spawn(instance)
+    h.force_record(instance['uuid'], incoming={'source': source,
+                                               'block': True, 'live': True})
+    return instance['uuid']
+
+
+def test_destination_rolls_back_what_the_source_kept(h, peer):
+    uuid = incoming(h)
+    peer.answers = {'_migration_status': status('owner', True)}
+    assert h.manager.settle_migrations() == []
+    assert h.journal.get_instance(uuid) is None
+    assert mf.Harness.domain(h, uuid) is None
+
+
+def test_destination_waits_while_the_source_migrates_it(h, peer):
+    uuid = incoming(h)
+    peer.answers = {'_migration_status': status(
+        'owner', True, migration={'dest': mf.HOST, 'phase': 'migrating'})}
+    assert h.manager.settle_migrations() == [uuid]
+    assert h.journal.get_instance(uuid)['incoming']
+
+
+def test_destination_takes_over_a_guest_no_source_claims(h, peer):
+    uuid = incoming(h)
+    peer.answers = {'_migration_status': status(None, False)}
+    assert h.manager.settle_migrations() == []
+    info = h.info(uuid)
+    assert info['host'] == mf.HOST and info['task_state'] is None
+
+
+def test_an_incoming_mark_not_of_live_migration_is_left_alone(h, peer):
+    uuid = incoming(h)
+    h.force_record(uuid, incoming={'source': 'src-host', 'block': True})
+    assert h.manager.settle_migrations() == []
+    assert peer.calls == []
+    assert h.journal.get_instance(uuid)['incoming']
