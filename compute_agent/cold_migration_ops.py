@@ -80,7 +80,7 @@ class ColdMigrationOperations:
                     outcome = peer.call(
                         '_cold_migration_receive', uuid, record=record,
                         flavor=new_flavor, source=self.host, address=address,
-                        key=key, exports=exports,
+                        tls_secret=key, exports=exports,
                         sequence=self.journal.instance_sequence(uuid) + 1)
             except Exception as exc:
                 LOG.exception('%s: cold migration failed; the guest starts '
@@ -173,7 +173,7 @@ class ColdMigrationOperations:
             rplan = self.planner.resize(old_spec,
                                         old_spec['instance']['flavor'],
                                         m['flavor'])
-            self.driver.receive_cold(rplan, m['address'], m['key'],
+            self.driver.receive_cold(rplan, m['address'], m['tls_secret'],
                                      m['exports'])
             record = dict(
                 source, host=self.host, spec=rplan.new_spec,
