@@ -9,12 +9,11 @@ per instance; the manager applies the state machine of ``states`` (which
 operation may run, its task_state, its end), calls the driver with the plan,
 and reports every change of (vm_state, task_state, power_state) with a
 per-instance sequence number. Records live in the journal, so they survive
-restarts; ``recover()`` settles them with libvirt at start, finishing or
-rolling back what a restart interrupted (``states.RECOVERY``).
+restarts; ``reconcile.py`` keeps them in line with libvirt (power events
+and syncs) and settles them at start (``recover``).
 """
 
 import collections
-import datetime
 import logging
 import threading
 import time
@@ -30,7 +29,9 @@ from compute_agent.migration_ops import MigrationOperations
 from compute_agent.cold_migration_ops import ColdMigrationOperations
 from compute_agent.migration_settle import MigrationSettlement
 from compute_agent.rebuild_ops import RebuildOperation
+from compute_agent import records
 from compute_agent.records import public
+from compute_agent.reconcile import Reconciliation
 from compute_agent.resize_ops import ResizeOperations
 from compute_agent.snapshot_ops import SnapshotOperations
 from compute_agent.virt import planner as planner_mod
@@ -44,12 +45,6 @@ LOG = logging.getLogger(__name__)
 # operation a restart interrupted and its request_id, until its redelivery
 # or the next operation) and 'rebuild' (whether the running rebuild starts
 # the guest, kept for its redelivery). What a record shows: records.public.
-# _reconcile without a sync's listing: ask libvirt about the one instance.
-_ASK = object()
-
-
-def _now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
 def _error_of(exc):
@@ -60,7 +55,7 @@ def _error_of(exc):
 
 class Manager(ColdMigrationOperations,  # cold migration (issue 16)
               DeviceOperations, GuestAgentOperations, MigrationOperations,
-              MigrationSettlement,
+              MigrationSettlement, Reconciliation,
               RebuildOperation, ResizeOperations, SnapshotOperations):
     # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
     inline_methods = frozenset(('ping',))
@@ -169,7 +164,7 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
         with self._lock(record['uuid']):
             before = (record.get('vm_state'), record.get('task_state'),
                       record.get('power_state'))
-            record.update(changes, updated_at=_now())
+            record.update(changes, updated_at=records.now())
             record.update(self._ga_fields(record['uuid']))
             if record['uuid'] in self._checked:
                 record['power_checked_at'] = self._checked[record['uuid']]
@@ -191,7 +186,7 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
             context, host=self.host, instance_uuid=uuid, vm_state=vm_state,
             task_state=task_state, power_state=power_state, event=event,
             error=error, request_id=context.get('request_id'),
-            timestamp=_now())
+            timestamp=records.now())
 
     def _power(self, record):
         power = self._probe(record)
@@ -205,7 +200,7 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
         except Exception:
             LOG.exception('%s: cannot read power state', record['uuid'])
             return None
-        self._checked[record['uuid']] = _now()
+        self._checked[record['uuid']] = records.now()
         return power
 
     def _fail(self, record, context, method, exc):
@@ -313,7 +308,7 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
                 'block_device_info': block_device_info}
         record = {'uuid': uuid, 'name': instance['name'], 'host': self.host,
                   'vm_state': None, 'task_state': None, 'power_state': None,
-                  'devices': {}, 'vnc': None, 'created_at': _now(),
+                  'devices': {}, 'vnc': None, 'created_at': records.now(),
                   'error': None, 'spec': spec, 'rescue': None,
                   'interrupted': None,
                   'task_request_id': context.get('request_id')}
@@ -485,155 +480,13 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
 
     def do_get_host_stats(self, context):
         return dict(self.driver.get_host_stats(), host=self.host,
-                    timestamp=_now())
+                    timestamp=records.now())
 
     def do_ping(self, context):
         return {'host': self.host, 'version': version.RPC_API_VERSION,
                 'uptime_s': round(time.monotonic() - self._started, 3)}
 
-    # --- changes nobody asked for ---------------------------------------------
-
-    def on_power_event(self, uuid, power_state=None):
-        """A libvirt lifecycle event; operations in flight report their own.
-
-        A stop is only reported once it has held for ``[libvirt]
-        stopped_event_delay`` s: a guest rebooting itself may pass through
-        one, and the state read when the delay is over is what counts.
-        """
-        delay = self.conf.libvirt.stopped_event_delay
-        if power_state == states.SHUTDOWN and delay > 0:
-            timer = threading.Timer(delay, self._reconcile,
-                                    (uuid, 'power.lifecycle', True))
-            timer.daemon = True
-            timer.start()
-            return
-        self._reconcile(uuid, 'power.lifecycle', only_idle=True)
-
-    def sync_power_states(self):
-        """Check every record against one listing of libvirt's domains.
-
-        When libvirt cannot be asked, each instance is reported once as
-        ``power.unknown`` (power_state 0, vm_state kept): silence is never
-        taken for a stop. The next sync that reaches libvirt corrects it.
-        """
-        started = _now()
-        try:
-            powers = self.driver.list_domains(retry=False)
-        except Exception as exc:
-            LOG.warning('power sync: libvirt cannot be asked: %s', exc)
-            powers = None
-        if powers is not None:
-            for uuid in powers:
-                self._checked[uuid] = started
-        # uuids only: _reconcile reads each record under its lock anyway.
-        for uuid in self.journal.instance_uuids():
-            record = self._reconcile(uuid, 'power.sync', only_idle=True,
-                                     listing=powers, listed_at=started)
-            try:
-                if record is not None:
-                    self.driver.trim_console_log(record['spec']['instance'])
-            except Exception:
-                LOG.exception('%s: trimming the console log failed', uuid)
-
-    def _reconcile(self, uuid, event, only_idle, listing=_ASK, listed_at=None):
-        """Bring a record in line with libvirt.
-
-        ``listing`` is a sync's ``{uuid: power}`` (None: libvirt could not
-        be asked) read before the lock: a record changed since then is
-        asked about again. Returns the record (None: there is none).
-        """
-        with self._lock(uuid):
-            record = self.journal.get_instance(uuid)
-            if (record is None or (only_idle and record['task_state'])
-                    or record['vm_state'] in (states.BUILDING, states.DELETED)):
-                return record
-            if listing is _ASK or record['updated_at'] >= listed_at:
-                power = self._probe(record)
-            elif listing is None:
-                power = None
-            else:
-                power = listing.get(uuid, states.NOSTATE)
-            if power is None:
-                if record['power_state'] != states.NOSTATE:
-                    self._set(record, {}, 'power.unknown',
-                              power_state=states.NOSTATE)
-                return record
-            vm_state = states.vm_state_for_power(
-                record['vm_state'], power, bool(record.get('rescue')))
-            if (vm_state, power) != (record['vm_state'], record['power_state']):
-                self._set(record, {}, event, vm_state=vm_state,
-                          power_state=power)
-            return record
-
-    def recover(self):
-        """At start: settle every record, finishing or rolling back what a
-        restart interrupted (``states.RECOVERY``); the interrupted request's
-        redelivery then completes it (``states.verdict``)."""
-        for record in self.journal.list_instances():
-            if record.get('incoming') or record.get('migration'):
-                # Settled after start, with the other agent (migration_settle).
-                continue
-            if 'rescue' not in record:      # kept by an agent before 'rescue'
-                with self._lock(record['uuid']):
-                    rescued = self.driver.is_rescued(record['spec']['instance'])
-                    self._set(record, {}, 'recover', rescue={
-                        'rescue_image_meta': None} if rescued else None)
-            if not record['task_state']:
-                self._reconcile(record['uuid'], 'recover', only_idle=True)
-                continue
-            with self._lock(record['uuid']):
-                self._recover(record)
-        # Off the start path: thaw what a freeze left frozen, learn who answers.
-        self.poll_guest_agents()
-
-    def _recover(self, record):
-        task = record['task_state']
-        spec = record['spec']
-        action = states.RECOVERY.get(task)
-        rescued = bool(record.get('rescue'))
-        changes = {}
-        try:
-            if action == 'destroy':
-                self.driver.destroy(spec['instance'], spec['network_info'],
-                                    spec['block_device_info'], cleanup=True)
-            elif action == 'unrescue':
-                if self.driver.is_rescued(spec['instance']):
-                    self.driver.unrescue(spec['instance'], self._vifs(record))
-                rescued, changes['rescue'] = False, None
-            elif action == 'abort_snapshot':
-                changes.update(self.recover_snapshot(record))
-            elif action == 'boot' and self.driver.exists(spec['instance']):
-                self.driver.power_on(spec['instance'], self._vifs(record))
-            elif action in ('revert_resize', 'confirm_resize'):
-                changes.update(self.recover_resize(action, record))
-        except Exception:
-            LOG.exception('%s: recovering from %s failed', record['uuid'], task)
-        power = self._power(record)
-        vm_state, error = states.recovered(task, power, rescued)
-        if vm_state == states.ACTIVE and task == 'spawning':
-            changes.update(devices=self._devices(record),
-                           vnc=self._vnc(spec['instance']))
-        self._set(record, {}, 'recover', vm_state=vm_state, task_state=None,
-                  power_state=power, error=error,
-                  interrupted={'op': states.TASK_OPERATION.get(task),
-                               'request_id': record.get('task_request_id')},
-                  **changes)
-        if vm_state == states.DELETED:
-            self._delete(record['uuid'])
-            # Its redelivery must still get the destroy's outcome, though the
-            # record is gone (docs: protocol-recovery).
-            self._destroyed[record['uuid']] = (record.get('task_request_id'),
-                                              public(record))
-
-    def _devices(self, record):
-        """The devices a spawn interrupted after its guest started chose."""
-        try:
-            return dict(self.planner.guest(record['spec']).devices)
-        except Exception:
-            LOG.exception('%s: cannot plan its devices', record['uuid'])
-            return record.get('devices') or {}
-
     def host_state(self):
         # No retries: a periodic report is skipped while libvirt is away.
         stats = self.driver.get_host_stats(retry=False)
-        self.notifier.host_state_update(host=self.host, timestamp=_now(), **stats)
+        self.notifier.host_state_update(host=self.host, timestamp=records.now(), **stats)

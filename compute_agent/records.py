@@ -8,6 +8,8 @@ record's volumes and VIFs are not kept twice: they are the stored request's
 updates, so a hard reboot, rescue or destroy always follows them.
 """
 
+import datetime
+
 from compute_agent.netfilter import firewall
 from compute_agent.virt import blockinfo
 from compute_agent.volume.base import volume_id_of
@@ -15,6 +17,11 @@ from compute_agent.volume.base import volume_id_of
 PUBLIC_KEYS = ('uuid', 'name', 'host', 'vm_state', 'task_state', 'power_state',
                'devices', 'vnc', 'created_at', 'updated_at', 'error',
                'power_checked_at')
+
+
+def now():
+    """The time a record or report carries (UTC, ISO 8601)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
 def public(record):

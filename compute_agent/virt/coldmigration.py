@@ -29,6 +29,7 @@ import time
 
 from compute_agent import exception
 from compute_agent.virt import disks
+from compute_agent.virt.undo import Undo
 from compute_agent.virt import guest
 
 LOG = logging.getLogger(__name__)
@@ -126,9 +127,8 @@ class ColdMigration:
 
     def restart_cold_source(self, plan):
         """Revert: the old guest defined again on the kept files and booted."""
-        from compute_agent.virt.driver import _Undo
         xml = plan.xml()
-        undo = _Undo()
+        undo = Undo()
         try:
             self._connect_volumes(plan.volumes, undo)
             self._call(lambda c: c.defineXML(xml))
@@ -150,7 +150,6 @@ class ColdMigration:
         """Copy the exported files, grow them to the new flavor, make the
         files only the new flavor has, then define and boot the guest;
         everything undone on failure."""
-        from compute_agent.virt.driver import _Undo
         new = rplan.new
         instance = new.instance
         if self._call(lambda c: self._find(c, instance['uuid'])) is not None:
@@ -158,7 +157,7 @@ class ColdMigration:
                 uuid=instance['uuid'],
                 reason='the destination already has a domain of it')
         wanted = {f.name: f for f in new.files}
-        undo = _Undo()
+        undo = Undo()
         keydir = _psk_dir(key)
         try:
             inst_dir = self._make_dir(instance, undo)

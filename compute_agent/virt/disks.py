@@ -198,7 +198,7 @@ class _Building:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            _unlink(self.tmp)
+            unlink(self.tmp)
             return False
         os.chmod(self.tmp, FILE_MODE)
         os.rename(self.tmp, self.path)
@@ -208,11 +208,27 @@ class _Building:
 building = _Building     # for resizeops: a file made under a temp name
 
 
-def _unlink(path):
+def unlink(path):
+    """Remove ``path``; one already gone is fine (every step repeats)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def write_atomic(path, text):
+    """``path`` holds ``text`` whole or keeps what it held (temp, fsync, rename)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.part',
+                               prefix='.%s.' % os.path.basename(path))
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        unlink(tmp)
+        raise
 
 
 def create_overlay(base, path, size_bytes=0, disk_format=None):
@@ -260,7 +276,7 @@ def _blank(path, size_bytes, prepare, fmt):
                       raw, tmp], path, timeout=CONVERT_TIMEOUT)
         finally:
             if raw != tmp:
-                _unlink(raw)
+                unlink(raw)
     return path
 
 

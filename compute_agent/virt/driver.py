@@ -18,11 +18,9 @@ a running agent costs one reconnect, not an error.
 
 import dataclasses
 import functools
-import glob
 import logging
 import os
 import shutil
-import tempfile
 
 import libvirt
 
@@ -44,14 +42,15 @@ from compute_agent.virt import migration
 from compute_agent.virt import plan as plan_mod
 from compute_agent.virt import rebuildops
 from compute_agent.virt import snapshot
+from compute_agent.virt import rescue
 from compute_agent.virt import resizeops
 from compute_agent.virt import volume
 from compute_agent.virt import volumeops
+from compute_agent.virt.undo import Undo
 from compute_agent.vif.loader import VifDrivers
 
 LOG = logging.getLogger(__name__)
 
-UNRESCUE_XML = 'unrescue.xml'
 RUNNING_TIMEOUT = 60
 ACTIVE_STATES = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED,
                  libvirt.VIR_DOMAIN_PAUSED)
@@ -62,17 +61,7 @@ def _uuid(instance):
     return instance if isinstance(instance, str) else instance['uuid']
 
 
-class _Undo:
-    """What one spawn/rescue created, so a failure removes exactly that."""
-
-    def __init__(self):
-        self.files, self.vifs, self.volumes = [], [], []
-        self.filters = []        # network_info whose filters were defined
-        self.dir = None          # the instance dir, if this call made it
-        self.domain = False      # True once this call defined the domain
-
-
-class LibvirtDriver(migration.LiveMigration, snapshot.Snapshots,
+class LibvirtDriver(migration.LiveMigration, snapshot.Snapshots, rescue.Rescue,
                     coldmigration.ColdMigration):   # cold migration (issue 16)
     """Guest operations on one libvirt host.
 
@@ -154,7 +143,7 @@ class LibvirtDriver(migration.LiveMigration, snapshot.Snapshots,
             self._boot(instance, plan.vifs)
             return dict(plan.devices)
         xml = plan.xml()
-        undo = _Undo()
+        undo = Undo()
         try:
             inst_dir = self._make_dir(instance, undo)
             self._create_files(plan, inst_dir, undo)
@@ -248,7 +237,7 @@ class LibvirtDriver(migration.LiveMigration, snapshot.Snapshots,
         if undo.dir:
             steps.append(lambda: shutil.rmtree(undo.dir, ignore_errors=True))
         else:
-            steps += [lambda p=p: _unlink(p) for p in undo.files]
+            steps += [lambda p=p: disks.unlink(p) for p in undo.files]
         for step in steps:
             try:
                 step()
@@ -286,76 +275,6 @@ class LibvirtDriver(migration.LiveMigration, snapshot.Snapshots,
         info = bdm['connection_info']
         volume.load(self.conf, info['driver_volume_type'],
                     connection=self.connection).disconnect(info, volume.volume_id_of(bdm))
-
-    # -- rescue ------------------------------------------------------------------
-    def prepare_rescue(self, plan):
-        """Everything a rescue needs before the guest is touched.
-
-        The guest's defined XML is kept in ``unrescue.xml`` (kept, not
-        overwritten, when rescue is repeated) and the rescue plan's files are
-        created (its config drive is ``disk.config.rescue``, so the
-        instance's own ``disk.config`` stays untouched). On failure what this
-        call made is removed and the guest is as it was.
-        """
-        instance = plan.instance
-        inst_dir = self._dir(instance)
-        saved = disks.safe_join(inst_dir, UNRESCUE_XML)
-        wrote_saved = not os.path.exists(saved)
-        undo = _Undo()
-        try:
-            if wrote_saved:
-                original = self._on_domain(instance,
-                                           lambda d: d.XMLDesc(guest.INACTIVE_XML))
-                _write_atomic(saved, original)
-            self._create_files(plan, inst_dir, undo)
-        except BaseException:
-            for path in undo.files:
-                _unlink(path)
-            if wrote_saved:
-                _unlink(saved)
-            raise
-
-    def rescue(self, plan):
-        """Boot the prepared rescue plan; returns the devices chosen.
-
-        On failure the original guest is restored (``unrescue``).
-        """
-        instance = plan.instance
-        xml = plan.xml()
-        try:
-            self._on_domain(instance, guest.destroy_if_active)
-            self._call(lambda c: c.defineXML(xml))
-            self._boot(instance, plan.vifs)
-        except BaseException:
-            LOG.warning('Rescue of %s failed; restoring the guest', instance['uuid'])
-            try:
-                self.unrescue(instance, plan.vifs)
-            except Exception:
-                LOG.exception('Restoring %s after a failed rescue failed',
-                              instance['uuid'])
-            raise
-        return dict(plan.devices)
-
-    def unrescue(self, instance, vifs=()):
-        """Put back the guest as defined before rescue; drop rescue files."""
-        inst_dir = self._dir(instance)
-        saved = disks.safe_join(inst_dir, UNRESCUE_XML)
-        try:
-            with open(saved) as f:
-                xml = f.read()
-        except FileNotFoundError:
-            raise exception.InstanceInvalidState(
-                'Cannot unrescue instance %s: it is not rescued (no %s)'
-                % (_uuid(instance), UNRESCUE_XML)) from None
-        self._on_domain(instance, guest.destroy_if_active)
-        self._call(lambda c: c.defineXML(xml))
-        self._boot(instance, vifs)
-        for path in glob.glob(os.path.join(glob.escape(inst_dir), '*.rescue')):
-            _unlink(disks.safe_join(inst_dir, os.path.basename(path)))
-        _unlink(saved)
-
-    def is_rescued(self, instance):
-        return os.path.exists(disks.safe_join(self._dir(instance), UNRESCUE_XML))
 
     # -- rebuild (docs: protocol-method-rebuild) -----------------------------------
     def config_drive_kept(self, instance):
@@ -586,13 +505,6 @@ class LibvirtDriver(migration.LiveMigration, snapshot.Snapshots,
             self.conf, self.vif_drivers, self.firewall, d, instance, vif))
 
 
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 def _collect(errors, fn, *args):
     try:
         fn(*args)
@@ -600,16 +512,3 @@ def _collect(errors, fn, *args):
         LOG.exception('Cleanup step failed')
         errors.append(e)
 
-
-def _write_atomic(path, text):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.part',
-                               prefix='.%s.' % os.path.basename(path))
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise

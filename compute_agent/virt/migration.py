@@ -25,6 +25,7 @@ import libvirt
 
 from compute_agent import exception
 from compute_agent.virt import disks
+from compute_agent.virt.undo import Undo
 from compute_agent.virt import guest
 from compute_agent.virt import volume
 
@@ -283,9 +284,8 @@ class LiveMigration:
         """Directory, disks (block migration), volumes, filters and VIFs
         for the incoming guest; everything undone on failure. Returns the
         instance dir."""
-        from compute_agent.virt.driver import _Undo
         instance = plan.instance
-        undo = _Undo()
+        undo = Undo()
         try:
             inst_dir = self._make_dir(instance, undo)
             if block:

@@ -44,13 +44,13 @@ def prepare(driver, plan):
     # What an interrupted attempt staged is made again from scratch: a new
     # hardlink renamed over an old one of the same file would do nothing.
     for f in plan.files:
-        _unlink(disks.safe_join(inst_dir, f.name + SUFFIX, field='disk.name'))
+        disks.unlink(disks.safe_join(inst_dir, f.name + SUFFIX, field='disk.name'))
     undo = types.SimpleNamespace(files=[])      # the paths made, in order
     try:
         driver._create_files(plan, inst_dir, undo, suffix=SUFFIX)
     except BaseException:
         for path in undo.files:
-            _unlink(path)
+            disks.unlink(path)
         raise
 
 
@@ -79,9 +79,3 @@ def swap(driver, plan, start):
     if start:
         driver._boot(instance, plan.vifs)
 
-
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -61,25 +61,16 @@ def restore(inst_dir, rplan):
         if not os.path.exists(saved):
             continue        # never saved, so never replaced; or restored
         if os.path.exists(path) and os.path.samefile(saved, path):
-            _unlink(saved)  # saved, not yet replaced (rename would no-op)
+            disks.unlink(saved)  # saved, not yet replaced (rename would no-op)
         else:
             os.rename(saved, path)
     for name in rplan.create:
-        _unlink(_path(inst_dir, name))
+        disks.unlink(_path(inst_dir, name))
 
 
 def drop_saved(inst_dir, rplan):
     """Remove what only a revert would have needed."""
     for name in rplan.grow + rplan.replace:
-        _unlink(_path(inst_dir, ResizePlan.saved_name(name)))
+        disks.unlink(_path(inst_dir, ResizePlan.saved_name(name)))
     for name in rplan.drop:
-        _unlink(_path(inst_dir, name))
-
-
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
+        disks.unlink(_path(inst_dir, name))

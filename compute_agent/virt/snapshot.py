@@ -124,7 +124,7 @@ def copy_disk(dom, root_dev, dest, disk_format, quiesced, pause_max_bytes=0,
         else:
             _block_copy(dom, root_dev, dest, disk_format, quiesced)
     except BaseException:
-        _unlink(dest)
+        disks.unlink(dest)
         raise
     return dest
 
@@ -232,18 +232,13 @@ def abort(dom, dev, paused=False):
 def remove_temps(inst_dir):
     """Temporary copies a killed snapshot left in the instance directory."""
     for path in glob.glob(os.path.join(glob.escape(inst_dir), PREFIX + '*' + SUFFIX)):
-        _unlink(disks.safe_join(inst_dir, os.path.basename(path)))
+        disks.unlink(disks.safe_join(inst_dir, os.path.basename(path)))
         LOG.info('Removed the partial snapshot copy %s', path)
 
 
 def _xml_attr(value):
     return (value.replace('&', '&amp;').replace("'", '&apos;')
             .replace('<', '&lt;').replace('"', '&quot;'))
-
-
-def _unlink(path):
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 class Snapshots:
@@ -269,7 +264,7 @@ class Snapshots:
                 on_pause()
 
         def run(dom):
-            _unlink(dest)       # a retry after a reconnect starts over
+            disks.unlink(dest)       # a retry after a reconnect starts over
             if paused:          # ... with the guest resumed if it paused it
                 resume(dom)
             running = guest.libvirt_state(dom) in (libvirt.VIR_DOMAIN_RUNNING,
@@ -285,7 +280,7 @@ class Snapshots:
         try:
             yield self._on_domain(instance, run)
         finally:
-            _unlink(dest)
+            disks.unlink(dest)
 
     def abort_snapshot(self, instance, root_dev, paused=False):
         """After a restart: cancel a snapshot's block copy, resume the guest
