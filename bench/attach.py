@@ -30,18 +30,11 @@ import statistics
 import sys
 import time
 import uuid
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / 'tests' / 'functional'))
+from harness import agent_run, pct
 
 TARGET = 1.10
 POLL = 0.005
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 class Console:
@@ -84,8 +77,7 @@ def main():
 
     env = AgentEnv(build_test_guest(), label='bench-attach')
     env.write_config(DEFAULT={'debug': 'false'})
-    lv = None
-    try:
+    with agent_run('attach.py', env, args.keep_logs) as closers:
         env.start()
         conf = cfg.ConfigOpts()
         agent_conf.register_all(conf)
@@ -94,6 +86,7 @@ def main():
         env.wait_console(inst['uuid'], 'READY', timeout=120)
         console = Console(env.instance_dir(inst) / 'console.log')
         lv = open_libvirt()
+        closers.append(lv.close)
         dom = lv.lookupByUUIDString(inst['uuid'])
         flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
         times = {k: [] for k in ('agent attach', 'agent detach', 'hand attach', 'hand detach')}
@@ -141,16 +134,7 @@ def main():
             print('%s ratio agent/hand p50: %.3f (target <= %.2f) %s'
                   % (op, ratio, TARGET, verdict))
         return 0 if ok else 1
-    except Exception as e:      # noqa: BLE001 - a failed run, not a miss
-        print('bench/attach.py: run failed: %s' % e, file=sys.stderr)
-        print(env.log_tail(), file=sys.stderr)
-        return 2
-    finally:
-        if lv is not None:
-            lv.close()
-        if args.keep_logs:
-            os.environ['CA_E2E_KEEP_LOGS'] = str(REPO / 'bench-logs')
-        env.teardown()
+    return 2
 
 
 if __name__ == '__main__':

@@ -42,10 +42,8 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / 'tests' / 'functional'))
+from harness import agent_run, pct
 
 TARGET = 1.2
 SIDES = ('hand', 'hand+sha256', 'agent', 'agent blockcopy')
@@ -55,11 +53,6 @@ LABELS = {'hand': 'by hand: pause+convert+resume',
           'agent blockcopy': 'agent, bound 0 (block copy)'}
 DISK_MB = 256
 POLL = 0.002
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 def evict(*paths):
@@ -128,8 +121,7 @@ def main():
 
     env = AgentEnv(build_test_guest(), label='bench-snap')
     env.write_config(DEFAULT={'debug': 'false'})
-    lv = None
-    try:
+    with agent_run('snapshot.py', env, args.keep_logs) as closers:
         make_image(env.images / 'bench-root', args.disk_mb)
         env.start()
         inst = env.make_instance('bench', image_ref='bench-root')
@@ -137,6 +129,7 @@ def main():
                                                        'disk_format': 'qcow2'})
         env.wait_console(inst['uuid'], 'READY', timeout=120)
         lv = open_libvirt()
+        closers.append(lv.close)
         dom = lv.lookupByUUIDString(inst['uuid'])
         root, _fmt = snapshot_mod.root_disk(dom, 'vda')
         base = subprocess.run(['qemu-img', 'info', '-U', '--output=json', root],
@@ -207,16 +200,7 @@ def main():
                   % (blk / hand))
             print('ratio agent block copy / floor p50:       %.3f' % (blk / floor))
         return 0 if verdict == 'PASS' else 1
-    except Exception as e:      # noqa: BLE001 - a failed run, not a miss
-        print('bench/snapshot.py: run failed: %s' % e, file=sys.stderr)
-        print(env.log_tail(), file=sys.stderr)
-        return 2
-    finally:
-        if lv is not None:
-            lv.close()
-        if args.keep_logs:
-            os.environ['CA_E2E_KEEP_LOGS'] = str(REPO / 'bench-logs')
-        env.teardown()
+    return 2
 
 
 if __name__ == '__main__':

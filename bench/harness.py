@@ -1,0 +1,34 @@
+"""What the benchmarks that drive a real agent share: the percentile they
+print and the run that always tears its agent down."""
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'tests' / 'functional'))
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+@contextlib.contextmanager
+def agent_run(name, env, keep_logs=False):
+    """Yield a list of closers. A failure is printed with the agent's log
+    tail and swallowed (the caller's next line returns status 2: a failed
+    run, not a missed target); closers and the agent's teardown run always."""
+    closers = []
+    try:
+        yield closers
+    except Exception as e:      # noqa: BLE001 - a failed run, not a miss
+        print('bench/%s: run failed: %s' % (name, e), file=sys.stderr)
+        print(env.log_tail(), file=sys.stderr)
+    finally:
+        for close in closers:
+            close()
+        if keep_logs:
+            os.environ['CA_E2E_KEEP_LOGS'] = str(REPO / 'bench-logs')
+        env.teardown()
