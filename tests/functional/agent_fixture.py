@@ -551,6 +551,37 @@ def new_request_id():
     return 'req-' + str(uuidlib.uuid4())
 
 
+class InFlight:
+    """A call on its own client and thread, outliving the agent it was sent
+    to: its reply queue survives the agent's death, so the redelivery's
+    reply reaches it."""
+
+    TIMEOUT = 180           # the longest silence: a restart included
+
+    def __init__(self, agent, method, **args):
+        from compute_agent.rpc.client import AgentClient
+        self.client = AgentClient(agent.url, agent.host, topic=agent.topic,
+                                  exchange=agent.exchange, timeout=self.TIMEOUT)
+        self.client.context = {'request_id': new_request_id()}
+        self.result, self.error = None, None
+        self.thread = threading.Thread(target=self._run, args=(method, args),
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self, method, args):
+        try:
+            self.result = self.client.call_args(method, args)
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            self.error = e
+
+    def reply(self):
+        self.thread.join(self.TIMEOUT + 30)
+        self.client.close()
+        assert not self.thread.is_alive(), 'no reply'
+        assert self.error is None, f'the redelivered request failed: {self.error!r}'
+        return self.result
+
+
 def run_agent(test_guest, label, prepare=None):
     """For a module fixture (``yield from``): an AgentEnv, ``prepare(env)``
     (config, environment) before it starts; at the end it is torn down and

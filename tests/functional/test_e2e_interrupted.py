@@ -15,25 +15,21 @@ Needs root, RabbitMQ, libvirtd and the test guest; fails in CI otherwise.
 
 import os
 import signal
-import threading
 
 import libvirt    # a hard dependency: missing is an error, never a skip
 import pytest
 
-from compute_agent.rpc.client import AgentClient
-
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
-        agent, new_request_id, open_libvirt, test_guest, wait_until)
+        InFlight, agent, open_libvirt, test_guest, wait_until)
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from agent_fixture import (  # noqa: F401
-        agent, new_request_id, open_libvirt, test_guest, wait_until)
+        InFlight, agent, open_libvirt, test_guest, wait_until)
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.rabbit, pytest.mark.slow,
               pytest.mark.timeout(600)]
 
 READY = '\nREADY'                  # the guest handles ACPI from here on
-REPLY_TIMEOUT = 180                # the longest silence: a restart included
 
 
 @pytest.fixture
@@ -50,32 +46,6 @@ def guest(agent):
     assert rec['vm_state'] == 'active'
     agent.wait_console(inst['uuid'], READY, timeout=120)
     return inst
-
-
-class InFlight:
-    """A call on its own client and thread, outliving the agent it was sent to."""
-
-    def __init__(self, agent, method, **args):
-        self.client = AgentClient(agent.url, agent.host, topic=agent.topic,
-                                  exchange=agent.exchange, timeout=REPLY_TIMEOUT)
-        self.client.context = {'request_id': new_request_id()}
-        self.result, self.error = None, None
-        self.thread = threading.Thread(target=self._run, args=(method, args),
-                                       daemon=True)
-        self.thread.start()
-
-    def _run(self, method, args):
-        try:
-            self.result = self.client.call_args(method, args)
-        except Exception as e:  # noqa: BLE001 - the test reports it
-            self.error = e
-
-    def reply(self):
-        self.thread.join(REPLY_TIMEOUT + 30)
-        self.client.close()
-        assert not self.thread.is_alive(), 'no reply'
-        assert self.error is None, f'the redelivered request failed: {self.error!r}'
-        return self.result
 
 
 def interrupt(agent, uuid, method, kill_when=None, meanwhile=None, before=None,

@@ -28,7 +28,6 @@ import json
 import re
 import secrets
 import subprocess
-import threading
 import uuid as uuidlib
 
 import pytest
@@ -37,13 +36,13 @@ from pyroute2 import IPRoute
 try:
     from tests.functional import storage_fixture as sf
     from tests.functional.agent_fixture import (  # noqa: F401
-        agent, new_request_id, open_libvirt, test_guest, wait_until)
+        InFlight, agent, open_libvirt, test_guest, wait_until)
 except ImportError:
     import storage_fixture as sf
     from agent_fixture import (  # noqa: F401
-        agent, new_request_id, open_libvirt, test_guest, wait_until)
+        InFlight, agent, open_libvirt, test_guest, wait_until)
 
-from compute_agent.rpc.client import AgentClient, RemoteError
+from compute_agent.rpc.client import RemoteError
 
 IMAGE_A, IMAGE_B = 'rb-img-a', 'rb-img-b'
 MARK_A, MARK_B = 'rb-image-a', 'rb-image-b'
@@ -296,33 +295,6 @@ def test_stopped_guest_stays_stopped_and_preserve_ephemeral(agent, images, tmp_p
     assert disk_marker(console, 'vda') == MARK_A, console
     assert disk_marker(console, 'vdb') == '-', console
     assert password not in agent.log_file.read_text(errors='replace')
-
-
-class InFlight:
-    """A call on its own client and thread: its reply queue outlives the
-    agent it was sent to (as in test_e2e_interrupted.py)."""
-
-    def __init__(self, agent, method, **args):
-        self.client = AgentClient(agent.url, agent.host, topic=agent.topic,
-                                  exchange=agent.exchange, timeout=180)
-        self.client.context = {'request_id': new_request_id()}
-        self.result, self.error = None, None
-        self.thread = threading.Thread(target=self._run, args=(method, args),
-                                       daemon=True)
-        self.thread.start()
-
-    def _run(self, method, args):
-        try:
-            self.result = self.client.call_args(method, args)
-        except Exception as e:  # noqa: BLE001 - the test reports it
-            self.error = e
-
-    def reply(self):
-        self.thread.join(210)
-        self.client.close()
-        assert not self.thread.is_alive(), 'no reply'
-        assert self.error is None, f'the redelivered request failed: {self.error!r}'
-        return self.result
 
 
 def test_redelivery_completes_a_rebuild_killed_after_it_stopped_the_guest(agent, images,

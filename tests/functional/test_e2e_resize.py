@@ -19,12 +19,10 @@ from compute_agent.rpc.client import RemoteError
 
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
-        BOOT_MARKER, agent, no_domain, open_libvirt, test_guest, wait_until)
-    from tests.functional.test_e2e_interrupted import InFlight
+        BOOT_MARKER, InFlight, agent, no_domain, open_libvirt, test_guest, wait_until)
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from agent_fixture import (  # noqa: F401
-        BOOT_MARKER, agent, no_domain, open_libvirt, test_guest, wait_until)
-    from test_e2e_interrupted import InFlight
+        BOOT_MARKER, InFlight, agent, no_domain, open_libvirt, test_guest, wait_until)
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.rabbit, pytest.mark.slow,
               pytest.mark.timeout(900)]
