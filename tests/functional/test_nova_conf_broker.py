@@ -14,23 +14,19 @@ heartbeat of each connection, the queue type and the exchange durability.
 """
 
 import os
-import shutil
-import tempfile
 import uuid
 
 import pytest
 
 try:
-    from tests.functional.rabbit_node import PrivateBroker, available
     from tests.functional.rpc_fixtures import AgentHandle
-    from tests.functional.test_rpc_tls import make_ca, make_server_cert
+    from tests.functional.test_rpc_tls import private_tls_broker
     from tests.unit import nova_conf_fixtures as nf
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'unit'))
-    from rabbit_node import PrivateBroker, available
     from rpc_fixtures import AgentHandle
-    from test_rpc_tls import make_ca, make_server_cert
+    from test_rpc_tls import private_tls_broker
     import nova_conf_fixtures as nf
 
 from compute_agent import conf as agent_conf
@@ -42,25 +38,12 @@ pytestmark = [pytest.mark.rabbit, pytest.mark.slow]
 
 @pytest.fixture(scope='module')
 def tls_broker():
-    if not (available() and shutil.which('openssl')):
-        msg = 'cannot start a private TLS RabbitMQ node (root, openssl)'
-        if os.environ.get('CI'):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    certs = tempfile.mkdtemp(prefix='ca-novaconf-')
-    os.chmod(certs, 0o755)
-    ca = make_ca(certs)
-    make_server_cert(certs)
-    broker = PrivateBroker(tls={
-        'cacertfile': ca, 'certfile': os.path.join(certs, 'server.pem'),
-        'keyfile': os.path.join(certs, 'server.key')}).start()
-    broker.ctl('add_user', 'nova', nf.RABBIT_PASSWORD)
-    for vhost in ('folsom', 'nova'):
-        broker.ctl('add_vhost', vhost)
-        broker.ctl('set_permissions', '-p', vhost, 'nova', '.*', '.*', '.*')
-    yield broker, ca
-    broker.destroy()
-    shutil.rmtree(certs, ignore_errors=True)
+    with private_tls_broker('ca-novaconf-') as (broker, _certs, ca):
+        broker.ctl('add_user', 'nova', nf.RABBIT_PASSWORD)
+        for vhost in ('folsom', 'nova'):
+            broker.ctl('add_vhost', vhost)
+            broker.ctl('set_permissions', '-p', vhost, 'nova', '.*', '.*', '.*')
+        yield broker, ca
 
 
 def _rows(broker, *args):

@@ -5,6 +5,7 @@ made with openssl; the agent and the client verify it (CERT_REQUIRED plus
 the host name), and a wrong CA is refused.
 """
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -49,24 +50,33 @@ def make_server_cert(directory):
         os.chmod(os.path.join(directory, f), 0o644)
 
 
-@pytest.fixture
-def tls_broker():
+@contextlib.contextmanager
+def private_tls_broker(prefix):
+    """A private RabbitMQ node with a TLS listener and a test CA: yields
+    (broker, certificate directory, CA file); removed afterwards."""
     if not (available() and shutil.which('openssl')):
         msg = 'cannot start a private TLS RabbitMQ node (root, openssl)'
         if os.environ.get('CI'):
             pytest.fail(msg)
         pytest.skip(msg)
-    certs = tempfile.mkdtemp(prefix='ca-tls-')
+    certs = tempfile.mkdtemp(prefix=prefix)
     os.chmod(certs, 0o755)
     ca = make_ca(certs)
     make_server_cert(certs)
-    other_ca = make_ca(certs, 'other')
     broker = PrivateBroker(tls={
         'cacertfile': ca, 'certfile': os.path.join(certs, 'server.pem'),
         'keyfile': os.path.join(certs, 'server.key')}).start()
-    yield broker, ca, other_ca
-    broker.destroy()
-    shutil.rmtree(certs, ignore_errors=True)
+    try:
+        yield broker, certs, ca
+    finally:
+        broker.destroy()
+        shutil.rmtree(certs, ignore_errors=True)
+
+
+@pytest.fixture
+def tls_broker():
+    with private_tls_broker('ca-tls-') as (broker, certs, ca):
+        yield broker, ca, make_ca(certs, 'other')
 
 
 def test_agent_and_client_over_tls(tls_broker, agents):  # noqa: F811
