@@ -61,6 +61,12 @@ NOVA_MODULE = 'nova/virt/libvirt/config.py'
 
 # --- the seed guest -------------------------------------------------------------
 
+# (file, device, format) of the seed guest's disks (use_cow_images: the
+# ephemeral and swap disks are qcow2 overlays too).
+DISKS = (('disk', 'vda', 'qcow2'), ('disk.local', 'vdb', 'qcow2'),
+         ('disk.swap', 'vdc', 'qcow2'), ('disk.config', 'vdz', 'raw'))
+FILTER_PREFIX = 'ca-'    # the anti-spoofing filter's name: ca-<vif id>
+
 def seed_request():
     return bf.make_request(
         kernel_id='img-kernel', ramdisk_id='img-ramdisk', config_drive=True,
@@ -103,21 +109,24 @@ def make_model(conf, request):
         dom.features = config.Features(acpi=True, apic=True)
         dom.cpu = config.CPU(mode='host-model')
         dom.clock = config.Clock(offset='utc')
-        for name, dev, fmt in (('disk', 'vda', 'qcow2'), ('disk.local', 'vdb', 'raw'),
-                               ('disk.swap', 'vdc', 'raw'),
-                               ('disk.config', 'vdz', 'raw')):
+        for name, dev, fmt in DISKS:
             dom.add_device(config.Disk(
                 type='file', device='disk', driver_name='qemu', driver_type=fmt,
                 driver_cache='none', source_file=os.path.join(d, name),
                 target_dev=dev, target_bus='virtio'))
-        dom.add_device(config.Interface(
+        iface = dom.add_device(config.Interface(
             type='bridge', mac=vif['address'], source_bridge=vif['network']['bridge'],
             target_dev=vif['devname'], model='virtio', mtu=vif['network']['mtu']))
+        ref = iface.filterref = config.FilterRef(filter=FILTER_PREFIX + vif['id'])
+        for name, value in (('MAC', vif['address']), ('IP', '0.0.0.0')):
+            ref.add('parameters', config.FilterParameter(name=name, value=value))
         dom.add_device(config.Serial(type='pty', log_file=os.path.join(d, 'console.log'),
                                      log_append=True))
         dom.add_device(config.Input(type='tablet', bus='usb'))
         dom.add_device(config.Graphics(type='vnc', autoport=True, keymap='en-us',
                                        listen='127.0.0.1'))
+        dom.add_device(config.Channel(type='unix', target_type='virtio',
+                                      target_name=builder.GUEST_AGENT_CHANNEL))
         dom.memballoon = config.MemBalloon(model='virtio', stats_period=10)
         return dom.to_xml()
     return model
@@ -151,9 +160,7 @@ def make_nova(nc, conf, request):
         clock = nc.LibvirtConfigGuestClock()
         clock.offset = 'utc'
         g.clock = clock
-        for name, dev, fmt in (('disk', 'vda', 'qcow2'), ('disk.local', 'vdb', 'raw'),
-                               ('disk.swap', 'vdc', 'raw'),
-                               ('disk.config', 'vdz', 'raw')):
+        for name, dev, fmt in DISKS:
             disk = nc.LibvirtConfigGuestDisk()
             disk.source_type, disk.source_device = 'file', 'disk'
             disk.driver_name, disk.driver_format = 'qemu', fmt
@@ -168,6 +175,9 @@ def make_nova(nc, conf, request):
         iface.target_dev = vif['devname']
         iface.model = 'virtio'
         iface.mtu = vif['network']['mtu']
+        iface.filtername = FILTER_PREFIX + vif['id']
+        iface.add_filter_param('MAC', vif['address'])
+        iface.add_filter_param('IP', '0.0.0.0')
         g.devices.append(iface)
         serial = nc.LibvirtConfigGuestSerial()
         serial.type = 'pty'
@@ -181,6 +191,14 @@ def make_nova(nc, conf, request):
         vnc.type, vnc.autoport = 'vnc', True
         vnc.keymap, vnc.listen = 'en-us', '127.0.0.1'
         g.devices.append(vnc)
+        channel = nc.LibvirtConfigGuestChannel()
+        channel.type = 'unix'
+        channel.target_name = builder.GUEST_AGENT_CHANNEL
+        # nova's class cannot leave the socket path to libvirt (ours does);
+        # nova's driver names it so (NOVA_ONLY).
+        channel.source_path = '/var/lib/libvirt/qemu/%s.%s.sock' % (
+            builder.GUEST_AGENT_CHANNEL, inst['name'])
+        g.devices.append(channel)
         balloon = nc.LibvirtConfigMemoryBalloon()
         balloon.model, balloon.period = 'virtio', 10
         g.devices.append(balloon)
@@ -246,13 +264,28 @@ def load_nova_config(wheel):
 
 # --- measuring ---------------------------------------------------------------------
 
+# What nova's classes write whatever the caller sets (their defaults) or
+# cannot leave out, and ours leaves to libvirt: (element path, attribute),
+# attribute None for the whole element. shape() ignores them on every row.
+NOVA_ONLY = {('domain/memory', 'unit'), ('domain/cpu', 'match'),
+             ('domain/devices/memballoon', 'autodeflate'),
+             ('domain/devices/memballoon', 'freePageReporting'),
+             ('domain/devices/channel/source', None)}
+
+
 def shape(xml):
-    """What a guest holds, for checking both sides build the same guest."""
+    """What a guest holds, order aside: every element's path, attributes
+    and text, for checking all rows build the same guest."""
     root = etree.fromstring(xml)
-    return sorted((el.tag, el.get('type'), el.get('dev'))
-                  for el in root.iter() if el.getparent() is not None
-                  and el.getparent().tag == 'devices') + sorted(
-        el.tag for el in root if el.tag != 'devices')
+    out = []
+    for el in root.iter():
+        path = '/'.join([a.tag for a in reversed(list(el.iterancestors()))]
+                        + [el.tag])
+        if (path, None) not in NOVA_ONLY:
+            out.append((path, sorted((k, v) for k, v in el.attrib.items()
+                                     if (path, k) not in NOVA_ONLY),
+                        (el.text or '').strip()))
+    return sorted(out)
 
 
 def per_call(fn, n):
