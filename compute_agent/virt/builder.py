@@ -43,6 +43,9 @@ class _Context:
         self.rescue_image_meta = rescue_image_meta
         self.virt_type = self.lv.virt_type
         self.dir = os.path.join(opts.instances_path, instance['name'])
+        # path() joins the builder's own file names (no slash in them):
+        # os.path.join's general case costs ~1 us a call, 8+ calls a guest.
+        self._dir_slash = os.path.join(self.dir, '')
         self.prefix, self.bus = blockinfo.disk_prefix_and_bus(opts)
         self.namer = blockinfo.DeviceNamer(
             self.prefix, blockinfo.claimed_by_block_device_info(self.bdi))
@@ -54,7 +57,7 @@ class _Context:
         self.volumes = []       # (volume driver, connection_info)
 
     def path(self, name):
-        return os.path.join(self.dir, name)
+        return self._dir_slash + name
 
     @property
     def root_is_iso(self):
