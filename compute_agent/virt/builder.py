@@ -13,6 +13,7 @@ import os
 import re
 
 from compute_agent import exception
+from compute_agent.conf.snapshot import snapshot
 from compute_agent.netfilter import firewall
 from compute_agent.virt import blockinfo
 from compute_agent.virt import config
@@ -32,14 +33,20 @@ class _Context:
     def __init__(self, conf, instance, image_meta, bdi, rescue,
                  rescue_image_meta):
         self.conf = conf
+        # Every option a build reads, read once (conf/snapshot.py).
+        self.opts = opts = snapshot(conf)
+        self.lv = opts.libvirt
         self.instance = instance
         self.image_meta = image_meta or {}
         self.bdi = bdi or {}
         self.rescue = rescue
         self.rescue_image_meta = rescue_image_meta
-        self.virt_type = conf.libvirt.virt_type
-        self.dir = os.path.join(conf.instances_path, instance['name'])
-        self.prefix, self.bus = blockinfo.disk_prefix_and_bus(conf)
+        self.virt_type = self.lv.virt_type
+        self.dir = os.path.join(opts.instances_path, instance['name'])
+        # path() joins the builder's own file names (no slash in them):
+        # os.path.join's general case costs ~1 us a call, 8+ calls a guest.
+        self._dir_slash = os.path.join(self.dir, '')
+        self.prefix, self.bus = blockinfo.disk_prefix_and_bus(opts)
         self.namer = blockinfo.DeviceNamer(
             self.prefix, blockinfo.claimed_by_block_device_info(self.bdi))
         self.volume_devs = set(blockinfo.volume_devices(self.bdi))
@@ -50,7 +57,7 @@ class _Context:
         self.volumes = []       # (volume driver, connection_info)
 
     def path(self, name):
-        return os.path.join(self.dir, name)
+        return self._dir_slash + name
 
     @property
     def root_is_iso(self):
@@ -59,7 +66,7 @@ class _Context:
     @property
     def rescue_image_id(self):
         meta = self.rescue_image_meta or {}
-        return (meta.get('id') or self.conf.libvirt.rescue_image_id
+        return (meta.get('id') or self.lv.rescue_image_id
                 or self.instance.get('image_ref'))
 
     @property
@@ -79,20 +86,21 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
                    rescue_image_meta)
     _check_block_devices(ctx)
     flavor = instance['flavor']
+    lv = ctx.lv
     dom = config.Domain(type=ctx.virt_type, name=instance['name'],
                         uuid=instance['uuid'], memory_unit='KiB',
                         memory_kib=flavor['memory_mb'] * 1024,
                         vcpus=flavor['vcpus'])
-    if ctx.virt_type in HVM_TYPES and conf.libvirt.sysinfo_serial:
+    if ctx.virt_type in HVM_TYPES and lv.sysinfo_serial:
         dom.sysinfo = _sysinfo(instance)
     dom.os = _os(ctx)
-    if ctx.virt_type in HVM_TYPES and conf.libvirt.hw_machine_type:
-        dom.os.machine = conf.libvirt.hw_machine_type
+    if ctx.virt_type in HVM_TYPES and lv.hw_machine_type:
+        dom.os.machine = lv.hw_machine_type
     if ctx.virt_type in HVM_TYPES:
         dom.features = config.Features(acpi=True, apic=True)
         dom.cpu = _cpu(ctx)
     if ctx.virt_type in HVM_TYPES + ('xen',):
-        dom.clock = config.Clock(offset=conf.libvirt.clock_offset)
+        dom.clock = config.Clock(offset=lv.clock_offset)
 
     if ctx.virt_type == 'lxc':
         _lxc_root(ctx, dom)
@@ -101,7 +109,7 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
         _rescue_volumes(ctx, dom)
     else:
         _disks(ctx, dom)
-    if instance.get('config_drive') or conf.force_config_drive:
+    if instance.get('config_drive') or ctx.opts.force_config_drive:
         _config_drive(ctx, dom)
 
     if vifs is None:
@@ -109,7 +117,7 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
                 if network_info else [])
     for driver, vif in vifs:
         iface = dom.add_device(driver.get_config(instance, vif, ctx.virt_type))
-        firewall.decorate(conf, iface, vif)   # anti-spoofing, security rules
+        firewall.decorate(ctx.opts, iface, vif)   # anti-spoofing, security rules
 
     _consoles(ctx, dom)
     _graphics(ctx, dom)
@@ -139,13 +147,13 @@ def _os(ctx):
     os_ = config.OS(type='linux' if vt == 'xen' else 'hvm')
     if vt == 'xen':
         os_.root = '/dev/' + ctx.root_dev
-    if ctx.virt_type in HVM_TYPES and ctx.conf.libvirt.sysinfo_serial:
+    if ctx.virt_type in HVM_TYPES and ctx.lv.sysinfo_serial:
         os_.smbios_mode = 'sysinfo'
 
     inst = ctx.instance
     if ctx.rescue:
-        kernel_id = ctx.conf.libvirt.rescue_kernel_id or inst.get('kernel_id')
-        ramdisk_id = ctx.conf.libvirt.rescue_ramdisk_id or inst.get('ramdisk_id')
+        kernel_id = ctx.lv.rescue_kernel_id or inst.get('kernel_id')
+        ramdisk_id = ctx.lv.rescue_ramdisk_id or inst.get('ramdisk_id')
         suffix = '.rescue'
     else:
         kernel_id, ramdisk_id, suffix = (inst.get('kernel_id'),
@@ -196,14 +204,14 @@ def _extra_cmdline(ctx):
 
 
 def _cpu(ctx):
-    mode = ctx.conf.libvirt.cpu_mode or (
+    mode = ctx.lv.cpu_mode or (
         'host-model' if ctx.virt_type == 'kvm' else 'none')
     if mode == 'none':
         return None
     cpu = config.CPU(mode=mode)
     if mode == 'custom':
         cpu.match = 'exact'
-        cpu.model = ctx.conf.libvirt.cpu_model
+        cpu.model = ctx.lv.cpu_model
         cpu.model_fallback = 'allow'
     return cpu
 
@@ -261,14 +269,14 @@ def _file_disk(ctx, name, dev, bus=None, device='disk', fmt='raw'):
     if ctx.virt_type != 'uml':      # the UML driver takes no <driver>
         disk.driver_name = 'qemu'
         disk.driver_type = fmt
-        disk.driver_cache = ctx.conf.libvirt.disk_cachemode
+        disk.driver_cache = ctx.lv.disk_cachemode
     if device == 'cdrom':
         disk.readonly = True
     return disk
 
 
 def _root_format(ctx):
-    return 'qcow2' if ctx.conf.use_cow_images else 'raw'
+    return 'qcow2' if ctx.opts.use_cow_images else 'raw'
 
 
 def _local_format(ctx):
@@ -424,11 +432,11 @@ def _consoles(ctx, dom):
 
 
 def _graphics(ctx, dom):
-    vnc = ctx.conf.vnc
+    vnc = ctx.opts.vnc
     if not vnc.enabled or ctx.virt_type in ('lxc', 'uml'):
         return
     # libvirt refuses a USB tablet on a Xen PV guest (nova 2012.2 too).
-    if ctx.conf.libvirt.use_usb_tablet and dom.os.type == 'hvm':
+    if ctx.lv.use_usb_tablet and dom.os.type == 'hvm':
         dom.add_device(config.Input(type='tablet', bus='usb'))
     dom.add_device(config.Graphics(type='vnc', autoport=True, keymap=vnc.keymap,
                                    listen=vnc.server_listen))
@@ -437,7 +445,7 @@ def _graphics(ctx, dom):
 def _hvm_extras(ctx, dom):
     if ctx.virt_type not in HVM_TYPES:
         return
-    lv = ctx.conf.libvirt
+    lv = ctx.lv
     if lv.guest_agent:
         dom.add_device(config.Channel(type='unix', target_type='virtio',
                                       target_name=GUEST_AGENT_CHANNEL))
@@ -457,7 +465,7 @@ def _pcie_ports(ctx, dom):
     explicit indexes after one per device that needs a port, so they stay
     free for hot-plug.
     """
-    machine = ctx.conf.libvirt.hw_machine_type or ''
+    machine = ctx.lv.hw_machine_type or ''
     if ctx.virt_type not in HVM_TYPES or 'q35' not in machine:
         return
     used = sum(1 for d in dom.disks if d.target_bus == 'virtio')
@@ -465,6 +473,6 @@ def _pcie_ports(ctx, dom):
     used += 1 if dom.memballoon is not None and dom.memballoon.model != 'none' else 0
     used += 1 if dom.channels else 0    # their virtio-serial controller
     used += 2       # USB controller and video
-    for i in range(ctx.conf.libvirt.num_pcie_ports):
+    for i in range(ctx.lv.num_pcie_ports):
         dom.add_device(config.Controller(type='pci', index=used + 1 + i,
                                          model='pcie-root-port'))

@@ -304,7 +304,8 @@ class Domain(XMLObject):
         if isinstance(device, MemBalloon):
             self.memballoon = device
             return device
-        return self.add(self._DEVICE_LISTS[type(device)], device)
+        Domain.__dict__[self._DEVICE_LISTS[type(device)]].append(self, device)
+        return device
 
 
 # Every model class, for tests and tools that walk them all.

@@ -134,6 +134,8 @@ class Prop:
         self.path = path
         self.steps, self.attr = _split(path)
         self.kind = kind
+        # A str needs no spelling for a plain kind (the builder's usual case).
+        self.plain = kind is _Kind
         self.__doc__ = doc
 
     def __set_name__(self, owner, name):
@@ -164,7 +166,10 @@ class Prop:
                 node.text = None
             _prune(node, top)
             return
-        text = self.kind.to_xml(value)
+        if self.plain and value.__class__ is str:
+            text = value
+        else:
+            text = self.kind.to_xml(value)
         if top.__class__ is Node:
             # The builder's hot path: one loop, no lxml, no helper calls.
             if not text.isprintable():
@@ -286,6 +291,12 @@ class Children:
         if not isinstance(value, self.cls):
             raise TypeError('%s takes %s, not %s' % (
                 self.name, self.cls.__name__, type(value).__name__))
+        top, child = obj._n, value._n
+        if (top.__class__ is Node and child.__class__ is Node
+                and top.lx is None and child.lx is None):
+            # The builder's path: two new trees, no lxml anywhere.
+            _find(top, self.steps, True, obj._RANK).append(child)
+            return
         parent, child = _attach(obj, self.steps, value)
         parent.append(child)
 
@@ -320,10 +331,11 @@ class XMLObject:
         self._n = Node(self.TAG) if node is None else node
         props = self._PROPS
         for name, value in values.items():
-            prop = props.get(name)
-            if prop is None:
+            try:
+                prop = props[name]
+            except KeyError:
                 raise AttributeError('%s has no XML property %r' % (
-                    type(self).__name__, name))
+                    type(self).__name__, name)) from None
             prop.__set__(self, value)
 
     @property
