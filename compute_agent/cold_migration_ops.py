@@ -153,15 +153,14 @@ class ColdMigrationOperations:
         self._set(record, context, METHOD,
                   migration=dict(mark, decided=mark['dest']))
 
-    def cold_abort(self, context, record, err, settling=False):
+    def cold_abort(self, context, record, err):
         """Before the decision: the destination drops its copy (best
         effort: it never starts the guest unless told), the guest starts
-        here, ``migrate.error`` with this host. ``settling``: a death
-        interrupted it; the redelivery gets the error (settled_here)."""
+        here, ``migrate.error`` with this host; the request's redelivery
+        gets that error (settled_here), never a second migration."""
         uuid, mark = record['uuid'], record['migration']
         self._peer_rollback(context, record, mark)
-        done = {'op': METHOD, 'request_id': mark.get('request_id')} \
-            if settling else None
+        done = {'op': METHOD, 'request_id': mark.get('request_id')}
         spec = record['spec']
         try:
             self.driver.power_on(spec['instance'], self.planner.vifs(spec))

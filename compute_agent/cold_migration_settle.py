@@ -90,7 +90,7 @@ class ColdMigrationSettlement:
                      'stays here', uuid, mark['dest'])
             self.cold_abort(context, record, exception.MigrationError(
                 uuid=uuid, reason='interrupted; the guest stays on %s'
-                % self.host), settling=True)
+                % self.host))
             return True
         LOG.info('%s: decided for %s before a death; handing over', uuid,
                  mark['dest'])
