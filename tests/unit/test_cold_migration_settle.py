@@ -230,3 +230,14 @@ def test_interrupted_revert(h, peer, answer, outcome):
         assert left == []
         assert (record['vm_state'], record['task_state'], record['power_state'],
                 record['migration']) == ('resized', None, 1, None)
+
+
+def test_interrupted_confirm_still_drops_the_kept_copy(h, peer):
+    """confirm_resize of a cold migration a restart interrupted: recovery
+    finishes it here and asks the source again to delete its copy."""
+    uuid = reverting(h)
+    h.force_record(uuid, task_state='resize_confirming', migration=None)
+    h.manager.recover()
+    assert (OTHER, '_cold_migration_drop') in peer.calls
+    record = h.journal.get_instance(uuid)
+    assert (record['task_state'], record['resize']) == (None, None)
