@@ -247,6 +247,7 @@ class ColdMigrationOperations:
                                     'restore': True},
                           resize=None, migration=None, devices=m['devices'])
             self.journal.save_instance(uuid, record)         # not reported
+            pause_points.pause('cold-source-restore')
             try:
                 self.driver.restart_cold_source(self.planner.guest(spec))
             except Exception:

@@ -287,6 +287,33 @@ def test_source_agent_killed_at_cleanup(hosts, g):
     assert_moved(hosts, g, rid, since)
 
 
+def test_source_agent_killed_during_the_restore(hosts, g):
+    """revert_resize at host 2, host 1's agent killed while it restores the
+    guest: host 2 keeps asking until host 1 is back and owns it."""
+    a1, a2 = hosts.agent1, hosts.agent2
+    if g.where != 'host2':      # run alone: migrate it first
+        home(hosts, g)
+        a1.call('migrate', instance_uuid=g.uuid, dest_host=a2.host,
+                rpc_timeout=300)
+        booted(hosts, g, 'host2', g.next)
+    gate, rid, since = paused(hosts, 'cold-source-restore', 'revert_resize',
+                              a2, instance_uuid=g.uuid)
+    try:
+        a1.kill()
+    finally:
+        release(gate)
+    a1.start()
+    end = last_report(hosts, g, 'revert_resize.end', since)
+    assert end['host'] == a1.host and end['vm_state'] == 'active', end
+    assert_one_owner(hosts, g, 'host1', 'active')
+    wait_until(lambda: not a2.instance_dir(g.inst).exists(), SETTLE,
+               'host 2 to remove its files')
+    booted(hosts, g, 'host1', g.kept)
+    again = a2.call('revert_resize', request_id=rid, instance_uuid=g.uuid)
+    assert again['host'] == a1.host, again
+    assert running_copies(hosts, g.uuid) == ['host1']
+
+
 def test_destination_agent_killed_at_take_over(hosts, g):
     home(hosts, g)
     a2 = hosts.agent2
