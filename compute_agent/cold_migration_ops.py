@@ -135,8 +135,8 @@ class ColdMigrationOperations:
         decide for the destination (journal). Any failure before the
         decision aborts (the guest runs here again) and is raised."""
         uuid, spec = record['uuid'], record['spec']
-        plan = self.planner.guest(spec)
         try:
+            plan = self.planner.guest(spec)
             self.driver.power_off(spec['instance'],
                                   self.conf.libvirt.wait_soft_reboot_seconds)
             address = libvirt_conf.migration_address(self.conf)
