@@ -27,6 +27,7 @@ from compute_agent.guest_agent_ops import GuestAgentOperations
 from compute_agent.migration_ops import MigrationOperations
 # Cold migration (issue 16, migrate): its own mixin.
 from compute_agent.cold_migration_ops import ColdMigrationOperations
+from compute_agent.cold_migration_settle import ColdMigrationSettlement
 from compute_agent.migration_settle import MigrationSettlement
 from compute_agent.rebuild_ops import RebuildOperation
 from compute_agent import records
@@ -54,6 +55,7 @@ def _error_of(exc):
 
 
 class Manager(ColdMigrationOperations,  # cold migration (issue 16)
+              ColdMigrationSettlement,
               DeviceOperations, GuestAgentOperations, MigrationOperations,
               MigrationSettlement, Reconciliation,
               RebuildOperation, ResizeOperations, SnapshotOperations):
@@ -75,10 +77,6 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
         self._checked = {}
         # uuid -> (request_id, outcome) of destroys recovery finished
         self._destroyed = {}
-        # uuid -> (request_id, outcome) of migrations away from here kept
-        # in memory (cold migration's; live migration keeps its outcome in
-        # the journal)
-        self._migrated = {}
         # uuids this process is migrating away (settle_migrations skips them)
         self._moving = set()
         # uuids whose running live migration was asked to stop

@@ -56,12 +56,12 @@ def _checked_spec(spec):
         'instance', 'image_meta', 'network_info', 'block_device_info')})
 
 
-def settled_here(record, request_id):
+def settled_here(record, request_id, op=METHOD):
     """Raise the outcome of ``request_id`` when settle_migrations ended its
-    interrupted migration with the guest kept here (its redelivery must not
-    start a second one)."""
+    interrupted migration (``op``: live_migrate or migrate) with the guest
+    kept here (its redelivery must not start a second one)."""
     done = record.get('interrupted') or {}
-    if (done.get('op') == METHOD and request_id is not None
+    if (done.get('op') == op and request_id is not None
             and done.get('request_id') == request_id and not record.get('migration')):
         raise exception.MigrationError(
             uuid=record['uuid'], reason='interrupted; the guest stays on %s'
@@ -172,13 +172,19 @@ class MigrationOperations:
         """The destination's answer to ``_migration_check`` (where to send
         the guest), with a probe file in ``instances_path`` for the
         shared-storage check."""
-        instance = record['spec']['instance']
-        facts = self.driver.migration_facts(instance)
+        facts = self.driver.migration_facts(record['spec']['instance'])
+        return self._ask_pre_check(peer, record, facts, mark['block'])
+
+    def _ask_pre_check(self, peer, record, facts, block):
+        """``_migration_check`` at the destination (live and cold
+        migration): a probe file in ``instances_path`` for its
+        shared-storage check, removed after; a destination that does not
+        answer is MigrationPreCheckError."""
         probe = self.driver.write_probe()
         try:
             return peer.call('_migration_check', record['uuid'], facts=facts,
-                             spec=record['spec'], block=mark['block'],
-                             probe=probe, source=self.host)
+                             spec=record['spec'], block=block, probe=probe,
+                             source=self.host)
         except peer_mod.PeerUnavailable as exc:
             raise exception.MigrationPreCheckError(
                 uuid=record['uuid'], reason=str(exc)) from None
@@ -315,6 +321,8 @@ class MigrationOperations:
                 raise exception.InstanceNotFound(uuid=uuid)
             if not record.get('incoming'):
                 return public(record)           # taken over already
+            if record['incoming'].get('cold'):  # cold migration's (migrate)
+                return self.cold_take_over(context, record, migration)
             pause_points.pause('dest-take-over')
             try:
                 self.driver.finish_incoming(self.planner.guest(record['spec']))

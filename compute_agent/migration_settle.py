@@ -26,6 +26,7 @@ migrates, or takes over a guest running here that no source claims.
 import logging
 
 from compute_agent import exception
+from compute_agent.cold_migration_settle import cold_step
 from compute_agent.records import public
 from compute_agent.rpc import peer as peer_mod
 
@@ -41,12 +42,14 @@ class MigrationSettlement:
         the uuids still unsettled."""
         left = []
         for record in self.journal.list_instances():
-            if not ((record.get('incoming') or {}).get('live')
+            # Cold migration's and cold revert's: cold_migration_settle.py.
+            cold = cold_step(record)
+            if not (cold or (record.get('incoming') or {}).get('live')
                     or record.get('migration')):
-                continue        # (an incoming mark of cold migration's too)
+                continue        # (a cold revert's restore mark too)
             uuid = record['uuid']
             try:
-                if not self._settle(uuid):
+                if not (self.settle_cold(record) if cold else self._settle(uuid)):
                     left.append(uuid)
             except peer_mod.PeerUnavailable as exc:
                 LOG.info('%s: interrupted migration not settled yet: %s',

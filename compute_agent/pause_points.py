@@ -1,5 +1,6 @@
 """Named pause points for the migration crash tests
-(tests/functional/test_e2e_migration_crash.py).
+(tests/functional/test_e2e_migration_crash.py, and
+test_e2e_cold_migration_crash.py for cold migration's ``cold-*`` points).
 
 Off unless the environment names a directory in ``COMPUTE_AGENT_TEST_PAUSE_DIR``
 (tests only; no option): then at point NAME the agent writes

@@ -62,8 +62,10 @@ class ResizeOperations:
 
     def do_revert_resize(self, context, instance_uuid):
         # Cold migration (cold_migration_ops): the source takes the guest back.
-        saved = (self.journal.get_instance(instance_uuid) or {}).get('resize')
-        if saved and saved.get('host', self.host) != self.host:
+        # No record: the redelivery of a finished cold revert (its outcome).
+        record = self.journal.get_instance(instance_uuid)
+        saved = (record or {}).get('resize')
+        if record is None or (saved and saved.get('host', self.host) != self.host):
             return self.cold_revert(context, instance_uuid)
         changes = {'resize': None}
 
@@ -81,6 +83,8 @@ class ResizeOperations:
             return {}       # stopped before anything was saved or touched
         rplan = self._resize_plan(record)
         if action == 'confirm_resize':
+            # Cold migration: the source's kept copy (best effort).
+            self.forget_cold_source(record, {})
             self.driver.confirm_resize(rplan)
             return {'resize': None}
         self.driver.revert_resize(rplan)

@@ -28,6 +28,7 @@ import tempfile
 import time
 
 from compute_agent import exception
+from compute_agent import pause_points
 from compute_agent.virt import disks
 from compute_agent.virt.undo import Undo
 from compute_agent.virt import guest
@@ -98,8 +99,11 @@ class ColdMigration:
                 # wrote a qcow2 header must not open a backing file here.
                 fmt = f.fmt
                 port = _free_port(address)
+                # Dies with this thread (pdeathsig): an agent killed
+                # mid-copy leaves no export holding the disk.
                 proc = subprocess.Popen(
-                    ['qemu-nbd', '-r', '-t', '--shared=1', '-f', fmt,
+                    ['setpriv', '--pdeathsig', 'KILL', '--',
+                     'qemu-nbd', '-r', '-t', '--shared=1', '-f', fmt,
                      '-x', EXPORT_NAME, '--bind', address, '--port', str(port),
                      '--object', 'tls-creds-psk,id=tls0,endpoint=server,'
                      'dir=' + keydir, '--tls-creds', 'tls0', path],
@@ -148,8 +152,8 @@ class ColdMigration:
     # -- destination -------------------------------------------------------------
     def receive_cold(self, rplan, address, key, exports):
         """Copy the exported files, grow them to the new flavor, make the
-        files only the new flavor has, then define and boot the guest;
-        everything undone on failure."""
+        files only the new flavor has, then define the guest (started by
+        ``power_on`` at the take-over); everything undone on failure."""
         new = rplan.new
         instance = new.instance
         if self._call(lambda c: self._find(c, instance['uuid'])) is not None:
@@ -180,11 +184,11 @@ class ColdMigration:
             for f in new.files:
                 if f.name not in copied:
                     undo.files.append(self._create_file(new, inst_dir, f))
+            pause_points.pause('cold-dest-copied')
             self._connect_volumes(new.volumes, undo)
             xml = new.xml()
             self._call(lambda c: c.defineXML(xml))
             undo.domain = True
-            self._boot(instance, new.vifs, undo)
         except BaseException:
             self._rollback(instance, undo)
             raise
