@@ -257,6 +257,7 @@ class MigrationOperations:
     # -- the destination -------------------------------------------------------------
     def do__migration_check(self, context, instance_uuid, migration):
         uuid, m = instance_uuid, migration
+        pause_points.pause('dest-check')
         with self._lock(uuid):
             record = self.journal.get_instance(uuid)
             if record is not None and not record.get('incoming'):
@@ -324,9 +325,10 @@ class MigrationOperations:
             self.journal.continue_sequence(uuid, migration['sequence'])
             start = (record.get('migration') or {}).get(
                 'start_vm_state') or record['vm_state']
-            self._set(record, context, METHOD + '.end',
-                      vm_state=states.end_vm_state(METHOD, start, False),
-                      task_state=None, power_state=self._power(record),
+            vm_state, power = self._at_rest(
+                record, states.end_vm_state(METHOD, start, False))
+            self._set(record, context, METHOD + '.end', vm_state=vm_state,
+                      task_state=None, power_state=power,
                       error=None, host=self.host, incoming=None,
                       migration=None, interrupted=None,
                       vnc=self._vnc(record['spec']['instance']))

@@ -15,8 +15,12 @@ there, and ends with one running copy and one owner record:
 * the guest runs at the destination: it takes over (``live_migrate.end``,
   ``host`` = destination) and the source lets go, keeping the outcome for
   the request's redelivery;
-* libvirt still moves it, the other agent does not answer, or neither host
-  runs it: nothing is decided; the next round asks again.
+* neither host runs it (a libvirtd or QEMU died after the copy began):
+  the host holding its newest disks owns the record (``stopped_owner``),
+  which says ``power_state`` shutdown and ``vm_state`` stopped, reported as
+  above (``.end`` from the destination, or ``.error`` from the source);
+* libvirt still moves it or the other agent does not answer: nothing is
+  decided; the next round asks again.
 
 The source decides (it owns the record until the take-over); the
 destination only rolls back an ``incoming`` record the source no longer
@@ -26,12 +30,25 @@ migrates, or takes over a guest running here that no source claims.
 import logging
 
 from compute_agent import exception
+from compute_agent import states
 from compute_agent.records import public
 from compute_agent.rpc import peer as peer_mod
 
 LOG = logging.getLogger(__name__)
 METHOD = 'live_migrate'
-_NOT_HERE = {'active': False, 'running': False, 'job': False}
+_NOT_HERE = {'active': False, 'running': False, 'job': False,
+             'defined': False}
+
+
+def stopped_owner(phase, there):
+    """Which host owns a guest neither host runs: ``'dest'`` once the
+    guest ran there (the source saw libvirt finish, ``phase`` switched, or
+    the destination's libvirt keeps the domain it defines only when the
+    switch-over is done: its disks are the newest), else ``'source'``
+    (``there``: the destination's ``_migration_status``)."""
+    if phase == 'switched' or there.get('defined'):
+        return 'dest'
+    return 'source'
 
 
 class MigrationSettlement:
@@ -112,12 +129,39 @@ class MigrationSettlement:
                     request_id=mark.get('request_id'))
                 self._let_go(record, mark, outcome)
                 return True
+            if not (here['active'] or there['active']):
+                return self._settle_stopped(record, mark, context, there, peer)
         if here['active']:
             self._stays_here(record, mark, context)
             return True
         LOG.warning('%s: the interrupted migration left no running copy on '
-                    'this host nor on %s', uuid, mark['dest'])
+                    'this host and a paused one on %s', uuid, mark['dest'])
         return False
+
+    def _settle_stopped(self, record, mark, context, there, peer):
+        """Neither host runs the guest: the one with its newest disks
+        owns the record, stopped (docs: protocol-migration-crashes)."""
+        uuid = record['uuid']
+        owner = stopped_owner(mark.get('phase'), there)
+        LOG.warning('%s: the interrupted migration left no running copy on '
+                    'this host nor on %s; the %s owns it, stopped', uuid,
+                    mark['dest'], owner)
+        if owner == 'source':
+            self._stays_here(record, mark, context)
+            return True
+        outcome = peer.call('_migration_take_over', uuid,
+                            sequence=self.journal.instance_sequence(uuid),
+                            request_id=mark.get('request_id'))
+        self._let_go(record, mark, outcome)
+        return True
+
+    def _at_rest(self, record, vm_state):
+        """(vm_state, power_state) of a settled guest: ``vm_state``, or
+        stopped when libvirt says the guest no longer runs."""
+        power = self._probe(record)
+        if power is None:       # libvirt cannot be asked: silence is no stop
+            return vm_state, states.NOSTATE
+        return states.vm_state_for_power(vm_state, power), power
 
     def _stays_here(self, record, mark, context):
         """The guest runs here: undo the destination's part, clear the mark."""
@@ -127,9 +171,10 @@ class MigrationSettlement:
         self._peer_rollback(context, record, mark)
         err = exception.MigrationError(
             uuid=uuid, reason='interrupted; the guest stays on %s' % self.host)
-        self._set(record, context, METHOD + '.error',
-                  vm_state=mark.get('start_vm_state') or record['vm_state'],
-                  task_state=None, power_state=self._power(record),
+        vm_state, power = self._at_rest(
+            record, mark.get('start_vm_state') or record['vm_state'])
+        self._set(record, context, METHOD + '.error', vm_state=vm_state,
+                  task_state=None, power_state=power,
                   error=err.to_dict(), migration=None,
                   interrupted={'op': METHOD,
                                'request_id': mark.get('request_id')})

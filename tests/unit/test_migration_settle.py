@@ -6,6 +6,7 @@ in tests/functional/test_e2e_migration_crash.py use real ones)."""
 import pytest
 
 from compute_agent import exception
+from compute_agent import migration_settle
 from compute_agent.journal import Journal
 from compute_agent.rpc import peer as peer_mod
 
@@ -189,3 +190,77 @@ def test_an_incoming_mark_not_of_live_migration_is_left_alone(h, peer):
     assert h.manager.settle_migrations() == []
     assert peer.calls == []
     assert h.journal.get_instance(uuid)['incoming']
+
+
+# -- neither host runs the guest (docs: protocol-migration-crashes) ------------------
+
+@pytest.mark.parametrize('phase, dest_defined, owner', [
+    # Before libvirt finished: the source's disks are the newest...
+    ('check', False, 'source'),
+    ('prepare', False, 'source'),
+    ('migrating', False, 'source'),
+    # ...unless the destination defined the domain (it does so only once
+    # the guest switched over there).
+    ('migrating', True, 'dest'),
+    ('switched', False, 'dest'),
+    ('switched', True, 'dest'),
+])
+def test_stopped_owner(phase, dest_defined, owner):
+    there = dict(status('incoming', False), defined=dest_defined)
+    assert migration_settle.stopped_owner(phase, there) == owner
+
+
+def stopped_here(h, phase):
+    """A marked record whose guest does not run here either."""
+    uuid = marked(h, phase=phase)
+    h.domain(uuid).destroy()
+    return uuid
+
+
+def test_neither_runs_it_before_the_switch_over_it_stays_here_stopped(h, peer):
+    uuid = stopped_here(h, 'migrating')
+    peer.answers = {'_migration_status': status('incoming', False)}
+    since = len(h.notifier.reports)
+    assert h.manager.settle_migrations() == []
+    assert (DEST, '_migration_rollback') in peer.calls
+    assert (DEST, '_migration_take_over') not in peer.calls
+    info = h.info(uuid)
+    assert (info['host'], info['vm_state'], info['task_state'],
+            info['power_state']) == (mf.HOST, 'stopped', None, 4)
+    last = h.notifier.reports[since:][-1]
+    assert (last['event'], last['host'], last['power_state']) == (
+        'live_migrate.error', mf.HOST, 4)
+    with pytest.raises(exception.MigrationError):     # the redelivery
+        h.call('live_migrate', mf.context('req-mig'), instance_uuid=uuid,
+               dest_host=DEST)
+
+
+@pytest.mark.parametrize('phase, dest_defined', [('switched', False),
+                                                 ('migrating', True)])
+def test_neither_runs_it_after_the_switch_over_the_destination_owns_it(
+        h, peer, phase, dest_defined):
+    uuid = stopped_here(h, phase)
+    outcome = {'uuid': uuid, 'host': DEST, 'vm_state': 'stopped',
+               'power_state': 4}
+    peer.answers = {'_migration_status': dict(status('incoming', False),
+                                              defined=dest_defined),
+                    '_migration_take_over': outcome}
+    assert h.manager.settle_migrations() == []
+    assert (DEST, '_migration_take_over') in peer.calls
+    assert (DEST, '_migration_rollback') not in peer.calls
+    with pytest.raises(exception.InstanceNotFound):
+        h.info(uuid)
+    assert h.domain(uuid) is None               # the source's copy is gone
+    h.manager._moving.clear()
+    assert h.call('live_migrate', mf.context('req-mig'), instance_uuid=uuid,
+                  dest_host=DEST) == outcome
+
+
+def test_a_take_over_of_a_guest_not_running_ends_stopped(h, peer):
+    """The destination's take-over reports what libvirt says there."""
+    uuid = incoming(h)
+    h.domain(uuid).destroy()
+    out = h.call('_migration_take_over', instance_uuid=uuid,
+                 migration={'sequence': 3})
+    assert (out['host'], out['vm_state'], out['power_state']) == (
+        mf.HOST, 'stopped', 4)
