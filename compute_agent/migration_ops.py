@@ -204,15 +204,19 @@ class MigrationOperations:
         the journal for the request's redelivery."""
         uuid, spec = record['uuid'], record['spec']
         pause_points.pause('source-cleanup')
+        stone = {'migrated': {'request_id': mark.get('request_id'),
+                              'outcome': outcome}}
         try:
             self.driver.cleanup_migrated(
                 spec['instance'], spec['network_info'],
                 spec['block_device_info'], remove_files=mark['block'])
         except Exception:
-            LOG.exception('%s: cleaning up after the migration failed', uuid)
+            # (e.g. libvirtd down longer than the connection retries)
+            LOG.exception('%s: cleaning up after the migration failed; '
+                          'settle_migrations tries again', uuid)
+            stone['leftover'] = {'spec': spec, 'block': mark['block']}
         with self._lock(uuid):
-            self.journal.delete_instance(uuid, tombstone={'migrated': {
-                'request_id': mark.get('request_id'), 'outcome': outcome}})
+            self.journal.delete_instance(uuid, tombstone=stone)
         self._checked.pop(uuid, None)
         LOG.info('%s: migrated to %s', uuid, mark['dest'])
         return outcome

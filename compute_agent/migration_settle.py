@@ -22,6 +22,10 @@ there, and ends with one running copy and one owner record:
 * libvirt still moves it or the other agent does not answer: nothing is
   decided; the next round asks again.
 
+A source whose cleanup failed after the hand-over (its libvirtd down
+longer than the connection retries) keeps what to remove in the journal
+tombstone (``leftover``); every round tries again until it is removed.
+
 The source decides (it owns the record until the take-over); the
 destination only rolls back an ``incoming`` record the source no longer
 migrates, or takes over a guest running here that no source claims.
@@ -54,8 +58,9 @@ def stopped_owner(phase, there):
 class MigrationSettlement:
 
     def settle_migrations(self):
-        """Settle every record a dead process left mid-migration; returns
-        the uuids still unsettled."""
+        """Settle every record a dead process left mid-migration, and
+        retry the cleanups a source could not finish; returns the uuids
+        still unsettled."""
         left = []
         for record in self.journal.list_instances():
             if not ((record.get('incoming') or {}).get('live')
@@ -73,6 +78,32 @@ class MigrationSettlement:
                 LOG.exception('%s: settling the interrupted migration failed',
                               uuid)
                 left.append(uuid)
+        return left + self._clean_leftovers()
+
+    def _clean_leftovers(self):
+        """Remove what a source's failed cleanup left of a guest that
+        migrated away (its tombstone's ``leftover``); returns the uuids
+        still not clean."""
+        left = []
+        for uuid, _stone in self.journal.tombstones_with('leftover'):
+            with self._lock(uuid):
+                stone = self.journal.tombstone(uuid)
+                if not (stone or {}).get('leftover'):
+                    continue            # cleaned, or here again since
+                spec = stone['leftover']['spec']
+                try:
+                    self.driver.cleanup_migrated(
+                        spec['instance'], spec['network_info'],
+                        spec['block_device_info'],
+                        remove_files=stone['leftover']['block'])
+                except Exception as exc:
+                    LOG.warning('%s: what the migration left here is not '
+                                'removed yet: %s', uuid, exc)
+                    left.append(uuid)
+                    continue
+                del stone['leftover']
+                self.journal.update_tombstone(uuid, stone)
+                LOG.info('%s: removed what the migration left here', uuid)
         return left
 
     def _settle(self, uuid):

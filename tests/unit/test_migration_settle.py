@@ -104,6 +104,7 @@ def test_guest_still_here_stays_and_the_redelivery_gets_the_error(h, peer):
 
 def test_guest_at_the_destination_is_handed_over(h, peer, monkeypatch):
     uuid = marked(h, phase='migrating')
+    h.domain(uuid).destroy()        # it left (the source's cleanup)
     monkeypatch.setattr(h.manager.driver, 'migration_view', lambda i: GONE)
     outcome = {'uuid': uuid, 'host': DEST, 'vm_state': 'active'}
     peer.answers = {'_migration_status': status('incoming', True),
@@ -126,6 +127,7 @@ def test_guest_at_the_destination_is_handed_over(h, peer, monkeypatch):
 
 def test_destination_owning_it_already_means_let_go(h, peer, monkeypatch):
     uuid = marked(h, phase='switched')
+    h.domain(uuid).destroy()        # it left (the source's cleanup)
     monkeypatch.setattr(h.manager.driver, 'migration_view', lambda i: GONE)
     owned = {'uuid': uuid, 'host': DEST}
     peer.answers = {'_migration_status': status('owner', True, record=owned)}
@@ -264,3 +266,50 @@ def test_a_take_over_of_a_guest_not_running_ends_stopped(h, peer):
                  migration={'sequence': 3})
     assert (out['host'], out['vm_state'], out['power_state']) == (
         mf.HOST, 'stopped', 4)
+
+
+def test_a_failed_cleanup_after_the_hand_over_is_retried(h, peer, monkeypatch):
+    """The source's libvirtd is down when it lets go: the record goes (the
+    destination owns it), what is left here is removed by a later round."""
+    uuid = marked(h, phase='switched')
+    h.domain(uuid).destroy()
+    outcome = {'uuid': uuid, 'host': DEST}
+    peer.answers = {'_migration_status': status('incoming', True),
+                    '_migration_take_over': outcome}
+    real = h.manager.driver.cleanup_migrated
+
+    def down(*args, **kw):
+        raise exception.HypervisorUnavailable(uri='test:///default',
+                                              reason='down')
+    monkeypatch.setattr(h.manager.driver, 'cleanup_migrated', down)
+    assert h.manager.settle_migrations() == [uuid]
+    with pytest.raises(exception.InstanceNotFound):
+        h.info(uuid)
+    assert h.domain(uuid) is not None                   # left here
+    assert h.journal.tombstone(uuid)['leftover']
+    assert h.manager.settle_migrations() == [uuid]      # still down
+    monkeypatch.setattr(h.manager.driver, 'cleanup_migrated', real)
+    assert h.manager.settle_migrations() == []
+    assert h.domain(uuid) is None
+    stone = h.journal.tombstone(uuid)
+    assert 'leftover' not in stone and stone['migrated']['outcome'] == outcome
+    assert h.manager.settle_migrations() == []
+    # The redelivery still gets the outcome.
+    h.manager._moving.clear()
+    assert h.call('live_migrate', mf.context('req-mig'), instance_uuid=uuid,
+                  dest_host=DEST) == outcome
+
+
+def test_a_leftover_of_a_guest_back_here_is_not_touched(h, peer, monkeypatch):
+    uuid = marked(h, phase='switched')
+    h.journal.delete_instance(uuid, tombstone={'leftover': {
+        'spec': h.journal.get_instance(uuid) or {}, 'block': True}})
+    assert h.journal.tombstones_with('leftover')
+    # The guest came back: a live record again.
+    h.journal.save_instance(uuid, {'uuid': uuid, 'name': 'back'})
+    calls = []
+    monkeypatch.setattr(h.manager.driver, 'cleanup_migrated',
+                        lambda *a, **k: calls.append(a))
+    assert h.journal.tombstones_with('leftover') == []
+    assert h.manager._clean_leftovers() == []
+    assert calls == []
