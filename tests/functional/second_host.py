@@ -18,6 +18,8 @@ agents; everything (agents, daemons, mounts, namespace, veth, broker user)
 is removed at teardown. ``both_alive()`` checks the two libvirtds before a
 test blames an agent. ``kill_libvirtd``/``restart_libvirtd`` crash host 2's
 libvirtd and start it again in the namespaces its guests and virtlogd keep.
+``run_two_namespace_hosts`` makes host 1 a SecondHost too (linked to host 2
+by a veth pair of their own), for tests that kill either libvirtd.
 """
 
 import os

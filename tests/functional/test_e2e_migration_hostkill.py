@@ -37,11 +37,11 @@ except ImportError:
     from second_host import run_two_namespace_hosts
     from test_e2e_migration import BOOTED, _not_found, last_heartbeat, spawn_guest
 
-# Short libvirt connection retries (~4.5 s): a libvirtd down longer than
+# Short libvirt connection retries (~9 s): a libvirtd down longer than
 # that makes an operation fail (test_source_libvirtd_down_past_the_cleanup).
 FAST = {'libvirt': {'live_migration_peer_timeout': 5,
                     'live_migration_settle_interval': 2,
-                    'connect_retries': 5, 'connect_retry_interval': 0.3}}
+                    'connect_retries': 6, 'connect_retry_interval': 0.3}}
 SETTLED = 120       # seconds for a settlement after a restart
 
 
