@@ -195,7 +195,9 @@ class MigrationSettlement:
         return states.vm_state_for_power(vm_state, power), power
 
     def _stays_here(self, record, mark, context):
-        """The guest runs here: undo the destination's part, clear the mark."""
+        """The guest stays here (it runs here, or neither host runs it and
+        its newest disks are here): undo the destination's part, clear the
+        mark."""
         uuid = record['uuid']
         LOG.info('%s: the interrupted migration to %s ends here', uuid,
                  mark['dest'])
