@@ -153,8 +153,15 @@ class MigrationOperations:
                                      target['migrate_uri'], dest_dir,
                                      mark['block'])
         except Exception as exc:
-            if not self.driver.is_running_here(instance):
-                # libvirt failed after the switch-over: the guest runs there.
+            # Failed after the switch-over, or did the guest die (its QEMU
+            # or libvirtd)? Where it is decides (migration_settle).
+            try:
+                left = self._guest_left(record, mark, peer)
+            except Exception as why:
+                # Not known yet: the mark stays for settle_migrations.
+                raise exception.MigrationError(uuid=uuid, reason='%s; where '
+                    'the guest is is not known yet: %s' % (exc, why)) from None
+            if left:
                 LOG.warning('%s: migration reported %s but the guest left; '
                             'handing over', uuid, exc)
                 mark['phase'] = 'switched'
@@ -163,7 +170,9 @@ class MigrationOperations:
             err = exc if isinstance(exc, exception.MigrationError) else \
                 exception.MigrationError(uuid=uuid, reason=str(exc))
             self._refused(record, context, METHOD, err)
-            self._set(record, context, METHOD + '.error', migration=None)
+            vm_state, power = self._at_rest(record, record['vm_state'])
+            self._set(record, context, METHOD + '.error', migration=None,
+                      vm_state=vm_state, power_state=power)
             raise err from None
         mark['phase'] = 'switched'
         self._set(record, context, METHOD, migration=dict(mark))

@@ -186,6 +186,17 @@ class MigrationSettlement:
         self._let_go(record, mark, outcome)
         return True
 
+    def _guest_left(self, record, mark, peer):
+        """After libvirt's migration failed on the source: is the guest
+        the destination's now (it runs there, or neither host runs it and
+        ``stopped_owner`` says the destination)? Raises when either host
+        cannot be asked."""
+        if self.driver.is_running_here(record['spec']['instance']):
+            return False
+        there = peer.call('_migration_status', record['uuid'])
+        return bool(there['active']) or stopped_owner(
+            mark.get('phase'), there) == 'dest'
+
     def _at_rest(self, record, vm_state):
         """(vm_state, power_state) of a settled guest: ``vm_state``, or
         stopped when libvirt says the guest no longer runs."""

@@ -313,3 +313,68 @@ def test_a_leftover_of_a_guest_back_here_is_not_touched(h, peer, monkeypatch):
     assert h.journal.tombstones_with('leftover') == []
     assert h.manager._clean_leftovers() == []
     assert calls == []
+
+
+# -- libvirt's migration fails and the guest is gone from the source ----------------
+
+def failing_copy(h, monkeypatch, there):
+    """A live_migrate whose copy fails with the source's QEMU gone; the
+    destination answers ``_migration_status`` with ``there``."""
+    instance = mf.make_instance()
+    h.spawn(instance)
+    uuid = instance['uuid']
+
+    def copy(*args, **kw):
+        h.domain(uuid).destroy()            # the QEMU died under it
+        raise exception.HypervisorUnavailable(uri='x', reason='qemu died')
+    monkeypatch.setattr(h.manager.driver, 'live_migrate', copy)
+    FakePeer.answers = {
+        '_migration_check': {'uri': 'qemu+tcp://peer/system',
+                             'migrate_uri': 'tcp://peer'},
+        '_migration_prepare': {'instance_dir': '/nowhere'},
+        '_migration_status': there,
+        '_migration_take_over': {'uuid': uuid, 'host': DEST}}
+    return uuid
+
+
+def test_copy_failed_with_the_guest_nowhere_stays_here_stopped(h, peer,
+                                                               monkeypatch):
+    uuid = failing_copy(h, monkeypatch, status('incoming', False))
+    with pytest.raises(exception.MigrationError):
+        h.call('live_migrate', mf.context('req-q'), instance_uuid=uuid,
+               dest_host=DEST, block_migration=True)
+    assert (DEST, '_migration_rollback') in peer.calls
+    assert (DEST, '_migration_take_over') not in peer.calls
+    info = h.info(uuid)
+    assert (info['host'], info['vm_state'], info['task_state'],
+            info['power_state']) == (mf.HOST, 'stopped', None, 4)
+    assert h.journal.get_instance(uuid).get('migration') is None
+    assert h.domain(uuid) is not None           # its disks and domain kept
+
+
+def test_copy_failed_with_the_guest_at_the_destination_hands_over(
+        h, peer, monkeypatch):
+    uuid = failing_copy(h, monkeypatch, dict(status('incoming', False),
+                                             defined=True))
+    out = h.call('live_migrate', mf.context('req-q'), instance_uuid=uuid,
+                 dest_host=DEST, block_migration=True)
+    assert out['host'] == DEST
+    assert (DEST, '_migration_take_over') in peer.calls
+    with pytest.raises(exception.InstanceNotFound):
+        h.info(uuid)
+
+
+def test_copy_failed_and_the_destination_away_leaves_it_to_settle(
+        h, peer, monkeypatch):
+    uuid = failing_copy(h, monkeypatch, peer_mod.PeerUnavailable('away'))
+    with pytest.raises(exception.MigrationError):
+        h.call('live_migrate', mf.context('req-q'), instance_uuid=uuid,
+               dest_host=DEST, block_migration=True)
+    record = h.journal.get_instance(uuid)
+    assert record['task_state'] == 'migrating'
+    assert record['migration']['phase'] == 'migrating'
+    FakePeer.answers['_migration_status'] = status('incoming', False)
+    assert h.manager.settle_migrations() == []
+    info = h.info(uuid)
+    assert (info['host'], info['vm_state'], info['power_state']) == (
+        mf.HOST, 'stopped', 4)
