@@ -169,10 +169,11 @@ class MigrationOperations:
             self._peer_rollback(context, record, mark)
             err = exc if isinstance(exc, exception.MigrationError) else \
                 exception.MigrationError(uuid=uuid, reason=str(exc))
-            self._refused(record, context, METHOD, err)
+            LOG.warning('%s: %s failed: %s', uuid, METHOD, err)
             vm_state, power = self._at_rest(record, record['vm_state'])
-            self._set(record, context, METHOD + '.error', migration=None,
-                      vm_state=vm_state, power_state=power)
+            self._set(record, context, METHOD + '.error', task_state=None,
+                      error=err.to_dict(), migration=None, vm_state=vm_state,
+                      power_state=power)
             raise err from None
         mark['phase'] = 'switched'
         self._set(record, context, METHOD, migration=dict(mark))

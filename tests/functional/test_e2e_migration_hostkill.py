@@ -228,7 +228,11 @@ def start_migration(hosts, g, point):
     since, rid = src[0].reports.mark(), new_request_id()
     src[0].cast('live_migrate', request_id=rid, instance_uuid=g.uuid,
                 dest_host=dest[0].host, block_migration=True)
-    wait_paused(gt, f'the migration paused at {point}')
+    try:
+        wait_paused(gt, f'the migration paused at {point}')
+    except BaseException:
+        release(gt)
+        raise
     return src, dest, since, rid, before, gt
 
 
@@ -255,11 +259,7 @@ def test_source_libvirtd_killed_during_the_copy(hosts, guest):
     src[1].kill_libvirtd()
     src[1].restart_libvirtd()
     stayed(hosts, guest, src, dest, since, before)
-    conn = src[1].open()
-    try:
-        conn.lookupByUUIDString(guest.uuid).migrateSetMaxSpeed(8192, 0)
-    finally:
-        conn.close()
+    unthrottle(src[1], guest.uuid)
 
 
 @pytest.mark.parametrize('point', ['source-take-over', 'source-cleanup'])
@@ -386,6 +386,56 @@ def qemu_of(host, uuid):
             pass
     assert len(found) == 1, found
     return found[0]
+
+
+def test_source_qemu_killed_during_the_copy(hosts, guest):
+    """The guest dies at the source while libvirt copies it: neither host
+    runs it and it never ran at the destination, so the source keeps the
+    record and its disks, stopped (one ``.error``); the destination holds
+    nothing; ``power_on`` there starts it again from those disks."""
+    src, dest = guest.ready()
+    conn = src[1].open()
+    try:
+        dom = conn.lookupByUUIDString(guest.uuid)
+        dom.migrateSetMaxSpeed(1, 0)
+        since = src[0].reports.mark()
+        src[0].cast('live_migrate', instance_uuid=guest.uuid,
+                    dest_host=dest[0].host, block_migration=True)
+        wait_until(lambda: dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE,
+                   60, 'the migration job on the source', interval=0.05)
+        os.kill(qemu_of(src[1], guest.uuid), signal.SIGKILL)
+    finally:
+        conn.close()
+    err = wait_report(src[0], guest.uuid, 'live_migrate.error', since)
+    assert (err['host'], err['vm_state'], err['power_state']) == (
+        src[0].host, 'stopped', 4), err
+    info = src[0].get_info(guest.uuid)
+    assert (info['host'], info['vm_state'], info['task_state'],
+            info['power_state']) == (src[0].host, 'stopped', None, 4), info
+    assert running_copies(hosts, guest.uuid) == []
+    assert _not_found(dest[0], guest.uuid)
+    wait_until(lambda: not dest[0].instance_dir(guest.inst).exists(), 60,
+               'the destination to remove what it prepared')
+    conn = dest[1].open()
+    try:
+        assert no_domain(conn, guest.uuid)
+    finally:
+        conn.close()
+    assert (src[0].instance_dir(guest.inst) / 'disk').exists()
+    mark = src[0].console_mark(guest.uuid)
+    rec = src[0].call('power_on', instance={'uuid': guest.uuid})
+    assert (rec['vm_state'], rec['power_state']) == ('active', 1), rec
+    src[0].wait_console(guest.uuid, 'HEARTBEAT 1', timeout=90, since=mark)
+    assert running_copies(hosts, guest.uuid) == [src]
+    unthrottle(src[1], guest.uuid)      # libvirt keeps it for the new QEMU
+
+
+def unthrottle(host, uuid):
+    conn = host.open()
+    try:
+        conn.lookupByUUIDString(uuid).migrateSetMaxSpeed(8192, 0)
+    finally:
+        conn.close()
 
 
 def test_neither_host_runs_it_after_the_switch_over(hosts, guest):

@@ -340,9 +340,14 @@ def failing_copy(h, monkeypatch, there):
 def test_copy_failed_with_the_guest_nowhere_stays_here_stopped(h, peer,
                                                                monkeypatch):
     uuid = failing_copy(h, monkeypatch, status('incoming', False))
+    since = len(h.notifier.reports)
     with pytest.raises(exception.MigrationError):
         h.call('live_migrate', mf.context('req-q'), instance_uuid=uuid,
                dest_host=DEST, block_migration=True)
+    errors = [(r['event'], r['vm_state'], r['power_state'])
+              for r in h.notifier.reports[since:]
+              if r['event'] == 'live_migrate.error']
+    assert errors == [('live_migrate.error', 'stopped', 4)]    # one report
     assert (DEST, '_migration_rollback') in peer.calls
     assert (DEST, '_migration_take_over') not in peer.calls
     info = h.info(uuid)
