@@ -461,3 +461,18 @@ class Journal:
         rows = self._query('SELECT record FROM instances'
                            ' WHERE uuid = ? AND deleted = 1', (uuid,))
         return json.loads(rows[0][0]) if rows else None
+
+    # -- a live migration's cleanup left to retry (migration_settle) --
+    def tombstones_with(self, key):
+        """[(uuid, tombstone)] of the deleted records whose tombstone has
+        ``key``."""
+        return [(r[0], json.loads(r[1])) for r in self._query(
+            'SELECT uuid, record FROM instances WHERE deleted = 1 AND'
+            ' json_extract(record, ?) IS NOT NULL ORDER BY uuid',
+            ('$.' + key,))]
+
+    def update_tombstone(self, uuid, tombstone):
+        """Rewrite a deleted record's tombstone (never a live record)."""
+        with self._tx() as db:
+            db.execute('UPDATE instances SET record = ? WHERE uuid = ? AND'
+                       ' deleted = 1', (json.dumps(tombstone), uuid))

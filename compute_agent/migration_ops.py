@@ -153,8 +153,15 @@ class MigrationOperations:
                                      target['migrate_uri'], dest_dir,
                                      mark['block'])
         except Exception as exc:
-            if not self.driver.is_running_here(instance):
-                # libvirt failed after the switch-over: the guest runs there.
+            # Failed after the switch-over, or did the guest die (its QEMU
+            # or libvirtd)? Where it is decides (migration_settle).
+            try:
+                left = self._guest_left(record, mark, peer)
+            except Exception as why:
+                # Not known yet: the mark stays for settle_migrations.
+                raise exception.MigrationError(uuid=uuid, reason='%s; where '
+                    'the guest is is not known yet: %s' % (exc, why)) from None
+            if left:
                 LOG.warning('%s: migration reported %s but the guest left; '
                             'handing over', uuid, exc)
                 mark['phase'] = 'switched'
@@ -162,8 +169,11 @@ class MigrationOperations:
             self._peer_rollback(context, record, mark)
             err = exc if isinstance(exc, exception.MigrationError) else \
                 exception.MigrationError(uuid=uuid, reason=str(exc))
-            self._refused(record, context, METHOD, err)
-            self._set(record, context, METHOD + '.error', migration=None)
+            LOG.warning('%s: %s failed: %s', uuid, METHOD, err)
+            vm_state, power = self._at_rest(record, record['vm_state'])
+            self._set(record, context, METHOD + '.error', task_state=None,
+                      error=err.to_dict(), migration=None, vm_state=vm_state,
+                      power_state=power)
             raise err from None
         mark['phase'] = 'switched'
         self._set(record, context, METHOD, migration=dict(mark))
@@ -210,15 +220,19 @@ class MigrationOperations:
         the journal for the request's redelivery."""
         uuid, spec = record['uuid'], record['spec']
         pause_points.pause('source-cleanup')
+        stone = {'migrated': {'request_id': mark.get('request_id'),
+                              'outcome': outcome}}
         try:
             self.driver.cleanup_migrated(
                 spec['instance'], spec['network_info'],
                 spec['block_device_info'], remove_files=mark['block'])
         except Exception:
-            LOG.exception('%s: cleaning up after the migration failed', uuid)
+            # (e.g. libvirtd down longer than the connection retries)
+            LOG.exception('%s: cleaning up after the migration failed; '
+                          'settle_migrations tries again', uuid)
+            stone['leftover'] = {'spec': spec, 'block': mark['block']}
         with self._lock(uuid):
-            self.journal.delete_instance(uuid, tombstone={'migrated': {
-                'request_id': mark.get('request_id'), 'outcome': outcome}})
+            self.journal.delete_instance(uuid, tombstone=stone)
         self._checked.pop(uuid, None)
         LOG.info('%s: migrated to %s', uuid, mark['dest'])
         return outcome
@@ -263,6 +277,7 @@ class MigrationOperations:
     # -- the destination -------------------------------------------------------------
     def do__migration_check(self, context, instance_uuid, migration):
         uuid, m = instance_uuid, migration
+        pause_points.pause('dest-check')
         with self._lock(uuid):
             record = self.journal.get_instance(uuid)
             if record is not None and not record.get('incoming'):
@@ -332,9 +347,10 @@ class MigrationOperations:
             self.journal.continue_sequence(uuid, migration['sequence'])
             start = (record.get('migration') or {}).get(
                 'start_vm_state') or record['vm_state']
-            self._set(record, context, METHOD + '.end',
-                      vm_state=states.end_vm_state(METHOD, start, False),
-                      task_state=None, power_state=self._power(record),
+            vm_state, power = self._at_rest(
+                record, states.end_vm_state(METHOD, start, False))
+            self._set(record, context, METHOD + '.end', vm_state=vm_state,
+                      task_state=None, power_state=power,
                       error=None, host=self.host, incoming=None,
                       migration=None, interrupted=None,
                       vnc=self._vnc(record['spec']['instance']))

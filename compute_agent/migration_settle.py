@@ -15,8 +15,16 @@ there, and ends with one running copy and one owner record:
 * the guest runs at the destination: it takes over (``live_migrate.end``,
   ``host`` = destination) and the source lets go, keeping the outcome for
   the request's redelivery;
-* libvirt still moves it, the other agent does not answer, or neither host
-  runs it: nothing is decided; the next round asks again.
+* neither host runs it (a libvirtd or QEMU died after the copy began):
+  the host holding its newest disks owns the record (``stopped_owner``),
+  which says ``power_state`` shutdown and ``vm_state`` stopped, reported as
+  above (``.end`` from the destination, or ``.error`` from the source);
+* libvirt still moves it or the other agent does not answer: nothing is
+  decided; the next round asks again.
+
+A source whose cleanup failed after the hand-over (its libvirtd down
+longer than the connection retries) keeps what to remove in the journal
+tombstone (``leftover``); every round tries again until it is removed.
 
 The source decides (it owns the record until the take-over); the
 destination only rolls back an ``incoming`` record the source no longer
@@ -26,20 +34,34 @@ migrates, or takes over a guest running here that no source claims.
 import logging
 
 from compute_agent import exception
+from compute_agent import states
 from compute_agent.cold_migration_settle import cold_step
 from compute_agent.records import public
 from compute_agent.rpc import peer as peer_mod
 
 LOG = logging.getLogger(__name__)
 METHOD = 'live_migrate'
-_NOT_HERE = {'active': False, 'running': False, 'job': False}
+_NOT_HERE = {'active': False, 'running': False, 'job': False,
+             'defined': False}
+
+
+def stopped_owner(phase, there):
+    """Which host owns a guest neither host runs: ``'dest'`` once the
+    guest ran there (the source saw libvirt finish, ``phase`` switched, or
+    the destination's libvirt keeps the domain it defines only when the
+    switch-over is done: its disks are the newest), else ``'source'``
+    (``there``: the destination's ``_migration_status``)."""
+    if phase == 'switched' or there.get('defined'):
+        return 'dest'
+    return 'source'
 
 
 class MigrationSettlement:
 
     def settle_migrations(self):
-        """Settle every record a dead process left mid-migration; returns
-        the uuids still unsettled."""
+        """Settle every record a dead process left mid-migration, and
+        retry the cleanups a source could not finish; returns the uuids
+        still unsettled."""
         left = []
         for record in self.journal.list_instances():
             # Cold migration's and cold revert's: cold_migration_settle.py.
@@ -59,6 +81,32 @@ class MigrationSettlement:
                 LOG.exception('%s: settling the interrupted migration failed',
                               uuid)
                 left.append(uuid)
+        return left + self._clean_leftovers()
+
+    def _clean_leftovers(self):
+        """Remove what a source's failed cleanup left of a guest that
+        migrated away (its tombstone's ``leftover``); returns the uuids
+        still not clean."""
+        left = []
+        for uuid, _stone in self.journal.tombstones_with('leftover'):
+            with self._lock(uuid):
+                stone = self.journal.tombstone(uuid)
+                if not (stone or {}).get('leftover'):
+                    continue            # cleaned, or here again since
+                spec = stone['leftover']['spec']
+                try:
+                    self.driver.cleanup_migrated(
+                        spec['instance'], spec['network_info'],
+                        spec['block_device_info'],
+                        remove_files=stone['leftover']['block'])
+                except Exception as exc:
+                    LOG.warning('%s: what the migration left here is not '
+                                'removed yet: %s', uuid, exc)
+                    left.append(uuid)
+                    continue
+                del stone['leftover']
+                self.journal.update_tombstone(uuid, stone)
+                LOG.info('%s: removed what the migration left here', uuid)
         return left
 
     def _settle(self, uuid):
@@ -115,24 +163,65 @@ class MigrationSettlement:
                     request_id=mark.get('request_id'))
                 self._let_go(record, mark, outcome)
                 return True
+            if not (here['active'] or there['active']):
+                return self._settle_stopped(record, mark, context, there, peer)
         if here['active']:
             self._stays_here(record, mark, context)
             return True
         LOG.warning('%s: the interrupted migration left no running copy on '
-                    'this host nor on %s', uuid, mark['dest'])
+                    'this host and a paused one on %s', uuid, mark['dest'])
         return False
 
+    def _settle_stopped(self, record, mark, context, there, peer):
+        """Neither host runs the guest: the one with its newest disks
+        owns the record, stopped (docs: protocol-migration-crashes)."""
+        uuid = record['uuid']
+        owner = stopped_owner(mark.get('phase'), there)
+        LOG.warning('%s: the interrupted migration left no running copy on '
+                    'this host nor on %s; the %s owns it, stopped', uuid,
+                    mark['dest'], owner)
+        if owner == 'source':
+            self._stays_here(record, mark, context)
+            return True
+        outcome = peer.call('_migration_take_over', uuid,
+                            sequence=self.journal.instance_sequence(uuid),
+                            request_id=mark.get('request_id'))
+        self._let_go(record, mark, outcome)
+        return True
+
+    def _guest_left(self, record, mark, peer):
+        """After libvirt's migration failed on the source: is the guest
+        the destination's now (it runs there, or neither host runs it and
+        ``stopped_owner`` says the destination)? Raises when either host
+        cannot be asked."""
+        if self.driver.is_running_here(record['spec']['instance']):
+            return False
+        there = peer.call('_migration_status', record['uuid'])
+        return bool(there['active']) or stopped_owner(
+            mark.get('phase'), there) == 'dest'
+
+    def _at_rest(self, record, vm_state):
+        """(vm_state, power_state) of a settled guest: ``vm_state``, or
+        stopped when libvirt says the guest no longer runs."""
+        power = self._probe(record)
+        if power is None:       # libvirt cannot be asked: silence is no stop
+            return vm_state, states.NOSTATE
+        return states.vm_state_for_power(vm_state, power), power
+
     def _stays_here(self, record, mark, context):
-        """The guest runs here: undo the destination's part, clear the mark."""
+        """The guest stays here (it runs here, or neither host runs it and
+        its newest disks are here): undo the destination's part, clear the
+        mark."""
         uuid = record['uuid']
         LOG.info('%s: the interrupted migration to %s ends here', uuid,
                  mark['dest'])
         self._peer_rollback(context, record, mark)
         err = exception.MigrationError(
             uuid=uuid, reason='interrupted; the guest stays on %s' % self.host)
-        self._set(record, context, METHOD + '.error',
-                  vm_state=mark.get('start_vm_state') or record['vm_state'],
-                  task_state=None, power_state=self._power(record),
+        vm_state, power = self._at_rest(
+            record, mark.get('start_vm_state') or record['vm_state'])
+        self._set(record, context, METHOD + '.error', vm_state=vm_state,
+                  task_state=None, power_state=power,
                   error=err.to_dict(), migration=None,
                   interrupted={'op': METHOD,
                                'request_id': mark.get('request_id')})

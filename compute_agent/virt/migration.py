@@ -156,13 +156,14 @@ class LiveMigration:
         """What libvirt here says of the guest, for settling an
         interrupted migration: ``active`` (a qemu process), ``running`` (not
         paused for a migration: the copy that runs), ``job`` (libvirt still
-        moves it)."""
+        moves it), ``defined`` (libvirt has the domain, running or not)."""
         uuid = instance['uuid']
 
         def run(conn):
             dom = self._find(conn, uuid)
             if dom is None or dom.isActive() != 1:
-                return {'active': False, 'running': False, 'job': False}
+                return {'active': False, 'running': False, 'job': False,
+                        'defined': dom is not None}
             state, reason = dom.state()
             moving = (state == libvirt.VIR_DOMAIN_PAUSED and reason in (
                 libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
@@ -172,7 +173,8 @@ class LiveMigration:
                 job = dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
             except libvirt.libvirtError:
                 job = False
-            return {'active': True, 'running': not moving, 'job': job}
+            return {'active': True, 'running': not moving, 'job': job,
+                    'defined': True}
         return self._call(run)
 
     def cleanup_migrated(self, instance, network_info, block_device_info,

@@ -18,6 +18,8 @@ agents; everything (agents, daemons, mounts, namespace, veth, broker user)
 is removed at teardown. ``both_alive()`` checks the two libvirtds before a
 test blames an agent. ``kill_libvirtd``/``restart_libvirtd`` crash host 2's
 libvirtd and start it again in the namespaces its guests and virtlogd keep.
+``run_two_namespace_hosts`` makes host 1 a SecondHost too (linked to host 2
+by a veth pair of their own), for tests that kill either libvirtd.
 """
 
 import os
@@ -247,10 +249,12 @@ class SecondHost:
 
     # -- agents -----------------------------------------------------------------------
 
-    def start_agent(self, test_guest, peer, label, instances_path=None):
+    def start_agent(self, test_guest, peer, label, instances_path=None,
+                    config=None):
         """A real agent of this host in the namespace, on ``peer``'s topic,
         exchange and state topic, with its own host name, journal and state
-        dir; ``instances_path`` defaults to its own (not shared)."""
+        dir; ``instances_path`` defaults to its own (not shared); ``config``:
+        more options (section -> values)."""
         env = AgentEnv(test_guest, label=label, peer=peer,
                        command_prefix=['ip', 'netns', 'exec', self.netns])
         try:
@@ -259,6 +263,8 @@ class SecondHost:
                             'my_ip': self.ns_ip},
                 'libvirt': {'connection_uri': self.libvirt_uri},
             }
+            for section, values in (config or {}).items():
+                env.base_config.setdefault(section, {}).update(values)
             if instances_path is not None:
                 env.instances_path = instances_path
                 env.base_config['DEFAULT']['instances_path'] = instances_path
@@ -355,4 +361,62 @@ def run_two_hosts(test_guest, label, prepare1=None):
                 except AssertionError as exc:
                     problems.append(str(exc))
         second.teardown()
+        assert not problems, '\n'.join(problems)
+
+
+# -- both hosts in namespaces (kills of either libvirtd: the machine's own is
+# shared with other tests and never killed) ------------------------------------
+
+def link_namespaces(a, b):
+    """A veth pair between two SecondHosts' namespaces with a route to the
+    other's address each way: their libvirtds and QEMUs reach each other
+    (the machine does not forward between the veth subnets)."""
+    end_a, end_b = f'cml{a.tag}', f'cml{b.tag}'
+    _run('ip', 'link', 'add', end_a, 'netns', a.netns, 'type', 'veth',
+         'peer', 'name', end_b, 'netns', b.netns)
+    a._cleanup.append(lambda: _run('ip', 'netns', 'exec', a.netns, 'ip',
+                                   'link', 'del', end_a, check=False))
+    for host, end, other in ((a, end_a, b), (b, end_b, a)):
+        inside = ('ip', 'netns', 'exec', host.netns)
+        _run(*inside, 'ip', 'link', 'set', end, 'up')
+        _run(*inside, 'ip', 'route', 'add', f'{other.ns_ip}/32', 'dev', end,
+             'src', host.ns_ip)
+
+
+class NamespaceHosts(TwoHosts):
+    """Two SecondHosts, each with its libvirtd and one agent: ``.first`` and
+    ``.agent1`` (host 1), ``.second`` and ``.agent2`` (host 2), own
+    instances_path each (block migration). ``.hosts``: (agent, SecondHost)
+    pairs, for tests that migrate either way."""
+
+    def __init__(self, first, agent1, second, agent2):
+        super().__init__(agent1, second, agent2, None)
+        self.first = first
+        self.hosts = [(agent1, first), (agent2, second)]
+
+    def alive(self):
+        return self.first.alive() and self.second.alive()
+
+
+def run_two_namespace_hosts(test_guest, label, config=None):
+    """For a module fixture (``yield from``): NamespaceHosts, torn down
+    after. ``config``: options of both agents (section -> values)."""
+    require_second_host()
+    made, agents = [], []
+    try:
+        made.append(SecondHost().start())
+        made.append(SecondHost().start())
+        first, second = made
+        link_namespaces(first, second)
+        agents.append(first.start_agent(test_guest, None, label + '1',
+                                        config=config))
+        agents.append(second.start_agent(test_guest, agents[0], label + '2',
+                                         config=config))
+        yield NamespaceHosts(first, agents[0], second, agents[1])
+    finally:
+        problems = []
+        for env in reversed(agents):
+            problems += env.teardown()
+        for host in reversed(made):
+            host.teardown()
         assert not problems, '\n'.join(problems)
