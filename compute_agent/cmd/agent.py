@@ -17,6 +17,7 @@ from oslo_config import cfg
 from compute_agent import conf as ca_conf
 from compute_agent import exception
 from compute_agent import log
+from compute_agent import memory
 from compute_agent.cmd import common
 from compute_agent.conf import unknown
 
@@ -41,6 +42,7 @@ def setup_logging(conf):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    memory.limit_arenas()   # before any thread starts: see memory.py
     try:
         conf = load_config(argv)
     except (exception.ConfigError, cfg.Error, ValueError) as e:
