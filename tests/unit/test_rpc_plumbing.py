@@ -157,7 +157,7 @@ def test_pool_threads_start_as_work_needs_them():
         started.release()
         release.wait(10)
 
-    for rounds in range(20):   # the race window is narrow: try it often
+    for _ in range(20):   # the race window is narrow: try it often
         for key in 'abc':
             ex.submit(key, hold)
         for _ in range(3):     # all three run at once, none waits
