@@ -20,6 +20,7 @@ from compute_agent.metrics import METRICS
 from compute_agent.rpc import notifier as notifier_mod
 from compute_agent.rpc import publisher as publisher_mod
 from compute_agent.rpc import server as server_mod
+from compute_agent.virt import schema
 
 LOG = logging.getLogger(__name__)
 
@@ -109,7 +110,9 @@ class Service:
     def _probe(self):
         self.health.probe()
         # Hand back what bursts of work left free in the C heap (no thread
-        # of its own: each one costs memory too).
+        # of its own: each one costs memory too), with the compiled domain
+        # schema once no plan has needed it for a while.
+        schema.release_idle()
         memory.trim()
 
     def _on_power_event(self, uuid, power_state):

@@ -50,3 +50,19 @@ def test_malloc_helpers_run(monkeypatch):
     assert memory.limit_arenas() is False     # the environment wins
     monkeypatch.delenv('MALLOC_ARENA_MAX')
     assert memory.limit_arenas(8) in (True, False)
+
+
+def test_compiled_schema_released_when_idle():
+    """The compiled domain schema is reused while plans come and dropped
+    once unused for the idle time; the next plan compiles it again."""
+    from compute_agent.virt import schema
+    first = schema._relaxng('domain.rng')
+    assert schema._relaxng('domain.rng') is first
+    assert schema.release_idle(3600) == 0
+    assert schema._relaxng('domain.rng') is first
+    assert schema.release_idle(0) >= 1
+    again = schema._relaxng('domain.rng')
+    assert again is not first
+    assert again.validate(schema.etree.fromstring(
+        '<domain type="qemu"><name>x</name><memory>1</memory><os>'
+        '<type>hvm</type></os></domain>'))
