@@ -241,7 +241,8 @@ def serve(name, topic, host, casts, pipe):
     done = processed() >= casts
     pipe.send((casts - 1) / (time.perf_counter() - counter.first)
               if done else None)
-    pipe.recv()   # stop
+    while pipe.recv() == 'cpu':   # until told to stop
+        pipe.send(time.process_time())
     stop()
     pipe.send('stopped')
 
@@ -277,6 +278,11 @@ def start_server(ctx, name, casts):
     if rate is None:
         raise SystemExit('%s: casts not processed in time' % name)
     return rate, proc, mine, topic, host
+
+
+def _cpu(pipe):
+    pipe.send('cpu')
+    return pipe.recv()
 
 
 def stop_server(proc, pipe):
@@ -323,8 +329,13 @@ def main():
         results[name] = {'casts_per_s': statistics.median(rates[name]),
                          'cast_ratios': [o / x for o, x in zip(
                              rates['ours'], rates[name])]}
+    cpu = {name: _cpu(pipe) for name, (_, pipe) in children.items()}
     for name, r in measure_calls(clients, args.calls).items():
         results[name].update(r)
+        # The server process's CPU (all its threads) per call: on a small
+        # host it competes with the client and the broker for the CPUs.
+        results[name]['cpu_us'] = (_cpu(children[name][1]) - cpu[name]) \
+            / args.calls * 1e6
     for proc, pipe in children.values():
         stop_server(proc, pipe)
     reply_q = getattr(getattr(transport, '_driver', None), '_reply_q', None)
@@ -338,11 +349,12 @@ def main():
 
 
 def report(results, rates):
-    print('%-6s %10s %10s %12s   %s' % ('', 'call p50', 'call mean',
-                                       'casts/s', 'casts/s per round'))
+    print('%-6s %10s %10s %13s %12s   %s' % (
+        '', 'call p50', 'call mean', 'CPU per call', 'casts/s',
+        'casts/s per round'))
     for name, r in results.items():
-        print('%-6s %8.2fms %8.2fms %12.0f   %s' % (
-            name, r['p50_ms'], r['mean_ms'], r['casts_per_s'],
+        print('%-6s %8.2fms %8.2fms %11.0fus %12.0f   %s' % (
+            name, r['p50_ms'], r['mean_ms'], r['cpu_us'], r['casts_per_s'],
             ' '.join('%.0f' % x for x in rates[name])))
     ours_r = results['ours']
     ok = True
