@@ -15,7 +15,8 @@ over one GIL), measure
     acked), counted by the server;
   call round trip: a stock oslo RPCClient in this process calls ping
     (p50, mean over --calls); the three servers take turns call by call so
-    that load from elsewhere on the machine hits them alike.
+    that load from elsewhere on the machine hits them alike. Beside it, the
+    CPU each server process (all threads) spent per call meanwhile.
 Cast bursts are repeated --rounds times, the servers taking turns (fresh
 processes each time), and the median of the per-round ratios counts: on a
 busy machine one burst each says little. Prints a table with the ratios
