@@ -25,8 +25,8 @@ Cast bursts are repeated --rounds times, the servers taking turns (fresh
 processes each time), and the median of the per-round ratios counts: on a
 busy machine one burst each says little. Prints a table with the ratios
 ours/oslo, ours/floor and ours/floorq, and the two targets (call p50
-ours/floor <= 1.15x,
-cast throughput ours/floor >= 1.3x); exits 1 when one is missed.
+ours/floor <= 1.15x, cast throughput ours/floor >= 1.3x); exits 1 when one
+is missed.
 
     .venv/bin/python bench/rpc.py [--calls 1000] [--casts 5000] [--rounds 3]
 """
