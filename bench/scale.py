@@ -22,6 +22,12 @@ alike. In one run:
              once both agents are idle (< 5 % CPU over 2 s): the same
              ratio (target <= 1.2);
   RSS        VmRSS of the agent with 1,000 instances (target <= 80 MB).
+  floors     VmRSS of a bare Python process that imports only oslo.config,
+             kombu and libvirt and opens test:///default, with no domain
+             and with --instances domains defined and started from the
+             agent's own domain XML (the test driver's share): what any
+             agent on this stack costs; the agent's excess over each is
+             printed beside it.
 
 Instances are kvm-style guests of 64 MiB with a qcow2 overlay root disk of a
 1 MiB image from a file:// image store, no VIFs, no config drive. Note that
@@ -63,6 +69,36 @@ TARGET_IDLE_MB = 60
 
 class Failed(Exception):
     pass
+
+
+# The floor process: the stack any agent needs (oslo.config, kombu, libvirt)
+# and test:///default holding the same domains the agent defines.
+FLOOR_CODE = r'''
+import sys
+import uuid
+
+import kombu.connection  # noqa: F401 - what serving RPC needs
+import libvirt
+from oslo_config import cfg  # noqa: F401
+
+template, count = open(sys.argv[1]).read(), int(sys.argv[2])
+libvirt.registerErrorHandler(lambda *a: None, None)
+conn = libvirt.open('test:///default')
+for i in range(count):
+    u = str(uuid.uuid4())
+    conn.defineXML(template.replace('@UUID@', u).replace(
+        '@NAME@', 'floor-%d' % i)).create()
+with open('/proc/self/status') as f:
+    print([line.split()[1] for line in f if line.startswith('VmRSS:')][0])
+'''
+
+
+def floor_mb(xml_path, count):
+    """VmRSS (MB) of the floor process with ``count`` domains."""
+    out = subprocess.run([sys.executable, '-c', FLOOR_CODE, xml_path,
+                          str(count)], check=True, capture_output=True,
+                         text=True, timeout=600)
+    return int(out.stdout.split()[-1]) * 1024 / MB
 
 
 def log(msg):
@@ -229,6 +265,20 @@ image_store_url = file://{images}
             before = now
         log('%s did not become idle within %ds' % (self.host, timeout))
 
+    def domain_xml(self):
+        """The domain XML this agent defines for a spawn, with @UUID@ and
+        @NAME@ where the instance's uuid and name go (for the floor)."""
+        from compute_agent import validation
+        from compute_agent.virt import builder
+        inst = self.instance()
+        args = validation.validate('spawn', {'instance': inst,
+                                             'image_meta': self.IMAGE_META})
+        plan = builder.build(self.conf, args['instance'], args['image_meta'],
+                             [], None)
+        xml = plan.domain.to_xml()
+        return xml.replace(inst['uuid'], '@UUID@').replace(inst['name'],
+                                                           '@NAME@')
+
     # ---------------------------------------------------------- cleanup
 
     def cleanup(self):
@@ -308,6 +358,11 @@ def run(args, agents):
     res['spawnN'], res['infoN'] = p50[large]
     res['rss_mb'] = large.rss_mb()
     res['rss10_mb'] = small.rss_mb()
+    xml_path = os.path.join(small.work, 'floor-domain.xml')
+    with open(xml_path, 'w') as f:
+        f.write(small.domain_xml())
+    res['floor0_mb'] = floor_mb(xml_path, 0)
+    res['floorN_mb'] = floor_mb(xml_path, args.instances)
     return res
 
 
@@ -335,6 +390,13 @@ def report(res, n):
         res['rss_mb'] <= TARGET_RSS_MB, '%.1f MB')
     row('agent RSS idle', res['idle_mb'], '<= %d MB' % TARGET_IDLE_MB,
         res['idle_mb'] <= TARGET_IDLE_MB, '%.1f MB')
+    print('floor: python + oslo.config + kombu + libvirt on test:///default')
+    print('  %-44s %9.1f MB   agent idle - floor %+.1f MB' % (
+        'floor, no domain', res['floor0_mb'],
+        res['idle_mb'] - res['floor0_mb']))
+    print('  %-44s %9.1f MB   agent - floor %+.1f MB' % (
+        'floor, %d domains (the agent\'s XML)' % n, res['floorN_mb'],
+        res['rss_mb'] - res['floorN_mb']))
     return all(rows)
 
 

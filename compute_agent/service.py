@@ -12,6 +12,7 @@ import logging
 from compute_agent import health as health_mod
 from compute_agent import journal as journal_mod
 from compute_agent import manager as manager_mod
+from compute_agent import memory
 from compute_agent import periodic
 from compute_agent import systemd
 from compute_agent.images import cleanup
@@ -19,6 +20,7 @@ from compute_agent.metrics import METRICS
 from compute_agent.rpc import notifier as notifier_mod
 from compute_agent.rpc import publisher as publisher_mod
 from compute_agent.rpc import server as server_mod
+from compute_agent.virt import schema
 
 LOG = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ class Service:
             self._remove_unused_images)
         add('health-probe', min(i for i in (PROBE_INTERVAL, watchdog,
                                             conf.report_interval) if i),
-            self.health.probe)
+            self._probe)
         add('watchdog', watchdog, self.health.watchdog)
         # Interrupted live migrations: at start, then until settled.
         add('migration-settle', conf.libvirt.live_migration_settle_interval,
@@ -104,6 +106,14 @@ class Service:
         # Guest agents are probed as often as power states are synced.
         add('guest-agent', conf.sync_power_state_interval,
             self.manager.poll_guest_agents, run_immediately=False)
+
+    def _probe(self):
+        self.health.probe()
+        # Hand back what bursts of work left free in the C heap (no thread
+        # of its own: each one costs memory too), with the compiled domain
+        # schema once no plan has needed it for a while.
+        schema.release_idle()
+        memory.trim()
 
     def _on_power_event(self, uuid, power_state):
         self.manager.on_power_event(uuid, power_state)

@@ -3,7 +3,8 @@
 import socket
 
 from oslo_config import cfg
-from oslo_utils import netutils
+
+from compute_agent.conf import hostip
 
 opts = [
     cfg.StrOpt(
@@ -13,7 +14,7 @@ opts = [
              'report carries it. It must make valid queue names: no control '
              'characters, no AMQP wildcards (* #), at most 255 bytes in all.'),
     cfg.StrOpt(
-        'my_ip', default=netutils.get_my_ipv4(), sample_default='<host_ipv4>',
+        'my_ip', default=hostip.my_ipv4(), sample_default='<host_ipv4>',
         help='IP address of this host on the management network; other '
              'options may refer to it as $my_ip (e.g. [vnc] '
              'server_proxyclient_address).'),

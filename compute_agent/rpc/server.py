@@ -99,6 +99,10 @@ class RPCServer:
         self._completions = queue.SimpleQueue()
         self._skipped = queue.SimpleQueue()   # not started: stopping
         self._inflight = {}       # uid -> Job; consume thread only
+        # The running calls owed call-monitor heartbeats: looked at every
+        # loop turn, unlike _inflight, which also holds up to prefetch/2
+        # answered read-only requests until their outcomes are committed.
+        self._beating = {}        # uid -> Job
         self._ready = []          # accepted during this drain, not started
         self._keyed = []          # finished state-changing jobs to record
         self._lazy = []           # (job, replies sent) read-only, answered
@@ -249,7 +253,9 @@ class RPCServer:
                              len(self._inflight))
                 try:
                     while True:
-                        self._inflight.pop(self._skipped.get_nowait().uid, None)
+                        uid = self._skipped.get_nowait().uid
+                        self._inflight.pop(uid, None)
+                        self._beating.pop(uid, None)
                 except queue.Empty:
                     pass
                 if not self._inflight or now >= self._deadline:
@@ -319,7 +325,7 @@ class RPCServer:
                                              or self._committer.busy()):
             timeout = 0
         for due in (self.publisher.next_due(),
-                    jobs.next_beat_in(self._inflight.values())):
+                    jobs.next_beat_in(self._beating.values())):
             if due is not None:
                 timeout = min(timeout, due)
         return self._waker.wait(amqp_conn.sock, timeout)
@@ -368,6 +374,8 @@ class RPCServer:
             LOG.info('Duplicate of running request %s: settled when it ends',
                      envelope.summary(request))
             job.add_delivery(gen, tag, request)
+            if job.next_beat is not None:
+                self._beating[uid] = job
             return
         job = jobs.Job(uid, request)
         job.add_delivery(gen, tag, request)
@@ -395,6 +403,8 @@ class RPCServer:
         job.instance_uuid = job.key or jobs.instance_uuid_of(
             self.dispatcher, request.method, job.args)
         self._inflight[uid] = job
+        if job.next_beat is not None:
+            self._beating[uid] = job
         if not self._running_rows:
             self._running_since = time.monotonic()
         self._running_rows.append((uid, request.method, job.instance_uuid))
@@ -490,6 +500,7 @@ class RPCServer:
             while True:
                 job = self._completions.get_nowait()
                 job.next_beat = None     # finished: no more call-monitor beats
+                self._beating.pop(job.uid, None)
                 if job.key is not None:
                     self._keyed.append(job)
                     continue
@@ -567,6 +578,7 @@ class RPCServer:
                         msg_id, job.result_json, job.failure), durable=False)
                     for msg_id, reply_q in job.replies[replied:]]
                 self._inflight.pop(job.uid, None)
+                self._beating.pop(job.uid, None)
                 _metric(METRICS.acked, job.request.method).inc()
             if late:
                 self.journal.send(late, sync=False)
@@ -576,7 +588,7 @@ class RPCServer:
 
     def _send_call_heartbeats(self):
         """Call-monitor: ``ending: false`` every _timeout/2 s while running."""
-        for msg_id, reply_q in jobs.beats_due(self._inflight.values()):
+        for msg_id, reply_q in jobs.beats_due(self._beating.values()):
             self.publisher.publish(
                 outbox.BEAT, '', reply_q,
                 envelope.reply_body(msg_id, ending=False), durable=False)

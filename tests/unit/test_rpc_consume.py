@@ -282,3 +282,36 @@ def test_a_failed_commit_is_retried_and_nothing_acked_before(loop):
     assert sorted(c[1] for c in publish.published()) == ['reply_i',
                                                          'reply_j']
     assert server.dispatcher.runs['f'] == 1
+
+
+def test_call_monitor_heartbeats_only_for_running_calls(loop):
+    """A call with a timeout is owed heartbeats while it runs, not once it
+    has finished; answered read-only requests waiting for their commit owe
+    none (the loop looks only at the calls that do)."""
+    server, _, publish = loop
+    server.dispatcher.gate.clear()
+    payload = envelope.build_request(
+        'count', {'key': 'k', 'token': 'hb'}, msg_id='m-hb',
+        reply_q='reply_hb', timeout=4, unique_id='hb-1')
+    server._on_message(Delivery(next(server.tags), envelope.dumps(payload)))
+    server._start_ready()
+    for i in range(5):
+        deliver(server, 'ping', reply_q='reply_p', unique_id='p-hb-%d' % i)
+    finish(server, 5)      # the pings: answered, their outcomes committed
+    assert list(server._beating) == ['hb-1']
+    assert 0 < jobs_next_beat(server) <= 2.0
+    server._beating['hb-1'].next_beat = time.monotonic()   # due now
+    server._send_call_heartbeats()
+    server.publisher.pump()
+    beats = [reply_of(c) for c in publish.published()
+             if c[1] == 'reply_hb']
+    assert beats and beats[0]['ending'] is False
+    server.dispatcher.gate.set()
+    finish(server, 1)
+    assert server._beating == {}
+    assert reply_of(publish.published()[-1])['result'] == {'token': 'hb'}
+
+
+def jobs_next_beat(server):
+    from compute_agent.rpc import jobs
+    return jobs.next_beat_in(server._beating.values())

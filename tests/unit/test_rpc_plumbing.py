@@ -145,6 +145,42 @@ def test_keyed_executor_orders_per_key_and_runs_keys_in_parallel():
     ex.shutdown()
 
 
+def test_pool_threads_start_as_work_needs_them():
+    """No worker thread while idle; jobs handed over back to back each get
+    a thread of their own (up to the pool size) even while the first
+    taker is still between taking its job and starting it."""
+    def workers():
+        return [t for t in threading.enumerate()
+                if t.name.startswith('lazy-')]
+
+    ex = KeyedExecutor(3, fast_workers=1, name='lazy')
+    assert workers() == []
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def hold():
+        started.release()
+        release.wait(10)
+
+    for _ in range(20):   # the race window is narrow: try it often
+        for key in 'abc':
+            ex.submit(key, hold)
+        for _ in range(3):     # all three run at once, none waits
+            assert started.acquire(timeout=5)
+        release.set()
+        time.sleep(0.01)
+        release.clear()
+    assert len([t for t in workers() if 'worker' in t.name]) == 3
+    ran = threading.Event()
+    ex.submit(None, ran.set)
+    assert ran.wait(5)
+    assert len(workers()) == 4
+    ex.shutdown()
+    for t in workers():
+        t.join(5)
+    assert workers() == [] and ex.dead_threads() == 4
+
+
 # ------------------------------------------------------------ settlement
 
 def test_settlement_acks_in_bulk_below_the_oldest_unsettled():

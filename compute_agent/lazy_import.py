@@ -1,0 +1,72 @@
+"""Extension modules loaded on first use instead of at import time.
+
+``lxml.etree`` (with libxml2/libxslt: ~4 MB of the process) is imported by
+every module that builds or reads XML, but an idle agent never touches it;
+it is needed once an operation builds a domain or a filter. Python's
+``importlib.util.LazyLoader`` cannot defer an extension module (its
+``create_module`` already runs the whole initialisation), so ``defer``
+puts a stand-in module in ``sys.modules``: ``from lxml import etree``
+binds the stand-in, and the first attribute looked up on it imports the
+real module and copies its namespace into the stand-in, so later lookups
+are plain module attribute lookups, as fast as on the real module.
+
+Only the service calls ``defer`` (cmd/agent.py), before it imports the
+modules that use XML; tools and tests import the real module as usual.
+"""
+
+import importlib
+import sys
+import threading
+import types
+
+_lock = threading.RLock()   # re-entered if the import itself looks it up
+
+
+class _Deferred(types.ModuleType):
+
+    def __getattr__(self, attr):
+        # Only reached for names not (yet) in the namespace.
+        real = _load(self)
+        try:
+            return getattr(real, attr)
+        except AttributeError:
+            raise AttributeError('module %r has no attribute %r'
+                                 % (self.__name__, attr)) from None
+
+
+def _load(stub):
+    with _lock:
+        real = stub.__dict__.get('_deferred_real')
+        if real is None:
+            name = stub.__name__
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
+            try:
+                real = importlib.import_module(name)
+            except BaseException:
+                sys.modules.setdefault(name, stub)
+                raise
+            stub.__dict__.update(real.__dict__)
+            stub.__dict__['_deferred_real'] = real
+        return real
+
+
+def defer(name):
+    """Make ``import name`` cheap until the module is first used; a module
+    already imported (or deferred) is left as it is. Returns the stand-in,
+    or the module already there."""
+    with _lock:
+        if name in sys.modules:
+            return sys.modules[name]
+        stub = _Deferred(name)
+        sys.modules[name] = stub
+        return stub
+
+
+def loaded(name):
+    """Whether ``name`` is really imported (not just a stand-in)."""
+    module = sys.modules.get(name)
+    if module is None:
+        return False
+    return not isinstance(module, _Deferred) or \
+        '_deferred_real' in module.__dict__

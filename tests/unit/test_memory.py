@@ -1,0 +1,68 @@
+"""The agent's memory helpers: deferred extension modules, the C heap."""
+
+import subprocess
+import sys
+
+from compute_agent import memory
+
+DEFERRED = r'''
+import sys
+from compute_agent import lazy_import
+stub = lazy_import.defer('lxml.etree')
+from lxml import etree
+assert etree is stub and not lazy_import.loaded('lxml.etree')
+assert 'libxml2' not in open('/proc/self/maps').read()
+node = etree.fromstring('<a><b x="1"/></a>')        # the first use loads it
+assert lazy_import.loaded('lxml.etree')
+real = sys.modules['lxml.etree']
+assert real is not stub and etree.tostring is real.tostring
+assert isinstance(node, etree._Element) and node.find('b').get('x') == '1'
+from lxml import etree as again
+assert again is real and lazy_import.defer('lxml.etree') is real
+try:
+    etree.no_such_name
+except AttributeError as e:
+    assert 'no_such_name' in str(e)
+else:
+    raise AssertionError('no AttributeError')
+print('ok')
+'''
+
+
+def test_deferred_module_loads_on_first_use():
+    """In a fresh interpreter: nothing of libxml2 is mapped until the first
+    attribute of the deferred module is used; then the stand-in behaves as
+    the real module and later imports get the real one."""
+    out = subprocess.run([sys.executable, '-c', DEFERRED], check=True,
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == 'ok'
+
+
+def test_defer_leaves_an_imported_module_alone():
+    from compute_agent import lazy_import
+    assert lazy_import.defer('json') is sys.modules['json']
+    assert lazy_import.loaded('json')
+
+
+def test_malloc_helpers_run(monkeypatch):
+    assert memory.trim() in (True, False)
+    monkeypatch.setenv('MALLOC_ARENA_MAX', '4')
+    assert memory.limit_arenas() is False     # the environment wins
+    monkeypatch.delenv('MALLOC_ARENA_MAX')
+    assert memory.limit_arenas(8) in (True, False)
+
+
+def test_compiled_schema_released_when_idle():
+    """The compiled domain schema is reused while plans come and dropped
+    once unused for the idle time; the next plan compiles it again."""
+    from compute_agent.virt import schema
+    first = schema._relaxng('domain.rng')
+    assert schema._relaxng('domain.rng') is first
+    assert schema.release_idle(3600) == 0
+    assert schema._relaxng('domain.rng') is first
+    assert schema.release_idle(0) >= 1
+    again = schema._relaxng('domain.rng')
+    assert again is not first
+    assert again.validate(schema.etree.fromstring(
+        '<domain type="qemu"><name>x</name><memory>1</memory><os>'
+        '<type>hvm</type></os></domain>'))
