@@ -40,6 +40,8 @@ except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from guest_fixture import WORK_ROOT, skip_or_fail
     from rpc_fixtures import broker_url
 
+from compute_agent import pause_points
+
 SUBNET_PREFIX = '10.93'     # no other test uses 10.93.0.0/16
 DAEMON_TIMEOUT = 30
 # The mount namespace's script: private libvirt directories, then the daemons.
@@ -420,3 +422,41 @@ def run_two_namespace_hosts(test_guest, label, config=None):
         for host in reversed(made):
             host.teardown()
         assert not problems, '\n'.join(problems)
+
+
+# -- pause points (compute_agent/pause_points.py) for the crash tests -----------
+
+def with_pause_points(tmp_path_factory, run, *args):
+    """For a module fixture (``yield from``): the hosts ``run(*args)``
+    yields, whose agents pause at the gates made in ``hosts.pauses``."""
+    pauses = tmp_path_factory.mktemp('pauses')
+    pauses.chmod(0o777)
+    old = os.environ.get(pause_points.ENV)
+    os.environ[pause_points.ENV] = str(pauses)     # inherited by the agents
+    try:
+        for hosts in run(*args):
+            hosts.pauses = pauses
+            yield hosts
+    finally:
+        if old is None:
+            os.environ.pop(pause_points.ENV, None)
+        else:
+            os.environ[pause_points.ENV] = old
+
+
+def close_gate(hosts, point):
+    """An agent reaching ``point`` waits there until ``open_gate``."""
+    gate = hosts.pauses / point
+    gate.touch()
+    return gate
+
+
+def wait_gate(gate, timeout, what):
+    """Until an agent waits at ``gate``."""
+    reached = gate.with_name(gate.name + '.reached')
+    wait_until(reached.exists, timeout, what, interval=0.1)
+
+
+def open_gate(gate):
+    gate.with_name(gate.name + '.reached').unlink(missing_ok=True)
+    gate.unlink(missing_ok=True)

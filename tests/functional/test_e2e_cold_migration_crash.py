@@ -18,28 +18,27 @@ home to host 1 (``home``), so a case does not depend on how the previous
 one ended, only on it having ended settled.
 """
 
-import os
-from pathlib import Path
 
 import pytest
 
-from compute_agent import pause_points
 from compute_agent.rpc.client import RemoteError
 
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
         new_request_id, no_domain, open_libvirt, test_guest, wait_until)
-    from tests.functional.second_host import run_two_hosts
+    from tests.functional.second_host import (
+        close_gate, open_gate, run_two_hosts, wait_gate, with_pause_points)
     from tests.functional.test_e2e_cold_migration import OLD, counter_boot
     from tests.functional.test_e2e_migration import _not_found
-    from tests.functional.test_e2e_migration_crash import release, running_copies
+    from tests.functional.test_e2e_migration_crash import running_copies
 except ImportError:
     from agent_fixture import (  # noqa: F401
         new_request_id, no_domain, open_libvirt, test_guest, wait_until)
-    from second_host import run_two_hosts
+    from second_host import (
+        close_gate, open_gate, run_two_hosts, wait_gate, with_pause_points)
     from test_e2e_cold_migration import OLD, counter_boot
     from test_e2e_migration import _not_found
-    from test_e2e_migration_crash import release, running_copies
+    from test_e2e_migration_crash import running_copies
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.rabbit, pytest.mark.slow,
               pytest.mark.timeout(900)]
@@ -50,19 +49,7 @@ SETTLE = 180        # seconds for a restarted agent to settle (several rounds)
 @pytest.fixture(scope='module')
 def hosts(test_guest, tmp_path_factory):
     """Two hosts whose agents have pause points in ``hosts.pauses``."""
-    pauses = tmp_path_factory.mktemp('cold-pauses')
-    pauses.chmod(0o777)
-    old = os.environ.get(pause_points.ENV)
-    os.environ[pause_points.ENV] = str(pauses)     # inherited by the agents
-    try:
-        for two in run_two_hosts(test_guest, 'ccr'):
-            two.pauses = pauses
-            yield two
-    finally:
-        if old is None:
-            os.environ.pop(pause_points.ENV, None)
-        else:
-            os.environ[pause_points.ENV] = old
+    yield from with_pause_points(tmp_path_factory, run_two_hosts, test_guest, 'ccr')
 
 
 class Guest:
@@ -113,13 +100,10 @@ def booted(hosts, g, where, count):
 def paused(hosts, point, method, agent, **args):
     """Cast ``method`` to ``agent`` and wait until an agent pauses at
     ``point``; returns (gate, request_id, report mark)."""
-    gate = hosts.pauses / point
-    gate.touch()
+    gate = close_gate(hosts, point)
     since, rid = hosts.agent1.reports.mark(), new_request_id()
     agent.cast(method, request_id=rid, **args)
-    reached = Path(str(gate) + '.reached')
-    wait_until(reached.exists, 300, f'{method} paused at {point}',
-               interval=0.1)
+    wait_gate(gate, 300, f'{method} paused at {point}')
     return gate, rid, since
 
 
@@ -130,7 +114,7 @@ def crash_migrate(hosts, g, point, kill, restart):
     try:
         kill()
     finally:
-        release(gate)
+        open_gate(gate)
     restart()
     assert hosts.alive()
     return rid, since
@@ -259,7 +243,7 @@ def test_destination_agent_killed_during_the_revert(hosts, g):
     try:
         a2.kill()
     finally:
-        release(gate)
+        open_gate(gate)
     a2.start()
     end = last_report(hosts, g, 'revert_resize.end', since)
     assert end['host'] == a1.host and end['vm_state'] == 'active', end
@@ -301,7 +285,7 @@ def test_source_agent_killed_during_the_restore(hosts, g):
     try:
         a1.kill()
     finally:
-        release(gate)
+        open_gate(gate)
     a1.start()
     end = last_report(hosts, g, 'revert_resize.end', since)
     assert end['host'] == a1.host and end['vm_state'] == 'active', end

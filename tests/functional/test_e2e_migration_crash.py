@@ -13,8 +13,6 @@ exists (compute_agent/pause_points.py, enabled by the environment these
 tests give the agents); the test kills a process during the pause.
 """
 
-import os
-from pathlib import Path
 
 import libvirt
 import pytest
@@ -22,35 +20,24 @@ import pytest
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
         new_request_id, no_domain, open_libvirt, test_guest, wait_until)
-    from tests.functional.second_host import run_two_hosts
+    from tests.functional.second_host import (
+        close_gate, open_gate, run_two_hosts, wait_gate, with_pause_points)
     from tests.functional.test_e2e_migration import (
         _not_found, assert_left_nothing_on_source, last_heartbeat, spawn_guest)
 except ImportError:
     from agent_fixture import (  # noqa: F401
         new_request_id, no_domain, open_libvirt, test_guest, wait_until)
-    from second_host import run_two_hosts
+    from second_host import (
+        close_gate, open_gate, run_two_hosts, wait_gate, with_pause_points)
     from test_e2e_migration import (
         _not_found, assert_left_nothing_on_source, last_heartbeat, spawn_guest)
 
-from compute_agent import pause_points
 
 
 @pytest.fixture(scope='module')
 def hosts(test_guest, tmp_path_factory):
     """Two hosts whose agents have pause points in ``hosts.pauses``."""
-    pauses = tmp_path_factory.mktemp('pauses')
-    pauses.chmod(0o777)
-    old = os.environ.get(pause_points.ENV)
-    os.environ[pause_points.ENV] = str(pauses)     # inherited by the agents
-    try:
-        for two in run_two_hosts(test_guest, 'mcr'):
-            two.pauses = pauses
-            yield two
-    finally:
-        if old is None:
-            os.environ.pop(pause_points.ENV, None)
-        else:
-            os.environ[pause_points.ENV] = old
+    yield from with_pause_points(tmp_path_factory, run_two_hosts, test_guest, 'mcr')
 
 
 def migrate_until(hosts, label, point):
@@ -60,20 +47,12 @@ def migrate_until(hosts, label, point):
     inst, vif = spawn_guest(hosts, label)
     dest.instances[inst['uuid']] = inst     # the destination's teardown removes it
     before = last_heartbeat(a1, inst['uuid'])
-    gate = hosts.pauses / point
-    gate.touch()
+    gate = close_gate(hosts, point)
     since, rid = a1.reports.mark(), new_request_id()
     a1.cast('live_migrate', request_id=rid, instance_uuid=inst['uuid'],
             dest_host=dest.host, block_migration=True)
-    reached = Path(str(gate) + '.reached')
-    wait_until(reached.exists, 180, f'the migration paused at {point}',
-               interval=0.1)
+    wait_gate(gate, 180, f'the migration paused at {point}')
     return inst, vif, since, rid, gate, before
-
-
-def release(gate):
-    Path(str(gate) + '.reached').unlink(missing_ok=True)
-    gate.unlink(missing_ok=True)
 
 
 def running_copies(hosts, uuid):
@@ -123,7 +102,7 @@ def crash(hosts, label, point, kill, restart):
     try:
         kill()
     finally:
-        release(gate)
+        open_gate(gate)
     restart()
     assert hosts.alive()
     assert_settled_at_destination(hosts, inst, vif, since, rid, before)

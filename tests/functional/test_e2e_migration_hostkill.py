@@ -21,20 +21,21 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from compute_agent import pause_points
 from compute_agent.netfilter import nwfilter
 from compute_agent.rpc.client import RemoteError
 
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
         new_request_id, no_domain, test_guest, wait_until)
-    from tests.functional.second_host import run_two_namespace_hosts
+    from tests.functional.second_host import (
+        close_gate, open_gate, run_two_namespace_hosts, wait_gate, with_pause_points)
     from tests.functional.test_e2e_migration import (
         BOOTED, _not_found, last_heartbeat, spawn_guest)
 except ImportError:
     from agent_fixture import (  # noqa: F401
         new_request_id, no_domain, test_guest, wait_until)
-    from second_host import run_two_namespace_hosts
+    from second_host import (
+        close_gate, open_gate, run_two_namespace_hosts, wait_gate, with_pause_points)
     from test_e2e_migration import BOOTED, _not_found, last_heartbeat, spawn_guest
 
 # Short libvirt connection retries (~9 s): a libvirtd down longer than
@@ -47,19 +48,8 @@ SETTLED = 120       # seconds for a settlement after a restart
 
 @pytest.fixture(scope='module')
 def hosts(test_guest, tmp_path_factory):
-    pauses = tmp_path_factory.mktemp('pauses')
-    pauses.chmod(0o777)
-    old = os.environ.get(pause_points.ENV)
-    os.environ[pause_points.ENV] = str(pauses)     # inherited by the agents
-    try:
-        for two in run_two_namespace_hosts(test_guest, 'mhk', FAST):
-            two.pauses = pauses
-            yield two
-    finally:
-        if old is None:
-            os.environ.pop(pause_points.ENV, None)
-        else:
-            os.environ[pause_points.ENV] = old
+    """Two hosts whose agents have pause points in ``hosts.pauses``."""
+    yield from with_pause_points(tmp_path_factory, run_two_namespace_hosts, test_guest, 'mhk', FAST)
 
 
 class Guest:
@@ -114,22 +104,6 @@ def running_copies(hosts, uuid):
         finally:
             conn.close()
     return found
-
-
-def gate(hosts, point):
-    g = hosts.pauses / point
-    g.touch()
-    return g
-
-
-def wait_paused(g, what):
-    reached = Path(str(g) + '.reached')
-    wait_until(reached.exists, 120, what, interval=0.1)
-
-
-def release(g):
-    Path(str(g) + '.reached').unlink(missing_ok=True)
-    g.unlink(missing_ok=True)
 
 
 def leftovers(pair, inst, vif):
@@ -224,14 +198,14 @@ def start_migration(hosts, g, point):
     ``point``; returns (src, dest, since, rid, before, gate)."""
     src, dest = g.ready()
     before = last_heartbeat(src[0], g.uuid)
-    gt = gate(hosts, point)
+    gt = close_gate(hosts, point)
     since, rid = src[0].reports.mark(), new_request_id()
     src[0].cast('live_migrate', request_id=rid, instance_uuid=g.uuid,
                 dest_host=dest[0].host, block_migration=True)
     try:
-        wait_paused(gt, f'the migration paused at {point}')
+        wait_gate(gt, 120, f'the migration paused at {point}')
     except BaseException:
-        release(gt)
+        open_gate(gt)
         raise
     return src, dest, since, rid, before, gt
 
@@ -270,7 +244,7 @@ def test_source_libvirtd_killed(hosts, guest, point):
     try:
         src[1].kill_libvirtd()
     finally:
-        release(gt)
+        open_gate(gt)
     src[1].restart_libvirtd()
     assert hosts.alive()
     moved(hosts, guest, src, dest, since, rid, before)
@@ -286,7 +260,7 @@ def test_source_libvirtd_down_past_the_cleanup(hosts, guest):
     try:
         src[1].kill_libvirtd()
     finally:
-        release(gt)
+        open_gate(gt)
     # The cleanup gave up (record gone) while libvirtd was still down.
     wait_until(lambda: _not_found(src[0], guest.uuid), 60,
                'the source to let go without its libvirtd')
@@ -303,7 +277,7 @@ def test_destination_agent_killed_in_the_pre_check(hosts, guest):
     src, dest = guest.ready()
     before = last_heartbeat(src[0], guest.uuid)
     devices = src[0].get_info(guest.uuid)['devices']
-    gt = gate(hosts, 'dest-check')
+    gt = close_gate(hosts, 'dest-check')
     since = src[0].reports.mark()
     answer = {}
 
@@ -317,10 +291,10 @@ def test_destination_agent_killed_in_the_pre_check(hosts, guest):
     caller = threading.Thread(target=call)
     caller.start()
     try:
-        wait_paused(gt, 'the destination paused in its pre-check')
+        wait_gate(gt, 120, 'the destination paused in its pre-check')
         dest[0].kill()
     finally:
-        release(gt)
+        open_gate(gt)
         caller.join(90)
     assert not caller.is_alive(), 'no answer'
     assert answer.get('err') is not None, answer
@@ -351,7 +325,7 @@ def test_source_agent_killed_waiting_on_its_pre_check(hosts, guest):
     try:
         src[0].kill()
     finally:
-        release(gt)
+        open_gate(gt)
     src[0].start()
     done = src[0].reports.wait(
         lambda r: r.get('instance_uuid') == guest.uuid and r.get('event') in (
@@ -449,7 +423,7 @@ def test_neither_host_runs_it_after_the_switch_over(hosts, guest):
         src[0].kill()
         os.kill(qemu_of(dest[1], guest.uuid), signal.SIGKILL)
     finally:
-        release(gt)
+        open_gate(gt)
     src[0].start()
     end = wait_report(src[0], guest.uuid, 'live_migrate.end', since)
     assert (end['host'], end['vm_state'], end['power_state']) == (
