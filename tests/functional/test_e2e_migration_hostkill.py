@@ -344,6 +344,33 @@ def test_source_agent_killed_waiting_on_its_pre_check(hosts, guest):
     print(f'settled with {done["event"]} from {done["host"]}')
 
 
+@pytest.mark.parametrize('which', ['source', 'destination'])
+def test_libvirtd_killed_during_the_pre_check(hosts, guest, which):
+    """Either host's libvirtd killed while the destination checks: the
+    request ends once, with one running copy and one owner (a pre-check
+    that could not ask libvirt refuses; one that reconnected migrates)."""
+    src, dest, since, rid, before, gt = start_migration(hosts, guest,
+                                                        'dest-check')
+    host = src[1] if which == 'source' else dest[1]
+    try:
+        host.kill_libvirtd()
+        host.restart_libvirtd()
+    finally:
+        open_gate(gt)
+    assert hosts.alive()
+    done = src[0].reports.wait(
+        lambda r: r.get('instance_uuid') == guest.uuid and r.get('event') in (
+            'live_migrate.end', 'live_migrate.error'), SETTLED,
+        'the outcome', since)
+    if done['event'] == 'live_migrate.end':
+        moved(hosts, guest, src, dest, since, rid, before)
+    else:
+        stayed(hosts, guest, src, dest, since, before)
+        assert done['error']['class'] in (
+            'MigrationPreCheckError', 'MigrationError'), done
+    print(f'settled with {done["event"]} from {done["host"]}')
+
+
 # -- neither host runs it -----------------------------------------------------------
 
 def qemu_of(host, uuid):
