@@ -100,7 +100,8 @@ class Service:
                                             conf.report_interval) if i),
             self._probe)
         add('watchdog', watchdog, self.health.watchdog)
-        # Interrupted live migrations: at start, then until settled.
+        # Interrupted migrations (live and cold, reverts too): at start, then
+        # until settled.
         add('migration-settle', conf.libvirt.live_migration_settle_interval,
             self.manager.settle_migrations)
         # Guest agents are probed as often as power states are synced.
