@@ -51,6 +51,11 @@ except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
         BOOT_MARKER, REPO_ROOT, WORK_ROOT, skip_or_fail, test_guest)
     from rpc_fixtures import broker_reachable, broker_url, kombu_url
 
+try:
+    from tests.functional.agent_messages import Reports, new_request_id
+except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
+    from agent_messages import Reports, new_request_id
+
 LIBVIRT_URI = 'qemu:///system'
 AGENT_BIN = REPO_ROOT / '.venv' / 'bin' / 'compute-agent'
 IMAGE_META = {'id': 'test-root', 'disk_format': 'qcow2'}
@@ -120,69 +125,6 @@ def tree_snapshot(root, exclude=()):
             kind = 'd' if os.path.isdir(path) and not os.path.islink(path) else 'f'
             out[os.path.relpath(path, root)] = (kind, 0 if kind == 'd' else st.st_size)
     return out
-
-
-# -- state reports ---------------------------------------------------------------
-
-class Reports:
-    """Every report cast to the state topic, in arrival order.
-
-    Bound (an exclusive queue on the state topic's key) before the agent
-    starts, so no report is missed. Items are dicts: the report's args plus
-    ``_method`` and ``_context``.
-    """
-
-    def __init__(self, client):
-        self._cond = threading.Condition()
-        self.items = []
-        self.watcher = client.watch(self._on_report)
-
-    def _on_report(self, method, args, context):
-        item = dict(args, _method=method, _context=dict(context or {}))
-        with self._cond:
-            self.items.append(item)
-            self._cond.notify_all()
-
-    def mark(self):
-        """A position: ``since=mark()`` looks only at later reports."""
-        with self._cond:
-            return len(self.items)
-
-    def states(self, uuid, since=0):
-        """instance_state_changed reports of ``uuid`` (arrival order)."""
-        with self._cond:
-            return [r for r in self.items[since:]
-                    if r['_method'] == 'instance_state_changed'
-                    and r.get('instance_uuid') == uuid]
-
-    def hosts(self, since=0):
-        with self._cond:
-            return [r for r in self.items[since:] if r['_method'] == 'host_state_update']
-
-    def wait(self, predicate, timeout, message, since=0):
-        """The first report after ``since`` matching ``predicate``."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for r in self.items[since:]:
-                    if predicate(r):
-                        return r
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f'no report {message} within {timeout}s; got:\n'
-                        + '\n'.join(_fmt(r) for r in self.items[since:]
-                                    if r['_method'] == 'instance_state_changed'))
-                self._cond.wait(min(left, 0.5))
-
-    def stop(self):
-        self.watcher.stop()
-
-
-def _fmt(r):
-    return (f"  seq={r.get('sequence')} {r.get('instance_uuid')} {r.get('event')} "
-            f"{r.get('vm_state')}/{r.get('task_state')}/{r.get('power_state')} "
-            f"error={r.get('error')}")
 
 
 # -- the agent --------------------------------------------------------------------
@@ -545,41 +487,6 @@ class AgentEnv:
                     ch.exchange_delete(self.exchange)
         except Exception:  # noqa: BLE001 - best effort
             pass
-
-
-def new_request_id():
-    return 'req-' + str(uuidlib.uuid4())
-
-
-class InFlight:
-    """A call on its own client and thread, outliving the agent it was sent
-    to: its reply queue survives the agent's death, so the redelivery's
-    reply reaches it."""
-
-    TIMEOUT = 180           # the longest silence: a restart included
-
-    def __init__(self, agent, method, **args):
-        from compute_agent.rpc.client import AgentClient
-        self.client = AgentClient(agent.url, agent.host, topic=agent.topic,
-                                  exchange=agent.exchange, timeout=self.TIMEOUT)
-        self.client.context = {'request_id': new_request_id()}
-        self.result, self.error = None, None
-        self.thread = threading.Thread(target=self._run, args=(method, args),
-                                       daemon=True)
-        self.thread.start()
-
-    def _run(self, method, args):
-        try:
-            self.result = self.client.call_args(method, args)
-        except Exception as e:  # noqa: BLE001 - the test reports it
-            self.error = e
-
-    def reply(self):
-        self.thread.join(self.TIMEOUT + 30)
-        self.client.close()
-        assert not self.thread.is_alive(), 'no reply'
-        assert self.error is None, f'the redelivered request failed: {self.error!r}'
-        return self.result
 
 
 def run_agent(test_guest, label, prepare=None):

@@ -17,12 +17,14 @@ from compute_agent.rpc.client import RemoteError
 
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
-        new_request_id, no_domain, open_libvirt, test_guest, wait_until)
+        no_domain, open_libvirt, test_guest, wait_until)
+    from tests.functional.agent_messages import new_request_id
     from tests.functional.second_host import run_two_hosts
     from tests.functional.test_e2e_resize import probes
 except ImportError:
     from agent_fixture import (  # noqa: F401
-        new_request_id, no_domain, open_libvirt, test_guest, wait_until)
+        no_domain, open_libvirt, test_guest, wait_until)
+    from agent_messages import new_request_id
     from second_host import run_two_hosts
     from test_e2e_resize import probes
 

@@ -25,7 +25,8 @@ from compute_agent.rpc.client import RemoteError
 
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
-        new_request_id, no_domain, open_libvirt, test_guest, wait_until)
+        no_domain, open_libvirt, test_guest, wait_until)
+    from tests.functional.agent_messages import new_request_id
     from tests.functional.second_host import (
         close_gate, open_gate, run_two_hosts, wait_gate, with_pause_points)
     from tests.functional.test_e2e_cold_migration import OLD, counter_boot
@@ -33,7 +34,8 @@ try:
     from tests.functional.test_e2e_migration_crash import running_copies
 except ImportError:
     from agent_fixture import (  # noqa: F401
-        new_request_id, no_domain, open_libvirt, test_guest, wait_until)
+        no_domain, open_libvirt, test_guest, wait_until)
+    from agent_messages import new_request_id
     from second_host import (
         close_gate, open_gate, run_two_hosts, wait_gate, with_pause_points)
     from test_e2e_cold_migration import OLD, counter_boot

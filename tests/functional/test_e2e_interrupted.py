@@ -21,10 +21,12 @@ import pytest
 
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
-        InFlight, agent, open_libvirt, test_guest, wait_until)
+        agent, open_libvirt, test_guest, wait_until)
+    from tests.functional.agent_messages import InFlight
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from agent_fixture import (  # noqa: F401
-        InFlight, agent, open_libvirt, test_guest, wait_until)
+        agent, open_libvirt, test_guest, wait_until)
+    from agent_messages import InFlight
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.rabbit, pytest.mark.slow,
               pytest.mark.timeout(600)]

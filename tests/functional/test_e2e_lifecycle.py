@@ -32,13 +32,15 @@ from compute_agent.virt import xmlbase
 
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
-        IMAGE_META, WORK_ROOT, agent, kombu_url, new_request_id, open_libvirt,
-        no_domain, skip_or_fail, test_guest, tree_snapshot, wait_until)
+        IMAGE_META, WORK_ROOT, agent, kombu_url, open_libvirt, no_domain,
+        skip_or_fail, test_guest, tree_snapshot, wait_until)
+    from tests.functional.agent_messages import new_request_id
     from tests.functional.guest_fixture import restart_libvirtd
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from agent_fixture import (  # noqa: F401
-        IMAGE_META, WORK_ROOT, agent, kombu_url, new_request_id, open_libvirt,
-        no_domain, skip_or_fail, test_guest, tree_snapshot, wait_until)
+        IMAGE_META, WORK_ROOT, agent, kombu_url, open_libvirt, no_domain,
+        skip_or_fail, test_guest, tree_snapshot, wait_until)
+    from agent_messages import new_request_id
     from guest_fixture import restart_libvirtd
 
 

@@ -22,12 +22,14 @@ from compute_agent.rpc.client import RemoteError
 
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
-        new_request_id, no_domain, open_libvirt, test_guest, wait_until)
+        no_domain, open_libvirt, test_guest, wait_until)
+    from tests.functional.agent_messages import new_request_id
     from tests.functional.plugin_install import env_with, fake_install
     from tests.functional.second_host import run_two_hosts
 except ImportError:
     from agent_fixture import (  # noqa: F401
-        new_request_id, no_domain, open_libvirt, test_guest, wait_until)
+        no_domain, open_libvirt, test_guest, wait_until)
+    from agent_messages import new_request_id
     from plugin_install import env_with, fake_install
     from second_host import run_two_hosts
 

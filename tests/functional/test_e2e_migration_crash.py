@@ -19,14 +19,16 @@ import pytest
 
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
-        new_request_id, no_domain, open_libvirt, test_guest, wait_until)
+        no_domain, open_libvirt, test_guest, wait_until)
+    from tests.functional.agent_messages import new_request_id
     from tests.functional.second_host import (
         close_gate, open_gate, run_two_hosts, wait_gate, with_pause_points)
     from tests.functional.test_e2e_migration import (
         _not_found, assert_left_nothing_on_source, last_heartbeat, spawn_guest)
 except ImportError:
     from agent_fixture import (  # noqa: F401
-        new_request_id, no_domain, open_libvirt, test_guest, wait_until)
+        no_domain, open_libvirt, test_guest, wait_until)
+    from agent_messages import new_request_id
     from second_host import (
         close_gate, open_gate, run_two_hosts, wait_gate, with_pause_points)
     from test_e2e_migration import (

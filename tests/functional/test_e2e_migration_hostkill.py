@@ -26,14 +26,16 @@ from compute_agent.rpc.client import RemoteError
 
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
-        new_request_id, no_domain, test_guest, wait_until)
+        no_domain, test_guest, wait_until)
+    from tests.functional.agent_messages import new_request_id
     from tests.functional.second_host import (
         close_gate, open_gate, run_two_namespace_hosts, wait_gate, with_pause_points)
     from tests.functional.test_e2e_migration import (
         BOOTED, _not_found, last_heartbeat, spawn_guest)
 except ImportError:
     from agent_fixture import (  # noqa: F401
-        new_request_id, no_domain, test_guest, wait_until)
+        no_domain, test_guest, wait_until)
+    from agent_messages import new_request_id
     from second_host import (
         close_gate, open_gate, run_two_namespace_hosts, wait_gate, with_pause_points)
     from test_e2e_migration import BOOTED, _not_found, last_heartbeat, spawn_guest

@@ -36,11 +36,13 @@ from pyroute2 import IPRoute
 try:
     from tests.functional import storage_fixture as sf
     from tests.functional.agent_fixture import (  # noqa: F401
-        InFlight, agent, open_libvirt, test_guest, wait_until)
+        agent, open_libvirt, test_guest, wait_until)
+    from tests.functional.agent_messages import InFlight
 except ImportError:
     import storage_fixture as sf
     from agent_fixture import (  # noqa: F401
-        InFlight, agent, open_libvirt, test_guest, wait_until)
+        agent, open_libvirt, test_guest, wait_until)
+    from agent_messages import InFlight
 
 from compute_agent.rpc.client import RemoteError
 

@@ -19,10 +19,12 @@ from compute_agent.rpc.client import RemoteError
 
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
-        BOOT_MARKER, InFlight, agent, no_domain, open_libvirt, test_guest, wait_until)
+        BOOT_MARKER, agent, no_domain, open_libvirt, test_guest, wait_until)
+    from tests.functional.agent_messages import InFlight
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from agent_fixture import (  # noqa: F401
-        BOOT_MARKER, InFlight, agent, no_domain, open_libvirt, test_guest, wait_until)
+        BOOT_MARKER, agent, no_domain, open_libvirt, test_guest, wait_until)
+    from agent_messages import InFlight
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.rabbit, pytest.mark.slow,
               pytest.mark.timeout(900)]
