@@ -21,6 +21,7 @@ import time
 import uuid as uuid_mod
 
 import libvirt
+import pytest
 from oslo_config import cfg
 
 from compute_agent import conf as agent_conf
@@ -139,6 +140,14 @@ def make_instance(uuid=None, name=None, image_ref=IMAGE_ID, **extra):
 def context(request_id=None):
     return {'request_id': request_id or 'req-' + new_uuid(),
             'user_id': 'user-1', 'project_id': 'project-1'}
+
+
+@pytest.fixture
+def h(tmp_path):
+    """A Harness under the test's tmp_path, closed after the test."""
+    harness = Harness(tmp_path)
+    yield harness
+    harness.close()
 
 
 class Harness:

@@ -12,27 +12,15 @@ from compute_agent.rpc import peer as peer_mod
 
 try:
     from tests.unit import manager_fixtures as mf
-    from tests.unit.test_migration_settle import FakePeer
+    from tests.unit.fake_peer import peer  # noqa: F401
+    from tests.unit.manager_fixtures import h  # noqa: F401
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     import manager_fixtures as mf
-    from test_migration_settle import FakePeer
+    from fake_peer import peer  # noqa: F401
+    from manager_fixtures import h  # noqa: F401
 
 ME, OTHER = mf.HOST, 'other-host'
 RID = 'req-cold'
-
-
-@pytest.fixture
-def h(tmp_path):
-    harness = mf.Harness(tmp_path)
-    yield harness
-    harness.close()
-
-
-@pytest.fixture
-def peer(monkeypatch):
-    FakePeer.calls, FakePeer.answers = [], {}
-    monkeypatch.setattr(peer_mod, 'Peer', FakePeer)
-    return FakePeer
 
 
 def status(holds, migration=None, record=None):
@@ -83,14 +71,19 @@ def test_cold_step(record, step):
 
 # -- the source: its record mid-migrate ------------------------------------------------
 
-def source_marked(h, decided=None):
+def left_migrating(h, **record):
+    """A stopped guest whose record a death left mid-migrate: ``record``'s
+    fields over ``task_state='resize_migrating'``."""
     instance = mf.make_instance()
     h.spawn(instance)
     uuid = instance['uuid']
     h.manager.driver.power_off(instance, 0)
-    h.force_record(uuid, task_state='resize_migrating',
-                   migration=mark(OTHER, decided))
+    h.force_record(uuid, task_state='resize_migrating', **record)
     return uuid
+
+
+def source_marked(h, decided=None):
+    return left_migrating(h, migration=mark(OTHER, decided))
 
 
 def test_source_undecided_aborts_and_the_redelivery_gets_the_error(h, peer):
@@ -148,47 +141,12 @@ def test_source_decided_waits_for_the_destination(h, peer, failure):
     assert [c for c in peer.calls if c[1] == '_cold_migration_receive'] == []
 
 
-# -- the destination: its incoming copy ------------------------------------------------
+# -- the destination: its incoming copy, or a revert_resize of a cold migration -------
 
 def incoming(h):
-    instance = mf.make_instance()
-    h.spawn(instance)
-    uuid = instance['uuid']
-    h.manager.driver.power_off(instance, 0)
-    h.force_record(uuid, task_state='resize_migrating',
-                   incoming={'source': OTHER, 'block': True, 'cold': True})
-    return uuid
+    return left_migrating(
+        h, incoming={'source': OTHER, 'block': True, 'cold': True})
 
-
-@pytest.mark.parametrize('there, outcome', [
-    (status('owner', mark(decided=ME)), 'owner'),
-    (status('owner', mark()), 'incoming'),
-    (status('owner', None), 'gone'),
-    (status(None), 'gone'),
-    (peer_mod.PeerUnavailable('down'), 'incoming'),
-])
-def test_destination_settles_its_copy(h, peer, there, outcome):
-    uuid = incoming(h)
-    peer.answers = {'_migration_status': there}
-    left = h.manager.settle_migrations()
-    record = h.journal.get_instance(uuid)
-    if outcome == 'gone':
-        assert left == [] and record is None
-        assert mf.Harness.domain(h, uuid) is None
-    elif outcome == 'incoming':
-        assert left == [uuid] and record['incoming']['cold']
-        with pytest.raises(exception.InstanceNotFound):
-            h.info(uuid)
-    else:
-        assert left == []
-        info = h.info(uuid)
-        assert (info['host'], info['vm_state'], info['task_state'],
-                info['power_state']) == (ME, 'resized', None, 1), info
-        assert h.journal.instance_sequence(uuid) > 7
-        assert h.notifier.reports[-1]['event'] == 'migrate.end'
-
-
-# -- revert_resize of a cold migration, at its destination -----------------------------
 
 def reverting(h):
     instance = mf.make_instance()
@@ -206,28 +164,51 @@ def reverting(h):
     return uuid
 
 
-@pytest.mark.parametrize('answer, outcome', [
-    ({'host': OTHER, 'vm_state': 'active'}, 'reverted'),
-    (peer_mod.PeerUnavailable('down'), 'waits'),
-    (exception.MigrationError('no kept files'), 'back here'),
+STATUS, RESTORE = '_migration_status', '_cold_migration_restore'
+
+
+@pytest.mark.parametrize('left, asked, answer, outcome', [
+    # the incoming copy, by the source's status of the guest
+    (incoming, STATUS, status('owner', mark(decided=ME)), 'owner'),
+    (incoming, STATUS, status('owner', mark()), 'incoming'),
+    (incoming, STATUS, status('owner', None), 'gone'),
+    (incoming, STATUS, status(None), 'gone'),
+    (incoming, STATUS, peer_mod.PeerUnavailable('down'), 'incoming'),
+    # the interrupted revert, by the source's restore
+    (reverting, RESTORE, {'host': OTHER, 'vm_state': 'active'}, 'reverted'),
+    (reverting, RESTORE, peer_mod.PeerUnavailable('down'), 'reverting'),
+    (reverting, RESTORE, exception.MigrationError('no kept files'), 'back here'),
 ])
-def test_interrupted_revert(h, peer, answer, outcome):
-    uuid = reverting(h)
-    peer.answers = {'_cold_migration_restore': answer}
-    left = h.manager.settle_migrations()
+def test_destination_settles(h, peer, left, asked, answer, outcome):
+    uuid = left(h)
+    peer.answers = {asked: answer}
+    waiting = h.manager.settle_migrations()
     record = h.journal.get_instance(uuid)
-    if outcome == 'reverted':
-        assert left == [] and record is None
+    if outcome in ('gone', 'reverted'):
+        assert waiting == [] and record is None
         assert mf.Harness.domain(h, uuid) is None
-        # The redelivered revert_resize: the outcome, nothing asked.
-        peer.calls.clear()
-        assert h.call('revert_resize', mf.context(RID),
-                      instance_uuid=uuid)['host'] == OTHER
-        assert peer.calls == []
-    elif outcome == 'waits':
-        assert left == [uuid] and record['migration']['cold'] == 'revert'
+        if outcome == 'reverted':
+            # The redelivered revert_resize: the outcome, nothing asked.
+            peer.calls.clear()
+            assert h.call('revert_resize', mf.context(RID),
+                          instance_uuid=uuid)['host'] == OTHER
+            assert peer.calls == []
+    elif outcome == 'incoming':
+        assert waiting == [uuid] and record['incoming']['cold']
+        with pytest.raises(exception.InstanceNotFound):
+            h.info(uuid)
+    elif outcome == 'reverting':
+        assert waiting == [uuid] and record['migration']['cold'] == 'revert'
+    elif outcome == 'owner':
+        assert waiting == []
+        info = h.info(uuid)
+        assert (info['host'], info['vm_state'], info['task_state'],
+                info['power_state']) == (ME, 'resized', None, 1), info
+        assert h.journal.instance_sequence(uuid) > 7
+        assert h.notifier.reports[-1]['event'] == 'migrate.end'
     else:
-        assert left == []
+        assert outcome == 'back here'
+        assert waiting == []
         assert (record['vm_state'], record['task_state'], record['power_state'],
                 record['migration']) == ('resized', None, 1, None)
 

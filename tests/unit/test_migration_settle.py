@@ -12,48 +12,16 @@ from compute_agent.rpc import peer as peer_mod
 
 try:
     from tests.unit import manager_fixtures as mf
+    from tests.unit.manager_fixtures import h  # noqa: F401
+    from tests.unit.fake_peer import FakePeer, peer  # noqa: F401
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     import manager_fixtures as mf
+    from manager_fixtures import h  # noqa: F401
+    from fake_peer import FakePeer, peer  # noqa: F401
 
 DEST = 'other-host'
 RUNNING = {'active': True, 'running': True, 'job': False}
 GONE = {'active': False, 'running': False, 'job': False}
-
-
-@pytest.fixture
-def h(tmp_path):
-    harness = mf.Harness(tmp_path)
-    yield harness
-    harness.close()
-
-
-class FakePeer:
-    """The other agent: answers from ``answers`` (method -> value or error)."""
-    calls = []
-    answers = {}
-
-    def __init__(self, conf, host, context=None):
-        self.host = host
-
-    def call(self, method, instance_uuid, **migration):
-        FakePeer.calls.append((self.host, method))
-        answer = FakePeer.answers.get(method)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-
-@pytest.fixture
-def peer(monkeypatch):
-    FakePeer.calls, FakePeer.answers = [], {}
-    monkeypatch.setattr(peer_mod, 'Peer', FakePeer)
-    return FakePeer
 
 
 def marked(h, phase='migrating', request_id='req-mig'):

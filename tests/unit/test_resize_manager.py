@@ -16,20 +16,15 @@ from compute_agent.virt import disks
 
 try:
     from tests.unit import manager_fixtures as mf
+    from tests.unit.manager_fixtures import h  # noqa: F401
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     import manager_fixtures as mf
+    from manager_fixtures import h  # noqa: F401
 
 GiB = 1 << 30
 OLD = {'memory_mb': 64, 'vcpus': 1, 'root_gb': 1, 'ephemeral_gb': 1, 'swap': 0}
 NEW = {'memory_mb': 128, 'vcpus': 2, 'root_gb': 2, 'ephemeral_gb': 2, 'swap': 16}
 SAVED = '.pre-resize'
-
-
-@pytest.fixture
-def h(tmp_path):
-    harness = mf.Harness(tmp_path)
-    yield harness
-    harness.close()
 
 
 def spawned(h):
