@@ -460,3 +460,13 @@ def wait_gate(gate, timeout, what):
 def open_gate(gate):
     gate.with_name(gate.name + '.reached').unlink(missing_ok=True)
     gate.unlink(missing_ok=True)
+
+def crash_at_gate(hosts, gate, kill, restart):
+    """``kill()`` while an agent waits at ``gate``, let it go on, then
+    ``restart()``: both libvirtds answer after."""
+    try:
+        kill()
+    finally:
+        open_gate(gate)
+    restart()
+    assert hosts.alive()

@@ -28,7 +28,7 @@ try:
         no_domain, open_libvirt, test_guest, wait_until)
     from tests.functional.agent_messages import new_request_id
     from tests.functional.second_host import (
-        close_gate, open_gate, run_two_hosts, wait_gate, with_pause_points)
+        close_gate, crash_at_gate, run_two_hosts, wait_gate, with_pause_points)
     from tests.functional.test_e2e_cold_migration import OLD, counter_boot
     from tests.functional.test_e2e_migration import _not_found
     from tests.functional.test_e2e_migration_crash import running_copies
@@ -37,7 +37,7 @@ except ImportError:
         no_domain, open_libvirt, test_guest, wait_until)
     from agent_messages import new_request_id
     from second_host import (
-        close_gate, open_gate, run_two_hosts, wait_gate, with_pause_points)
+        close_gate, crash_at_gate, run_two_hosts, wait_gate, with_pause_points)
     from test_e2e_cold_migration import OLD, counter_boot
     from test_e2e_migration import _not_found
     from test_e2e_migration_crash import running_copies
@@ -99,26 +99,31 @@ def booted(hosts, g, where, count):
     g.where, g.next = where, count + 1
 
 
-def paused(hosts, point, method, agent, **args):
-    """Cast ``method`` to ``agent`` and wait until an agent pauses at
-    ``point``; returns (gate, request_id, report mark)."""
-    gate = close_gate(hosts, point)
-    since, rid = hosts.agent1.reports.mark(), new_request_id()
-    agent.cast(method, request_id=rid, **args)
-    wait_gate(gate, 300, f'{method} paused at {point}')
-    return gate, rid, since
+def at_host2(hosts, g):
+    """The guest owned and running on host 2 (migrated there if not)."""
+    if g.where != 'host2':      # run alone: migrate it first
+        home(hosts, g)
+        hosts.agent1.call('migrate', instance_uuid=g.uuid,
+                          dest_host=hosts.agent2.host, rpc_timeout=300)
+        booted(hosts, g, 'host2', g.next)
 
 
-def crash_migrate(hosts, g, point, kill, restart):
+def crash_at(hosts, g, point, kill, restart, method='migrate'):
+    """``method`` (``migrate`` from host 1, or ``revert_resize`` at host 2)
+    paused at ``point``, ``kill()`` during the pause, then ``restart()``;
+    returns (request_id, report mark)."""
     a1, a2 = hosts.agent1, hosts.agent2
-    gate, rid, since = paused(hosts, point, 'migrate', a1,
-                              instance_uuid=g.uuid, dest_host=a2.host)
-    try:
-        kill()
-    finally:
-        open_gate(gate)
-    restart()
-    assert hosts.alive()
+    if method == 'migrate':
+        home(hosts, g)
+        agent, args = a1, {'dest_host': a2.host}
+    else:
+        at_host2(hosts, g)
+        agent, args = a2, {}
+    gate = close_gate(hosts, point)
+    since, rid = a1.reports.mark(), new_request_id()
+    agent.cast(method, request_id=rid, instance_uuid=g.uuid, **args)
+    wait_gate(gate, 300, f'{method} paused at {point}')
+    crash_at_gate(hosts, gate, kill, restart)
     return rid, since
 
 
@@ -147,14 +152,7 @@ def assert_stayed_home(hosts, g, rid, since):
     err = last_report(hosts, g, 'migrate.error', since)
     assert err['host'] == a1.host and err['vm_state'] == 'active', err
     assert_one_owner(hosts, g, 'host1', 'active')
-    lv2 = hosts.second.open()
-    try:
-        wait_until(lambda: no_domain(lv2, g.uuid), SETTLE,
-                   'host 2 to drop its copy')
-    finally:
-        lv2.close()
-    wait_until(lambda: not a2.instance_dir(g.inst).exists(), SETTLE,
-               'host 2 to remove the copied files')
+    assert_host2_let_go(hosts, g)
     booted(hosts, g, 'host1', g.next)
     mark = a1.reports.mark()
     with pytest.raises(RemoteError) as ei:
@@ -164,6 +162,33 @@ def assert_stayed_home(hosts, g, rid, since):
     assert not [r for r in a1.reports.states(g.uuid, mark)
                 if r['event'] == 'migrate.start']
     assert running_copies(hosts, g.uuid) == ['host1']
+
+
+def assert_reverted(hosts, g, rid, since):
+    """Settled as a revert: host 1 runs and owns it (``active``), said by
+    its ``revert_resize.end``; host 2 keeps nothing; the redelivery gets the
+    outcome (host 1's record) and moves nothing."""
+    a1, a2 = hosts.agent1, hosts.agent2
+    end = last_report(hosts, g, 'revert_resize.end', since)
+    assert end['host'] == a1.host and end['vm_state'] == 'active', end
+    assert_one_owner(hosts, g, 'host1', 'active')
+    assert_host2_let_go(hosts, g)
+    booted(hosts, g, 'host1', g.kept)
+    again = a2.call('revert_resize', request_id=rid, instance_uuid=g.uuid)
+    assert again['host'] == a1.host, again
+    assert running_copies(hosts, g.uuid) == ['host1']
+
+
+def assert_host2_let_go(hosts, g):
+    """Host 2 removes its domain and its files of the guest."""
+    lv2 = hosts.second.open()
+    try:
+        wait_until(lambda: no_domain(lv2, g.uuid), SETTLE,
+                   'host 2 to drop its copy')
+    finally:
+        lv2.close()
+    wait_until(lambda: not hosts.agent2.instance_dir(g.inst).exists(), SETTLE,
+               'host 2 to remove its files')
 
 
 def assert_moved(hosts, g, rid, since):
@@ -197,9 +222,8 @@ def no_domain_on_host1(uuid):
 # -- before the decision: the guest stays on host 1 ------------------------------
 
 def test_source_agent_killed_during_the_copy(hosts, g):
-    home(hosts, g)
     a1 = hosts.agent1
-    rid, since = crash_migrate(hosts, g, 'cold-dest-copied', a1.kill, a1.start)
+    rid, since = crash_at(hosts, g, 'cold-dest-copied', a1.kill, a1.start)
     assert_stayed_home(hosts, g, rid, since)
 
 
@@ -208,9 +232,8 @@ def test_destination_agent_killed_during_the_copy(hosts, g):
     waiting (the guest stays on host 1), or the restarted destination got
     the receive again while the source still exported and answered it (the
     migration goes on to host 2)."""
-    home(hosts, g)
     a2 = hosts.agent2
-    rid, since = crash_migrate(hosts, g, 'cold-dest-copied', a2.kill, a2.start)
+    rid, since = crash_at(hosts, g, 'cold-dest-copied', a2.kill, a2.start)
     end = hosts.agent1.reports.wait(
         lambda r: r.get('instance_uuid') == g.uuid and r.get('event') in (
             'migrate.error', 'migrate.end'), SETTLE, 'the migration ended',
@@ -224,93 +247,43 @@ def test_destination_agent_killed_during_the_copy(hosts, g):
 # -- after the decision: the guest moves to host 2 ---------------------------------
 
 def test_source_agent_killed_after_the_decision(hosts, g):
-    home(hosts, g)
     a1 = hosts.agent1
-    rid, since = crash_migrate(hosts, g, 'cold-source-take-over', a1.kill,
-                               a1.start)
+    rid, since = crash_at(hosts, g, 'cold-source-take-over', a1.kill, a1.start)
     assert_moved(hosts, g, rid, since)
 
 
 def test_destination_agent_killed_during_the_revert(hosts, g):
     """revert_resize at host 2, killed after host 1 restored the guest and
     before host 2 removed its copy: host 2 removes it when back."""
-    a1, a2 = hosts.agent1, hosts.agent2
-    if g.where != 'host2':      # run alone: migrate it first
-        home(hosts, g)
-        a1.call('migrate', instance_uuid=g.uuid, dest_host=a2.host,
-                rpc_timeout=300)
-        booted(hosts, g, 'host2', g.next)
-    gate, rid, since = paused(hosts, 'cold-revert-restored', 'revert_resize',
-                              a2, instance_uuid=g.uuid)
-    try:
-        a2.kill()
-    finally:
-        open_gate(gate)
-    a2.start()
-    end = last_report(hosts, g, 'revert_resize.end', since)
-    assert end['host'] == a1.host and end['vm_state'] == 'active', end
-    assert_one_owner(hosts, g, 'host1', 'active')
-    lv2 = hosts.second.open()
-    try:
-        wait_until(lambda: no_domain(lv2, g.uuid), SETTLE,
-                   'host 2 to remove its copy')
-    finally:
-        lv2.close()
-    wait_until(lambda: not a2.instance_dir(g.inst).exists(), SETTLE,
-               'host 2 to remove its files')
-    booted(hosts, g, 'host1', g.kept)
-    # Its redelivery: the outcome (host 1's record), nothing moved.
-    again = a2.call('revert_resize', request_id=rid, instance_uuid=g.uuid)
-    assert again['host'] == a1.host, again
-    assert running_copies(hosts, g.uuid) == ['host1']
+    a2 = hosts.agent2
+    rid, since = crash_at(hosts, g, 'cold-revert-restored', a2.kill, a2.start,
+                          method='revert_resize')
+    assert_reverted(hosts, g, rid, since)
 
 
 def test_source_agent_killed_at_cleanup(hosts, g):
-    home(hosts, g)
     a1 = hosts.agent1
-    rid, since = crash_migrate(hosts, g, 'cold-source-cleanup', a1.kill,
-                               a1.start)
+    rid, since = crash_at(hosts, g, 'cold-source-cleanup', a1.kill, a1.start)
     assert_moved(hosts, g, rid, since)
 
 
 def test_source_agent_killed_during_the_restore(hosts, g):
     """revert_resize at host 2, host 1's agent killed while it restores the
     guest: host 2 keeps asking until host 1 is back and owns it."""
-    a1, a2 = hosts.agent1, hosts.agent2
-    if g.where != 'host2':      # run alone: migrate it first
-        home(hosts, g)
-        a1.call('migrate', instance_uuid=g.uuid, dest_host=a2.host,
-                rpc_timeout=300)
-        booted(hosts, g, 'host2', g.next)
-    gate, rid, since = paused(hosts, 'cold-source-restore', 'revert_resize',
-                              a2, instance_uuid=g.uuid)
-    try:
-        a1.kill()
-    finally:
-        open_gate(gate)
-    a1.start()
-    end = last_report(hosts, g, 'revert_resize.end', since)
-    assert end['host'] == a1.host and end['vm_state'] == 'active', end
-    assert_one_owner(hosts, g, 'host1', 'active')
-    wait_until(lambda: not a2.instance_dir(g.inst).exists(), SETTLE,
-               'host 2 to remove its files')
-    booted(hosts, g, 'host1', g.kept)
-    again = a2.call('revert_resize', request_id=rid, instance_uuid=g.uuid)
-    assert again['host'] == a1.host, again
-    assert running_copies(hosts, g.uuid) == ['host1']
+    a1 = hosts.agent1
+    rid, since = crash_at(hosts, g, 'cold-source-restore', a1.kill, a1.start,
+                          method='revert_resize')
+    assert_reverted(hosts, g, rid, since)
 
 
 def test_destination_agent_killed_at_take_over(hosts, g):
-    home(hosts, g)
     a2 = hosts.agent2
-    rid, since = crash_migrate(hosts, g, 'cold-dest-take-over', a2.kill,
-                               a2.start)
+    rid, since = crash_at(hosts, g, 'cold-dest-take-over', a2.kill, a2.start)
     assert_moved(hosts, g, rid, since)
 
 
 def test_destination_libvirtd_killed_at_take_over(hosts, g):
-    home(hosts, g)
     second = hosts.second
-    rid, since = crash_migrate(hosts, g, 'cold-dest-take-over',
-                               second.kill_libvirtd, second.restart_libvirtd)
+    rid, since = crash_at(hosts, g, 'cold-dest-take-over',
+                          second.kill_libvirtd, second.restart_libvirtd)
     assert_moved(hosts, g, rid, since)
