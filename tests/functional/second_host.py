@@ -30,6 +30,8 @@ import subprocess
 import time
 import uuid as uuidlib
 
+import libvirt
+
 try:
     from tests.functional.agent_fixture import (
         AgentEnv, open_libvirt, require_services, wait_until)
@@ -323,6 +325,10 @@ class TwoHosts:
     def alive(self):
         return both_alive(self.second)
 
+    def libvirts(self):
+        """(name, opener) of each host's libvirt, for ``running_copies``."""
+        return (('host1', open_libvirt), ('host2', self.second.open))
+
 
 def run_two_hosts(test_guest, label, prepare1=None):
     """For a module fixture (``yield from``): TwoHosts, torn down after.
@@ -399,6 +405,16 @@ class NamespaceHosts(TwoHosts):
     def alive(self):
         return self.first.alive() and self.second.alive()
 
+    def libvirts(self):
+        return (('host1', self.first.open), ('host2', self.second.open))
+
+    def name(self, pair):
+        """``pair``'s name in ``running_copies``: 'host1' or 'host2'."""
+        return ('host1', 'host2')[self.hosts.index(pair)]
+
+    def pair(self, name):
+        return self.hosts[('host1', 'host2').index(name)]
+
 
 def run_two_namespace_hosts(test_guest, label, config=None):
     """For a module fixture (``yield from``): NamespaceHosts, torn down
@@ -422,6 +438,23 @@ def run_two_namespace_hosts(test_guest, label, config=None):
         for host in reversed(made):
             host.teardown()
         assert not problems, '\n'.join(problems)
+
+
+def running_copies(hosts, uuid):
+    """The names ('host1', 'host2') of the hosts whose libvirt runs a
+    domain of ``uuid``."""
+    found = []
+    for name, opener in hosts.libvirts():
+        conn = opener()
+        try:
+            try:
+                if conn.lookupByUUIDString(uuid).isActive():
+                    found.append(name)
+            except libvirt.libvirtError:
+                pass
+        finally:
+            conn.close()
+    return found
 
 
 # -- pause points (compute_agent/pause_points.py) for the crash tests -----------
@@ -460,6 +493,7 @@ def wait_gate(gate, timeout, what):
 def open_gate(gate):
     gate.with_name(gate.name + '.reached').unlink(missing_ok=True)
     gate.unlink(missing_ok=True)
+
 
 def crash_at_gate(hosts, gate, kill, restart):
     """``kill()`` while an agent waits at ``gate``, let it go on, then

@@ -28,19 +28,19 @@ try:
         no_domain, open_libvirt, test_guest, wait_until)
     from tests.functional.agent_messages import new_request_id
     from tests.functional.second_host import (
-        close_gate, crash_at_gate, run_two_hosts, wait_gate, with_pause_points)
+        close_gate, crash_at_gate, run_two_hosts, running_copies, wait_gate,
+        with_pause_points)
     from tests.functional.test_e2e_cold_migration import OLD, counter_boot
     from tests.functional.test_e2e_migration import _not_found
-    from tests.functional.test_e2e_migration_crash import running_copies
 except ImportError:
     from agent_fixture import (  # noqa: F401
         no_domain, open_libvirt, test_guest, wait_until)
     from agent_messages import new_request_id
     from second_host import (
-        close_gate, crash_at_gate, run_two_hosts, wait_gate, with_pause_points)
+        close_gate, crash_at_gate, run_two_hosts, running_copies, wait_gate,
+        with_pause_points)
     from test_e2e_cold_migration import OLD, counter_boot
     from test_e2e_migration import _not_found
-    from test_e2e_migration_crash import running_copies
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.rabbit, pytest.mark.slow,
               pytest.mark.timeout(900)]

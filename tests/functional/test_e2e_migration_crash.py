@@ -22,7 +22,8 @@ try:
         no_domain, open_libvirt, test_guest, wait_until)
     from tests.functional.agent_messages import new_request_id
     from tests.functional.second_host import (
-        close_gate, open_gate, run_two_hosts, wait_gate, with_pause_points)
+        close_gate, crash_at_gate, run_two_hosts, running_copies, wait_gate,
+        with_pause_points)
     from tests.functional.test_e2e_migration import (
         _not_found, assert_left_nothing_on_source, last_heartbeat, spawn_guest)
 except ImportError:
@@ -30,7 +31,8 @@ except ImportError:
         no_domain, open_libvirt, test_guest, wait_until)
     from agent_messages import new_request_id
     from second_host import (
-        close_gate, open_gate, run_two_hosts, wait_gate, with_pause_points)
+        close_gate, crash_at_gate, run_two_hosts, running_copies, wait_gate,
+        with_pause_points)
     from test_e2e_migration import (
         _not_found, assert_left_nothing_on_source, last_heartbeat, spawn_guest)
 
@@ -55,21 +57,6 @@ def migrate_until(hosts, label, point):
             dest_host=dest.host, block_migration=True)
     wait_gate(gate, 180, f'the migration paused at {point}')
     return inst, vif, since, rid, gate, before
-
-
-def running_copies(hosts, uuid):
-    """The hosts where a domain of ``uuid`` is active."""
-    found = []
-    for name, conn in (('host1', open_libvirt()), ('host2', hosts.second.open())):
-        try:
-            try:
-                if conn.lookupByUUIDString(uuid).isActive():
-                    found.append(name)
-            except libvirt.libvirtError:
-                pass
-        finally:
-            conn.close()
-    return found
 
 
 def assert_settled_at_destination(hosts, inst, vif, since, rid, before):
@@ -101,12 +88,7 @@ def assert_settled_at_destination(hosts, inst, vif, since, rid, before):
 
 def crash(hosts, label, point, kill, restart):
     inst, vif, since, rid, gate, before = migrate_until(hosts, label, point)
-    try:
-        kill()
-    finally:
-        open_gate(gate)
-    restart()
-    assert hosts.alive()
+    crash_at_gate(hosts, gate, kill, restart)
     assert_settled_at_destination(hosts, inst, vif, since, rid, before)
 
 

@@ -29,7 +29,8 @@ try:
         no_domain, test_guest, wait_until)
     from tests.functional.agent_messages import new_request_id
     from tests.functional.second_host import (
-        close_gate, open_gate, run_two_namespace_hosts, wait_gate, with_pause_points)
+        close_gate, crash_at_gate, open_gate, run_two_namespace_hosts, running_copies,
+        wait_gate, with_pause_points)
     from tests.functional.test_e2e_migration import (
         BOOTED, _not_found, last_heartbeat, spawn_guest)
 except ImportError:
@@ -37,7 +38,8 @@ except ImportError:
         no_domain, test_guest, wait_until)
     from agent_messages import new_request_id
     from second_host import (
-        close_gate, open_gate, run_two_namespace_hosts, wait_gate, with_pause_points)
+        close_gate, crash_at_gate, open_gate, run_two_namespace_hosts, running_copies,
+        wait_gate, with_pause_points)
     from test_e2e_migration import BOOTED, _not_found, last_heartbeat, spawn_guest
 
 # Short libvirt connection retries (~9 s): a libvirtd down longer than
@@ -72,7 +74,7 @@ class Guest:
         if self.inst is not None:
             where = running_copies(self.hosts, self.uuid)
             if len(where) == 1:
-                src = where[0]
+                src = self.hosts.pair(where[0])
                 return src, self.other(src)
             for agent, _ in self.hosts.hosts:
                 agent.instances.pop(self.uuid, None)
@@ -91,22 +93,6 @@ def guest(hosts):
 
 
 # -- helpers ------------------------------------------------------------------------
-
-def running_copies(hosts, uuid):
-    """The (agent, SecondHost) pairs whose libvirt runs a domain of ``uuid``."""
-    found = []
-    for pair in hosts.hosts:
-        conn = pair[1].open()
-        try:
-            try:
-                if conn.lookupByUUIDString(uuid).isActive():
-                    found.append(pair)
-            except libvirt.libvirtError:
-                pass
-        finally:
-            conn.close()
-    return found
-
 
 def leftovers(pair, inst, vif):
     """What ``pair`` still has of ``inst``: record, domain, filter, tap,
@@ -134,6 +120,15 @@ def leftovers(pair, inst, vif):
     return found
 
 
+def no_domain_at(pair, uuid):
+    """``pair``'s libvirt has no domain of ``uuid``."""
+    conn = pair[1].open()
+    try:
+        return no_domain(conn, uuid)
+    finally:
+        conn.close()
+
+
 def left_nothing(pair, inst, vif, timeout=30):
     """Nothing of ``inst`` on ``pair`` (the agent may still be retrying)."""
     wait_until(lambda: not leftovers(pair, inst, vif), timeout,
@@ -151,7 +146,7 @@ def assert_runs_only_on(hosts, g, pair, before, since):
     other says InstanceNotFound), the guest never restarted."""
     agent, _ = pair
     other = g.other(pair)
-    assert running_copies(hosts, g.uuid) == [pair]
+    assert running_copies(hosts, g.uuid) == [hosts.name(pair)]
     info = agent.get_info(g.uuid)
     assert (info['host'], info['task_state'], info['power_state']) == (
         agent.host, None, 1), info
@@ -177,7 +172,7 @@ def moved(hosts, g, src, dest, since, rid, before):
     again = src[0].call('live_migrate', request_id=rid, instance_uuid=g.uuid,
                         dest_host=dest[0].host, block_migration=True)
     assert again['host'] == dest[0].host, again
-    assert running_copies(hosts, g.uuid) == [dest]
+    assert running_copies(hosts, g.uuid) == [hosts.name(dest)]
 
 
 def stayed(hosts, g, src, dest, since, before):
@@ -187,12 +182,41 @@ def stayed(hosts, g, src, dest, since, before):
     assert_runs_only_on(hosts, g, src, before, since)
     wait_until(lambda: not dest[0].instance_dir(g.inst).exists(), 60,
                'the destination to remove what it prepared')
-    conn = dest[1].open()
+    assert no_domain_at(dest, g.uuid)
+    return err
+
+
+def settled(hosts, g, src, dest, since, rid, before, what):
+    """The request's one outcome: ``live_migrate.end`` (then it runs only
+    at ``dest``, see ``moved``) or ``.error`` (only at ``src``, see
+    ``stayed``); returns that report."""
+    done = src[0].reports.wait(
+        lambda r: r.get('instance_uuid') == g.uuid and r.get('event') in (
+            'live_migrate.end', 'live_migrate.error'), SETTLED, what, since)
+    if done['event'] == 'live_migrate.end':
+        moved(hosts, g, src, dest, since, rid, before)
+    else:
+        stayed(hosts, g, src, dest, since, before)
+    print(f'settled with {done["event"]} from {done["host"]}')
+    return done
+
+
+def start_copy(g, src, dest):
+    """Cast live_migrate of the guest from ``src`` to ``dest``, its copy
+    throttled to 1 MiB/s, until libvirt's job runs; returns the report
+    mark."""
+    conn = src[1].open()
     try:
-        assert no_domain(conn, g.uuid)
+        dom = conn.lookupByUUIDString(g.uuid)
+        dom.migrateSetMaxSpeed(1, 0)
+        since = src[0].reports.mark()
+        src[0].cast('live_migrate', instance_uuid=g.uuid,
+                    dest_host=dest[0].host, block_migration=True)
+        wait_until(lambda: dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE,
+                   60, 'the migration job on the source', interval=0.05)
     finally:
         conn.close()
-    return err
+    return since
 
 
 def start_migration(hosts, g, point):
@@ -221,17 +245,7 @@ def test_source_libvirtd_killed_during_the_copy(hosts, guest):
     libvirtd is back; the destination removes what it prepared."""
     src, dest = guest.ready()
     before = last_heartbeat(src[0], guest.uuid)
-    conn = src[1].open()
-    try:
-        dom = conn.lookupByUUIDString(guest.uuid)
-        dom.migrateSetMaxSpeed(1, 0)
-        since = src[0].reports.mark()
-        src[0].cast('live_migrate', instance_uuid=guest.uuid,
-                    dest_host=dest[0].host, block_migration=True)
-        wait_until(lambda: dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE,
-                   60, 'the migration job on the source', interval=0.05)
-    finally:
-        conn.close()
+    since = start_copy(guest, src, dest)
     src[1].kill_libvirtd()
     src[1].restart_libvirtd()
     stayed(hosts, guest, src, dest, since, before)
@@ -243,12 +257,7 @@ def test_source_libvirtd_killed(hosts, guest, point):
     """At the switch-over (the guest runs at the destination, which has not
     taken it over yet) and at the source's cleanup."""
     src, dest, since, rid, before, gt = start_migration(hosts, guest, point)
-    try:
-        src[1].kill_libvirtd()
-    finally:
-        open_gate(gt)
-    src[1].restart_libvirtd()
-    assert hosts.alive()
+    crash_at_gate(hosts, gt, src[1].kill_libvirtd, src[1].restart_libvirtd)
     moved(hosts, guest, src, dest, since, rid, before)
 
 
@@ -309,11 +318,7 @@ def test_destination_agent_killed_in_the_pre_check(hosts, guest):
             info['host']) == ('active', None, 1, src[0].host)
     assert info['devices'] == devices
     assert_runs_only_on(hosts, guest, src, before, since)
-    conn = dest[1].open()
-    try:
-        assert no_domain(conn, guest.uuid)
-    finally:
-        conn.close()
+    assert no_domain_at(dest, guest.uuid)
     assert not dest[0].instance_dir(guest.inst).exists()
 
 
@@ -324,26 +329,16 @@ def test_source_agent_killed_waiting_on_its_pre_check(hosts, guest):
     redelivery returns that outcome and moves nothing."""
     src, dest, since, rid, before, gt = start_migration(hosts, guest,
                                                         'dest-check')
-    try:
-        src[0].kill()
-    finally:
-        open_gate(gt)
-    src[0].start()
-    done = src[0].reports.wait(
-        lambda r: r.get('instance_uuid') == guest.uuid and r.get('event') in (
-            'live_migrate.end', 'live_migrate.error'), SETTLED,
-        'the outcome after the restart', since)
-    if done['event'] == 'live_migrate.end':
-        moved(hosts, guest, src, dest, since, rid, before)
-    else:
-        stayed(hosts, guest, src, dest, since, before)
+    crash_at_gate(hosts, gt, src[0].kill, src[0].start)
+    done = settled(hosts, guest, src, dest, since, rid, before,
+                   'the outcome after the restart')
+    if done['event'] == 'live_migrate.error':
         with pytest.raises(RemoteError) as ei:
             src[0].call('live_migrate', request_id=rid,
                         instance_uuid=guest.uuid, dest_host=dest[0].host,
                         block_migration=True)
         assert ei.value.exc_type == 'MigrationError', ei.value
-        assert running_copies(hosts, guest.uuid) == [src]
-    print(f'settled with {done["event"]} from {done["host"]}')
+        assert running_copies(hosts, guest.uuid) == [hosts.name(src)]
 
 
 @pytest.mark.parametrize('which', ['source', 'destination'])
@@ -360,17 +355,10 @@ def test_libvirtd_killed_during_the_pre_check(hosts, guest, which):
     finally:
         open_gate(gt)
     assert hosts.alive()
-    done = src[0].reports.wait(
-        lambda r: r.get('instance_uuid') == guest.uuid and r.get('event') in (
-            'live_migrate.end', 'live_migrate.error'), SETTLED,
-        'the outcome', since)
-    if done['event'] == 'live_migrate.end':
-        moved(hosts, guest, src, dest, since, rid, before)
-    else:
-        stayed(hosts, guest, src, dest, since, before)
+    done = settled(hosts, guest, src, dest, since, rid, before, 'the outcome')
+    if done['event'] == 'live_migrate.error':
         assert done['error']['class'] in (
             'MigrationPreCheckError', 'MigrationError'), done
-    print(f'settled with {done["event"]} from {done["host"]}')
 
 
 # -- neither host runs it -----------------------------------------------------------
@@ -397,18 +385,8 @@ def test_source_qemu_killed_during_the_copy(hosts, guest):
     record and its disks, stopped (one ``.error``); the destination holds
     nothing; ``power_on`` there starts it again from those disks."""
     src, dest = guest.ready()
-    conn = src[1].open()
-    try:
-        dom = conn.lookupByUUIDString(guest.uuid)
-        dom.migrateSetMaxSpeed(1, 0)
-        since = src[0].reports.mark()
-        src[0].cast('live_migrate', instance_uuid=guest.uuid,
-                    dest_host=dest[0].host, block_migration=True)
-        wait_until(lambda: dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE,
-                   60, 'the migration job on the source', interval=0.05)
-        os.kill(qemu_of(src[1], guest.uuid), signal.SIGKILL)
-    finally:
-        conn.close()
+    since = start_copy(guest, src, dest)
+    os.kill(qemu_of(src[1], guest.uuid), signal.SIGKILL)
     err = wait_report(src[0], guest.uuid, 'live_migrate.error', since)
     assert (err['host'], err['vm_state'], err['power_state']) == (
         src[0].host, 'stopped', 4), err
@@ -419,17 +397,13 @@ def test_source_qemu_killed_during_the_copy(hosts, guest):
     assert _not_found(dest[0], guest.uuid)
     wait_until(lambda: not dest[0].instance_dir(guest.inst).exists(), 60,
                'the destination to remove what it prepared')
-    conn = dest[1].open()
-    try:
-        assert no_domain(conn, guest.uuid)
-    finally:
-        conn.close()
+    assert no_domain_at(dest, guest.uuid)
     assert (src[0].instance_dir(guest.inst) / 'disk').exists()
     mark = src[0].console_mark(guest.uuid)
     rec = src[0].call('power_on', instance={'uuid': guest.uuid})
     assert (rec['vm_state'], rec['power_state']) == ('active', 1), rec
     src[0].wait_console(guest.uuid, 'HEARTBEAT 1', timeout=90, since=mark)
-    assert running_copies(hosts, guest.uuid) == [src]
+    assert running_copies(hosts, guest.uuid) == [hosts.name(src)]
     unthrottle(src[1], guest.uuid)      # libvirt keeps it for the new QEMU
 
 
