@@ -74,16 +74,22 @@ def not_found(agent, uuid):
     assert ei.value.exc_type == 'InstanceNotFound'
 
 
-@pytest.fixture(scope='module')
-def guest(hosts):
+def spawn_counter_guest(hosts, label):
+    """The test guest keeping a boot counter on its root disk, active on
+    host 1 (either host's agent removes it at teardown); returns (instance,
+    its first boot's counter line)."""
     a1 = hosts.agent1
-    inst = a1.make_instance('cm', metadata={'disk_counter': 'vda'},
+    inst = a1.make_instance(label, metadata={'disk_counter': 'vda'},
                             flavor=dict(OLD))
     hosts.agent2.instances[inst['uuid']] = inst     # its teardown too
     _, rec = a1.spawn(inst)
     assert rec['vm_state'] == 'active', rec
-    first = counter_boot(a1, inst['uuid'], 0)
-    return inst, first
+    return inst, counter_boot(a1, inst['uuid'], 0)
+
+
+@pytest.fixture(scope='module')
+def guest(hosts):
+    return spawn_counter_guest(hosts, 'cm')
 
 
 def migrate(hosts, uuid):

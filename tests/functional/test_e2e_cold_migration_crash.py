@@ -30,7 +30,8 @@ try:
     from tests.functional.second_host import (
         close_gate, crash_at_gate, run_two_hosts, running_copies, wait_gate,
         with_pause_points)
-    from tests.functional.test_e2e_cold_migration import OLD, counter_boot
+    from tests.functional.test_e2e_cold_migration import (
+        counter_boot, spawn_counter_guest)
     from tests.functional.test_e2e_migration import _not_found
 except ImportError:
     from agent_fixture import (  # noqa: F401
@@ -39,7 +40,7 @@ except ImportError:
     from second_host import (
         close_gate, crash_at_gate, run_two_hosts, running_copies, wait_gate,
         with_pause_points)
-    from test_e2e_cold_migration import OLD, counter_boot
+    from test_e2e_cold_migration import counter_boot, spawn_counter_guest
     from test_e2e_migration import _not_found
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.rabbit, pytest.mark.slow,
@@ -65,13 +66,7 @@ class Guest:
 
 @pytest.fixture(scope='module')
 def g(hosts):
-    a1 = hosts.agent1
-    inst = a1.make_instance('ccm', metadata={'disk_counter': 'vda'},
-                            flavor=dict(OLD))
-    hosts.agent2.instances[inst['uuid']] = inst     # its teardown too
-    _, rec = a1.spawn(inst)
-    assert rec['vm_state'] == 'active', rec
-    counter_boot(a1, inst['uuid'], 0)
+    inst, _ = spawn_counter_guest(hosts, 'ccm')
     return Guest(inst)
 
 
@@ -133,6 +128,15 @@ def last_report(hosts, g, event, since):
         SETTLE, event, since)
 
 
+def ended_at(hosts, g, event, since, where, vm_state):
+    """``event`` reports the guest ``vm_state`` at ``where``, which then
+    owns and runs it alone."""
+    rep = last_report(hosts, g, event, since)
+    assert (rep['host'], rep['vm_state']) == (
+        agent_of(hosts, where).host, vm_state), rep
+    assert_one_owner(hosts, g, where, vm_state)
+
+
 def assert_one_owner(hosts, g, where, vm_state):
     owner = agent_of(hosts, where)
     other = hosts.agent2 if owner is hosts.agent1 else hosts.agent1
@@ -149,9 +153,7 @@ def assert_stayed_home(hosts, g, rid, since):
     """Settled before the decision: the guest runs on host 1 again, host 2
     keeps nothing, the redelivery gets the error and moves nothing."""
     a1, a2 = hosts.agent1, hosts.agent2
-    err = last_report(hosts, g, 'migrate.error', since)
-    assert err['host'] == a1.host and err['vm_state'] == 'active', err
-    assert_one_owner(hosts, g, 'host1', 'active')
+    ended_at(hosts, g, 'migrate.error', since, 'host1', 'active')
     assert_host2_let_go(hosts, g)
     booted(hosts, g, 'host1', g.next)
     mark = a1.reports.mark()
@@ -169,9 +171,7 @@ def assert_reverted(hosts, g, rid, since):
     its ``revert_resize.end``; host 2 keeps nothing; the redelivery gets the
     outcome (host 1's record) and moves nothing."""
     a1, a2 = hosts.agent1, hosts.agent2
-    end = last_report(hosts, g, 'revert_resize.end', since)
-    assert end['host'] == a1.host and end['vm_state'] == 'active', end
-    assert_one_owner(hosts, g, 'host1', 'active')
+    ended_at(hosts, g, 'revert_resize.end', since, 'host1', 'active')
     assert_host2_let_go(hosts, g)
     booted(hosts, g, 'host1', g.kept)
     again = a2.call('revert_resize', request_id=rid, instance_uuid=g.uuid)
@@ -196,9 +196,7 @@ def assert_moved(hosts, g, rid, since):
     said by its ``migrate.end``; host 1 keeps only its files; the
     redelivery gets the outcome and moves nothing."""
     a1, a2 = hosts.agent1, hosts.agent2
-    end = last_report(hosts, g, 'migrate.end', since)
-    assert end['host'] == a2.host and end['vm_state'] == 'resized', end
-    assert_one_owner(hosts, g, 'host2', 'resized')
+    ended_at(hosts, g, 'migrate.end', since, 'host2', 'resized')
     assert no_domain_on_host1(g.uuid)
     assert a1.instance_dir(g.inst).exists()     # kept for a revert
     booted(hosts, g, 'host2', g.next)
