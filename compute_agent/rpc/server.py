@@ -33,6 +33,7 @@ from compute_agent.metrics import METRICS
 from compute_agent.metrics import bounded_label
 from compute_agent.rpc import commits
 from compute_agent.rpc import envelope
+from compute_agent.rpc import frames
 from compute_agent.rpc import iowait
 from compute_agent.rpc import jobs
 from compute_agent.rpc import limits as limits_mod
@@ -115,6 +116,7 @@ class RPCServer:
         self._last_turn = time.monotonic()
         self._thread = None
         self._more = False        # frames may be left in py-amqp's buffer
+        self._reader = None       # rpc/frames.py, per connection
         self._refused = False     # the broker closed a channel over a publish
         self._consume_ident = None
         # Keyless methods the dispatcher says touch only memory: run on the
@@ -228,8 +230,9 @@ class RPCServer:
         self._connected = True
         self.ready.set()
         LOG.info('Consuming %s', ', '.join(queues))
-        amqp_conn = conn.connection
-        iowait.buffer_reads(amqp_conn.transport)
+        self._reader = frames.FrameReader.attach(conn.connection)
+        if self._reader is None:    # TLS: py-amqp reads, in large chunks
+            iowait.buffer_reads(conn.connection.transport)
         try:
             self._loop(conn, channel, tags)
         except amqp.exceptions.ChannelError as e:
@@ -261,7 +264,8 @@ class RPCServer:
                 if not self._inflight or now >= self._deadline:
                     break
             if self._wait_io(amqp_conn) or self._more:
-                self._more = iowait.drain(amqp_conn, self._settle)
+                self._more = iowait.drain(amqp_conn, self._settle,
+                                          self._reader)
             # Also what arrived outside a drain (during basic_consume).
             self._start_ready()
             self._finish_jobs()
@@ -314,7 +318,7 @@ class RPCServer:
             self._finish_jobs()
             self.publisher.pump()
             self._wait_io(amqp_conn, limit=0.2)
-            self._more = iowait.drain(amqp_conn, self._settle)
+            self._more = iowait.drain(amqp_conn, self._settle, self._reader)
             self._start_ready()
         self._finish_jobs(wait=True)
         self._finish_jobs(wait=True)   # what finished during the last one
