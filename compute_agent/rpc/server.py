@@ -49,9 +49,11 @@ _RUNNING_FLUSH = 1.0     # s a buffered 'running' row may wait for a commit
 _STUCK_AFTER = 30.0      # s without a loop turn: the consume loop is stuck
 _PUBLISH = (60, 40)      # basic.publish, as a refusal names the method
 _DEAD_RETRY = 10.0       # s between tries to declare <topic>.dead
-_CHILDREN = {}
+_CHILDREN = {}            # (metric, labels as given) -> child
+_BOUNDED = {}             # (metric, bounded labels) -> child
 _LABEL_SETS = {}
 _MAX_LABEL_SETS = 100
+_MAX_CACHED = 1000
 
 
 def _metric(metric, *labels):
@@ -60,15 +62,25 @@ def _metric(metric, *labels):
     Labels come from requests before validation, so they are bounded in
     size (metrics.bounded_label) and past _MAX_LABEL_SETS per metric new
     method names are counted as "other": a sender cannot grow the metrics
-    without bound.
+    without bound. Labels as given are looked up first (the common case:
+    a known method), in a cache that stops growing at _MAX_CACHED.
     """
-    labels = tuple(bounded_label(label) for label in labels)
     child = _CHILDREN.get((metric, labels))
+    if child is None:
+        child = _bounded(metric, tuple(bounded_label(label)
+                                       for label in labels))
+        if len(_CHILDREN) < _MAX_CACHED:
+            _CHILDREN[(metric, labels)] = child
+    return child
+
+
+def _bounded(metric, labels):
+    child = _BOUNDED.get((metric, labels))
     if child is None:
         if _LABEL_SETS.setdefault(metric, 0) >= _MAX_LABEL_SETS:
             return metric.labels('other', *labels[1:])
         _LABEL_SETS[metric] += 1
-        child = _CHILDREN[(metric, labels)] = metric.labels(*labels)
+        child = _BOUNDED[(metric, labels)] = metric.labels(*labels)
     return child
 
 
