@@ -6,6 +6,7 @@ share one definition. Kept free of AMQP so it can be tested in isolation.
 """
 
 import copy
+import functools
 import json
 import traceback
 import uuid
@@ -224,14 +225,18 @@ def check_request(request, served=RPC_API_VERSION):
 
 def check_version(requested, served=RPC_API_VERSION):
     """Served when the major matches and the minor is not above ours."""
-    try:
-        req = [int(p) for p in str(requested).split('.')[:2]]
-        have = [int(p) for p in served.split('.')[:2]]
-        ok = len(req) == 2 and req[0] == have[0] and req[1] <= have[1]
-    except ValueError:
-        ok = False
-    if not ok:
+    if not _serves(str(requested), served):
         raise exception.UnsupportedVersion(version=requested, served=served)
+
+
+@functools.lru_cache(maxsize=64)   # every request asks, with a few versions
+def _serves(requested, served):
+    try:
+        req = [int(p) for p in requested.split('.')[:2]]
+        have = [int(p) for p in served.split('.')[:2]]
+    except ValueError:
+        return False
+    return len(req) == 2 and req[0] == have[0] and req[1] <= have[1]
 
 
 def build_request(method, args=None, context=None, version=None,

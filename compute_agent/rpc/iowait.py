@@ -52,21 +52,25 @@ class Waker:
         os.close(self._w)
 
 
-def drain(amqp_conn, settle, budget=DRAIN_BUDGET):
+def drain(amqp_conn, settle, reader=None, budget=DRAIN_BUDGET):
     """Read every frame already there, dispatching them to callbacks.
 
     Returns True when it stopped at ``budget`` with frames maybe left: the
     next wait must not block.
 
-    The socket is non-blocking for the whole batch instead of py-amqp
-    switching it for every frame (two fcntl calls a frame); nothing may be
-    written meanwhile, so ``settle`` holds rejects until the end.
+    ``reader`` (``rpc/frames.py``) reads deliveries faster; without it
+    py-amqp reads. The socket is non-blocking for the whole batch instead
+    of py-amqp switching it for every frame (two fcntl calls a frame);
+    nothing may be written meanwhile, so ``settle`` holds rejects until the
+    end.
     """
     sock = amqp_conn.sock
     prev = sock.gettimeout()
     sock.settimeout(0)
     settle.hold()
     try:
+        if reader is not None:
+            return reader.drain(budget)
         for _ in range(budget):
             amqp_conn.drain_events(timeout=None)
         return True   # budget spent: frames may wait in py-amqp's buffer

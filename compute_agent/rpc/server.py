@@ -33,6 +33,7 @@ from compute_agent.metrics import METRICS
 from compute_agent.metrics import bounded_label
 from compute_agent.rpc import commits
 from compute_agent.rpc import envelope
+from compute_agent.rpc import frames
 from compute_agent.rpc import iowait
 from compute_agent.rpc import jobs
 from compute_agent.rpc import limits as limits_mod
@@ -48,9 +49,11 @@ _RUNNING_FLUSH = 1.0     # s a buffered 'running' row may wait for a commit
 _STUCK_AFTER = 30.0      # s without a loop turn: the consume loop is stuck
 _PUBLISH = (60, 40)      # basic.publish, as a refusal names the method
 _DEAD_RETRY = 10.0       # s between tries to declare <topic>.dead
-_CHILDREN = {}
+_CHILDREN = {}            # (metric, labels as given) -> child
+_BOUNDED = {}             # (metric, bounded labels) -> child
 _LABEL_SETS = {}
 _MAX_LABEL_SETS = 100
+_MAX_CACHED = 1000
 
 
 def _metric(metric, *labels):
@@ -59,15 +62,25 @@ def _metric(metric, *labels):
     Labels come from requests before validation, so they are bounded in
     size (metrics.bounded_label) and past _MAX_LABEL_SETS per metric new
     method names are counted as "other": a sender cannot grow the metrics
-    without bound.
+    without bound. Labels as given are looked up first (the common case:
+    a known method), in a cache that stops growing at _MAX_CACHED.
     """
-    labels = tuple(bounded_label(label) for label in labels)
     child = _CHILDREN.get((metric, labels))
+    if child is None:
+        child = _bounded(metric, tuple(bounded_label(label)
+                                       for label in labels))
+        if len(_CHILDREN) < _MAX_CACHED:
+            _CHILDREN[(metric, labels)] = child
+    return child
+
+
+def _bounded(metric, labels):
+    child = _BOUNDED.get((metric, labels))
     if child is None:
         if _LABEL_SETS.setdefault(metric, 0) >= _MAX_LABEL_SETS:
             return metric.labels('other', *labels[1:])
         _LABEL_SETS[metric] += 1
-        child = _CHILDREN[(metric, labels)] = metric.labels(*labels)
+        child = _BOUNDED[(metric, labels)] = metric.labels(*labels)
     return child
 
 
@@ -115,6 +128,7 @@ class RPCServer:
         self._last_turn = time.monotonic()
         self._thread = None
         self._more = False        # frames may be left in py-amqp's buffer
+        self._reader = None       # rpc/frames.py, per connection
         self._refused = False     # the broker closed a channel over a publish
         self._consume_ident = None
         # Keyless methods the dispatcher says touch only memory: run on the
@@ -228,8 +242,9 @@ class RPCServer:
         self._connected = True
         self.ready.set()
         LOG.info('Consuming %s', ', '.join(queues))
-        amqp_conn = conn.connection
-        iowait.buffer_reads(amqp_conn.transport)
+        self._reader = frames.FrameReader.attach(conn.connection)
+        if self._reader is None:    # TLS: py-amqp reads, in large chunks
+            iowait.buffer_reads(conn.connection.transport)
         try:
             self._loop(conn, channel, tags)
         except amqp.exceptions.ChannelError as e:
@@ -261,7 +276,8 @@ class RPCServer:
                 if not self._inflight or now >= self._deadline:
                     break
             if self._wait_io(amqp_conn) or self._more:
-                self._more = iowait.drain(amqp_conn, self._settle)
+                self._more = iowait.drain(amqp_conn, self._settle,
+                                          self._reader)
             # Also what arrived outside a drain (during basic_consume).
             self._start_ready()
             self._finish_jobs()
@@ -314,7 +330,7 @@ class RPCServer:
             self._finish_jobs()
             self.publisher.pump()
             self._wait_io(amqp_conn, limit=0.2)
-            self._more = iowait.drain(amqp_conn, self._settle)
+            self._more = iowait.drain(amqp_conn, self._settle, self._reader)
             self._start_ready()
         self._finish_jobs(wait=True)
         self._finish_jobs(wait=True)   # what finished during the last one

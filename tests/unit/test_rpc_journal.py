@@ -7,6 +7,7 @@ import time
 import pytest
 
 from compute_agent import exception
+from compute_agent.journal import INSERT_CHUNK
 from compute_agent.journal import Journal
 from compute_agent.rpc.outbox import Message
 
@@ -34,6 +35,20 @@ def test_running_then_done_and_reopen(tmp_path, journal):
     assert again.lookup('u1')['status'] == 'done'
     assert again.lookup('nope') is None
     again.close()
+
+
+def test_a_group_larger_than_one_insert(journal):
+    """Rows go in INSERT_CHUNK at a time; a row both running and done in
+    one group ends done, as it would row by row."""
+    n = 2 * INSERT_CHUNK + 1
+    journal.record(running=[('u%d' % i, 'm', 'i') for i in range(n)])
+    journal.record(running=[('u0', 'other', 'i')],   # already there: kept
+                   done=[('u%d' % i, 'm', 'i', '%d' % i, None)
+                         for i in range(0, n, 2)])
+    assert [journal.lookup('u%d' % i)['status'] for i in (0, 1, n - 1)] == [
+        'done', 'running', 'done']
+    assert journal.lookup('u0')['method'] == 'm'
+    assert journal.lookup('u%d' % (n - 1))['result'] == n - 1
 
 
 def test_forget_running(journal):
