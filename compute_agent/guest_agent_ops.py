@@ -16,10 +16,12 @@ operation's own save. It is learnt off the request path, never by
 * libvirt's agent lifecycle event: the channel opened (a guest agent
   started) -> a probe (ping, addresses); the guest started -> reset;
 * the periodic ``poll_guest_agents`` (and once at recovery): the same probe
-  for every guest that runs, at most one probe per guest at a time; it also
-  thaws a guest a freeze left frozen (``virt/guest_agent.py``).
+  for every guest that runs, at most one probe per guest at a time and
+  ``PROBE_CONCURRENCY`` in all; it also thaws a guest a freeze left frozen
+  (``virt/guest_agent.py``).
 """
 
+import collections
 import logging
 import threading
 
@@ -42,8 +44,9 @@ class GuestAgentOperations:
     def _init_guest_agent(self):
         self._ga_lock = threading.Lock()
         self._ga = {}           # uuid -> {'guest_agent', 'guest_addresses'}
-        self._ga_probing = set()
-        self._ga_slots = threading.BoundedSemaphore(PROBE_CONCURRENCY)
+        self._ga_probing = set()        # queued or being probed
+        self._ga_queue = collections.deque()
+        self._ga_threads = 0            # draining _ga_queue
 
     # -- set_admin_password (docs: protocol-method-set-admin-password) ----------
     def do_set_admin_password(self, context, instance_uuid, admin_password,
@@ -97,29 +100,42 @@ class GuestAgentOperations:
             self._ga_probe_soon(uuid)
 
     def poll_guest_agents(self):
-        """Probe every running guest's agent, each in its own thread."""
+        """Probe every running guest's agent (PROBE_CONCURRENCY at a time)."""
         for uuid in self.journal.instance_uuids():
             record = self.journal.get_instance(uuid)
             if record and record.get('power_state') == states.RUNNING:
                 self._ga_probe_soon(uuid)
 
     def _ga_probe_soon(self, uuid):
+        """Queue a probe of ``uuid`` (once while one is pending). Up to
+        PROBE_CONCURRENCY threads drain the queue: a thread per guest
+        would start a thousand at once on a host with a thousand guests,
+        each with its stack and thread state."""
         with self._ga_lock:
             if uuid in self._ga_probing:
                 return
             self._ga_probing.add(uuid)
-        threading.Thread(target=self._ga_probe, args=(uuid,), daemon=True,
+            self._ga_queue.append(uuid)
+            if self._ga_threads >= PROBE_CONCURRENCY:
+                return
+            self._ga_threads += 1
+        threading.Thread(target=self._ga_drain, daemon=True,
                          name='guest-agent-probe').start()
 
-    def _ga_probe(self, uuid):
-        try:
-            with self._ga_slots:
-                self._ga_ask(uuid)
-        except Exception:
-            LOG.exception('%s: guest agent probe failed', uuid)
-        finally:
+    def _ga_drain(self):
+        while True:
             with self._ga_lock:
-                self._ga_probing.discard(uuid)
+                if not self._ga_queue:
+                    self._ga_threads -= 1
+                    return
+                uuid = self._ga_queue.popleft()
+            try:
+                self._ga_ask(uuid)
+            except Exception:
+                LOG.exception('%s: guest agent probe failed', uuid)
+            finally:
+                with self._ga_lock:
+                    self._ga_probing.discard(uuid)
 
     def _ga_ask(self, uuid):
         """Ping (short deadline), thaw a leftover freeze, read addresses."""

@@ -455,6 +455,19 @@ class Journal:
         return [json.loads(r[0]) for r in self._query(
             'SELECT record FROM instances WHERE deleted = 0 ORDER BY uuid')]
 
+    def instances_with(self, *keys):
+        """The live records with a non-null value at any of ``keys`` (top
+        level), oldest uuid first. SQLite picks them out, so a periodic
+        task looking for a few marked records does not decode every record
+        (with a thousand, ~6 MB of short-lived dicts that leave the heap
+        fragmented)."""
+        if not keys:
+            return []
+        where = ' OR '.join(['json_extract(record, ?) IS NOT NULL'] * len(keys))
+        return [json.loads(r[0]) for r in self._query(
+            'SELECT record FROM instances WHERE deleted = 0 AND (%s)'
+            ' ORDER BY uuid' % where, tuple('$.' + k for k in keys))]
+
     def instance_uuids(self):
         """uuids of the live records, without decoding any record."""
         return [r[0] for r in self._query(

@@ -13,15 +13,14 @@ restarts; ``reconcile.py`` keeps them in line with libvirt (power events
 and syncs) and settles them at start (``recover``).
 """
 
-import collections
 import logging
-import threading
 import time
 
 from compute_agent import exception
 from compute_agent import states
 from compute_agent import validation
 from compute_agent import version
+from compute_agent.keyed_locks import KeyedLocks
 from compute_agent.device_ops import DeviceOperations
 from compute_agent.guest_agent_ops import GuestAgentOperations
 from compute_agent.migration_ops import MigrationOperations
@@ -69,8 +68,7 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
         self.notifier = notifier
         self.host = conf.host
         self._started = time.monotonic()
-        self._locks = collections.defaultdict(threading.RLock)
-        self._locks_guard = threading.Lock()
+        self._locks = KeyedLocks()     # uuid -> its lock while in use
         # uuid -> when libvirt last confirmed its power state: a sync that
         # changes nothing costs no journal write, so it is kept here and
         # saved with the next change.
@@ -141,12 +139,12 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
     # --- records and reports -------------------------------------------------
 
     def _lock(self, uuid):
-        with self._locks_guard:
-            return self._locks[uuid]
+        return self._locks(uuid)
 
     def _delete(self, uuid):
         with self._lock(uuid):      # not between report_invalid's get and save
             self.journal.delete_instance(uuid)
+            self._checked.pop(uuid, None)
 
     def _get(self, uuid):
         record = self.journal.get_instance(uuid)

@@ -63,7 +63,8 @@ class MigrationSettlement:
         retry the cleanups a source could not finish; returns the uuids
         still unsettled."""
         left = []
-        for record in self.journal.list_instances():
+        # Only marked records: this runs every few seconds.
+        for record in self.journal.instances_with('incoming', 'migration'):
             # Cold migration's and cold revert's: cold_migration_settle.py.
             cold = cold_step(record)
             if not (cold or (record.get('incoming') or {}).get('live')

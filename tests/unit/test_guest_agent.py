@@ -428,6 +428,46 @@ def test_a_connected_guest_agent_is_probed_off_the_request_path(h, monkeypatch):
     assert ('thaw_leftover', instance['name']) in asked
 
 
+
+def test_polling_many_guests_runs_a_few_probe_threads(h, monkeypatch):
+    """Every running guest is probed once, by at most PROBE_CONCURRENCY
+    threads: not one thread per guest."""
+    from compute_agent import guest_agent_ops
+    uuids = [h.spawn()[0]['uuid'] for _ in range(10)]
+    lock, release = threading.Lock(), threading.Event()
+    asked, running, peak = [], [0], [0]
+
+    class Agent:
+        timeout = 30
+
+        def ping(self, uuid_, timeout=None):
+            with lock:
+                asked.append(uuid_)
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            release.wait(10)
+            with lock:
+                running[0] -= 1
+            raise exception.GuestAgentUnavailable(uuid=uuid_, reason='none')
+    monkeypatch.setattr(h.driver, 'guest_agent', Agent())
+    before = threading.active_count()
+    h.manager.poll_guest_agents()
+    h.manager.poll_guest_agents()       # pending ones are not queued twice
+    probes = [t for t in threading.enumerate()
+              if t.name == 'guest-agent-probe']
+    assert len(probes) == guest_agent_ops.PROBE_CONCURRENCY
+    assert threading.active_count() - before == len(probes)
+    release.set()
+    for t in probes:
+        t.join(10)
+    assert sorted(asked) == sorted(uuids)
+    assert peak[0] <= guest_agent_ops.PROBE_CONCURRENCY
+    h.manager.poll_guest_agents()       # a later poll probes them again
+    for t in [t for t in threading.enumerate()
+              if t.name == 'guest-agent-probe']:
+        t.join(10)
+    assert len(asked) == 2 * len(uuids)
+
 # -- power operations never wait on a guest agent -------------------------------------
 
 class _Dom:

@@ -28,3 +28,24 @@ def test_metrics_gauge_from_counts():
     assert 'compute_agent_instances{vm_state="None"} 1.0' in text
     m.set_instance_counts({'stopped': 1})
     assert 'vm_state="active"' not in m.render()
+
+
+def test_instances_with_picks_marked_live_records(tmp_path):
+    j = journal_mod.Journal(str(tmp_path))
+    try:
+        j.save_instance('u0', {'uuid': 'u0', 'name': 'n0'})
+        j.save_instance('u1', {'uuid': 'u1', 'name': 'n1', 'migration': None})
+        j.save_instance('u2', {'uuid': 'u2', 'name': 'n2',
+                               'migration': {'cold': True}})
+        j.save_instance('u3', {'uuid': 'u3', 'name': 'n3',
+                               'incoming': {'live': True}})
+        j.save_instance('u4', {'uuid': 'u4', 'name': 'n4', 'incoming': {}})
+        j.save_instance('u5', {'uuid': 'u5', 'name': 'n5', 'incoming': {}})
+        j.delete_instance('u5', tombstone={'incoming': {}})
+        assert [r['uuid'] for r in j.instances_with('incoming', 'migration')] \
+            == ['u2', 'u3', 'u4']
+        assert j.instances_with('migration') == [
+            {'uuid': 'u2', 'name': 'n2', 'migration': {'cold': True}}]
+        assert j.instances_with() == []
+    finally:
+        j.close()
