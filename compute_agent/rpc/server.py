@@ -18,6 +18,7 @@ serialization key (state-changing ones) need that commit to be fsynced (see
 and reports go out through the journal's outbox (``rpc/outbox.py``).
 """
 
+import collections
 import functools
 import json
 import logging
@@ -584,7 +585,7 @@ class RPCServer:
                     else:
                         self._lazy.append((job, replied))
                 continue
-            late = []
+            late, acked = [], collections.Counter()
             for job, replied in zip(batch.jobs, batch.replied):
                 # A call delivered again while its outcome was committed:
                 # answer it too (on a crash, its redelivery is answered
@@ -595,7 +596,9 @@ class RPCServer:
                     for msg_id, reply_q in job.replies[replied:]]
                 self._inflight.pop(job.uid, None)
                 self._beating.pop(job.uid, None)
-                _metric(METRICS.acked, job.request.method).inc()
+                acked[job.request.method] += 1
+            for method, n in acked.items():
+                _metric(METRICS.acked, method).inc(n)
             if late:
                 self.journal.send(late, sync=False)
             self.stats['completed'] += len(batch.jobs)
