@@ -27,6 +27,41 @@ def bounded_label(value):
         else 'other'
 
 
+_CHILDREN = {}            # (metric, labels as given) -> child
+_BOUNDED = {}             # (metric, bounded labels) -> child
+_LABEL_SETS = {}
+_MAX_LABEL_SETS = 100
+_MAX_CACHED = 1000
+
+
+def labelled(metric, *labels):
+    """``metric.labels(*labels)`` without its cost on the hot path.
+
+    Labels come from requests before validation, so they are bounded in
+    size (bounded_label) and past _MAX_LABEL_SETS per metric new
+    method names are counted as "other": a sender cannot grow the metrics
+    without bound. Labels as given are looked up first (the common case:
+    a known method), in a cache that stops growing at _MAX_CACHED.
+    """
+    child = _CHILDREN.get((metric, labels))
+    if child is None:
+        child = _bounded(metric, tuple(bounded_label(label)
+                                       for label in labels))
+        if len(_CHILDREN) < _MAX_CACHED:
+            _CHILDREN[(metric, labels)] = child
+    return child
+
+
+def _bounded(metric, labels):
+    child = _BOUNDED.get((metric, labels))
+    if child is None:
+        if _LABEL_SETS.setdefault(metric, 0) >= _MAX_LABEL_SETS:
+            return metric.labels('other', *labels[1:])
+        _LABEL_SETS[metric] += 1
+        child = _BOUNDED[(metric, labels)] = metric.labels(*labels)
+    return child
+
+
 class Metrics:
     def __init__(self):
         self.registry = prom.CollectorRegistry()

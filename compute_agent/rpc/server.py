@@ -31,7 +31,7 @@ import amqp
 from compute_agent import exception
 from compute_agent import log
 from compute_agent.metrics import METRICS
-from compute_agent.metrics import bounded_label
+from compute_agent.metrics import labelled
 from compute_agent.rpc import commits
 from compute_agent.rpc import envelope
 from compute_agent.rpc import frames
@@ -50,41 +50,6 @@ _RUNNING_FLUSH = 1.0     # s a buffered 'running' row may wait for a commit
 _STUCK_AFTER = 30.0      # s without a loop turn: the consume loop is stuck
 _PUBLISH = (60, 40)      # basic.publish, as a refusal names the method
 _DEAD_RETRY = 10.0       # s between tries to declare <topic>.dead
-_CHILDREN = {}            # (metric, labels as given) -> child
-_BOUNDED = {}             # (metric, bounded labels) -> child
-_LABEL_SETS = {}
-_MAX_LABEL_SETS = 100
-_MAX_CACHED = 1000
-
-
-def _metric(metric, *labels):
-    """``metric.labels(*labels)`` without its cost on the hot path.
-
-    Labels come from requests before validation, so they are bounded in
-    size (metrics.bounded_label) and past _MAX_LABEL_SETS per metric new
-    method names are counted as "other": a sender cannot grow the metrics
-    without bound. Labels as given are looked up first (the common case:
-    a known method), in a cache that stops growing at _MAX_CACHED.
-    """
-    child = _CHILDREN.get((metric, labels))
-    if child is None:
-        child = _bounded(metric, tuple(bounded_label(label)
-                                       for label in labels))
-        if len(_CHILDREN) < _MAX_CACHED:
-            _CHILDREN[(metric, labels)] = child
-    return child
-
-
-def _bounded(metric, labels):
-    child = _BOUNDED.get((metric, labels))
-    if child is None:
-        if _LABEL_SETS.setdefault(metric, 0) >= _MAX_LABEL_SETS:
-            return metric.labels('other', *labels[1:])
-        _LABEL_SETS[metric] += 1
-        child = _BOUNDED[(metric, labels)] = metric.labels(*labels)
-    return child
-
-
 class RPCServer:
     """Serve ``dispatcher`` on ``<topic>``, ``<topic>.<host>`` and fanout.
 
@@ -222,7 +187,7 @@ class RPCServer:
         self._refused = False
         if lost:
             self.stats['reconnects'] += 1
-            _metric(METRICS.reconnects, 'broker').inc()
+            labelled(METRICS.reconnects, 'broker').inc()
 
     def _serve(self, conn):
         channel = conn.channel()
@@ -383,7 +348,7 @@ class RPCServer:
             LOG.debug('Received %s%s', envelope.summary(request),
                       ' (redelivered)' if message.delivery_info.get(
                           'redelivered') else '')
-        _metric(METRICS.received, request.method).inc()
+        labelled(METRICS.received, request.method).inc()
         uid = request.unique_id or 'nouid-' + envelope.new_id()
         job = self._inflight.get(uid)
         if job is not None:
@@ -440,7 +405,7 @@ class RPCServer:
 
     def _dead_letter(self, tag, text):
         self.stats['dead_lettered'] += 1
-        _metric(METRICS.rejected, '-').inc()
+        labelled(METRICS.rejected, '-').inc()
         LOG.error('%s', text)
         self._settle.reject(tag)
 
@@ -462,7 +427,7 @@ class RPCServer:
             self._complete(job, 'null', envelope.serialize_failure(error))
         else:
             self.stats['dead_lettered'] += 1
-            _metric(METRICS.rejected, request.method).inc()
+            labelled(METRICS.rejected, request.method).inc()
             self._settle.reject(job.deliveries[0][1])
 
     def _work(self, job):
@@ -488,7 +453,7 @@ class RPCServer:
         except BaseException as e:  # noqa: BLE001 - even SystemExit: a failure
             LOG.exception('%s failed unexpectedly', envelope.summary(request))
             outcome, failure = type(e).__name__, envelope.serialize_failure(e)
-        _metric(METRICS.latency, request.method, outcome).observe(
+        labelled(METRICS.latency, request.method, outcome).observe(
             time.monotonic() - started)
         self._complete(job, result_json, failure)
 
@@ -598,7 +563,7 @@ class RPCServer:
                 self._beating.pop(job.uid, None)
                 acked[job.request.method] += 1
             for method, n in acked.items():
-                _metric(METRICS.acked, method).inc(n)
+                labelled(METRICS.acked, method).inc(n)
             if late:
                 self.journal.send(late, sync=False)
             self.stats['completed'] += len(batch.jobs)

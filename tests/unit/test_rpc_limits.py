@@ -2,6 +2,7 @@
 
 import json
 
+import prometheus_client as prom
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -138,6 +139,23 @@ def test_safe_text_is_bounded_and_encodable(text):
     ('', 'other'), (None, 'other')])
 def test_metric_labels_are_bounded(value, label):
     assert metrics.bounded_label(value) == label
+
+
+def test_hostile_method_names_cannot_grow_the_metrics():
+    """Past _MAX_LABEL_SETS label sets a metric counts new names as
+    "other", and the lookup cache stops growing at _MAX_CACHED."""
+    counter = prom.Counter('t', 't', ['method'],
+                           registry=prom.CollectorRegistry())
+    for i in range(metrics._MAX_LABEL_SETS + 50):
+        metrics.labelled(counter, 'm%d' % i).inc()
+    metrics.labelled(counter, 'x' * 100).inc()
+    names = {s.labels['method'] for s in counter.collect()[0].samples
+             if s.name == 't_total'}
+    assert len(names) == metrics._MAX_LABEL_SETS + 1   # and 'other'
+    assert 'other' in names and 'x' * 100 not in names
+    for i in range(2 * metrics._MAX_CACHED):
+        metrics.labelled(counter, 'n%d' % i)
+    assert len(metrics._CHILDREN) <= metrics._MAX_CACHED
 
 
 def test_shared_methods():
