@@ -461,12 +461,17 @@ class Journal:
         task looking for a few marked records does not decode every record
         (with a thousand, ~6 MB of short-lived dicts that leave the heap
         fragmented)."""
+        return [json.loads(r[1]) for r in self._marked(0, keys)]
+
+    def _marked(self, deleted, keys):
+        """(uuid, record JSON) rows, live (0) or deleted (1), with a
+        non-null value at any of the top-level ``keys``."""
         if not keys:
             return []
         where = ' OR '.join(['json_extract(record, ?) IS NOT NULL'] * len(keys))
-        return [json.loads(r[0]) for r in self._query(
-            'SELECT record FROM instances WHERE deleted = 0 AND (%s)'
-            ' ORDER BY uuid' % where, tuple('$.' + k for k in keys))]
+        return self._query(
+            'SELECT uuid, record FROM instances WHERE deleted = ? AND (%s)'
+            ' ORDER BY uuid' % where, (deleted,) + tuple('$.' + k for k in keys))
 
     def instance_uuids(self):
         """uuids of the live records, without decoding any record."""
@@ -499,10 +504,7 @@ class Journal:
     def tombstones_with(self, key):
         """[(uuid, tombstone)] of the deleted records whose tombstone has
         ``key``."""
-        return [(r[0], json.loads(r[1])) for r in self._query(
-            'SELECT uuid, record FROM instances WHERE deleted = 1 AND'
-            ' json_extract(record, ?) IS NOT NULL ORDER BY uuid',
-            ('$.' + key,))]
+        return [(r[0], json.loads(r[1])) for r in self._marked(1, (key,))]
 
     def update_tombstone(self, uuid, tombstone):
         """Rewrite a deleted record's tombstone (never a live record)."""

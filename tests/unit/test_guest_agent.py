@@ -428,7 +428,6 @@ def test_a_connected_guest_agent_is_probed_off_the_request_path(h, monkeypatch):
     assert ('thaw_leftover', instance['name']) in asked
 
 
-
 def test_polling_many_guests_runs_a_few_probe_threads(h, monkeypatch):
     """Every running guest is probed once, by at most PROBE_CONCURRENCY
     threads: not one thread per guest."""
@@ -467,6 +466,7 @@ def test_polling_many_guests_runs_a_few_probe_threads(h, monkeypatch):
               if t.name == 'guest-agent-probe']:
         t.join(10)
     assert len(asked) == 2 * len(uuids)
+
 
 # -- power operations never wait on a guest agent -------------------------------------
 

@@ -1102,7 +1102,6 @@ def test_list_instances_lists_live_records_only(h):
         assert record == h.info(record['uuid'])
 
 
-
 def test_nothing_is_kept_in_memory_for_a_destroyed_instance(h):
     """No per-instance lock or power-check time outlives its instance (a
     host that spawns and destroys for months must not grow)."""
@@ -1114,6 +1113,7 @@ def test_nothing_is_kept_in_memory_for_a_destroyed_instance(h):
     assert b['uuid'] not in h.manager._checked
     assert a['uuid'] in h.manager._checked
     assert h.info(a['uuid'])['power_checked_at']
+
 
 def test_console_output(h):
     instance, _ = h.spawn()
