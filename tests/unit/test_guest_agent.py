@@ -322,11 +322,7 @@ def test_no_leftover_thaw_while_a_quiesce_holds_the_guest(env):
 
 # -- the manager side -------------------------------------------------------------------
 
-@pytest.fixture
-def h(tmp_path):
-    harness = mf.Harness(tmp_path)
-    yield harness
-    harness.close()
+h = mf.h     # the plain harness fixture
 
 
 def test_set_admin_password_without_guest_agent_keeps_states(h):

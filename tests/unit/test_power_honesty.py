@@ -15,8 +15,6 @@ tests/functional/test_e2e_honest_power.py).
 
 import time
 
-import pytest
-
 from compute_agent import states
 
 try:
@@ -44,11 +42,7 @@ def _cut_libvirt(h):
     return uri
 
 
-@pytest.fixture
-def h(tmp_path):
-    harness = mf.Harness(tmp_path)
-    yield harness
-    harness.close()
+h = mf.h     # the plain harness fixture
 
 
 def test_unreachable_libvirt_is_unknown_never_stopped(h):

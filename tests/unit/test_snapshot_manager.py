@@ -16,11 +16,7 @@ except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     import manager_fixtures as mf
 
 
-@pytest.fixture
-def h(tmp_path):
-    harness = mf.Harness(tmp_path)
-    yield harness
-    harness.close()
+h = mf.h     # the plain harness fixture
 
 
 def snapshot(h, uuid, image_id):
