@@ -19,6 +19,7 @@ from oslo_config import cfg
 from compute_agent import conf as agent_conf
 from compute_agent.vif.loader import VifDrivers
 from compute_agent.virt import builder
+from compute_agent.virt import schema
 
 VIRT_TYPES = ('kvm', 'qemu', 'xen', 'lxc', 'uml')
 HVM_TYPES = ('kvm', 'qemu')
@@ -228,3 +229,27 @@ def define_and_undefine(xml, conn=None):
         return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     finally:
         dom.undefine()
+
+
+def plan_for(virt_type='kvm', conf=None, **request):
+    conf = conf or make_conf(virt_type)
+    return build(conf, make_request(**request))
+
+
+def node_for(virt_type='kvm', conf=None, **request):
+    plan = plan_for(virt_type, conf, **request)
+    return xml_of(plan), plan
+
+
+def files_by_name(plan):
+    return {f.name: f for f in plan.files}
+
+
+def assert_valid_and_defined(plan):
+    node = plan.domain.format()
+    schema.validate_domain(node)
+    devs = target_devs(node)
+    assert len(devs) == len(set(devs)), 'duplicate target devs %s' % devs
+    dumped = etree.fromstring(define_and_undefine(plan.domain.to_xml()))
+    assert dumped.get('type') == plan.domain.type
+    assert sorted(target_devs(dumped)) == sorted(devs)
