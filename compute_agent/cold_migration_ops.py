@@ -271,12 +271,7 @@ class ColdMigrationOperations:
             raise exception.InvalidRequest('migration.record.uuid',
                                            'is not instance_uuid', uuid=uuid)
         with self._lock(uuid):
-            held = self.journal.get_instance(uuid)
-            if held is not None and not held.get('incoming'):
-                raise exception.MigrationPreCheckError(
-                    uuid=uuid, reason='the destination already has it')
-            if held is not None:            # a dead attempt's leftovers
-                self._undo_incoming(held)
+            self._clear_incoming(uuid)
             old_spec = source['spec']
             rplan = self.planner.resize(old_spec,
                                         old_spec['instance']['flavor'],

@@ -279,12 +279,7 @@ class MigrationOperations:
         uuid, m = instance_uuid, migration
         pause_points.pause('dest-check')
         with self._lock(uuid):
-            record = self.journal.get_instance(uuid)
-            if record is not None and not record.get('incoming'):
-                raise exception.MigrationPreCheckError(
-                    uuid=uuid, reason='the destination already has it')
-            if record is not None:          # a dead attempt's leftovers
-                self._undo_incoming(record)
+            self._clear_incoming(uuid)
         spec = _checked_spec(m['spec'])
         if spec['instance']['uuid'] != uuid:
             raise exception.InvalidRequest('migration.spec.instance.uuid',
@@ -367,6 +362,16 @@ class MigrationOperations:
                     'Instance %s is owned by this host: no rollback' % uuid)
             self._undo_incoming(record)
         return None
+
+    def _clear_incoming(self, uuid):
+        """Under the instance's lock, before a new incoming migration: a
+        dead attempt's leftovers go; an instance owned here refuses it."""
+        record = self.journal.get_instance(uuid)
+        if record is not None and not record.get('incoming'):
+            raise exception.MigrationPreCheckError(
+                uuid=uuid, reason='the destination already has it')
+        if record is not None:
+            self._undo_incoming(record)
 
     def _undo_incoming(self, record):
         spec = record['spec']

@@ -220,16 +220,6 @@ class ColdMigration:
 
     def remove_cold_copy(self, instance, network_info, block_device_info):
         """Revert at the destination: the guest and everything of it go."""
-        self._on_domain_gone(instance)
+        self._remove_domain(instance['uuid'])
         self._release(instance, network_info, block_device_info,
                       remove_files=True)
-
-    def _on_domain_gone(self, instance):
-        uuid = instance['uuid']
-
-        def run(conn):
-            dom = self._find(conn, uuid)
-            if dom is not None:
-                guest.destroy_if_active(dom)
-                guest.undefine(dom)
-        self._call(run)

@@ -130,6 +130,20 @@ def incoming(h, source='src-host'):
     return instance['uuid']
 
 
+def test_a_new_incoming_migration_clears_leftovers_and_refuses_an_owned_guest(h):
+    """What _migration_check and _cold_migration_receive do first."""
+    owned = h.spawn()[0]['uuid']
+    with pytest.raises(exception.MigrationPreCheckError) as info:
+        h.manager._clear_incoming(owned)
+    assert 'already has it' in str(info.value)
+    assert h.journal.get_instance(owned) is not None
+    assert mf.Harness.domain(h, owned) is not None
+    left = incoming(h)
+    h.manager._clear_incoming(left)
+    assert h.journal.get_instance(left) is None
+    assert mf.Harness.domain(h, left) is None
+
+
 def test_destination_rolls_back_what_the_source_kept(h, peer):
     uuid = incoming(h)
     peer.answers = {'_migration_status': status('owner', True)}
