@@ -12,8 +12,13 @@ are plain module attribute lookups, as fast as on the real module.
 
 Only the service calls ``defer`` (cmd/agent.py), before it imports the
 modules that use XML; tools and tests import the real module as usual.
+
+``not_installed`` keeps optional packages a library would import eagerly
+but the agent never uses out of the process (rpc/transport.py: kombu's
+yaml and msgpack serializers).
 """
 
+import contextlib
 import importlib
 import sys
 import threading
@@ -70,3 +75,22 @@ def loaded(name):
         return False
     return not isinstance(module, _Deferred) or \
         '_deferred_real' in module.__dict__
+
+
+@contextlib.contextmanager
+def not_installed(*names):
+    """Within the block, ``import name`` fails as if ``name`` were not
+    installed (for a library that imports optional packages eagerly and
+    copes without them); a module already imported is left as it is, and
+    later imports find the package again."""
+    with _lock:
+        hidden = [name for name in names if name not in sys.modules]
+        for name in hidden:
+            sys.modules[name] = None     # the import system's "not found"
+    try:
+        yield
+    finally:
+        with _lock:
+            for name in hidden:
+                if name in sys.modules and sys.modules[name] is None:
+                    del sys.modules[name]

@@ -16,7 +16,18 @@ import amqp
 import kombu
 import tenacity
 
+from compute_agent import lazy_import
 from compute_agent.conf import rabbit as rabbit_conf
+
+# kombu.serialization (loaded with a connection's transport) registers yaml
+# and msgpack serializers by importing both packages when installed: ~0.9 MB
+# of the agent's memory (bench/scale.py) for codecs it never uses. Bodies are
+# JSON that the agent encodes and decodes itself (rpc/envelope.py, channels
+# with auto_decode off, every publish with a str body and its content type),
+# and kombu accepts only JSON from the broker unless told otherwise; a yaml or
+# msgpack body is refused by the agent's own decoder as before.
+with lazy_import.not_installed('yaml', 'msgpack'):
+    import kombu.serialization  # noqa: F401
 
 LOG = logging.getLogger(__name__)
 

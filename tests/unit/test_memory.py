@@ -66,3 +66,49 @@ def test_compiled_schema_released_when_idle():
     assert again.validate(schema.etree.fromstring(
         '<domain type="qemu"><name>x</name><memory>1</memory><os>'
         '<type>hvm</type></os></domain>'))
+
+
+KOMBU_CODECS = r'''
+import sys
+from compute_agent.rpc import transport  # noqa: F401
+import kombu.serialization as ser
+from kombu.exceptions import SerializerNotInstalled
+assert 'yaml' not in sys.modules and 'msgpack' not in sys.modules
+for name in ('yaml', 'msgpack'):
+    try:
+        ser.dumps({'a': 1}, serializer=name)
+    except SerializerNotInstalled:
+        pass
+    else:
+        raise AssertionError(name + ' encoder loaded')
+assert ser.dumps({'a': 1}) == ('application/json', 'utf-8', '{"a": 1}')
+import yaml                 # the package itself is still there for others
+assert yaml.safe_load('a: 1') == {'a': 1}
+print('ok')
+'''
+
+
+def test_transport_keeps_kombu_yaml_and_msgpack_out():
+    """In a fresh interpreter: loading the broker transport does not import
+    yaml or msgpack (kombu registers them as not installed), JSON still
+    encodes, and a later ``import yaml`` works."""
+    out = subprocess.run([sys.executable, '-c', KOMBU_CODECS], check=True,
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == 'ok'
+
+
+def test_not_installed_hides_only_for_the_block():
+    from compute_agent import lazy_import
+    name = 'compute_agent_no_such_module_test'
+    with lazy_import.not_installed(name, 'json'):
+        assert sys.modules[name] is None
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+        else:
+            raise AssertionError('import succeeded')
+        import json                 # already imported: left alone
+        assert json.dumps(1) == '1'
+    assert name not in sys.modules
+    assert sys.modules['json'] is not None
