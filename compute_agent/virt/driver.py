@@ -509,14 +509,40 @@ class LibvirtDriver(migration.LiveMigration, snapshot.Snapshots, rescue.Rescue,
 
     def get_vnc_console(self, instance):
         """``{'host', 'port'}`` of the running guest's VNC server."""
-        live = config.Domain.parse(self._on_domain(instance, lambda d: d.XMLDesc(0)))
-        port = next((g.port for g in live.graphics
-                     if g.type == 'vnc' and (g.port or -1) > 0), None)
-        if port is None:
+        vnc = self._vnc_of(self._on_domain(instance, lambda d: d.XMLDesc(0)))
+        if vnc is None:
             raise exception.InstanceInvalidState(
                 'Instance %s has no VNC console (not running, or VNC disabled)'
                 % _uuid(instance))
+        return vnc
+
+    def _vnc_of(self, live_xml):
+        live = config.Domain.parse(live_xml)
+        port = next((g.port for g in live.graphics
+                     if g.type == 'vnc' and (g.port or -1) > 0), None)
+        if port is None:
+            return None
         return {'host': self.conf.vnc.server_proxyclient_address, 'port': port}
+
+    def get_power_state_and_vnc(self, instance):
+        """``(power state, VNC console or None)`` from one domain lookup:
+        what a spawn records at its end. A missing domain is NOSTATE; a VNC
+        console that cannot be read is None."""
+        uuid = _uuid(instance)
+
+        def run(conn):
+            dom = self._find(conn, uuid)
+            if dom is None:
+                return states.NOSTATE, None
+            power = guest.power_state(dom)
+            try:
+                vnc = self._vnc_of(dom.XMLDesc(0))
+            except libvirt.libvirtError as e:
+                if connection.is_connection_error(e):
+                    raise       # connection.call asks again
+                vnc = None
+            return power, vnc
+        return self._call(run)
 
     def get_host_stats(self, retry=True):
         """The host record (docs: protocol-host-report; host_state_update args)."""
