@@ -326,11 +326,24 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
         except Exception as exc:
             self._fail(record, context, 'spawn', exc)
             raise
+        power, vnc = self._power_and_vnc(record)
         self._set(record, context, 'spawn.end',
                   vm_state=states.end_vm_state('spawn', None, False),
-                  task_state=None, power_state=self._power(record),
-                  devices=devices, vnc=self._vnc(instance))
+                  task_state=None, power_state=power, devices=devices, vnc=vnc)
         return public(record)
+
+    def _power_and_vnc(self, record):
+        """``(_power, _vnc)`` of the record's guest, from one lookup."""
+        if not self.conf.vnc.enabled:
+            return self._power(record), None
+        try:
+            power, vnc = self.driver.get_power_state_and_vnc(
+                record['spec']['instance'])
+        except Exception:
+            LOG.exception('%s: cannot read power state', record['uuid'])
+            return states.NOSTATE, None
+        self._checked[record['uuid']] = records.now()
+        return power, vnc
 
     def _vnc(self, instance):
         if not self.conf.vnc.enabled:

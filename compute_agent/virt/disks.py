@@ -48,6 +48,12 @@ class DiskCreateError(exception.AgentError):
 
 
 def _inside(root, path):
+    """Whether ``path``, ``root`` joined with one plain name, resolves inside
+    ``root``: only a symlink can lead out, so only one is resolved (a
+    realpath costs a system call per path component; a spawn checks ~12
+    names)."""
+    if not os.path.islink(path):
+        return True
     root = os.path.realpath(root)
     return os.path.commonpath([root, os.path.realpath(path)]) == root
 
@@ -233,13 +239,71 @@ def write_atomic(path, text):
 
 def create_overlay(base, path, size_bytes=0, disk_format=None):
     """qcow2 overlay on ``base``, grown to ``size_bytes`` if that is larger."""
+    return start_overlay(base, path, size_bytes, disk_format).wait()
+
+
+def start_overlay(base, path, size_bytes=0, disk_format=None):
+    """``create_overlay`` with its ``qemu-img`` started, not waited for:
+    a ``Pending`` whose ``wait()`` ends it. The caller must wait."""
     info = inspect_base(base, disk_format)
     argv = ['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', os.path.abspath(base),
             '-F', info['format']]
-    with _Building(path) as tmp:
-        extra = [str(size_bytes)] if size_bytes > info['virtual-size'] else []
-        _run(argv + [tmp] + extra, path)
-    return path
+    extra = [str(size_bytes)] if size_bytes > info['virtual-size'] else []
+    building = _Building(path)
+    tmp = building.__enter__()
+    try:
+        proc = subprocess.Popen(argv + [tmp] + extra, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=dict(os.environ, LC_ALL='C'))
+    except BaseException as e:
+        building.__exit__(type(e), e, None)
+        if isinstance(e, FileNotFoundError):
+            raise DiskCreateError(path=path, reason=f'{argv[0]} not found') from None
+        raise
+    return Pending(path, argv, proc, building)
+
+
+class Pending:
+    """A disk a child process is making under its temporary name; ``wait()``
+    renames it into place (or removes it and raises DiskCreateError)."""
+
+    def __init__(self, path, argv, proc, building, timeout=QEMU_IMG_TIMEOUT):
+        self.path, self._argv, self._proc = path, argv, proc
+        self._building, self._timeout = building, timeout
+
+    def wait(self):
+        try:
+            try:
+                out, err = self._proc.communicate(timeout=self._timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.communicate()
+                raise DiskCreateError(path=self.path, reason=(
+                    f'{self._argv[0]} timed out after {self._timeout}s')) from None
+            except BaseException:
+                self._proc.kill()       # interrupted: no child outlives us
+                self._proc.communicate()
+                raise
+            if self._proc.returncode != 0:
+                msg = (err or out).strip()[-500:]
+                raise DiskCreateError(path=self.path, reason=(
+                    f"{' '.join(self._argv[:2])} exited "
+                    f"{self._proc.returncode}: {msg}"))
+        except BaseException as e:
+            self._building.__exit__(type(e), e, None)
+            raise
+        self._building.__exit__(None, None, None)
+        return self.path
+
+
+class Done:
+    """A disk made already (the ``Pending`` interface)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def wait(self):
+        return self.path
 
 
 def create_raw_copy(base, path, size_bytes=0, disk_format=None):
@@ -331,10 +395,20 @@ def link_or_copy(src, path):
 
 
 COPY_KINDS = ('iso', 'kernel', 'ramdisk', 'kernel.rescue', 'ramdisk.rescue')
+# Kinds start_disk may leave Pending (a qemu-img overlay): started first.
+CHILD_KINDS = ('root', 'rescue', 'ephemeral', 'swap')
 
 
 def create_disk(conf, inst_dir, disk, base_path=None, disk_format=None):
     """Create one ``plan.DiskFile`` in ``inst_dir``; returns its path.
+    See ``start_disk``."""
+    return start_disk(conf, inst_dir, disk, base_path, disk_format).wait()
+
+
+def start_disk(conf, inst_dir, disk, base_path=None, disk_format=None):
+    """Start creating one ``plan.DiskFile`` in ``inst_dir``: a qcow2 overlay
+    is a ``Pending`` (its ``qemu-img`` runs while the caller makes other
+    files; the caller must ``wait()``), anything else is made now (``Done``).
 
     ``base_path`` is the cached image for root/rescue/iso/kernel/ramdisk
     kinds and ``disk_format`` its declared image_meta disk_format. An
@@ -348,19 +422,19 @@ def create_disk(conf, inst_dir, disk, base_path=None, disk_format=None):
         if not base_path:
             raise DiskCreateError(path=path, reason=f'{disk.kind} disk needs an image')
         if disk.kind in COPY_KINDS:
-            return link_or_copy(base_path, path)
+            return Done(link_or_copy(base_path, path))
         if disk.fmt == 'qcow2':
-            return create_overlay(base_path, path, disk.size_bytes, disk_format)
-        return create_raw_copy(base_path, path, disk.size_bytes, disk_format)
+            return start_overlay(base_path, path, disk.size_bytes, disk_format)
+        return Done(create_raw_copy(base_path, path, disk.size_bytes, disk_format))
     if disk.kind in ('ephemeral', 'swap') and disk.fmt == 'qcow2':
         base = blank_base(base_dir(conf), disk.kind, disk.size_bytes,
                           conf.default_ephemeral_format)
-        return create_overlay(base, path, disk.size_bytes, 'raw')
+        return start_overlay(base, path, disk.size_bytes, 'raw')
     if disk.kind == 'ephemeral':
-        return create_ephemeral(path, disk.size_bytes,
-                                conf.default_ephemeral_format, fmt=disk.fmt)
+        return Done(create_ephemeral(path, disk.size_bytes,
+                                     conf.default_ephemeral_format, fmt=disk.fmt))
     if disk.kind == 'swap':
-        return create_swap(path, disk.size_bytes, fmt=disk.fmt)
+        return Done(create_swap(path, disk.size_bytes, fmt=disk.fmt))
     if disk.kind == 'config':
         raise DiskCreateError(path=path, reason='use configdrive.build_config_drive')
     raise DiskCreateError(path=path, reason=f'unknown disk kind {disk.kind!r}')

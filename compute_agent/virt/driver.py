@@ -39,6 +39,7 @@ from compute_agent.virt import guest_agent
 from compute_agent.virt import host
 from compute_agent.virt import ifaceops
 from compute_agent.virt import migration
+from compute_agent.virt import overlap
 from compute_agent.virt import plan as plan_mod
 from compute_agent.virt import rebuildops
 from compute_agent.virt import snapshot
@@ -134,27 +135,59 @@ class LibvirtDriver(migration.LiveMigration, snapshot.Snapshots, rescue.Rescue,
         """Create and start the planned guest (a ``plan.GuestPlan``); returns
         the devices chosen.
 
-        A repeated spawn of an existing domain starts it if it is shut off
-        and otherwise returns: its files were complete before it was defined.
+        The domain is defined while its files are made (overlap.py): libvirt
+        reads no file before the start, which waits for both. The caller has
+        recorded the spawn durably before (recovery knows every domain it may
+        have to remove; an interrupted spawn whose guest does not run ends in
+        ``error`` and its redelivery starts over, manager.do_spawn).
+
+        A repeated spawn of an existing domain returns if it is active and
+        starts it if it is shut off and every planned file is there under
+        its final name (each is made under a temporary name and renamed, so
+        it is complete); a stopped domain whose files are not all there is
+        removed and the spawn starts over.
         """
         instance = plan.instance
         uuid = instance['uuid']
-        if self._call(lambda c: self._find(c, uuid)) is not None:
-            self._boot(instance, plan.vifs)
-            return dict(plan.devices)
+        state = self._call(lambda c: self._state_of(c, uuid))
+        if state is not None:
+            if state in ACTIVE_STATES or self._files_complete(plan):
+                self._boot(instance, plan.vifs)
+                return dict(plan.devices)
+            self._remove_domain(uuid)
         xml = plan.xml()
         undo = Undo()
         try:
             inst_dir = self._make_dir(instance, undo)
-            self._create_files(plan, inst_dir, undo)
-            self._connect_volumes(plan.volumes, undo)
-            self._call(lambda c: c.defineXML(xml))
-            undo.domain = True
+            overlap.run_all([lambda: self._define(xml, undo),
+                             lambda: self._prepare(plan, inst_dir, undo)])
             self._boot(instance, plan.vifs, undo)
         except BaseException:
             self._rollback(instance, undo)
             raise
         return dict(plan.devices)
+
+    def _state_of(self, conn, uuid):
+        """The domain's libvirt state; None when there is no domain."""
+        dom = self._find(conn, uuid)
+        return None if dom is None else guest.libvirt_state(dom)
+
+    def _define(self, xml, undo):
+        self._call(lambda c: c.defineXML(xml))
+        undo.domain = True
+
+    def _prepare(self, plan, inst_dir, undo):
+        """What the guest needs before it starts: files, volumes."""
+        self._create_files(plan, inst_dir, undo)
+        self._connect_volumes(plan.volumes, undo)
+
+    def _files_complete(self, plan):
+        try:
+            inst_dir = disks.instance_dir(self.conf, plan.instance['name'])
+        except exception.InvalidRequest:
+            return False
+        return all(os.path.exists(os.path.join(inst_dir, f.name))
+                   for f in plan.files)
 
     def _start(self, dom):
         """Start the domain unless it is active; safe to re-run after a reconnect."""
@@ -176,26 +209,48 @@ class LibvirtDriver(migration.LiveMigration, snapshot.Snapshots, rescue.Rescue,
 
     def _create_files(self, plan, inst_dir, undo, suffix=''):
         """Create each planned file (images fetched through the cache),
-        named as planned plus ``suffix``."""
-        for f in plan.files:
-            if suffix:
-                f = dataclasses.replace(f, name=f.name + suffix)
-            undo.files.append(self._create_file(plan, inst_dir, f))
+        named as planned plus ``suffix``.
+
+        The ``qemu-img`` of each overlay is started first and runs while
+        this thread makes the other files (links, the config drive); then
+        each is waited for. Every child has ended when this returns or
+        raises; ``undo.files`` holds the files made.
+        """
+        files = [dataclasses.replace(f, name=f.name + suffix) if suffix
+                 else f for f in plan.files]
+        files.sort(key=lambda f: f.kind not in disks.CHILD_KINDS)  # stable
+        started, error = [], None
+        try:
+            for f in files:
+                started.append(self._start_file(plan, inst_dir, f))
+        except BaseException as e:
+            error = e
+        for pending in started:
+            try:
+                undo.files.append(pending.wait())
+            except BaseException as e:
+                error = error or e
+        if error is not None:
+            raise error
 
     def _create_file(self, plan, inst_dir, f):
+        return self._start_file(plan, inst_dir, f).wait()
+
+    def _start_file(self, plan, inst_dir, f):
+        """``disks.start_disk`` of one planned file (the config drive made
+        here): a ``Pending`` or ``Done``."""
         path = disks.safe_join(inst_dir, f.name, field='disk.name')
         if f.kind == 'config':
             drive = plan.config_drive or plan_mod.ConfigDrive([])
             configdrive.build_config_drive(path, plan.instance, drive.network_info,
                                            drive.admin_password, drive.injected_files)
-        else:
-            base = fmt = None
-            if f.image_id:
-                meta = plan.images.get(f.image_id) or {'id': f.image_id}
-                base, fmt = self.image_cache.fetch(meta), meta.get('disk_format')
-            disks.create_disk(self.conf, inst_dir, f, base_path=base,
-                              disk_format=fmt)
-        return path
+            return disks.Done(path)
+        base = fmt = None
+        if f.image_id:
+            meta = plan.images.get(f.image_id) or {'id': f.image_id}
+            base, fmt = self.image_cache.fetch(meta), meta.get('disk_format')
+        return disks.start_disk(self.conf, inst_dir, f, base_path=base,
+                                disk_format=fmt)
 
     def _connect_volumes(self, volumes, undo):
         """Connect the plan's (driver, block_device_mapping entry) pairs."""
@@ -454,14 +509,40 @@ class LibvirtDriver(migration.LiveMigration, snapshot.Snapshots, rescue.Rescue,
 
     def get_vnc_console(self, instance):
         """``{'host', 'port'}`` of the running guest's VNC server."""
-        live = config.Domain.parse(self._on_domain(instance, lambda d: d.XMLDesc(0)))
-        port = next((g.port for g in live.graphics
-                     if g.type == 'vnc' and (g.port or -1) > 0), None)
-        if port is None:
+        vnc = self._vnc_of(self._on_domain(instance, lambda d: d.XMLDesc(0)))
+        if vnc is None:
             raise exception.InstanceInvalidState(
                 'Instance %s has no VNC console (not running, or VNC disabled)'
                 % _uuid(instance))
+        return vnc
+
+    def _vnc_of(self, live_xml):
+        live = config.Domain.parse(live_xml)
+        port = next((g.port for g in live.graphics
+                     if g.type == 'vnc' and (g.port or -1) > 0), None)
+        if port is None:
+            return None
         return {'host': self.conf.vnc.server_proxyclient_address, 'port': port}
+
+    def get_power_state_and_vnc(self, instance):
+        """``(power state, VNC console or None)`` from one domain lookup:
+        what a spawn records at its end. A missing domain is NOSTATE; a VNC
+        console that cannot be read is None."""
+        uuid = _uuid(instance)
+
+        def run(conn):
+            dom = self._find(conn, uuid)
+            if dom is None:
+                return states.NOSTATE, None
+            power = guest.power_state(dom)
+            try:
+                vnc = self._vnc_of(dom.XMLDesc(0))
+            except libvirt.libvirtError as e:
+                if connection.is_connection_error(e):
+                    raise       # connection.call asks again
+                vnc = None
+            return power, vnc
+        return self._call(run)
 
     def get_host_stats(self, retry=True):
         """The host record (docs: protocol-host-report; host_state_update args)."""
