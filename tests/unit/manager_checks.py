@@ -2,7 +2,6 @@
 (tests/unit/test_manager*.py): every report's shape, the report stream
 per instance, libvirt's own view, and instances brought to a vm_state."""
 
-
 import pytest
 
 from compute_agent import states
