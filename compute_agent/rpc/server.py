@@ -536,10 +536,11 @@ class RPCServer:
         row replaces them); of the rest, those started before ``cutoff``
         (all when None) are due.
 
-        Why not all: in a burst nearly every request is still running
-        when the group before it commits, so writing every 'running' row
-        with that group doubled the journal's random b-tree writes (the
-        row, then its outcome), which is most of a group commit's time.
+        Why not all: in a burst of casts many requests (10-17 % in
+        bench/rpc.py) were still running when the group before them
+        committed, and each such row cost one more random b-tree write
+        (the row, then its outcome over it): a group commit of 100
+        outcomes with 100 of them took ~1.5x as long (bench/README.rst).
         A request that ran shorter than _RUNNING_FLUSH s and was cut off
         by a crash leaves no row: its redelivery runs it again either way
         (a 'running' row is never an outcome), only the start-up warning
