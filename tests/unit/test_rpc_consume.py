@@ -315,3 +315,47 @@ def test_call_monitor_heartbeats_only_for_running_calls(loop):
 def jobs_next_beat(server):
     from compute_agent.rpc import jobs
     return jobs.next_beat_in(server._beating.values())
+
+
+def test_running_rows_only_for_requests_that_run_long(loop, monkeypatch):
+    """A group commit writes no 'running' row for a request that is still
+    in flight but started less than _RUNNING_FLUSH s ago (its outcome row
+    follows in a moment: writing both doubled a burst's journal writes);
+    one running longer gets its row, and a finished one never does."""
+    server, consume, _ = loop
+    real, written = server.journal.record, []
+
+    def spy(**changes):
+        written.append(sorted(r[0] for r in changes.get('running', ())))
+        return real(**changes)
+    server.journal.record = spy
+    hold, dispatch = threading.Event(), server.dispatcher.dispatch
+
+    def held(method, args, context):
+        if args.get('token') == 'slow':
+            hold.wait(10)
+        return dispatch(method, args, context)
+    server.dispatcher.dispatch = held
+    deliver(server, 'count', {'key': 'a', 'token': 'slow'}, unique_id='r-1')
+    deliver(server, 'count', {'key': 'b', 'token': 'fast'}, unique_id='r-2')
+    deadline = time.monotonic() + 10
+    while server._completions.qsize() < 1:
+        assert time.monotonic() < deadline, 'r-2 did not complete'
+        time.sleep(0.005)
+    server._finish_jobs()                     # r-2's group commit
+    server._committer.wait_idle()
+    assert written == [[]]                    # r-1 started just now
+    assert server.journal.lookup('r-1') is None
+    assert server.journal.lookup('r-2')['status'] == 'done'
+    clock = time.monotonic() + server_mod._RUNNING_FLUSH + 0.1
+    monkeypatch.setattr(server_mod.time, 'monotonic', lambda: clock)
+    server._finish_jobs()                     # r-1 is due now, alone
+    server._committer.wait_idle()
+    assert written[-1] == ['r-1']
+    assert server.journal.lookup('r-1')['status'] == 'running'
+    monkeypatch.undo()
+    hold.set()
+    finish(server, 1)
+    assert server.journal.lookup('r-1')['status'] == 'done'
+    assert server._running_rows == []
+    assert server.dispatcher.runs == {'slow': 1, 'fast': 1}
