@@ -7,13 +7,23 @@ and whatever the model does not describe (elements libvirt adds in
 
 Paths are a small subset of XPath relative to the object's element:
 ``@attr``, ``a/b``, ``a/b/@attr`` and ``.`` (the element's own text).
+
+An object made from scratch starts *lazy*: no element at all, just its
+events (what was set or added, in order: ``_v``), because the builder makes
+~25 objects per guest, sets ~80 values and only wants the text.
+``xmltemplate`` writes that text from the events. Whatever else needs the
+tree (a removal, ``.node``, ``_n``, a parsed part) first replays the events
+of the whole tree into ``xmlnode.Node``s (``_realize``); that replay does
+exactly what setting them on Nodes would have done, so the two agree.
 """
 
 import copy
+import weakref
 
 from lxml import etree
 
 from compute_agent.virt import xmlnode
+from compute_agent.virt import xmltemplate
 from compute_agent.virt.xmlnode import Node
 
 def _split(path):
@@ -89,6 +99,36 @@ def _prune(node, stop):
         node = parent
 
 
+def _put(top, steps, attr, text, rank):
+    """Set ``text`` at ``steps``/``attr`` under element ``top`` (created as
+    needed, in ``rank`` order); no check of the text."""
+    if top.__class__ is not Node:
+        node = _find(top, steps, True, rank) if steps else top
+        if attr:
+            node.set(attr, text)
+        else:
+            node.text = text
+        return
+    node = top
+    for step in steps:      # _find inlined: the replay's hot loop
+        for child in node.children:
+            if child.tag == step:
+                node = child
+                break
+        else:
+            child = Node(step)
+            if node.children:
+                _insert_ordered(node, child, rank)
+            else:
+                child.parent = node
+                node.children.append(child)
+            node = child
+    if attr:
+        node.attrib[attr] = text
+    else:
+        node.text = text
+
+
 class _Kind:
     """How a value is spelled in XML."""
 
@@ -144,6 +184,10 @@ class Prop:
     def __get__(self, obj, owner=None):
         if obj is None:
             return self
+        events = obj._v
+        if events is not None:
+            text = events.get(self.name)
+            return None if text is None else self.kind.from_xml(text)
         node = _el(obj)
         if self.steps:
             node = _find(node, self.steps)
@@ -153,10 +197,11 @@ class Prop:
         return None if text is None else self.kind.from_xml(text)
 
     def __set__(self, obj, value):
-        top = obj._n
-        if top.__class__ is Node and top.lx is not None:
-            top = _el(obj)
+        events = obj._v
         if value is None:
+            if events is not None and _absent(obj, self):
+                return
+            top = _el(obj)
             node = _find(top, self.steps)
             if node is None:
                 return
@@ -170,34 +215,17 @@ class Prop:
             text = value
         else:
             text = self.kind.to_xml(value)
-        if top.__class__ is Node:
-            # The builder's hot path: one loop, no lxml, no helper calls.
+        if events is not None:
+            # The builder's hot path: remember the text, checked now as
+            # lxml would check it.
             if not text.isprintable():
                 xmlnode.check(text)
-            node = top
-            for step in self.steps:
-                for child in node.children:
-                    if child.tag == step:
-                        node = child
-                        break
-                else:
-                    child = Node(step)
-                    if node.children:
-                        _insert_ordered(node, child, obj._RANK)
-                    else:
-                        child.parent = node
-                        node.children.append(child)
-                    node = child
-            if self.attr:
-                node.attrib[self.attr] = text
-            else:
-                node.text = text
+            events[self.name] = text
             return
-        node = _find(top, self.steps, True, obj._RANK) if self.steps else top
-        if self.attr:
-            node.set(self.attr, text)
-        else:
-            node.text = text
+        top = _el(obj)
+        if top.__class__ is Node and not text.isprintable():
+            xmlnode.check(text)
+        _put(top, self.steps, self.attr, text, obj._RANK)
 
 
 class Flag:
@@ -213,9 +241,18 @@ class Flag:
     def __get__(self, obj, owner=None):
         if obj is None:
             return self
+        if obj._v is not None:
+            return self.name in obj._v
         return _find(_el(obj), self.steps) is not None
 
     def __set__(self, obj, value):
+        events = obj._v
+        if events is not None:
+            if value:
+                events[self.name] = True
+                return
+            if self.name not in events:
+                return
         top = _el(obj)
         node = _find(top, self.steps)
         if value and node is None:
@@ -239,11 +276,22 @@ class Child:
     def __get__(self, obj, owner=None):
         if obj is None:
             return self
+        if obj._v is not None:
+            return obj._v.get(self.name)
         parent = _find(_el(obj), self.steps)
         node = None if parent is None else parent.find(self.cls.TAG)
         return None if node is None else self.cls(node=node)
 
     def __set__(self, obj, value):
+        events = obj._v
+        if events is not None and self.name not in events:
+            if value is None:
+                if _absent(obj, self):
+                    return
+            elif value._v is not None and value._p is None:
+                events[self.name] = value
+                value._p = weakref.ref(obj)
+                return
         parent = _find(_el(obj), self.steps)
         old = None if parent is None else parent.find(self.cls.TAG)
         if old is not None:
@@ -272,6 +320,11 @@ class Children:
     def __get__(self, obj, owner=None):
         if obj is None:
             return self
+        events = obj._v
+        if events is not None:
+            name = self.name
+            return [value for key, value in events.items()
+                    if key.__class__ is tuple and key[0] == name]
         parent = _find(_el(obj), self.steps)
         if parent is None:
             return []
@@ -291,11 +344,12 @@ class Children:
         if not isinstance(value, self.cls):
             raise TypeError('%s takes %s, not %s' % (
                 self.name, self.cls.__name__, type(value).__name__))
-        top, child = obj._n, value._n
-        if (top.__class__ is Node and child.__class__ is Node
-                and top.lx is None and child.lx is None):
-            # The builder's path: two new trees, no lxml anywhere.
-            _find(top, self.steps, True, obj._RANK).append(child)
+        events = obj._v
+        if events is not None and value._v is not None and value._p is None:
+            # Two new objects: one more event (keys never repeat: events
+            # only grow while lazy).
+            events[(self.name, len(events))] = value
+            value._p = weakref.ref(obj)
             return
         parent, child = _attach(obj, self.steps, value)
         parent.append(child)
@@ -304,18 +358,102 @@ class Children:
 _PROPERTY_TYPES = (Prop, Flag, Child, Children)
 
 
+def _absent(obj, prop):
+    """Whether setting ``prop`` (absent) to None leaves a lazy ``obj`` as it
+    is. It would not if it pruned an element a text property left blank."""
+    events = obj._v
+    if prop.name in events:
+        return False
+    return not prop.steps or not any(
+        name in events for name in obj._TWINS.get(prop.name, ()))
+
+
+def _lazy_safe(props):
+    """Whether every property of a class can be read from its own events:
+    no two write one place, none writes inside another's element."""
+    places = {}
+    for name, prop in props.items():
+        if isinstance(prop, (Child, Children)):
+            places[name] = prop.steps + (prop.cls.TAG,)
+        else:
+            places[name] = prop.steps
+    seen = set()
+    for name, prop in props.items():
+        if isinstance(prop, Prop):
+            if (prop.steps, prop.attr) in seen:
+                return False
+            seen.add((prop.steps, prop.attr))
+            continue
+        mine = places[name]
+        for other, place in places.items():
+            if other != name and place[:len(mine)] == mine:
+                return False
+    return True
+
+
+def _apply(top, cls, items, child):
+    """Lay out events (key, value) of a ``cls`` object on Node ``top`` as
+    the setters would have; ``child(value, tag)`` gives a child's Node."""
+    props, rank = cls._PROPS, cls._RANK
+    for key, value in items:
+        if key.__class__ is tuple:          # Children.append
+            prop = props[key[0]]
+            _find(top, prop.steps, True, rank).append(child(value, prop.cls.TAG))
+            continue
+        prop = props[key]
+        kind = prop.__class__
+        if kind is Prop:
+            _put(top, prop.steps, prop.attr, value, rank)
+        elif kind is Flag:
+            _find(top, prop.steps, True, rank)
+        else:                               # Child
+            _insert_ordered(_find(top, prop.steps, True, rank),
+                            child(value, prop.cls.TAG), rank)
+
+
+def _replay(obj, tag=None):
+    """Turn lazy ``obj`` and its children into Node trees; its Node."""
+    events = obj._v
+    obj._v = obj._p = None
+    top = obj._node = Node(obj.TAG)
+    _apply(top, obj.__class__, events.items(), _replay)
+    return top
+
+
+def _realize(obj):
+    """Replay the whole lazy tree ``obj`` belongs to (from its root, so
+    parents and views stay one tree)."""
+    root = obj
+    while root._p is not None:
+        parent = root._p()
+        if parent is None:
+            break
+        root = parent
+    dropped = root._p is not None
+    _replay(root)
+    if dropped:     # its parent object is gone: still a sub-element
+        Node('detached').append(root._node)
+
+
 class XMLObject:
     """Base of every model class: a view over one element named ``TAG``.
 
-    An object made from scratch holds a pure-Python ``xmlnode.Node`` until
-    something asks for ``node`` (an lxml element); a parsed one views the
-    lxml element it was parsed into.
+    An object made from scratch is lazy (events only, see the module
+    docstring) until something needs its tree, then holds a pure-Python
+    ``xmlnode.Node`` until something asks for ``node`` (an lxml element);
+    a parsed one views the lxml element it was parsed into.
     """
 
     TAG = None
     ORDER = ()          # customary order of child elements
     _RANK = {}          # ORDER as {tag: index}, per class
     _PROPS = {}         # declared properties by name, per class
+    _TWINS = {}         # name: text properties at the same element
+    _LAZY = False       # new objects start lazy (see _lazy_safe)
+    _LAYOUTS = {}       # xmltemplate's layouts, per class
+    _v = None           # events while lazy, else None
+    _p = None           # weakref to the lazy parent once added to one
+    _node = None        # the Node or lxml element once not lazy
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -326,10 +464,39 @@ class XMLObject:
                 if isinstance(value, _PROPERTY_TYPES):
                     props[name] = value
         cls._PROPS = props
+        cls._TWINS = {
+            name: tuple(other for other, twin in props.items()
+                        if other != name and isinstance(twin, Prop)
+                        and twin.attr is None and twin.steps == prop.steps)
+            for name, prop in props.items() if not isinstance(prop, Flag)}
+        cls._LAZY = cls.TAG is not None and _lazy_safe(props)
+        cls._LAYOUTS = {}
 
     def __init__(self, node=None, **values):
-        self._n = Node(self.TAG) if node is None else node
         props = self._PROPS
+        if node is None and self._LAZY:
+            self._v = events = {}
+            for name, value in values.items():
+                prop = props.get(name)
+                if (prop.__class__ is Prop and value is not None
+                        and events is not None):
+                    # Prop.__set__'s lazy path, inlined: the builder's
+                    # hottest loop.
+                    if prop.plain and value.__class__ is str:
+                        text = value
+                    else:
+                        text = prop.kind.to_xml(value)
+                    if not text.isprintable():
+                        xmlnode.check(text)
+                    events[name] = text
+                elif prop is None:
+                    raise AttributeError('%s has no XML property %r' % (
+                        type(self).__name__, name))
+                else:
+                    prop.__set__(self, value)
+                    events = self._v    # None if that needed the tree
+            return
+        self._node = Node(self.TAG) if node is None else node
         for name, value in values.items():
             try:
                 prop = props[name]
@@ -337,6 +504,29 @@ class XMLObject:
                 raise AttributeError('%s has no XML property %r' % (
                     type(self).__name__, name)) from None
             prop.__set__(self, value)
+
+    @property
+    def _n(self):
+        """The Node or lxml element (a lazy tree is replayed first)."""
+        if self._v is not None:
+            _realize(self)
+        return self._node
+
+    @_n.setter
+    def _n(self, value):
+        if self._v is not None:
+            _realize(self)
+        self._node = value
+
+    @classmethod
+    def event_kind(cls, key):
+        """What an event writes: xmltemplate.ATTR, TEXT, CHILD or None."""
+        if key.__class__ is tuple:
+            return xmltemplate.CHILD
+        prop = cls._PROPS[key]
+        if prop.__class__ is Prop:
+            return xmltemplate.ATTR if prop.attr else xmltemplate.TEXT
+        return None if prop.__class__ is Flag else xmltemplate.CHILD
 
     @property
     def node(self):
@@ -363,12 +553,16 @@ class XMLObject:
 
     def format(self):
         """A detached copy of the element."""
+        if self._v is not None:
+            return etree.fromstring(self.to_xml(pretty=False))
         node = _el(self)
         if node.__class__ is Node:
             return xmlnode.to_lxml(node)
         return copy.deepcopy(node)
 
     def to_xml(self, pretty=True):
+        if self._v is not None:
+            return xmltemplate.serialize(self, pretty, self._p is not None, _apply)
         node = _el(self)
         if node.__class__ is Node:
             return xmlnode.serialize(node, pretty)

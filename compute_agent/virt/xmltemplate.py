@@ -1,0 +1,138 @@
+"""Text templates for new model objects, so a guest is written without a tree.
+
+A model object built from scratch records what was set on it, in order
+(``xmlbase``: its *events*). Which elements, attributes and children that
+gives, and in which order, depends only on the class, the names set and
+their order, never on the values. So the first object of each shape is laid
+out once, as ``xmlnode.Node``s holding placeholder values, written by
+``xmlnode``'s own writer and cut at the placeholders into a ``%`` format;
+every later object of that shape is one dict lookup and one format. The
+text is therefore exactly what the Node tree of the same events would give.
+"""
+
+import re
+
+from compute_agent.virt import xmlnode
+from compute_agent.virt.xmlnode import Node
+
+# Placeholders no caller's text holds: characters the setters refuse
+# (xmlnode.check), so a value can never be mistaken for one.
+_VALUE = '\x01%d\x02'
+_CHILD = '\x03%d'
+_CUT = re.compile('\x01(\\d+)\x02|<\x03(\\d+)/>')
+
+ATTR, TEXT, CHILD = 0, 1, 2
+
+# Layouts kept per class; more shapes than this means something builds
+# objects in unbounded ways: start over rather than grow.
+_MAX_SHAPES = 256
+
+
+def _depths(node, depth, found):
+    """Depth at which ``xmlnode._write`` writes each placeholder child of
+    ``node`` (written at ``depth``)."""
+    if depth is not None and node.text is None:
+        depth += 1
+    else:       # not pretty, or mixed content: libxml2 stops indenting
+        depth = None
+    for child in node.children:
+        if child.tag[0] == '\x03':
+            found[int(child.tag[1:])] = depth
+        else:
+            _depths(child, depth, found)
+
+
+def _layout(obj, depth, apply):
+    layouts = obj.__class__._LAYOUTS
+    key = (tuple(obj._v), depth)
+    layout = layouts.get(key)
+    if layout is None:
+        if len(layouts) >= _MAX_SHAPES:
+            layouts.clear()
+        layout = layouts[key] = compile(obj.__class__, key[0], depth, apply)
+    return layout
+
+
+def compile(cls, keys, depth, apply):
+    """(format, slots) writing an object of ``cls`` whose events are
+    ``keys``, at ``depth`` (None: not pretty). ``apply(top, cls, items,
+    child)`` lays events out on a Node, as ``xmlbase`` replays them."""
+    kinds = {}
+    items = []
+    placeholders = []
+    for i, key in enumerate(keys):
+        kind = cls.event_kind(key)
+        kinds[i] = kind
+        items.append((key, _VALUE % i if kind != CHILD else i))
+    top = Node(cls.TAG)
+
+    def child(i, tag):
+        node = Node(tag)
+        placeholders.append((node, i))
+        return node
+    apply(top, cls, items, child)
+    for node, i in placeholders:     # laid out by its real tag, cut by index
+        node.tag = _CHILD % i
+    found = {}
+    _depths(top, depth, found)
+    out = []
+    xmlnode._write(top, out, [], depth)
+    pieces = _CUT.split(''.join(out))
+    fmt = [pieces[0].replace('%', '%%')]
+    slots = []
+    for j in range(1, len(pieces), 3):
+        value, child_i, literal = pieces[j:j + 3]
+        if value is not None:
+            i = int(value)
+            slots.append((keys[i], kinds[i], None))
+        else:
+            i = int(child_i)
+            slots.append((keys[i], CHILD, found[i]))
+        fmt.append(literal.replace('%', '%%'))
+    return '%s'.join(fmt), tuple(slots)
+
+
+def fill(obj, depth, values, apply):
+    """The text of ``obj`` (events in ``obj._v``) at ``depth``; its values
+    and its children's are appended to ``values`` for one escaping test."""
+    events = obj._v
+    fmt, slots = _layout(obj, depth, apply)
+    args = []
+    for name, kind, child_depth in slots:
+        value = events[name]
+        if kind == CHILD:
+            value = fill(value, child_depth, values, apply)
+        else:
+            values.append(value)
+        args.append(value)
+    return fmt % tuple(args)
+
+
+def fill_escaped(obj, depth, apply, ascii_top=False):
+    """``fill`` with every value escaped (rare: most values need none);
+    ``ascii_top``: lxml's quirk for a sub-element's own attributes."""
+    events = obj._v
+    fmt, slots = _layout(obj, depth, apply)
+    args = []
+    for name, kind, child_depth in slots:
+        value = events[name]
+        if kind == CHILD:
+            value = fill_escaped(value, child_depth, apply)
+        elif kind == ATTR:
+            value = xmlnode._escape_attr(value, ascii_top)
+        else:
+            value = xmlnode._escape_text(value)
+        args.append(value)
+    return fmt % tuple(args)
+
+
+def serialize(obj, pretty, attached, apply):
+    """What ``xmlnode.serialize`` writes for the Node tree of ``obj``."""
+    depth = 0 if pretty else None
+    values = []
+    text = fill(obj, depth, values, apply)
+    if attached:
+        text = fill_escaped(obj, depth, apply, ascii_top=True)
+    elif xmlnode._ATTR_SPECIAL('\0'.join(values)) is not None:
+        text = fill_escaped(obj, depth, apply)
+    return text + '\n' if pretty else text
