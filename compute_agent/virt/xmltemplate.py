@@ -22,6 +22,7 @@ _CHILD = '\x03%d'
 _CUT = re.compile('\x01(\\d+)\x02|<\x03(\\d+)/>')
 
 ATTR, TEXT, CHILD = 0, 1, 2
+OWN_ATTR = 3        # an attribute of the object's own element
 
 # Layouts kept per class; more shapes than this means something builds
 # objects in unbounded ways: start over rather than grow.
@@ -84,7 +85,10 @@ def compile(cls, keys, depth, apply):
         value, child_i, literal = pieces[j:j + 3]
         if value is not None:
             i = int(value)
-            slots.append((keys[i], kinds[i], None))
+            kind = kinds[i]
+            if kind == ATTR and not cls._PROPS[keys[i]].steps:
+                kind = OWN_ATTR
+            slots.append((keys[i], kind, None))
         else:
             i = int(child_i)
             slots.append((keys[i], CHILD, found[i]))
@@ -118,8 +122,10 @@ def fill_escaped(obj, depth, apply, ascii_top=False):
         value = events[name]
         if kind == CHILD:
             value = fill_escaped(value, child_depth, apply)
-        elif kind == ATTR:
+        elif kind == OWN_ATTR:
             value = xmlnode._escape_attr(value, ascii_top)
+        elif kind == ATTR:
+            value = xmlnode._escape_attr(value)
         else:
             value = xmlnode._escape_text(value)
         args.append(value)
