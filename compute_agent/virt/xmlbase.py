@@ -341,7 +341,7 @@ class Children:
             _prune(parent, _el(obj))
 
     def append(self, obj, value):
-        if not isinstance(value, self.cls):
+        if value.__class__ is not self.cls and not isinstance(value, self.cls):
             raise TypeError('%s takes %s, not %s' % (
                 self.name, self.cls.__name__, type(value).__name__))
         events = obj._v
@@ -451,6 +451,7 @@ class XMLObject:
     _TWINS = {}         # name: text properties at the same element
     _LAZY = False       # new objects start lazy (see _lazy_safe)
     _LAYOUTS = {}       # xmltemplate's layouts, per class
+    _PLAIN = frozenset()    # names of plain-text properties, per class
     _v = None           # events while lazy, else None
     _p = None           # weakref to the lazy parent once added to one
     _node = None        # the Node or lxml element once not lazy
@@ -470,11 +471,22 @@ class XMLObject:
                         and twin.attr is None and twin.steps == prop.steps)
             for name, prop in props.items() if not isinstance(prop, Flag)}
         cls._LAZY = cls.TAG is not None and _lazy_safe(props)
+        cls._PLAIN = frozenset(name for name, prop in props.items()
+                               if isinstance(prop, Prop) and prop.plain)
         cls._LAYOUTS = {}
 
     def __init__(self, node=None, **values):
         props = self._PROPS
         if node is None and self._LAZY:
+            # Usually every value is a printable str of a plain property:
+            # then the keyword dict is the events as it is (all tests in C).
+            if values.keys() <= self._PLAIN:
+                try:
+                    if ''.join(values.values()).isprintable():
+                        self._v = values
+                        return
+                except TypeError:       # a None or an int
+                    pass
             self._v = events = {}
             for name, value in values.items():
                 prop = props.get(name)
@@ -570,7 +582,7 @@ class XMLObject:
 
     def add(self, name, child):
         """Append ``child`` to the Children property ``name``."""
-        getattr(type(self), name).append(self, child)
+        self._PROPS[name].append(self, child)
         return child
 
     @classmethod
