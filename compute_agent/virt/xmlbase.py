@@ -504,6 +504,8 @@ class XMLObject:
                 elif prop is None:
                     raise AttributeError('%s has no XML property %r' % (
                         type(self).__name__, name))
+                elif prop.__class__ is Flag and value and events is not None:
+                    events[name] = True     # Flag.__set__'s lazy path
                 else:
                     prop.__set__(self, value)
                     events = self._v    # None if that needed the tree
