@@ -119,7 +119,16 @@ def fill(obj, depth, values, apply):
     for name, kind, child_depth in slots:
         value = events[name]
         if kind == CHILD:
-            value = fill(value, child_depth, values, apply)
+            # A child without children of its own (most are) is written
+            # here: a call less per device.
+            child = value._v
+            layout = value._LAYOUTS.get((tuple(child), child_depth))
+            if layout is not None and layout[2] is not None:
+                child = layout[2](child)
+                values.extend(child)
+                value = layout[0] % child
+            else:
+                value = fill(value, child_depth, values, apply)
         else:
             values.append(value)
         args.append(value)
