@@ -98,8 +98,12 @@ def compile(cls, keys, depth, apply):
     if all(kind != CHILD for _, kind, _ in slots):
         # itemgetter of one key gives the value, not a 1-tuple.
         names = [name for name, _, _ in slots]
-        get = (operator.itemgetter(*names) if len(names) > 1 else
-               lambda events, name=tuple(names): tuple(events[n] for n in name))
+        if len(names) > 1:
+            get = operator.itemgetter(*names)
+        elif names:
+            get = lambda events, name=names[0]: (events[name],)  # noqa: E731
+        else:
+            get = lambda events: ()  # noqa: E731
     return '%s'.join(fmt), tuple(slots), get
 
 
