@@ -44,8 +44,9 @@ class _Context:
         self.virt_type = self.lv.virt_type
         self.dir = os.path.join(opts.instances_path, instance['name'])
         # path() joins the builder's own file names (no slash in them):
-        # os.path.join's general case costs ~1 us a call, 8+ calls a guest.
-        self._dir_slash = os.path.join(self.dir, '')
+        # os.path.join's general case costs ~0.5 us a call, 8+ calls a
+        # guest. The name is validated (no slash), so dir never ends in one.
+        self._dir_slash = self.dir + '/'
         self.prefix, self.bus = blockinfo.disk_prefix_and_bus(opts)
         self.namer = blockinfo.DeviceNamer(
             self.prefix, blockinfo.claimed_by_block_device_info(self.bdi))
@@ -264,12 +265,14 @@ def _check_block_devices(ctx):
         seen[dev] = field
 
 def _file_disk(ctx, name, dev, bus=None, device='disk', fmt='raw'):
-    disk = config.Disk(type='file', device=device, source_file=ctx.path(name),
-                       target_dev=dev, target_bus=bus or ctx.bus)
-    if ctx.virt_type != 'uml':      # the UML driver takes no <driver>
-        disk.driver_name = 'qemu'
-        disk.driver_type = fmt
-        disk.driver_cache = ctx.lv.disk_cachemode
+    if ctx.virt_type == 'uml':      # the UML driver takes no <driver>
+        disk = config.Disk(type='file', device=device, source_file=ctx.path(name),
+                           target_dev=dev, target_bus=bus or ctx.bus)
+    else:
+        disk = config.Disk(type='file', device=device, driver_name='qemu',
+                           driver_type=fmt, driver_cache=ctx.lv.disk_cachemode,
+                           source_file=ctx.path(name), target_dev=dev,
+                           target_bus=bus or ctx.bus)
     if device == 'cdrom':
         disk.readonly = True
     return disk
@@ -308,20 +311,20 @@ def _disks(ctx, dom):
     ephemerals = ctx.bdi.get('ephemerals') or ()
     second = namer.nth(1)
     ephemeral_dev = None
+    fmt = _local_format(ctx)
     if (flavor.get('ephemeral_gb', 0) > 0 and namer.is_free(second)
             and not any(e['num'] == 0 for e in ephemerals)):
         ephemeral_dev = namer.claim(second)
-        ctx.files.append(DiskFile('disk.local', 'ephemeral', fmt=_local_format(ctx),
+        ctx.files.append(DiskFile('disk.local', 'ephemeral', fmt=fmt,
                                   size_bytes=flavor['ephemeral_gb'] * GiB))
-        dom.add_device(_file_disk(ctx, 'disk.local', ephemeral_dev,
-                                  fmt=_local_format(ctx)))
+        dom.add_device(_file_disk(ctx, 'disk.local', ephemeral_dev, fmt=fmt))
         ctx.devices['ephemeral'] = ephemeral_dev
 
     for eph in ephemerals:
         name, dev = 'disk.eph%d' % eph['num'], blockinfo.strip_dev(eph['device_name'])
-        ctx.files.append(DiskFile(name, 'ephemeral', fmt=_local_format(ctx),
+        ctx.files.append(DiskFile(name, 'ephemeral', fmt=fmt,
                                   size_bytes=eph['size'] * GiB))
-        dom.add_device(_file_disk(ctx, name, dev, fmt=_local_format(ctx)))
+        dom.add_device(_file_disk(ctx, name, dev, fmt=fmt))
         ctx.devices['ephemeral%d' % eph['num']] = dev
 
     swap = ctx.bdi.get('swap')
@@ -358,9 +361,9 @@ def volume_disk(conf, bdm, dev, bus, driver=None):
 
 
 def _swap(ctx, dom, dev, size_mb):
-    ctx.files.append(DiskFile('disk.swap', 'swap', fmt=_local_format(ctx),
-                              size_bytes=size_mb * MiB))
-    dom.add_device(_file_disk(ctx, 'disk.swap', dev, fmt=_local_format(ctx)))
+    fmt = _local_format(ctx)
+    ctx.files.append(DiskFile('disk.swap', 'swap', fmt=fmt, size_bytes=size_mb * MiB))
+    dom.add_device(_file_disk(ctx, 'disk.swap', dev, fmt=fmt))
     ctx.devices['swap'] = dev
 
 
