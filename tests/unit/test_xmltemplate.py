@@ -38,7 +38,7 @@ def test_every_guest_of_the_case_table_is_written_as_its_nodes(case):
     p = bf.PREFIX[virt_type]
     conf = bf.make_conf(virt_type, {'vnc.enabled': vnc,
                                     'libvirt.rng_dev_path': '/dev/urandom'})
-    plan = tb.plan_for(
+    plan = bf.plan_for(
         conf=conf, rescue=rescue, kernel_id=kernel, ramdisk_id=kernel and 'ramdisk-1',
         disk_format=fmt, config_drive=cd, flavor={'ephemeral_gb': 1, 'swap': 64},
         network_info=bf.all_vifs() if vifs else [],
