@@ -506,6 +506,33 @@ class XMLObject:
             return xmlnode.serialize(node, pretty)
         return etree.tostring(node, pretty_print=pretty, encoding='unicode')
 
+    def copy(self, **values):
+        """A new object like this one (not attached anywhere), ``values``
+        set on top: a new object's events are copied, any other's text is
+        parsed. The builder copies what every guest of a configuration
+        shares rather than making it again."""
+        events = self._v
+        if events is None:
+            twin = self.parse(self.format())
+        else:
+            twin = object.__new__(self.__class__)
+            twin._v = events = dict(events)
+            for key, value in events.items():
+                if value.__class__ is not str and value is not True:
+                    child = events[key] = value.copy()      # a child object
+                    child._p = weakref.ref(twin)
+            if (values and self._PLAIN.issuperset(values)
+                    and ''.join(values.values()).isprintable()):
+                events.update(values)       # as __init__'s first test
+                return twin
+        for name, value in values.items():
+            prop = self._PROPS.get(name)
+            if prop is None:
+                raise AttributeError('%s has no XML property %r' % (
+                    type(self).__name__, name))
+            prop.__set__(twin, value)
+        return twin
+
     def add(self, name, child):
         """Append ``child`` to the Children property ``name``."""
         self._PROPS[name].append(self, child)
