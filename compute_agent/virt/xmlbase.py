@@ -376,6 +376,7 @@ class XMLObject:
     _LAZY = False       # new objects start lazy (see _lazy_safe)
     _LAYOUTS = {}       # xmltemplate's layouts, per class
     _PLAIN = frozenset()    # names of plain-text properties, per class
+    _LEAF = True        # no Child/Children properties
     _v = None           # events while lazy, else None
     _p = None           # weakref to the lazy parent once added to one
     _node = None        # the Node or lxml element once not lazy
@@ -398,6 +399,8 @@ class XMLObject:
         cls._PLAIN = frozenset(name for name, prop in props.items()
                                if isinstance(prop, Prop) and prop.plain)
         cls._LAYOUTS = {}
+        cls._LEAF = not any(isinstance(prop, (Child, Children))
+                            for prop in props.values())
 
     def __init__(self, node=None, **values):
         props = self._PROPS
@@ -514,6 +517,12 @@ class XMLObject:
         events = self._v
         if events is None:
             twin = self.parse(self.format())
+        elif (self._LEAF and self._PLAIN.issuperset(values)
+                and ''.join(values.values()).isprintable()):
+            # The usual case, as __init__'s first test: one dict.
+            twin = object.__new__(self.__class__)
+            twin._v = {**events, **values}
+            return twin
         else:
             twin = object.__new__(self.__class__)
             twin._v = events = dict(events)
@@ -521,10 +530,6 @@ class XMLObject:
                 if value.__class__ is not str and value is not True:
                     child = events[key] = value.copy()      # a child object
                     child._p = weakref.ref(twin)
-            if (values and self._PLAIN.issuperset(values)
-                    and ''.join(values.values()).isprintable()):
-                events.update(values)       # as __init__'s first test
-                return twin
         for name, value in values.items():
             prop = self._PROPS.get(name)
             if prop is None:
