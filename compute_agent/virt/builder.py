@@ -58,8 +58,12 @@ class _Host:
             self.cpu = _cpu(lv, vt)
         if self.hvm or vt == 'xen':
             self.clock = config.Clock(offset=lv.clock_offset)
-        self.graphics = _graphics(opts, vt)
-        self.extras = _hvm_extras(lv) if self.hvm else ()
+        # virtlogd writes the pty's output to the log and rotates it, so a
+        # guest cannot fill the disk (virt/console.py); QEMU's pty alone
+        # drops output while no client is attached.
+        self.console = (config.Serial(type='pty', log_file='', log_append=True)
+                        if self.hvm else config.Console(type='pty'))
+        self.devices = _graphics(opts, vt) + (_hvm_extras(lv) if self.hvm else ())
         self.balloon = (config.MemBalloon(model='virtio', stats_period=10)
                         if lv.mem_balloon else config.MemBalloon(model='none'))
 
@@ -135,10 +139,12 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
     dom.os = _os(ctx)
     if host.hvm and ctx.lv.hw_machine_type:
         dom.os.machine = ctx.lv.hw_machine_type
-    for name in ('features', 'cpu', 'clock'):
-        shared = getattr(host, name)
-        if shared is not None:
-            setattr(dom, name, shared.copy())
+    if host.features is not None:
+        dom.features = host.features.copy()
+    if host.cpu is not None:
+        dom.cpu = host.cpu.copy()
+    if host.clock is not None:
+        dom.clock = host.clock.copy()
 
     if ctx.virt_type == 'lxc':
         _lxc_root(ctx, dom)
@@ -158,7 +164,7 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
         firewall.decorate(ctx.opts, iface, vif)   # anti-spoofing, security rules
 
     _consoles(ctx, dom)
-    for device in host.graphics + host.extras:
+    for device in host.devices:
         dom.add_device(device.copy())
     if host.hvm:
         # Without an explicit element libvirt adds a balloon anyway.
@@ -273,9 +279,9 @@ def _check_block_devices(ctx):
     Each device name may be used once, never for the root disk unless a
     volume is the root, and only with this guest's disk prefix (its bus).
     """
-    if ctx.virt_type == 'lxc':
-        return      # lxc guests get no disks from block_device_info
     bdi = ctx.bdi
+    if not bdi or ctx.virt_type == 'lxc':
+        return      # lxc guests get no disks from block_device_info
     root = blockinfo.strip_dev(bdi.get('root_device_name')) or ctx.namer.nth(0)
     named = [('block_device_info.ephemerals[%d].device_name' % i,
               e['device_name'], False)
@@ -458,14 +464,10 @@ def _config_drive(ctx, dom):
 # --- consoles, graphics and the rest -----------------------------------------
 
 def _consoles(ctx, dom):
-    if ctx.virt_type in HVM_TYPES:
-        # virtlogd writes the pty's output to the log and rotates it, so a
-        # guest cannot fill the disk (virt/console.py); QEMU's pty alone
-        # drops output while no client is attached.
-        dom.add_device(config.Serial(type='pty', log_file=ctx.path(console.CONSOLE_LOG),
-                                     log_append=True))
+    if ctx.host.hvm:    # the pty logged to a file (_Host)
+        dom.add_device(ctx.host.console.copy(log_file=ctx.path(console.CONSOLE_LOG)))
     else:
-        dom.add_device(config.Console(type='pty'))
+        dom.add_device(ctx.host.console.copy())
 
 
 def _graphics(opts, virt_type):

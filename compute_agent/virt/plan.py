@@ -39,8 +39,9 @@ class DiskFile:
     def __init__(self, name, kind, fmt='raw', size_bytes=0, image_id=None):
         # A frozen dataclass's own __init__ sets each field through
         # object.__setattr__ (0.8 us; the builder makes ~6 a guest).
-        self.__dict__.update(name=name, kind=kind, fmt=fmt,
-                             size_bytes=size_bytes, image_id=image_id)
+        fields = self.__dict__
+        fields['name'], fields['kind'], fields['fmt'] = name, kind, fmt
+        fields['size_bytes'], fields['image_id'] = size_bytes, image_id
 
 
 @dataclasses.dataclass

@@ -517,8 +517,9 @@ class XMLObject:
         events = self._v
         if events is None:
             twin = self.parse(self.format())
-        elif (self._LEAF and self._PLAIN.issuperset(values)
-                and ''.join(values.values()).isprintable()):
+        elif self._LEAF and (not values or (
+                self._PLAIN.issuperset(values)
+                and ''.join(values.values()).isprintable())):
             # The usual case, as __init__'s first test: one dict.
             twin = object.__new__(self.__class__)
             twin._v = {**events, **values}
