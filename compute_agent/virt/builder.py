@@ -39,13 +39,16 @@ class _Host:
         self.hvm = vt in HVM_TYPES
         self.prefix, self.bus = blockinfo.disk_prefix_and_bus(opts)
         self.root_fmt = 'qcow2' if opts.use_cow_images else 'raw'
-        # Every file disk: _file_disk sets the rest (the UML driver
-        # takes no <driver>).
-        driver = {} if vt == 'uml' else {
-            'driver_name': 'qemu', 'driver_type': 'raw',
-            'driver_cache': lv.disk_cachemode}
-        self.disk = config.Disk(type='file', device='disk', **driver,
-                                source_file='', target_dev='')
+        # A file disk of each format: _file_disk sets the rest (the UML
+        # driver takes no <driver>).
+        self.disks = {
+            fmt: config.Disk(type='file', device='disk', **(
+                {} if vt == 'uml' else {'driver_name': 'qemu', 'driver_type': fmt,
+                                        'driver_cache': lv.disk_cachemode}),
+                source_file='', target_dev='', target_bus=self.bus)
+            for fmt in ('raw', 'qcow2')}
+        # The instance directory is this + its (checked, slash-free) name.
+        self.instances_dir = os.path.join(opts.instances_path, '')
         self.sysinfo = None
         if self.hvm and lv.sysinfo_serial:
             self.sysinfo = config.SysInfo(type='smbios')
@@ -84,7 +87,7 @@ class _Context:
         self.rescue = rescue
         self.rescue_image_meta = rescue_image_meta
         self.virt_type = host.virt_type
-        self.dir = os.path.join(host.opts.instances_path, instance['name'])
+        self.dir = host.instances_dir + instance['name']
         # path() joins the builder's own file names (no slash in them):
         # os.path.join's general case costs ~0.5 us a call, 8+ calls a
         # guest. The name is validated (no slash), so dir never ends in one.
@@ -309,10 +312,11 @@ def _check_block_devices(ctx):
         seen[dev] = field
 
 def _file_disk(ctx, name, dev, bus=None, device='disk', fmt='raw'):
-    disk = ctx.host.disk.copy(device=device, source_file=ctx.path(name),
-                              target_dev=dev, target_bus=bus or ctx.bus)
-    if ctx.virt_type != 'uml':
-        disk.driver_type = fmt
+    disk = ctx.host.disks[fmt].copy(source_file=ctx.path(name), target_dev=dev)
+    if bus:
+        disk.target_bus = bus
+    if device != 'disk':
+        disk.device = device
     if device == 'cdrom':
         disk.readonly = True
     return disk
