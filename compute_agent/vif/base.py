@@ -159,10 +159,10 @@ class VifDriver(abc.ABC):
         return details if isinstance(details, dict) else {}
 
     def base_interface(self, vif, virt_type, kind):
-        iface = config.Interface(type=kind, mac=vif['address'].lower())
         if virt_type in ('kvm', 'qemu'):
-            iface.model = 'virtio'
-        return iface
+            return config.Interface(type=kind, mac=vif['address'].lower(),
+                                    model='virtio')
+        return config.Interface(type=kind, mac=vif['address'].lower())
 
 
 class TapVifDriver(VifDriver):

@@ -134,9 +134,9 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
     flavor = instance['flavor']
     host = ctx.host
     dom = config.Domain(type=ctx.virt_type, name=instance['name'],
-                        uuid=instance['uuid'], memory_unit='KiB',
-                        memory_kib=flavor['memory_mb'] * 1024,
-                        vcpus=flavor['vcpus'])
+                        uuid=instance['uuid'], memory_unit='KiB')
+    dom.memory_kib = flavor['memory_mb'] * 1024
+    dom.vcpus = flavor['vcpus']
     if host.sysinfo is not None:
         dom.sysinfo = _sysinfo(host, instance)
     dom.os = _os(ctx)

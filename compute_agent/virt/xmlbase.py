@@ -403,7 +403,6 @@ class XMLObject:
                             for prop in props.values())
 
     def __init__(self, node=None, **values):
-        props = self._PROPS
         if node is None and self._LAZY:
             # Usually every value is a printable str of a plain property:
             # then the keyword dict is the events as it is (all tests in C).
@@ -415,6 +414,7 @@ class XMLObject:
                 except TypeError:       # a None or an int
                     pass
             self._v = events = {}
+            props = self._PROPS
             for name, value in values.items():
                 prop = props.get(name)
                 if (prop.__class__ is Prop and value is not None
@@ -438,6 +438,7 @@ class XMLObject:
                     events = self._v    # None if that needed the tree
             return
         self._node = Node(self.TAG) if node is None else node
+        props = self._PROPS
         for name, value in values.items():
             try:
                 prop = props[name]
