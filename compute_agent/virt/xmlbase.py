@@ -1,20 +1,26 @@
 """Declarative mapping between Python objects and libvirt XML.
 
-Every model object is a thin view over an lxml element: properties read and
-write the element directly, so parsing and formatting are one declaration,
-and whatever the model does not describe (elements libvirt adds in
-``virsh dumpxml``) survives a parse/edit/format cycle untouched.
+Each model class declares where its values live (``Prop``, ``Flag``,
+``Child``, ``Children``) as a small subset of XPath relative to its element:
+``@attr``, ``a/b``, ``a/b/@attr`` and ``.`` (the element's own text). An
+object is in one of two modes:
 
-Paths are a small subset of XPath relative to the object's element:
-``@attr``, ``a/b``, ``a/b/@attr`` and ``.`` (the element's own text).
+* **new** (``_v`` is its events): made from scratch, as the builder makes
+  ~25 objects and ~80 values a guest and only wants the text. It holds no
+  element, only what was set or added, in order; properties read the
+  events and ``to_xml`` writes them through per-shape text templates
+  (``xmltemplate``).
+* **tree** (``_node``): a view over an element; properties read and write
+  the element, so what the model does not describe (what libvirt adds in
+  ``virsh dumpxml``) survives a parse/edit/format cycle. A parsed object is
+  one from the start (lxml). A new object becomes one when something needs
+  a tree (a removal, ``.node``, RelaxNG, an lxml part): the events of its
+  whole tree are replayed into pure-Python ``xmlnode.Node``s
+  (``_realize``), which become lxml elements when ``.node`` is asked for.
 
-An object made from scratch starts *lazy*: no element at all, just its
-events (what was set or added, in order: ``_v``), because the builder makes
-~25 objects per guest, sets ~80 values and only wants the text.
-``xmltemplate`` writes that text from the events. Whatever else needs the
-tree (a removal, ``.node``, ``_n``, a parsed part) first replays the events
-of the whole tree into ``xmlnode.Node``s (``_realize``); that replay does
-exactly what setting them on Nodes would have done, so the two agree.
+The replay does what the setters do on a tree, and each template is cut
+from the text of such a replay, so both modes write the same bytes
+(tests/unit/test_xmltemplate.py).
 """
 
 import copy
@@ -292,9 +298,10 @@ def _absent(obj, prop):
         name in events for name in obj._TWINS.get(prop.name, ()))
 
 
-def _lazy_safe(props):
-    """Whether every property of a class can be read from its own events:
-    no two write one place, none writes inside another's element."""
+def _check_places(cls, props):
+    """Refuse a class whose properties cannot be read from their own
+    events: two writing one place, or one writing inside another's
+    element."""
     places = {}
     for name, prop in props.items():
         if isinstance(prop, (Child, Children)):
@@ -305,14 +312,15 @@ def _lazy_safe(props):
     for name, prop in props.items():
         if isinstance(prop, Prop):
             if (prop.steps, prop.attr) in seen:
-                return False
+                raise TypeError('%s.%s: another property writes %s'
+                                % (cls.__name__, name, prop.path))
             seen.add((prop.steps, prop.attr))
             continue
         mine = places[name]
         for other, place in places.items():
             if other != name and place[:len(mine)] == mine:
-                return False
-    return True
+                raise TypeError('%s.%s writes inside %s\'s element'
+                                % (cls.__name__, other, name))
 
 
 def _apply(top, cls, items, child):
@@ -360,20 +368,14 @@ def _realize(obj):
 
 
 class XMLObject:
-    """Base of every model class: a view over one element named ``TAG``.
-
-    An object made from scratch is lazy (events only, see the module
-    docstring) until something needs its tree, then holds a pure-Python
-    ``xmlnode.Node`` until something asks for ``node`` (an lxml element);
-    a parsed one views the lxml element it was parsed into.
-    """
+    """Base of every model class: one element named ``TAG``, new or a tree
+    (see the module docstring)."""
 
     TAG = None
     ORDER = ()          # customary order of child elements
     _RANK = {}          # ORDER as {tag: index}, per class
     _PROPS = {}         # declared properties by name, per class
     _TWINS = {}         # name: text properties at the same element
-    _LAZY = False       # new objects start lazy (see _lazy_safe)
     _LAYOUTS = {}       # xmltemplate's layouts, per class
     _PLAIN = frozenset()    # names of plain-text properties, per class
     _LEAF = True        # no Child/Children properties
@@ -395,7 +397,7 @@ class XMLObject:
                         if other != name and isinstance(twin, Prop)
                         and twin.attr is None and twin.steps == prop.steps)
             for name, prop in props.items() if not isinstance(prop, Flag)}
-        cls._LAZY = cls.TAG is not None and _lazy_safe(props)
+        _check_places(cls, props)
         cls._PLAIN = frozenset(name for name, prop in props.items()
                                if isinstance(prop, Prop) and prop.plain)
         cls._LAYOUTS = {}
@@ -403,7 +405,7 @@ class XMLObject:
                             for prop in props.values())
 
     def __init__(self, node=None, **values):
-        if node is None and self._LAZY:
+        if node is None:
             # Usually every value is a printable str of a plain property:
             # then the keyword dict is the events as it is (all tests in C).
             if self._PLAIN.issuperset(values):
@@ -437,7 +439,7 @@ class XMLObject:
                     prop.__set__(self, value)
                     events = self._v    # None if that needed the tree
             return
-        self._node = Node(self.TAG) if node is None else node
+        self._node = node
         props = self._PROPS
         for name, value in values.items():
             try:
