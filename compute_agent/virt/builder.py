@@ -194,11 +194,11 @@ def _os(ctx):
     if vt == 'uml':
         return config.OS(type='uml', kernel='/usr/bin/linux',
                          root='/dev/' + ctx.root_dev)
-    os_ = config.OS(type='linux' if vt == 'xen' else 'hvm')
+    values = {'type': 'linux' if vt == 'xen' else 'hvm'}    # one OS() call
     if vt == 'xen':
-        os_.root = '/dev/' + ctx.root_dev
+        values['root'] = '/dev/' + ctx.root_dev
     if ctx.virt_type in HVM_TYPES and ctx.lv.sysinfo_serial:
-        os_.smbios_mode = 'sysinfo'
+        values['smbios_mode'] = 'sysinfo'
 
     inst = ctx.instance
     if ctx.rescue:
@@ -209,21 +209,22 @@ def _os(ctx):
         kernel_id, ramdisk_id, suffix = (inst.get('kernel_id'),
                                          inst.get('ramdisk_id'), '')
     if kernel_id:
-        os_.kernel = ctx.path('kernel' + suffix)
+        values['kernel'] = ctx.path('kernel' + suffix)
         ctx.files.append(DiskFile('kernel' + suffix, 'kernel' + suffix,
                                   image_id=kernel_id))
         if ramdisk_id:
-            os_.initrd = ctx.path('ramdisk' + suffix)
+            values['initrd'] = ctx.path('ramdisk' + suffix)
             ctx.files.append(DiskFile('ramdisk' + suffix, 'ramdisk' + suffix,
                                       image_id=ramdisk_id))
         # The seed gave the rescue kernel no command line; without
         # console=ttyS0 a rescued guest's console log stays empty.
-        os_.cmdline = ('ro' if vt == 'xen' else
-                       'root=/dev/%s console=ttyS0' % ctx.root_dev)
+        cmdline = ('ro' if vt == 'xen' else
+                   'root=/dev/%s console=ttyS0' % ctx.root_dev)
         extra = _extra_cmdline(ctx)
-        if extra:
-            os_.cmdline += ' ' + extra
-    elif vt in HVM_TYPES:
+        values['cmdline'] = cmdline + ' ' + extra if extra else cmdline
+        return config.OS(**values)
+    os_ = config.OS(**values)
+    if vt in HVM_TYPES:
         # A xen PV guest boots through its kernel or bootloader, never a
         # <boot dev> (the seed wrote one; libvirt ignores it).
         iso = ctx.rescue_is_iso if ctx.rescue else ctx.root_is_iso
