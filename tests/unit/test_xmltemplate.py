@@ -75,3 +75,24 @@ def test_a_shape_is_laid_out_once_and_reused():
     layouts = dict(config.Disk._LAYOUTS)
     assert disk('/b%').to_xml() == first.replace('/a', '/b%')
     assert config.Disk._LAYOUTS == layouts
+
+
+def test_a_copy_is_new_and_its_own():
+    info = config.SysInfo(type='smbios')
+    info.add('system', config.SysInfoEntry(name='serial', value='a'))
+    twin = info.copy(type='other')
+    twin.system[0].value = 'b'
+    assert info.to_xml() == ('<sysinfo type="smbios">\n  <system>\n'
+                             '    <entry name="serial">a</entry>\n  </system>\n</sysinfo>\n')
+    assert twin._v is not None and twin.to_xml() == (
+        info.to_xml().replace('smbios', 'other').replace('>a<', '>b<'))
+    parsed = config.Disk.parse('<disk type="file"><target dev="vda"/></disk>')
+    assert parsed.copy(target_dev='vdb').to_xml(pretty=False) == (
+        '<disk type="file"><target dev="vdb"/></disk>')
+    disk = config.Disk(type='file')
+    assert disk.copy(boot_order=2, readonly=True).to_xml(pretty=False) == (
+        '<disk type="file"><boot order="2"/><readonly/></disk>')
+    with pytest.raises(AttributeError):
+        disk.copy(no_such=1)
+    with pytest.raises(ValueError):
+        disk.copy(target_dev='a\x01')
