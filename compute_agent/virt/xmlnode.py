@@ -1,12 +1,14 @@
 """A pure-Python element for model objects built from scratch.
 
 An lxml element costs a libxml2 document and a call into C for each
-attribute; the builder makes ~60 of them per guest and throws them away
-after formatting. ``Node`` has just the part of lxml's element API that
-``xmlbase`` uses, and ``serialize`` writes it exactly as lxml's
-``tostring`` would. ``materialize`` turns a tree into lxml elements (one
-parse) when something needs a real element (RelaxNG, ``.node``); each Node
-then points at its lxml twin so views made before stay live.
+attribute; a guest has ~60 elements. A new object's tree is made of Nodes
+when something needs one (``xmlbase``: until then it is only events, and
+``xmltemplate`` writes its text through this module's writer). ``Node``
+has just the part of lxml's element API that ``xmlbase`` uses, and
+``serialize`` writes it exactly as lxml's ``tostring`` would.
+``materialize`` turns a tree into lxml elements (one parse) when something
+needs a real element (RelaxNG, ``.node``); each Node then points at its
+lxml twin so views made before stay live.
 """
 
 import re

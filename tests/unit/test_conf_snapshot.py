@@ -77,3 +77,31 @@ def test_builder_sees_a_changed_configuration():
     assert second.domain.disks[0].driver_cache == 'writeback'
     assert first.domain.cpu.mode == 'host-model'
     assert second.domain.cpu.mode == 'host-passthrough'
+
+
+def test_derived_is_made_once_until_the_configuration_changes():
+    conf = bf.make_conf('kvm')
+    made = []
+
+    def make(opts):
+        made.append(opts.libvirt.cpu_mode)
+        return object()
+    first = snap_mod.derived(conf, make)
+    assert snap_mod.derived(conf, make) is first and made == [None]
+    conf.set_override('cpu_mode', 'host-passthrough', 'libvirt')
+    assert snap_mod.derived(conf, make) is not first
+    assert made == [None, 'host-passthrough']
+
+
+def test_guests_of_one_configuration_share_no_model_object():
+    """The builder copies what a configuration's guests share: editing one
+    guest's copy leaves the next guest as it was."""
+    conf = bf.make_conf('kvm', {'vnc.enabled': True})
+    request = bf.make_request()
+    first = bf.build(conf, request)
+    expected = first.domain.to_xml()
+    first.domain.graphics[0].keymap = 'de'
+    first.domain.disks[0].driver_cache = 'unsafe'
+    first.domain.sysinfo.add('system', first.domain.sysinfo.system[0].copy(value='x'))
+    first.domain.features.pae = True
+    assert bf.build(conf, request).domain.to_xml() == expected
