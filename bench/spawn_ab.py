@@ -4,7 +4,7 @@ Not a test. A development aid for changes to the spawn path: on a shared
 host a whole ``spawn.py`` run moves by 5-10 % with the load from elsewhere,
 more than the change being judged. This starts one real agent from this
 checkout and one from another (``--other``, a checkout with its own
-``.venv``, e.g. ``git worktree add /tmp/base integ13`` + ``pip install
+``.venv``, e.g. ``git worktree add /tmp/base <commit>`` + ``pip install
 -e``), each set up exactly as ``spawn.py`` sets up its agent, and times
 ``--n`` rounds of three spawns, in an order shuffled per round: this
 agent, the other agent, and the floor (``spawn.py``'s by-hand spawn). Each
