@@ -10,7 +10,7 @@ in-flight work finishes, the rest stays queued), reloads on SIGHUP.
 import logging
 import signal
 import sys
-import threading
+import time
 
 from oslo_config import cfg
 
@@ -23,6 +23,8 @@ from compute_agent.cmd import common
 from compute_agent.conf import unknown
 
 LOG = logging.getLogger('compute_agent')
+# s between the main loop's looks at the signals it was sent
+SIGNAL_POLL = 0.25
 
 
 def load_config(argv, conf=None):
@@ -56,33 +58,40 @@ def main(argv=None):
     unknown.warn_unknown(conf)
     from compute_agent.service import Service     # after logging is set up
     service = Service(conf)
-    stop = threading.Event()
+    signals = []
 
-    def on_term(signum, _frame):
-        LOG.info('signal %d: stopping', signum)
-        stop.set()
+    def on_signal(signum, _frame):
+        # Only an append: a handler runs in the main thread between two of
+        # its bytecodes, so taking a lock here (Event.set, logging,
+        # oslo.config) deadlocks when the main thread holds that lock at
+        # that moment (seen: Event.set while Event.wait held its condition,
+        # and the agent never stopped). The main loop does the work.
+        signals.append(signum)
 
-    def on_hup(_signum, _frame):
-        LOG.info('SIGHUP: reloading configuration and logging')
-        conf.mutate_config_files()
-        setup_logging(conf)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGHUP, on_hup)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     try:
         service.start()
     except Exception:
         LOG.exception('failed to start')
         return 1
-    while not stop.wait(1.0):
+    while True:
+        time.sleep(SIGNAL_POLL)
+        while signals:
+            signum = signals.pop(0)
+            if signum == signal.SIGHUP:
+                LOG.info('SIGHUP: reloading configuration and logging')
+                conf.mutate_config_files()
+                setup_logging(conf)
+                continue
+            LOG.info('signal %d: stopping', signum)
+            service.stop()
+            LOG.info('stopped')
+            return 0
         if service.server.error is not None:
             LOG.error('RPC server gave up: %s', service.server.error)
             service.stop(0)
             return 1
-    service.stop()
-    LOG.info('stopped')
-    return 0
 
 
 if __name__ == '__main__':
