@@ -29,7 +29,7 @@ TIMED = [
     ('compute_agent.journal', 'Journal.save_instance',
      '    journal: record + report (fsync)'),
     ('compute_agent.virt.driver', 'LibvirtDriver.spawn', '  driver.spawn'),
-    ('compute_agent.virt.driver', 'LibvirtDriver._create_files',
+    ('compute_agent.virt.planfiles', 'PlanFiles._create_files',
      '    files'),
     ('compute_agent.images.cache', 'ImageCache.fetch',
      '      image cache lookups'),
@@ -140,7 +140,7 @@ def timeline(calls, window):
     cast) each step started and ended, matched by worker thread."""
     t0, t1 = window
     steps = [_label(p) for p in (
-        'LibvirtDriver._create_files', 'virConnect.defineXML',
+        'PlanFiles._create_files', 'virConnect.defineXML',
         'virDomain.create', 'LibvirtDriver.get_power_state')]
     define = _label('virConnect.defineXML')
     spawns = sorted((w, w + d, tid) for w, d, tid in
