@@ -17,12 +17,12 @@ import pytest
 
 try:
     from tests.functional.guest_fixture import test_guest  # noqa: F401
-    from tests.functional.test_driver import (  # noqa: F401
+    from tests.functional.driver_fixtures import (  # noqa: F401
         IMAGE_META, driver, env, events, inst_dir, make_instance, planner,
         wait_console)
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from guest_fixture import test_guest  # noqa: F401
-    from test_driver import (  # noqa: F401
+    from driver_fixtures import (  # noqa: F401
         IMAGE_META, driver, env, events, inst_dir, make_instance, planner,
         wait_console)
 
