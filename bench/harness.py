@@ -1,5 +1,6 @@
 """What the benchmarks that drive a real agent share: the percentile they
-print and the run that always tears its agent down."""
+print, the run that always tears its agent down, and the error of a run
+that failed (not a missed target)."""
 
 import contextlib
 import os
@@ -8,6 +9,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'tests' / 'functional'))
+
+
+class Failed(Exception):
+    """The run failed: no numbers (exit status 2), not a missed target."""
 
 
 def pct(values, p):

@@ -69,35 +69,22 @@ import time
 import uuid
 
 import spawn_breakdown
-from procstat import cpu_s
+from harness import Failed
+from spawn_floor import LIBVIRT_URI
+from spawn_floor import Floor
+from spawn_report import report
 from procstat import libvirtd_pids
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 URL = 'rabbit://guest:guest@localhost:5672/'
-LIBVIRT_URI = 'qemu:///system'
 WORK_ROOT = os.environ.get('CA_BENCH_WORKDIR', '/var/lib/compute-agent-bench')
 CACHE = os.environ.get('CA_TEST_CACHE', '/var/tmp/compute-agent-test-cache')
 AGENT = os.path.join(REPO, '.venv', 'bin', 'compute-agent')
 QEMU_LOG_DIR = '/var/log/libvirt/qemu'
 
-TARGET_RATIO = 1.03
-TARGET_FSYNCS = 3
-TARGET_BURST = 3.0
-TARGET_FETCHES = 1
 REPORT_TIMEOUT = 180
-
-
-class Failed(Exception):
-    pass
-
-
-def pct(values, p):
-    """Nearest-rank percentile (p95 of 10 samples is the largest)."""
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, int(-(-p * len(s) // 100)) - 1))
-    return s[k]
 
 
 # ------------------------------------------------------------ image store
@@ -140,7 +127,7 @@ class Store:
 
 # ------------------------------------------------------------------ bench
 
-class Bench:
+class Bench(Floor):
 
     def __init__(self, args):
         self.args = args
@@ -356,109 +343,6 @@ server_listen = 127.0.0.1
         with open(out) as f:
             return sum(1 for line in f if 'journal.sqlite' in line)
 
-    # --------------------------------------------------------- floor
-
-    def spawn_floor(self, name, t0=None, conn=None):
-        """The floor: the agent's spawn work done directly, on ``conn``
-        (default: the benchmark's connection). Returns (seconds from t0
-        (default: the start of this call) to RUNNING, the domain, the
-        instance dir); the guest is left running."""
-        import libvirt
-
-        from compute_agent.images.cache import ImageCache
-        from compute_agent.virt import builder
-        from compute_agent.virt import configdrive
-        inst, meta = self.request(name)
-        plan = builder.build(self.conf, inst, meta, [], None)
-        xml = plan.domain.to_xml()     # not timed: the agent's XML
-        cache = ImageCache(self.conf)
-        base = {f.name: cache.path_for(f.image_id) for f in plan.files
-                if f.image_id}
-        d = plan.instance_dir
-        if t0 is None:
-            t0 = time.perf_counter()
-        os.mkdir(d, 0o755)
-        for f in plan.files:
-            path = os.path.join(d, f.name)
-            if f.kind == 'root':
-                subprocess.run(
-                    ['qemu-img', 'create', '-q', '-f', 'qcow2', '-b',
-                     base[f.name], '-F', 'qcow2', path], check=True)
-            elif f.kind == 'config':
-                configdrive.build_config_drive(path, inst, [])
-            else:                       # kernel, ramdisk
-                os.link(base[f.name], path)
-        dom = (conn or self.libvirt()).createXML(xml, 0)
-        deadline = time.monotonic() + 60
-        while dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
-            if time.monotonic() > deadline:
-                raise Failed('floor guest %s not RUNNING within 60s'
-                             % inst['name'])
-            time.sleep(0.001)
-        return time.perf_counter() - t0, dom, d
-
-    def libvirt(self):
-        """The benchmark's own libvirt connection, reopened if libvirtd
-        restarted meanwhile."""
-        import libvirt
-        with self.conn_lock:
-            try:
-                alive = self.conn is not None and self.conn.isAlive() == 1
-            except libvirt.libvirtError:
-                alive = False
-            if not alive:
-                self.conn = libvirt.open(LIBVIRT_URI)
-            return self.conn
-
-    def destroy_floor(self, dom, d):
-        import libvirt
-        try:
-            dom.destroy()
-        except libvirt.libvirtError:
-            pass
-        shutil.rmtree(d, ignore_errors=True)
-
-    def floor_once(self, name):
-        """One floor spawn; also records the CPU libvirtd and the new QEMU
-        spent to start the guest (nothing else runs meanwhile)."""
-        lv0 = cpu_s(libvirtd_pids())
-        elapsed, dom, d = self.spawn_floor(name)
-        with open('/run/libvirt/qemu/%s.pid' % dom.name()) as f:
-            qemu = int(f.read())
-        self.start_cpu.append(cpu_s([qemu]) + cpu_s(libvirtd_pids()) - lv0)
-        self.destroy_floor(dom, d)
-        return elapsed
-
-    def floor_burst(self, count):
-        """``count`` floor spawns at once, one thread and one libvirt
-        connection each (libvirtd runs at most 5 calls of one connection at
-        a time); seconds from the start to each one RUNNING."""
-        import libvirt
-        results, errors = [None] * count, []
-        conns = [libvirt.open(LIBVIRT_URI) for _ in range(count)]
-        t0 = time.perf_counter()
-
-        def one(i):
-            try:
-                results[i] = self.spawn_floor('fc%d' % i, t0, conns[i])
-            except Exception as e:  # noqa: BLE001
-                errors.append(e)
-        threads = [threading.Thread(target=one, args=(i,), daemon=True)
-                   for i in range(count)]
-        self.floor_threads = threads
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for r in results:
-            if r is not None:
-                self.destroy_floor(*r[1:])
-        for c in conns:
-            c.close()
-        if errors:
-            raise Failed('floor burst: %s' % errors[0])
-        return sorted(r[0] for r in results)
-
     # -------------------------------------------------------- the run
 
     def run(self):
@@ -619,89 +503,8 @@ server_listen = 127.0.0.1
                     os.rmdir(WORK_ROOT)
 
 
-def loadavg():
-    with open('/proc/loadavg') as f:
-        return ' '.join(f.read().split()[:3])
-
-
 def log(msg):
     print('bench/spawn: %s' % msg, file=sys.stderr, flush=True)
-
-
-def report(res, args):
-    ms = lambda s: '%.0f ms' % (s * 1000)      # noqa: E731
-    a50, a95 = statistics.median(res['agent']), pct(res['agent'], 95)
-    f50, f95 = statistics.median(res['floor']), pct(res['floor'], 95)
-    ratio = a50 / f50
-    burst_ratio = res['burst'] / a50
-    start_cpu = statistics.median(res['start_cpu'])
-    # No agent can start N guests faster than the host's CPUs can do the
-    # libvirtd + QEMU work of N starts (guests booting meanwhile only add).
-    bound = args.concurrent * start_cpu / os.cpu_count()
-    nb = len(res['bursts'])
-    med = ' (median of %d)' % nb if nb > 1 else ''
-    rows = [
-        ('agent cast->active p50 / p95 (n=%d)' % len(res['agent']),
-         '%s / %s' % (ms(a50), ms(a95)), '', ''),
-        ('floor by hand p50 / p95 (n=%d)' % len(res['floor']),
-         '%s / %s' % (ms(f50), ms(f95)), '', ''),
-        ('ratio agent p50 / floor p50', '%.3fx' % ratio,
-         '<= %.2fx' % TARGET_RATIO, ratio <= TARGET_RATIO),
-        ('  (agent - floor, median of the paired runs)',
-         '%+.0f ms' % (statistics.median(
-             x - y for x, y in zip(res['agent'], res['floor'])) * 1000),
-         '', ''),
-        ('  (agent CPU per spawn, own + qemu-img, p50)',
-         ms(statistics.median(res['agent_cpu'])), '', ''),
-        ('journal fsyncs per spawn (strace)',
-         'n/a (no strace)' if res['fsyncs'] is None else str(res['fsyncs']),
-         '<= %d' % TARGET_FSYNCS,
-         res['fsyncs'] is not None and res['fsyncs'] <= TARGET_FSYNCS),
-        ('%d concurrent spawns, wall time%s' % (args.concurrent, med),
-         ms(res['burst']), '', ''),
-        ('  vs one spawn p50', '%.2fx' % burst_ratio,
-         '<= %.0fx' % TARGET_BURST, burst_ratio <= TARGET_BURST),
-        ('  (floor: %d at once by hand, wall time%s)' % (args.concurrent,
-                                                          med),
-         ms(res['floor_burst']), '', ''),
-        ('  (floor burst vs floor p50)', '%.2fx' % (res['floor_burst'] / f50),
-         '', ''),
-        ('  (agent burst vs floor burst)',
-         '%.2fx' % (res['burst'] / res['floor_burst']), '', ''),
-        ('  (libvirtd + QEMU CPU to start one guest, p50)', ms(start_cpu),
-         '', ''),
-        ('  (CPU bound: %d x that / %d CPUs, vs one spawn p50)' % (
-            args.concurrent, os.cpu_count()),
-         '%s = %.2fx' % (ms(bound), bound / a50), '', ''),
-        ('%d concurrent spawns of an uncached image: '
-         'fetches' % args.concurrent, str(res['fetches']),
-         '== %d' % TARGET_FETCHES, res['fetches'] == TARGET_FETCHES),
-        ('  (their wall time)', ms(res['uncached_burst']), '', ''),
-    ]
-    w = max(len(r[0]) for r in rows)
-    print('%-*s  %15s  %9s  %s' % (w, 'measure', 'value', 'target', ''))
-    print('-' * (w + 34))
-    for name, value, target, ok in rows:
-        verdict = '' if ok == '' else ('PASS' if ok else 'MISS')
-        print('%-*s  %15s  %9s  %s' % (w, name, value, target, verdict))
-    print()
-    print('agent samples (ms): %s' % ' '.join(
-        '%.0f' % (t * 1000) for t in res['agent']))
-    print('floor samples (ms): %s' % ' '.join(
-        '%.0f' % (t * 1000) for t in res['floor']))
-    for i, each in enumerate(res['bursts']):
-        print('agent burst %d, each spawn.end after (ms): %s' % (
-            i + 1, ' '.join('%.0f' % (t * 1000) for t in each)))
-    for i, each in enumerate(res['floor_bursts']):
-        print('floor burst %d, each RUNNING after (ms):   %s' % (
-            i + 1, ' '.join('%.0f' % (t * 1000) for t in each)))
-    print('_base files of the uncached image: %s' % (
-        ', '.join(res['base_files']) or 'none'))
-    print('load average at the end: %s (%d CPUs)' % (loadavg(),
-                                                     os.cpu_count()))
-    for note in res['notes']:
-        print('NOTE: ' + note)
-    return all(ok for *_, ok in rows if ok != '')
 
 
 def main():

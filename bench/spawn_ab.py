@@ -27,6 +27,7 @@ import statistics
 import sys
 
 import spawn
+import spawn_report
 
 
 def bootstrap(diffs, rounds=2000, seed=1):
@@ -100,7 +101,7 @@ def main():
         args.n, med['this'] * 1000, med['other'] * 1000, med['floor'] * 1000))
     print('ratio p50 / floor p50: this %.3fx, other %.3fx (target <= %.2fx)'
           % (med['this'] / med['floor'], med['other'] / med['floor'],
-             spawn.TARGET_RATIO))
+             spawn_report.TARGET_RATIO))
     for a, b in (('this', 'floor'), ('other', 'floor'), ('this', 'other')):
         d = [(x - y) * 1000 for x, y in zip(samples[a], samples[b])]
         lo, hi = bootstrap(d)
