@@ -27,10 +27,12 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import spawn as spawn_bench  # noqa: E402
+from harness import pct  # noqa: E402
 
 RULES = [{'direction': 'ingress', 'ethertype': 'IPv4', 'protocol': 'tcp',
           'port_range_min': 22, 'port_range_max': 22,
@@ -65,7 +67,7 @@ def main():
                             'ips': [{'address': '10.77.0.%d' % (10 + i)}]}]},
                        'filter': flt}
                 bench.events.pop(inst['uuid'], None)
-                t0 = spawn_bench.time.perf_counter()
+                t0 = time.perf_counter()
                 bench.client.spawn(inst, meta, network_info=[vif], cast=True)
                 got = bench.wait_event([inst['uuid']], 'spawn.end', 'active')
                 times[kind].append(got[inst['uuid']] - t0)
@@ -82,7 +84,7 @@ def main():
     print('%-8s %8s %8s %8s' % ('kind', 'p50 s', 'p95 s', 'ratio'))
     for kind, values in times.items():
         print('%-8s %8.3f %8.3f %8.2f' % (
-            kind, statistics.median(values), spawn_bench.pct(values, 95),
+            kind, statistics.median(values), pct(values, 95),
             statistics.median(values) / base))
     added = statistics.median(times['rules']) - base
     print('agent part (prepare + teardown) p50 %.3f s = %.0f %% of the %.3f s '
@@ -115,10 +117,10 @@ def measure_agent_part(conf, n):
                    'network': {'subnets': [{'cidr': '10.77.0.0/24',
                                             'ips': [{'address': '10.77.0.9'}]}]},
                    'filter': KINDS['rules']}
-            t0 = spawn_bench.time.perf_counter()
+            t0 = time.perf_counter()
             fw.prepare({}, [vif])
             fw.teardown({}, [vif])
-            values.append(spawn_bench.time.perf_counter() - t0)
+            values.append(time.perf_counter() - t0)
     finally:
         conn.close()
     return statistics.median(values)

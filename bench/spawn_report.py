@@ -3,17 +3,12 @@
 import os
 import statistics
 
+from harness import pct
+
 TARGET_RATIO = 1.03
 TARGET_FSYNCS = 3
 TARGET_BURST = 3.0
 TARGET_FETCHES = 1
-
-
-def pct(values, p):
-    """Nearest-rank percentile (p95 of 10 samples is the largest)."""
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, int(-(-p * len(s) // 100)) - 1))
-    return s[k]
 
 
 def loadavg():
