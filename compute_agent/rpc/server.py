@@ -326,8 +326,7 @@ class RPCServer:
         if self._stop.is_set():
             return  # not started: left unacked, requeued when we close
         try:
-            request = envelope.parse_request(
-                envelope.loads(message.body, self.limits), self.limits)
+            request = envelope.decode_request(message.body, self.limits)
         except envelope.DecodeError as e:
             # The body could hold anything: its size is all that is logged.
             self._dead_letter(tag, 'Undecodable message of %d bytes '
