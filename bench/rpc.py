@@ -124,7 +124,8 @@ def _our_conf(topic, host):
     conf.set_override('host', host)
     conf.set_override('state_path', tempfile.mkdtemp(prefix='bench-'))
     conf.set_override('topic', topic, group='rpc')
-    conf.set_override('prefetch_count', 200, group='rpc')
+    # prefetch_count as deployed: its default (the raw responder's window
+    # below is the same, 200).
     return conf
 
 

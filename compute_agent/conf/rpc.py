@@ -58,9 +58,13 @@ opts = [
     cfg.IntOpt('heartbeat', default=60, min=0,
                deprecated_opts=_old('heartbeat_timeout_threshold'),
                help='AMQP heartbeat timeout in seconds; 0 disables.'),
-    cfg.IntOpt('prefetch_count', default=64, min=1,
+    cfg.IntOpt('prefetch_count', default=200, min=1,
                help='Unacknowledged messages the broker may hand the agent '
-                    'at once.'),
+                    'at once. A message is acknowledged only once its '
+                    'outcome is on disk, so this window bounds the casts '
+                    'in flight across a journal commit, and with it cast '
+                    'throughput; the agent may hold up to this many times '
+                    'max_message_bytes of request bodies.'),
     cfg.FloatOpt('reconnect_interval', default=1.0, min=0.0,
                  deprecated_opts=_old('rabbit_retry_interval',
                                       ('DEFAULT', 'rabbit_retry_interval')),

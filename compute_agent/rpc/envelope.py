@@ -52,6 +52,20 @@ def loads(body, limits=None):
     message and is its own payload. With ``limits`` (a ``limits.Limits``),
     a body too large or nested too deep to decode is a DecodeError too.
     """
+    return _loads(body, limits)[0]
+
+
+def decode_request(body, limits):
+    """``parse_request(loads(body, limits), limits)``; a payload whose text
+    is too small and plain to break a limit (``limits.within``) is not
+    walked value by value."""
+    payload, text = _loads(body, limits)
+    return parse_request(payload, limits,
+                         walk=not limits_mod.within(text, limits))
+
+
+def _loads(body, limits):
+    """(inner payload, its JSON text)."""
     try:
         limits_mod.check_size(body, limits)
         if isinstance(body, (bytes, bytearray, memoryview)):
@@ -64,7 +78,7 @@ def loads(body, limits=None):
     if not isinstance(outer, dict):
         raise DecodeError('body is not a JSON object')
     if VERSION_KEY not in outer or MESSAGE_KEY not in outer:
-        return outer
+        return outer, body
     version = outer[VERSION_KEY]
     if _major(version) != _major(ENVELOPE_VERSION):
         raise DecodeError('unsupported envelope version %s'
@@ -80,7 +94,7 @@ def loads(body, limits=None):
         raise DecodeError('oslo.message is not JSON: %s' % e) from None
     if not isinstance(payload, dict):
         raise DecodeError('oslo.message is not a JSON object')
-    return payload
+    return payload, inner
 
 
 def _major(version):
@@ -130,7 +144,7 @@ class Request:
         return bool(self.msg_id and self.reply_q)
 
 
-def parse_request(payload, limits=None):
+def parse_request(payload, limits=None, walk=True):
     """Inner payload -> Request. DecodeError when there is no method at all.
 
     A present but malformed field (args not an object) decodes fine and is
@@ -139,7 +153,8 @@ def parse_request(payload, limits=None):
     rest of the agent would choke on is replaced: a hostile method name by
     a short escaped rendering, an id that cannot be encoded by None (no
     dedup; no reply when it is the reply queue), such context entries left
-    out.
+    out. ``walk=False``: the payload is known to be within the value
+    limits (``limits.within``); only its names are checked.
     """
     method = payload.get('method')
     if not isinstance(method, str) or not method:
@@ -160,8 +175,8 @@ def parse_request(payload, limits=None):
         context=unflatten_context(payload),
     )
     if limits is not None:
-        found = _long_name(payload, limits) or limits_mod.problem(payload,
-                                                                  limits)
+        found = _long_name(payload, limits) or (
+            limits_mod.problem(payload, limits) if walk else None)
         if found is not None:
             request.problem = exception.InvalidRequest(*found)
             _make_safe(request, limits)

@@ -89,7 +89,7 @@ class RPCServer:
         self._lazy_max = max(1, conf.rpc.prefetch_count // 2)
         # (since, (uid, method, instance_uuid)) of started requests, oldest
         # first: a 'running' row is written only for a request still running
-        # _RUNNING_FLUSH s after it started (see _due_running).
+        # _RUNNING_FLUSH s after it started (commits.due_running).
         self._running_rows = []
         self._settle = jobs.Settlement()
         self._connected = False
@@ -326,8 +326,7 @@ class RPCServer:
         if self._stop.is_set():
             return  # not started: left unacked, requeued when we close
         try:
-            request = envelope.parse_request(
-                envelope.loads(message.body, self.limits), self.limits)
+            request = envelope.decode_request(message.body, self.limits)
         except envelope.DecodeError as e:
             # The body could hold anything: its size is all that is logged.
             self._dead_letter(tag, 'Undecodable message of %d bytes '
@@ -514,7 +513,7 @@ class RPCServer:
             for job in keyed for msg_id, reply_q in job.replies]
         self._lazy, self._keyed = [], []
         jobs_ = keyed + [job for job, _ in lazy]
-        due, self._running_rows = self._due_running(
+        due, self._running_rows = commits.due_running(
             running, {j.uid for j in jobs_},
             None if wait or self._stop.is_set() else now - _RUNNING_FLUSH)
         confirmed, dropped = self.publisher.take_settled()
@@ -528,33 +527,6 @@ class RPCServer:
         if wait:
             self._committer.wait_idle()
             self._settle_commits()
-
-    @staticmethod
-    def _due_running(running, finished, cutoff):
-        """Split the buffered 'running' rows: (rows to write now, rows
-        kept). Rows of ``finished`` requests are dropped (their outcome
-        row replaces them); of the rest, those started before ``cutoff``
-        (all when None) are due.
-
-        Why not all: in a burst of casts many requests (10-17 % in
-        bench/rpc.py) were still running when the group before them
-        committed, and each such row cost one more random b-tree write
-        (the row, then its outcome over it): a group commit of 100
-        outcomes with 100 of them took ~1.5x as long (bench/README.rst).
-        A request that ran shorter than _RUNNING_FLUSH s and was cut off
-        by a crash leaves no row: its redelivery runs it again either way
-        (a 'running' row is never an outcome), only the start-up warning
-        does not count it.
-        """
-        due, kept = [], []
-        for since, row in running:
-            if row[0] in finished:
-                continue
-            if cutoff is None or since <= cutoff:
-                due.append(row)
-            else:
-                kept.append((since, row))
-        return due, kept
 
     def _answer_now(self, job):
         """Reply to a read-only request before its outcome is recorded."""

@@ -1,6 +1,7 @@
 """The journal: outcomes, outbox, instances; thread safety; pruning."""
 
 import json
+import sqlite3
 import threading
 import time
 
@@ -49,6 +50,33 @@ def test_a_group_larger_than_one_insert(journal):
         'done', 'running', 'done']
     assert journal.lookup('u0')['method'] == 'm'
     assert journal.lookup('u%d' % (n - 1))['result'] == n - 1
+
+
+def test_a_group_of_outcomes_alone_is_one_synced_commit(tmp_path, journal):
+    """Outcomes only (a burst of casts): one statement, committed and
+    fsynced by itself, as durable as a transaction; a group needing more
+    statements is still one transaction, all or nothing."""
+    before = journal.synced_commits
+    journal.record(done=[('c%d' % i, 'm', 'i', 'null', None)
+                         for i in range(INSERT_CHUNK)])
+    assert journal.synced_commits == before + 1
+    other = sqlite3.connect(journal.path)
+    try:
+        assert other.execute("SELECT count(*) FROM requests WHERE status ="
+                             " 'done'").fetchone()[0] == INSERT_CHUNK
+        # Held by another connection: the journal's two-statement
+        # transaction cannot write, so none of its rows land.
+        other.execute('BEGIN IMMEDIATE')
+        journal._db.execute('PRAGMA busy_timeout=50')
+        with pytest.raises(sqlite3.OperationalError):
+            journal.record(done=[('d%d' % i, 'm', 'i', 'null', None)
+                                 for i in range(INSERT_CHUNK + 1)])
+        other.execute('ROLLBACK')
+    finally:
+        other.close()
+    assert journal.lookup('d0') is None
+    assert journal.lookup('d%d' % INSERT_CHUNK) is None
+    assert journal.synced_commits == before + 1
 
 
 def test_forget_running(journal):

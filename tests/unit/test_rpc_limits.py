@@ -17,10 +17,13 @@ LIMITS = limits.Limits(max_bytes=64 * 1024, max_depth=8, max_string=1000,
                        max_key=40, max_items=500)
 
 
-def _request(payload, lim=LIMITS):
+def _request(payload, lim=LIMITS, ascii=True):
+    """As the server decodes a request (``decode_request``: the walk only
+    when the text is not plainly within the limits)."""
     body = json.dumps({'oslo.version': '2.0',
-                       'oslo.message': json.dumps(payload)})
-    return envelope.parse_request(envelope.loads(body, lim), lim)
+                       'oslo.message': json.dumps(payload,
+                                                  ensure_ascii=ascii)})
+    return envelope.decode_request(body, lim)
 
 
 def _nested(depth):
@@ -73,9 +76,10 @@ def test_json_too_deep_to_decode_is_a_decode_error(outer):
      'lone surrogate'),
     ({'method': 'ping', 'args': {'\ud800': 1}}, 'args', 'lone surrogate'),
 ])
+@pytest.mark.parametrize('ascii', [True, False])
 def test_past_a_limit_is_invalid_naming_field_and_limit(payload, field,
-                                                         words):
-    request = _request(payload)
+                                                         words, ascii):
+    request = _request(payload, ascii=ascii)
     problem = request.problem
     assert isinstance(problem, exception.InvalidRequest)
     assert problem.field == field
@@ -114,6 +118,38 @@ def test_a_clean_request_has_no_problem():
 def test_a_paired_surrogate_is_fine():
     assert _request({'method': 'ping', 'args': {'a': '\U0001F600'}}
                     ).problem is None
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=60),
+    lambda inner: st.lists(inner, max_size=8) | st.dictionaries(
+        st.text(max_size=60), inner, max_size=8),
+    max_leaves=60)
+
+
+@settings(max_examples=500)
+@given(_JSON, st.booleans(), st.integers(min_value=0, max_value=3))
+def test_within_never_passes_what_the_walk_refuses(value, ascii, quotes):
+    """The text-only check is an over-estimate: whenever it says the text
+    is within the limits, the walk finds nothing (tight limits, so that
+    generated values cross them)."""
+    lim = limits.Limits(max_depth=4, max_string=50, max_key=12,
+                        max_items=40)
+    text = json.dumps({'k"' * quotes: value}, ensure_ascii=ascii)
+    if limits.within(text, lim):
+        assert limits.problem(json.loads(text), lim) is None
+
+
+def test_a_plain_request_is_within_the_limits():
+    """What makes the walk rare: an ordinary request passes the text
+    check (its long strings are values, within max_string_length)."""
+    text = envelope.pack(envelope.build_request(
+        'spawn', {'instance': {'uuid': 'u' * 36, 'name': 'vm-1'},
+                  'network_info': [{'id': str(i)} for i in range(20)]},
+        context={'request_id': 'req-' + 'r' * 36}))['oslo.message']
+    assert limits.within(text, limits.Limits())
+    assert not limits.within(text.replace('vm-1', 'vm-\\ud800'),
+                             limits.Limits())
 
 
 def test_walk_is_iterative_and_bounded():
