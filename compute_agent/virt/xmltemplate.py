@@ -56,9 +56,11 @@ def _layout(obj, depth, apply):
 
 
 def compile(cls, keys, depth, apply):
-    """(format, slots, getter) writing an object of ``cls`` whose events are
-    ``keys``, at ``depth`` (None: not pretty). ``apply(top, cls, items,
-    child)`` lays events out on a Node, as ``xmlbase`` replays them."""
+    """(format, slots, getter, mixed) writing an object of ``cls`` whose
+    events are ``keys``, at ``depth`` (None: not pretty): ``getter`` when
+    every slot is a value, else ``mixed`` = (values' getter, children's
+    (slot index, key, depth)). ``apply(top, cls, items, child)`` lays
+    events out on a Node, as ``xmlbase`` replays them."""
     kinds = {}
     items = []
     placeholders = []
@@ -94,17 +96,25 @@ def compile(cls, keys, depth, apply):
             i = int(child_i)
             slots.append((keys[i], CHILD, found[i]))
         fmt.append(literal.replace('%', '%%'))
-    get = None
-    if all(kind != CHILD for _, kind, _ in slots):
-        # itemgetter of one key gives the value, not a 1-tuple.
-        names = [name for name, _, _ in slots]
-        if len(names) > 1:
-            get = operator.itemgetter(*names)
-        elif names:
-            get = lambda events, name=names[0]: (events[name],)  # noqa: E731
-        else:
-            get = lambda events: ()  # noqa: E731
-    return '%s'.join(fmt), tuple(slots), get
+    names = [name for name, kind, _ in slots if kind != CHILD]
+    get = _getter(names)
+    if len(names) == len(slots):
+        return '%s'.join(fmt), tuple(slots), get, None
+    # Values and children: the values still in one C call, the children
+    # put in at their places (ascending, so each index is final).
+    kids = tuple((pos, name, child_depth)
+                 for pos, (name, kind, child_depth) in enumerate(slots)
+                 if kind == CHILD)
+    return '%s'.join(fmt), tuple(slots), None, (get, kids)
+
+
+def _getter(names):
+    """``names``' values of an events dict, as a tuple, in one C call."""
+    if len(names) > 1:
+        return operator.itemgetter(*names)
+    if names:       # itemgetter of one key gives the value, not a 1-tuple
+        return lambda events, name=names[0]: (events[name],)  # noqa: E731
+    return lambda events: ()  # noqa: E731
 
 
 def fill(obj, depth, values, apply):
@@ -114,28 +124,27 @@ def fill(obj, depth, values, apply):
     layout = obj._LAYOUTS.get((tuple(events), depth))
     if layout is None:
         layout = _layout(obj, depth, apply)
-    fmt, slots, get = layout
+    fmt, _, get, mixed = layout
     if get is not None:         # values only: fetched in one C call
         args = get(events)
         values.extend(args)
         return fmt % args
-    args = []
-    for name, kind, child_depth in slots:
+    get, kids = mixed
+    args = list(get(events))
+    values.extend(args)
+    for pos, name, child_depth in kids:
         value = events[name]
-        if kind == CHILD:
-            # A child without children of its own (most are) is written
-            # here: a call less per device.
-            child = value._v
-            layout = value._LAYOUTS.get((tuple(child), child_depth))
-            if layout is not None and layout[2] is not None:
-                child = layout[2](child)
-                values.extend(child)
-                value = layout[0] % child
-            else:
-                value = fill(value, child_depth, values, apply)
+        # A child without children of its own (most are) is written here:
+        # a call less per device.
+        child = value._v
+        layout = value._LAYOUTS.get((tuple(child), child_depth))
+        if layout is not None and layout[2] is not None:
+            child = layout[2](child)
+            values.extend(child)
+            value = layout[0] % child
         else:
-            values.append(value)
-        args.append(value)
+            value = fill(value, child_depth, values, apply)
+        args.insert(pos, value)
     return fmt % tuple(args)
 
 
@@ -143,7 +152,7 @@ def fill_escaped(obj, depth, apply, ascii_top=False):
     """``fill`` with every value escaped (rare: most values need none);
     ``ascii_top``: lxml's quirk for a sub-element's own attributes."""
     events = obj._v
-    fmt, slots, _ = _layout(obj, depth, apply)
+    fmt, slots, _, _ = _layout(obj, depth, apply)
     args = []
     for name, kind, child_depth in slots:
         value = events[name]
