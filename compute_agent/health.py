@@ -42,7 +42,8 @@ class Health:
         a hung libvirtd delays nothing but its own gauge)."""
         try:
             self.outbox = self.journal.outbox_count()
-            METRICS.set_instance_counts(self.journal.count_by_vm_state())
+            if METRICS.enabled:     # the gauge is all the count is for
+                METRICS.set_instance_counts(self.journal.count_by_vm_state())
         except Exception:  # noqa: BLE001 - the journal is closing
             LOG.debug('journal unavailable for the gauges', exc_info=True)
         METRICS.broker_connected.set(1 if self.server.connected else 0)

@@ -1,19 +1,22 @@
 """Prometheus metrics ([metrics] enabled): what the agent did and how fast.
 
-Counters and histograms are always kept (they are cheap); the HTTP endpoint
-is only served when enabled: ``/metrics`` for Prometheus and ``/healthz``
-(200 while the agent's own loops are alive, 503 otherwise; a JSON body
-saying the broker and libvirt state). A private registry keeps tests
-independent.
+Served over HTTP only when enabled: ``/metrics`` for Prometheus and
+``/healthz`` (200 while the agent's own loops are alive, 503 otherwise; a
+JSON body saying the broker and libvirt state). A private registry keeps
+tests independent.
+
+The process-wide ``METRICS`` keeps counters, histograms and gauges once
+``enable`` ran: the service calls it before anything is counted when
+``[metrics] enabled`` (``serve`` and ``render`` call it too). Until then
+every metric is a stand-in that counts nothing: with the endpoint off
+nobody can read a value, and prometheus_client (with the http/wsgi modules
+it imports and the metric objects: ~1.3 MB, bench/scale.py) stays unloaded.
 """
 
-import http.server
 import json
 import re
 import socket
 import threading
-
-import prometheus_client as prom
 
 # Label values that come from requests (method names) are kept only when
 # short and plain; anything else is "other", so a sender can neither grow
@@ -34,6 +37,29 @@ _MAX_LABEL_SETS = 100
 _MAX_CACHED = 1000
 
 
+class _Unkept:
+    """Every metric before ``Metrics.enable``: takes any label and value,
+    keeps nothing."""
+
+    def labels(self, *_labels, **_kwargs):
+        return self
+
+    def inc(self, amount=1):
+        pass
+
+    def observe(self, amount):
+        pass
+
+    def set(self, value):
+        pass
+
+    def clear(self):
+        pass
+
+
+_UNKEPT = _Unkept()
+
+
 def labelled(metric, *labels):
     """``metric.labels(*labels)`` without its cost on the hot path.
 
@@ -43,6 +69,8 @@ def labelled(metric, *labels):
     without bound. Labels as given are looked up first (the common case:
     a known method), in a cache that stops growing at _MAX_CACHED.
     """
+    if metric is _UNKEPT:
+        return metric
     child = _CHILDREN.get((metric, labels))
     if child is None:
         child = _bounded(metric, tuple(bounded_label(label)
@@ -62,10 +90,35 @@ def _bounded(metric, labels):
     return child
 
 
+_NAMES = ('received', 'acked', 'rejected', 'latency', 'dropped', 'reconnects',
+          'instances', 'broker_connected', 'libvirt_connected', 'outbox_depth')
+
+
 class Metrics:
-    def __init__(self):
-        self.registry = prom.CollectorRegistry()
-        r = self.registry
+    def __init__(self, kept=True):
+        self.registry = None
+        for name in _NAMES:
+            setattr(self, name, _UNKEPT)
+        self._server = None
+        self._lock = threading.Lock()
+        if kept:
+            self.enable()
+
+    @property
+    def enabled(self):
+        """Whether values are kept (``enable`` ran)."""
+        return self.registry is not None
+
+    def enable(self):
+        """Keep values from now on (idempotent); call it before the threads
+        that count start."""
+        with self._lock:
+            if self.registry is None:
+                self._create()
+
+    def _create(self):
+        import prometheus_client as prom
+        r = prom.CollectorRegistry()
         self.received = prom.Counter(
             'compute_agent_messages_received', 'Requests received, by method',
             ['method'], registry=r)
@@ -101,7 +154,7 @@ class Metrics:
         self.outbox_depth = prom.Gauge(
             'compute_agent_outbox_depth',
             'Messages waiting in the on-disk outbox for the broker', registry=r)
-        self._server = None
+        self.registry = r          # last: ``enabled`` once all exist
 
     def set_instance_counts(self, counts):
         """The gauge from {vm_state: number of instances}."""
@@ -115,9 +168,8 @@ class Metrics:
         ``health()`` returns the /healthz dict; its ``alive`` key picks the
         status code. Without it /healthz is 404.
         """
-        cls = (_HTTPServer6 if ':' in address
-               else http.server.ThreadingHTTPServer)
-        server = cls((address, port), _handler(self, health))
+        self.enable()
+        server = _server_class(address)((address, port), _handler(self, health))
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name='metrics-http',
                          daemon=True).start()
@@ -131,14 +183,26 @@ class Metrics:
             self._server = None
 
     def render(self):
+        import prometheus_client as prom
+        self.enable()
         return prom.generate_latest(self.registry).decode()
 
 
-class _HTTPServer6(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6
+def _server_class(address):
+    import http.server
+    if ':' not in address:
+        return http.server.ThreadingHTTPServer
+
+    class HTTPServer6(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+    return HTTPServer6
 
 
 def _handler(metrics, health):
+    import http.server
+
+    import prometheus_client as prom
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             path = self.path.split('?', 1)[0]
@@ -165,4 +229,5 @@ def _handler(metrics, health):
     return Handler
 
 
-METRICS = Metrics()
+# The agent's: kept once the service enables it (see the module docstring).
+METRICS = Metrics(kept=False)

@@ -35,6 +35,8 @@ class Service:
     def __init__(self, conf, driver=None):
         from compute_agent.virt import driver as driver_mod
         self.conf = conf
+        if conf.metrics.enabled:
+            METRICS.enable()      # before anything counts: see metrics.py
         self.journal = journal_mod.Journal(conf.state_path)
         self.publisher = publisher_mod.Publisher(self.journal, conf)
         self.notifier = notifier_mod.Notifier(self.journal, conf)

@@ -7,6 +7,8 @@ and test_systemd.py run the real agent.
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -233,3 +235,29 @@ def test_metrics_listen_on_loopback_by_default():
     conf = agent_conf.register_all(cfg.ConfigOpts())
     conf([], default_config_files=[])
     assert conf.metrics.listen_address == '127.0.0.1'
+
+
+def test_the_agent_loads_prometheus_client_only_when_metrics_are_kept():
+    """With [metrics] disabled (the default) no value can be read, so the
+    agent's METRICS keeps none and prometheus_client stays unloaded
+    (bench/scale.py: ~1.3 MB); enable() keeps them from then on."""
+    code = '''
+import sys
+from compute_agent import service  # noqa: F401 - what the agent imports
+from compute_agent import metrics
+assert 'prometheus_client' not in sys.modules, 'loaded at import'
+m = metrics.METRICS
+assert not m.enabled and m.registry is None
+metrics.labelled(m.received, 'ping').inc()
+m.latency.labels('spawn', 'success').observe(0.1)
+m.set_instance_counts({'active': 1})
+assert 'prometheus_client' not in sys.modules, 'loaded by counting'
+m.enable()
+metrics.labelled(m.received, 'ping').inc()
+text = m.render()
+assert 'compute_agent_messages_received_total{method="ping"} 1.0' in text, text
+print('ok')
+'''
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr
