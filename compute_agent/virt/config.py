@@ -5,8 +5,6 @@ Pure mechanism: what a guest should contain is decided by
 in libvirt's XML (see ``xmlbase`` for how a declaration reads and writes).
 """
 
-import weakref
-
 from compute_agent.virt.xmlbase import Child, Children, Flag, Int, OnOff, Prop
 from compute_agent.virt.xmlbase import XMLObject, YesNo
 
@@ -308,13 +306,6 @@ class Domain(XMLObject):
             if not isinstance(device, MemBalloon):
                 raise KeyError(type(device))    # not a device class
             self.memballoon = device
-            return device
-        events = self._v
-        if events is not None and device._v is not None and device._p is None:
-            # Children.append's lazy path (two new objects), inlined: a
-            # guest adds ~10 devices.
-            events[(prop.name, len(events))] = device
-            device._p = weakref.ref(self)
             return device
         prop.append(self, device)
         return device
