@@ -37,7 +37,6 @@ except ImportError:
         _not_found, assert_left_nothing_on_source, last_heartbeat, spawn_guest)
 
 
-
 @pytest.fixture(scope='module')
 def hosts(test_guest, tmp_path_factory):
     """Two hosts whose agents have pause points in ``hosts.pauses``."""
@@ -69,6 +68,10 @@ def assert_settled_at_destination(hosts, inst, vif, since, rid, before):
                           'live_migrate.end', since)
     assert end['host'] == dest.host and end['vm_state'] == 'active', end
     wait_until(lambda: _not_found(a1, uuid), 120, 'the source to let go')
+    # A power sync that ran while host 2's libvirtd was down reported
+    # power.unknown (0); the next one that reaches libvirt corrects it.
+    wait_until(lambda: dest.get_info(uuid)['power_state'] != 0, 30,
+               'the destination to ask its libvirtd again')
     info = dest.get_info(uuid)
     assert (info['host'], info['task_state'], info['power_state']) == (
         dest.host, None, 1), info

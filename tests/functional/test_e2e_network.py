@@ -186,37 +186,39 @@ def test_ethernet_vif(agent, lv):
     vif = make_vif('ethernet', tap, mtu=1450)
     inst = agent.make_instance('eth')
 
-    # Watch, during the spawn, when the tap appears and when the guest runs.
+    # Watch, during the spawn, when the tap appears and when the guest runs:
+    # each in a thread of its own, so that a libvirt call stalled behind the
+    # domain start does not hold up the look for the tap.
     seen = {}
     stop = threading.Event()
 
-    def watch():
-        conn = open_libvirt()
+    def guest_runs(conn):
         try:
-            while not stop.is_set():
-                now = time.monotonic()
-                if 'tap' not in seen and link(tap) is not None:
-                    seen['tap'] = now
-                if 'running' not in seen:
-                    try:
-                        if conn.lookupByUUIDString(inst['uuid']).isActive():
-                            seen['running'] = now
-                    except libvirt.libvirtError:
-                        pass
-                time.sleep(0.002)
-        finally:
-            conn.close()
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+            return conn.lookupByUUIDString(inst['uuid']).isActive()
+        except libvirt.libvirtError:
+            return False
+
+    def watch(key, found):
+        while not stop.is_set() and key not in seen:
+            if found():
+                seen[key] = time.monotonic()    # when the look that found it ended
+            time.sleep(0.002)
+
+    conn = open_libvirt()
+    watchers = [threading.Thread(target=watch, args=args, daemon=True) for args in (
+        ('tap', lambda: link(tap) is not None), ('running', lambda: guest_runs(conn)))]
+    for w in watchers:
+        w.start()
     try:
         _inst, rec = agent.spawn(inst, network_info=[vif])
     finally:
         stop.set()
-        watcher.join(5)
+        for w in watchers:
+            w.join(5)
+        conn.close()
     assert_active(rec)
     assert 'tap' in seen and 'running' in seen, seen
-    # Made before the guest started: seen no later than the running guest (a
-    # poll stalled behind the domain start may see both at once).
+    # Made before the guest started: seen no later than the running guest.
     assert seen['tap'] <= seen['running'], seen
 
     t = link(tap)

@@ -30,9 +30,11 @@ import pytest
 try:
     from tests.functional.agent_fixture import (  # noqa: F401
         open_libvirt, run_agent, test_guest, tree_snapshot, wait_until)
+    from tests.functional.agent_messages import new_request_id
 except ImportError:
     from agent_fixture import (  # noqa: F401
         open_libvirt, run_agent, test_guest, tree_snapshot, wait_until)
+    from agent_messages import new_request_id
 
 from compute_agent.rpc.client import RemoteError
 from compute_agent.virt import snapshot as snapshot_mod
@@ -119,11 +121,14 @@ def heartbeat_count(agent, uuid):
     return len(heartbeats(agent.console(uuid, tail_lines=10000)))
 
 
-def reports_until(agent, uuid, since, event):
+def reports_until(agent, uuid, since, event, request_id=None):
+    """The reports since ``since`` until ``event``, only those of
+    ``request_id`` when given."""
     agent.reports.wait(lambda r: r.get('instance_uuid') == uuid and r.get('event') == event,
                        30, event, since)
     return [(r['event'], r['vm_state'], r['task_state'], r['power_state'])
-            for r in agent.reports.states(uuid, since)]
+            for r in agent.reports.states(uuid, since)
+            if request_id in (None, r.get('request_id'))]
 
 
 @pytest.fixture(scope='module')
@@ -141,9 +146,13 @@ def src(agent):
 
 
 def snapshot(agent, uuid, image_id, **args):
-    since = agent.reports.mark()
-    meta = agent.call('snapshot', instance_uuid=uuid, image_id=image_id, **args)
-    return meta, reports_until(agent, uuid, since, 'snapshot.end')
+    """The snapshot's result and its own reports: the last report of the
+    call before it may reach this process after that call's reply (they
+    travel on different queues)."""
+    since, rid = agent.reports.mark(), new_request_id()
+    meta = agent.call('snapshot', request_id=rid, instance_uuid=uuid,
+                      image_id=image_id, **args)
+    return meta, reports_until(agent, uuid, since, 'snapshot.end', rid)
 
 
 def check_stored(agent, meta, image_id, fmt):
