@@ -28,12 +28,16 @@ class Reconciliation:
         """
         delay = self.conf.libvirt.stopped_event_delay
         if power_state == states.SHUTDOWN and delay > 0:
-            timer = threading.Timer(delay, self._reconcile,
-                                    (uuid, 'power.lifecycle', True))
-            timer.daemon = True
-            timer.start()
+            self._check_later(uuid, delay)
             return
-        self._reconcile(uuid, 'power.lifecycle', only_idle=True)
+        self._reconcile(uuid, 'power.lifecycle', only_idle=True,
+                        stop_delay=delay)
+
+    def _check_later(self, uuid, delay):
+        timer = threading.Timer(delay, self._reconcile,
+                                (uuid, 'power.lifecycle', True))
+        timer.daemon = True
+        timer.start()
 
     def sync_power_states(self):
         """Check every record against one listing of libvirt's domains.
@@ -61,12 +65,16 @@ class Reconciliation:
             except Exception:
                 LOG.exception('%s: trimming the console log failed', uuid)
 
-    def _reconcile(self, uuid, event, only_idle, listing=_ASK, listed_at=None):
+    def _reconcile(self, uuid, event, only_idle, listing=_ASK, listed_at=None,
+                   stop_delay=0):
         """Bring a record in line with libvirt.
 
         ``listing`` is a sync's ``{uuid: power}`` (None: libvirt could not
         be asked) read before the lock: a record changed since then is
-        asked about again. Returns the record (None: there is none).
+        asked about again. ``stop_delay``: a stop found by a look another
+        event caused (a late start event, say, landing in a reboot's short
+        stop) counts only once it has held that long, like a stop event.
+        Returns the record (None: there is none).
         """
         with self._lock(uuid):
             record = self.journal.get_instance(uuid)
@@ -83,6 +91,10 @@ class Reconciliation:
                 if record['power_state'] != states.NOSTATE:
                     self._set(record, {}, 'power.unknown',
                               power_state=states.NOSTATE)
+                return record
+            if (stop_delay > 0 and power == states.SHUTDOWN
+                    and record['power_state'] != states.SHUTDOWN):
+                self._check_later(uuid, stop_delay)
                 return record
             vm_state = states.vm_state_for_power(
                 record['vm_state'], power, bool(record.get('rescue')))
