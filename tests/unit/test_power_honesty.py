@@ -99,6 +99,33 @@ def test_a_sync_does_not_apply_a_listing_older_than_the_record(h):
     assert len(h.notifier.reports) == seen      # libvirt says running
 
 
+def test_a_stop_found_by_another_event_is_debounced_too(tmp_path):
+    """A late start event whose look lands in a short stop: the stop is
+    not reported at once but checked again after the delay; one that
+    held is then reported, one that ended is not."""
+    h = mf.Harness(tmp_path)
+    try:
+        h.conf.set_override('stopped_event_delay', 0.3, 'libvirt')
+        inst, _ = h.spawn()
+        uuid = inst['uuid']
+        since = len(h.notifier.reports)
+        dom = h.domain(uuid)
+        dom.destroy()
+        h.manager.on_power_event(uuid, states.RUNNING)   # late, stale
+        assert _events(h, uuid, since) == []
+        dom.create()
+        time.sleep(0.6)
+        assert _events(h, uuid, since) == []             # it did not hold
+        dom.destroy()
+        h.manager.on_power_event(uuid, states.RUNNING)
+        assert _events(h, uuid, since) == []
+        time.sleep(0.6)
+        assert _events(h, uuid, since) == [
+            ('power.lifecycle', states.STOPPED, None, states.SHUTDOWN)]
+    finally:
+        h.close()
+
+
 def test_stop_reported_only_when_it_holds(tmp_path):
     h = mf.Harness(tmp_path, events=True)
     try:
