@@ -16,6 +16,7 @@ other local users cannot read guest disks.
 
 import functools
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -26,6 +27,8 @@ from oslo_concurrency import processutils
 
 from compute_agent import exception
 from compute_agent import rules
+
+LOG = logging.getLogger(__name__)
 
 QEMU_IMG_TIMEOUT = 120
 CONVERT_TIMEOUT = 3600        # copying a large image can take a while
@@ -220,6 +223,20 @@ def unlink(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def remove_stale_temps(inst_dir, names):
+    """Remove the temp files (``.<name>.*.part``) of ``names`` that a killed
+    agent left in ``inst_dir``. Only for a caller holding the instance's
+    lock: no one else is making these files now."""
+    names = set(names)
+    with os.scandir(inst_dir) as entries:     # mkstemp's random part has no dot
+        stale = [e.path for e in entries if e.name.startswith('.')
+                 and e.name.endswith('.part')
+                 and e.name[1:-5].rpartition('.')[0] in names]
+    for path in stale:
+        unlink(path)
+        LOG.info('Removed %s, left by an interrupted attempt', path)
 
 
 def write_atomic(path, text):

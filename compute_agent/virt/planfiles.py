@@ -49,6 +49,8 @@ class PlanFiles:
         files = [dataclasses.replace(f, name=f.name + suffix) if suffix
                  else f for f in plan.files]
         files.sort(key=lambda f: f.kind not in disks.CHILD_KINDS)  # stable
+        # A redelivered request finds what its killed attempt was making.
+        disks.remove_stale_temps(inst_dir, [f.name for f in files])
         started, error = [], None
         try:
             for f in files:

@@ -259,6 +259,21 @@ def test_qcow2_ephemeral_shares_one_formatted_base(conf, tmp_path, fs):
     assert len(os.listdir(os.path.join(conf.instances_path, '_base'))) == 2
 
 
+def test_stale_temps_of_the_named_files_only_are_removed(inst):
+    """What a killed attempt was writing (``.<name>.*.part``) goes; temps of
+    other files, and the files themselves, stay."""
+    names = ['disk', '.disk.x1.part', '.disk.local.x2.part', '.disk.config.x3.part',
+             '.disk.rebuild.x4.part', 'snapshot-x5.part', '.diskette.x6.part',
+             '.disk.x7.part.keep']
+    for name in names:
+        with open(os.path.join(inst, name), 'w') as f:
+            f.write('x')
+    disks.remove_stale_temps(inst, ['disk', 'disk.local'])
+    assert sorted(os.listdir(inst)) == sorted(
+        ['disk', '.disk.config.x3.part', '.disk.rebuild.x4.part', 'snapshot-x5.part',
+         '.diskette.x6.part', '.disk.x7.part.keep'])
+
+
 def test_blank_needs_size(conf, inst):
     with pytest.raises(disks.DiskCreateError):
         disks.create_disk(conf, inst, DiskFile('disk.swap', 'swap'))

@@ -262,7 +262,8 @@ def test_admin_password_never_stored_nor_reported_nor_logged(h, caplog):
 def test_a_second_attempt_after_staged_files_leaves_nothing_behind(h):
     """Kernel and ramdisk are hardlinks of the cached images: staging them
     again over an interrupted attempt's, and swapping them over the same
-    file, must still leave no staged or temporary file."""
+    file, must still leave no staged or temporary file (nor one the killed
+    attempt was writing)."""
     instance = mf.make_instance(kernel_id=NEW_IMAGE, ramdisk_id=NEW_IMAGE,
                                 config_drive=True)
     h.spawn(instance)
@@ -272,6 +273,10 @@ def test_a_second_attempt_after_staged_files_leaves_nothing_behind(h):
     h.driver.prepare_rebuild(plan)      # the attempt a restart cut short
     assert set(leftovers(h, instance)) >= {'disk.rebuild', 'kernel.rebuild',
                                            'ramdisk.rebuild', 'disk.config.rebuild'}
+    # ... and the temp files of the files it was making when it was killed.
+    for temp in ('.disk.rebuild.k1ll3d.part', '.disk.config.rebuild.k1ll3d.part'):
+        with open(os.path.join(h.instance_dir(instance), temp), 'w') as f:
+            f.write('half')
     record = rebuild(h, uuid)
     assert states_of(record) == ('active', None, states.RUNNING)
     assert [n for n in os.listdir(h.instance_dir(instance))
