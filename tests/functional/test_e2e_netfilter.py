@@ -179,22 +179,53 @@ def test_anti_spoofing(agent, ovs_running, vif_type, anti_spoofing):
 PROBE = re.compile(r'^NF-PROBE (\d+) (.*)$', re.M)
 
 
-def probe_after(agent, uuid, expected, timeout=60):
+def probe_after(agent, uuid, expected, timeout=60, target_vif=None):
     """Wait until the two newest probe lines == expected, each printed after
     this call (the guest probes once a second; its counter starts again with
     each boot and the console log is appended to, so lines are told new by
-    the time passed, not by their number or position)."""
+    the time passed, not by their number or position). On failure the
+    message shows what the host held for ``target_vif``, the probed VIF."""
     deadline = time.monotonic() + timeout
     time.sleep(3)
     last = None
     while time.monotonic() < deadline:
-        lines = [r.strip() for _, r in PROBE.findall(agent.console(uuid, tail_lines=200))]
-        last = lines[-3:]
+        found = PROBE.findall(agent.console(uuid, tail_lines=200))
+        lines = [r.strip() for _, r in found]
+        last = found[-3:]       # with their counters: did the guest go on probing?
         if len(lines) >= 2 and lines[-1] == lines[-2] == expected:
             return
         time.sleep(1)
-    raise AssertionError('probes of %s never showed %r twice; last: %s'
-                         % (uuid, expected, last))
+    raise AssertionError('probes of %s never showed %r twice; last: %s\n%s'
+                         % (uuid, expected, last, filter_state(agent, target_vif)))
+
+
+def filter_state(agent, vif):
+    """The host's filter of ``vif`` as text, for a failure message."""
+    if vif is None:
+        return ''
+    out = []
+    if vif['type'] == 'ovs':
+        mac = vif['address'].lower()
+        commands = [('ovs-vsctl', 'get', 'Interface', vif['devname'], 'ofport'),
+                    ('ovs-ofctl', 'dump-flows', agent.ovs_bridge,
+                     'cookie=%s/-1' % openflow.cookie(vif)),
+                    ('ovs-appctl', 'dpctl/dump-flows'),
+                    ('ovs-appctl', 'dpctl/dump-conntrack', 'zone=%d' % openflow.zone(vif))]
+    else:
+        mac = None
+        commands = [('virsh', '-c', 'qemu:///system', 'nwfilter-dumpxml', 'ca-' + vif['id']),
+                    ('ebtables', '-t', 'nat', '-L'), ('iptables-save',)]
+    for argv in commands:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        lines = (proc.stdout + proc.stderr).splitlines()
+        if 'dpctl/dump-flows' in argv:        # only the probed VIF's datapath flows
+            lines = [line for line in lines if mac in line]
+        out.append('$ %s\n%s' % (' '.join(argv), '\n'.join(lines[-80:])))
+    log = agent.log_file.read_text(errors='replace').splitlines()
+    out.append('agent log:\n' + '\n'.join([
+        line for line in log if 'security' in line or 'ofctl' in line
+        or vif['id'] in line][-40:]))
+    return '\n'.join(out)
 
 
 @pytest.mark.parametrize('vif_type', ['bridge', 'ovs'])
@@ -214,7 +245,7 @@ def test_security_rules(agent, ovs_running, vif_type):
     all_ok = 'icmp=ok tcp2201=ok tcp2202=ok'
     nothing = 'icmp=fail tcp2201=fail tcp2202=fail'
     # 3. allow_same_net_traffic=true (the default), rules []: A reaches B.
-    probe_after(agent, a['uuid'], all_ok, timeout=120)
+    probe_after(agent, a['uuid'], all_ok, timeout=120, target_vif=vif_b)
     dom_ids = {u: dom_id(u) for u in (a['uuid'], b['uuid'])}
 
     # 2. allow_same_net_traffic=false: nothing comes in.
@@ -233,7 +264,7 @@ def test_security_rules(agent, ovs_running, vif_type):
             assert rec['filters'][vif_b['id']]['rules'] == rules
             return rec
         update([])
-        probe_after(agent, a['uuid'], nothing)
+        probe_after(agent, a['uuid'], nothing, target_vif=vif_b)
         rules = [{'direction': 'ingress', 'ethertype': 'IPv4', 'protocol': 'icmp',
                   'port_range_min': None, 'port_range_max': None,
                   'remote_ip_prefix': ip_a + '/32'},
@@ -241,7 +272,7 @@ def test_security_rules(agent, ovs_running, vif_type):
                   'port_range_min': 2201, 'port_range_max': 2201,
                   'remote_ip_prefix': ip_a + '/32'}]
         update(rules)
-        probe_after(agent, a['uuid'], 'icmp=ok tcp2201=ok tcp2202=fail')
+        probe_after(agent, a['uuid'], 'icmp=ok tcp2201=ok tcp2202=fail', target_vif=vif_b)
         # The rules are in the record and survive an agent restart.
         agent.restart()
         assert agent.get_info(b['uuid'])['filters'][vif_b['id']]['rules'] == rules
@@ -249,7 +280,8 @@ def test_security_rules(agent, ovs_running, vif_type):
         assert {u: dom_id(u) for u in dom_ids} == dom_ids
         # The rules survive a hard reboot (B boots again, A keeps probing)...
         agent.call('reboot', instance={'uuid': b['uuid']}, reboot_type='HARD')
-        probe_after(agent, a['uuid'], 'icmp=ok tcp2201=ok tcp2202=fail', timeout=120)
+        probe_after(agent, a['uuid'], 'icmp=ok tcp2201=ok tcp2202=fail', timeout=120,
+                    target_vif=vif_b)
         # ... and a rescue: the rescued guest's NIC has the same filter.
         agent.call('rescue', instance={'uuid': b['uuid']})
         xml = dom_xml(b['uuid'])
@@ -261,9 +293,10 @@ def test_security_rules(agent, ovs_running, vif_type):
             assert 'tp_dst=2201' in run('ovs-ofctl', 'dump-flows', bridge, 'cookie=%s/-1'
                                          % openflow.cookie(vif_b))
         agent.call('unrescue', instance={'uuid': b['uuid']})
-        probe_after(agent, a['uuid'], 'icmp=ok tcp2201=ok tcp2202=fail', timeout=120)
+        probe_after(agent, a['uuid'], 'icmp=ok tcp2201=ok tcp2202=fail', timeout=120,
+                    target_vif=vif_b)
         update([])
-        probe_after(agent, a['uuid'], nothing)
+        probe_after(agent, a['uuid'], nothing, target_vif=vif_b)
     finally:
         agent.stop()
         agent.write_config()
