@@ -15,7 +15,6 @@ exclusive one) never removes an image between its check and its use.
 
 import contextlib
 import fcntl
-import glob
 import hashlib
 import http.client
 import json
@@ -192,11 +191,8 @@ class ImageCache:
         with lock, self.flock(path, fcntl.LOCK_EX):
             # Temp files of this image are only written under this lock:
             # any left now belong to a download that died (SIGKILL).
-            for stale in glob.glob(os.path.join(
-                    glob.escape(self.base_dir),
-                    '.%s.*.part' % glob.escape(os.path.basename(path)))):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(stale)
+            name = os.path.basename(path)
+            disks.remove_stale_temps(self.base_dir, [name, name + '.info'])
             yield
 
     @contextlib.contextmanager

@@ -22,7 +22,6 @@ at all:
 
 import contextlib
 import errno
-import glob
 import hashlib
 import http.client
 import logging
@@ -126,7 +125,8 @@ class FileStore:
     def put(self, image_id, src, disk_format):
         """Store the complete file ``src`` as ``image_id``; its image_meta."""
         dest = self.path_for(image_id)
-        self._remove_stale(image_id)
+        # Temps of this id are a killed agent's (no image is a temp).
+        disks.remove_stale_temps(self.dir, [image_id])
         tmp = None
         try:
             try:
@@ -170,12 +170,6 @@ class FileStore:
             raise
         return tmp, digest, size
 
-    def _remove_stale(self, image_id):
-        """Temporary files of this id: a killed agent's; no image is a temp."""
-        for stale in glob.glob(os.path.join(glob.escape(self.dir),
-                                            '.%s.*.part' % glob.escape(image_id))):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(stale)
 
 
 class HttpStore:

@@ -225,15 +225,19 @@ def unlink(path):
         pass
 
 
-def remove_stale_temps(inst_dir, names):
-    """Remove the temp files (``.<name>.*.part``) of ``names`` that a killed
-    agent left in ``inst_dir``. Only for a caller holding the instance's
-    lock: no one else is making these files now."""
+def remove_stale_temps(directory, names):
+    """Remove the temp files (``.<name>.<random>.part``) of ``names`` that a
+    killed agent left in ``directory`` (none if it does not exist). Only for
+    a caller holding the lock under which these files are made: no one else
+    is making them now."""
     names = set(names)
-    with os.scandir(inst_dir) as entries:     # mkstemp's random part has no dot
-        stale = [e.path for e in entries if e.name.startswith('.')
-                 and e.name.endswith('.part')
-                 and e.name[1:-5].rpartition('.')[0] in names]
+    try:
+        with os.scandir(directory) as entries:  # mkstemp's random part has no dot
+            stale = [e.path for e in entries if e.name.startswith('.')
+                     and e.name.endswith('.part')
+                     and e.name[1:-5].rpartition('.')[0] in names]
+    except FileNotFoundError:
+        return
     for path in stale:
         unlink(path)
         LOG.info('Removed %s, left by an interrupted attempt', path)
