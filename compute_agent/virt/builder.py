@@ -29,8 +29,9 @@ GUEST_AGENT_CHANNEL = 'org.qemu.guest_agent.0'
 
 class _Host:
     """What every guest of one configuration shares, decided once per
-    configuration (``snapshot.derived``); each guest gets copies of the
-    model objects (``XMLObject.copy``)."""
+    configuration (``snapshot.derived``): model objects every guest writes
+    alike, held by all of them (``XMLObject.shared``), and prototypes each
+    guest gets a copy of with its own values (``XMLObject.copy``)."""
 
     def __init__(self, opts):
         self.opts = opts
@@ -49,26 +50,28 @@ class _Host:
             for fmt in ('raw', 'qcow2')}
         # The instance directory is this + its (checked, slash-free) name.
         self.instances_dir = os.path.join(opts.instances_path, '')
-        self.sysinfo = None
+        self.sysinfo = None     # the entries every guest's sysinfo starts with
         if self.hvm and lv.sysinfo_serial:
-            self.sysinfo = config.SysInfo(type='smbios')
-            for name in ('manufacturer', 'product'):
-                self.sysinfo.add('system', config.SysInfoEntry(
-                    name=name, value='compute-agent'))
+            self.sysinfo = tuple(
+                config.SysInfoEntry(name=name, value='compute-agent').shared()
+                for name in ('manufacturer', 'product'))
         self.features = self.cpu = self.clock = None
         if self.hvm:
-            self.features = config.Features(acpi=True, apic=True)
-            self.cpu = _cpu(lv, vt)
+            self.features = config.Features(acpi=True, apic=True).shared()
+            cpu = _cpu(lv, vt)
+            self.cpu = cpu and cpu.shared()
         if self.hvm or vt == 'xen':
-            self.clock = config.Clock(offset=lv.clock_offset)
+            self.clock = config.Clock(offset=lv.clock_offset).shared()
         # virtlogd writes the pty's output to the log and rotates it, so a
         # guest cannot fill the disk (virt/console.py); QEMU's pty alone
         # drops output while no client is attached.
         self.console = (config.Serial(type='pty', log_file='', log_append=True)
-                        if self.hvm else config.Console(type='pty'))
-        self.devices = _graphics(opts, vt) + (_hvm_extras(lv) if self.hvm else ())
+                        if self.hvm else config.Console(type='pty').shared())
+        self.devices = tuple(
+            device.shared() for device in
+            _graphics(opts, vt) + (_hvm_extras(lv) if self.hvm else ()))
         self.balloon = (config.MemBalloon(model='virtio', stats_period=10)
-                        if lv.mem_balloon else config.MemBalloon(model='none'))
+                        if lv.mem_balloon else config.MemBalloon(model='none')).shared()
 
 
 class _Context:
@@ -143,11 +146,11 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
     if host.hvm and ctx.lv.hw_machine_type:
         dom.os.machine = ctx.lv.hw_machine_type
     if host.features is not None:
-        dom.features = host.features.copy()
+        dom.features = host.features
     if host.cpu is not None:
-        dom.cpu = host.cpu.copy()
+        dom.cpu = host.cpu
     if host.clock is not None:
-        dom.clock = host.clock.copy()
+        dom.clock = host.clock
 
     if ctx.virt_type == 'lxc':
         _lxc_root(ctx, dom)
@@ -168,10 +171,10 @@ def build(conf, instance, image_meta, network_info=(), block_device_info=None,
 
     _consoles(ctx, dom)
     for device in host.devices:
-        dom.add_device(device.copy())
+        dom.add_device(device)
     if host.hvm:
         # Without an explicit element libvirt adds a balloon anyway.
-        dom.memballoon = host.balloon.copy()
+        dom.memballoon = host.balloon
     _pcie_ports(ctx, dom)
     images = {}
     for meta in (image_meta, rescue_image_meta if rescue else None):
@@ -268,7 +271,9 @@ def _cpu(lv, virt_type):
 
 def _sysinfo(host, instance):
     """The shared manufacturer and product, then this guest's ids."""
-    info = host.sysinfo.copy()
+    info = config.SysInfo(type='smbios')
+    for entry in host.sysinfo:
+        info.add('system', entry)
     uuid = instance['uuid']
     info.add('system', config.SysInfoEntry(name='serial', value=uuid))
     info.add('system', config.SysInfoEntry(name='uuid', value=uuid))
@@ -472,7 +477,7 @@ def _consoles(ctx, dom):
     if ctx.host.hvm:    # the pty logged to a file (_Host)
         dom.add_device(ctx.host.console.copy(log_file=ctx.path(console.CONSOLE_LOG)))
     else:
-        dom.add_device(ctx.host.console.copy())
+        dom.add_device(ctx.host.console)
 
 
 def _graphics(opts, virt_type):

@@ -37,6 +37,18 @@ from compute_agent.virt.xmlpath import prune as _prune
 from compute_agent.virt.xmlpath import put as _put
 from compute_agent.virt.xmlpath import split as _split
 
+
+class _Shared(dict):
+    """The events of a shared object (``XMLObject.shared``): a setter on it
+    fails instead of changing every guest that holds it."""
+
+    REFUSED = ('a model object shared by many guests is read-only: copy() '
+               'it to change it')
+
+    def __setitem__(self, key, value):
+        raise TypeError(self.REFUSED)
+
+
 def _el(obj):
     """The element an object views now: its Node, or that Node's lxml twin
     once its tree was materialized (the Node is then dead)."""
@@ -48,7 +60,10 @@ def _el(obj):
 
 def _attach(obj, steps, value):
     """Parent element under ``obj`` (created) and ``value``'s element, of
-    one kind: a Node tree and an lxml tree never mix."""
+    one kind: a Node tree and an lxml tree never mix. A shared ``value``
+    is laid out from a copy (other parents hold it)."""
+    if value._v.__class__ is _Shared:
+        value = value.copy()
     parent = _find(_el(obj), steps, create=True, rank=obj._RANK)
     child = _el(value)
     if parent.__class__ is not child.__class__:
@@ -220,7 +235,8 @@ class Child:
                     return
             elif value._v is not None and value._p is None:
                 events[self.name] = value
-                value._p = weakref.ref(obj)
+                if value._v.__class__ is not _Shared:
+                    value._p = weakref.ref(obj)
                 return
         parent = _find(_el(obj), self.steps)
         old = None if parent is None else parent.find(self.cls.TAG)
@@ -279,7 +295,8 @@ class Children:
             # Two new objects: one more event (keys never repeat: events
             # only grow while lazy).
             events[(self.name, len(events))] = value
-            value._p = weakref.ref(obj)
+            if value._v.__class__ is not _Shared:
+                value._p = weakref.ref(obj)
             return
         parent, child = _attach(obj, self.steps, value)
         parent.append(child)
@@ -344,8 +361,13 @@ def _apply(top, cls, items, child):
 
 
 def _replay(obj, tag=None):
-    """Turn lazy ``obj`` and its children into Node trees; its Node."""
+    """Turn lazy ``obj`` and its children into Node trees; its Node. A
+    shared child is laid out from a copy: other guests still hold it."""
     events = obj._v
+    if events.__class__ is _Shared:
+        if tag is None:
+            raise TypeError(_Shared.REFUSED)
+        return _replay(obj.copy(), tag)
     obj._v = obj._p = None
     top = obj._node = Node(obj.TAG)
     _apply(top, obj.__class__, events.items(), _replay)
@@ -540,6 +562,20 @@ class XMLObject:
                 raise AttributeError('%s has no XML property %r' % (
                     type(self).__name__, name))
             prop.__set__(twin, value)
+        return twin
+
+    def shared(self):
+        """A read-only twin of this new object that any number of parents
+        may hold at once (none of them owns it), for what every guest of a
+        configuration writes alike: no copy per guest. Setting a value on
+        it, or asking for its tree, is a TypeError; a parent that becomes a
+        tree lays it out from a copy."""
+        events = self._v
+        if events is None or any(
+                v.__class__ is not str and v is not True for v in events.values()):
+            raise TypeError('only a new object without children is shared')
+        twin = object.__new__(self.__class__)
+        twin._v = _Shared(events)
         return twin
 
     def add(self, name, child):

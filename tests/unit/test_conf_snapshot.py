@@ -93,15 +93,30 @@ def test_derived_is_made_once_until_the_configuration_changes():
     assert made == [None, 'host-passthrough']
 
 
-def test_guests_of_one_configuration_share_no_model_object():
-    """The builder copies what a configuration's guests share: editing one
-    guest's copy leaves the next guest as it was."""
+def test_a_guest_edited_changes_no_other_of_its_configuration():
+    """What every guest of a configuration writes alike is one read-only
+    object (``XMLObject.shared``), the rest is copied per guest: a shared
+    part refuses an edit, the guest's own parts and its tree take it, and
+    the next guest is as it was."""
     conf = bf.make_conf('kvm', {'vnc.enabled': True})
     request = bf.make_request()
-    first = bf.build(conf, request)
-    expected = first.domain.to_xml()
-    first.domain.graphics[0].keymap = 'de'
+    first, second = bf.build(conf, request), bf.build(conf, request)
+    expected = second.domain.to_xml()
+    assert first.domain.graphics[0] is second.domain.graphics[0]
+    assert first.domain.disks[0] is not second.domain.disks[0]
+    with pytest.raises(TypeError, match='read-only'):
+        first.domain.graphics[0].keymap = 'de'
+    with pytest.raises(TypeError, match='read-only'):
+        first.domain.features.pae = True
+    with pytest.raises(TypeError, match='read-only'):
+        _ = first.domain.features.node      # a tree is what it refuses
     first.domain.disks[0].driver_cache = 'unsafe'
     first.domain.sysinfo.add('system', first.domain.sysinfo.system[0].copy(value='x'))
+    assert first.domain.node.tag == 'domain'   # a tree of its own from here
+    first.domain.graphics[0].keymap = 'de'
     first.domain.features.pae = True
+    edited = first.domain.to_xml()
+    assert ('keymap="de"' in edited and '<pae/>' in edited
+            and 'cache="unsafe"' in edited)
     assert bf.build(conf, request).domain.to_xml() == expected
+    assert second.domain.to_xml() == expected

@@ -479,3 +479,30 @@ def test_real_qemu_domain_xml_round_trips(libvirt_module):
     finally:
         conn.lookupByUUIDString(inst_uuid).undefine()
         conn.close()
+
+
+def test_a_shared_object_is_held_by_many_parents_and_changed_by_none():
+    """``XMLObject.shared``: one read-only object in many parents, written
+    alike by each, also once a parent becomes a tree or is edited."""
+    tablet = config.Input(type='tablet', bus='usb').shared()
+    first, second = config.Domain(type='kvm'), config.Domain(type='kvm')
+    first.add_device(tablet)
+    second.add_device(tablet)
+    expected = second.to_xml()
+    assert '<input type="tablet" bus="usb"/>' in expected
+    first.node.find('devices/input').set('bus', 'ps2')     # first's own copy
+    assert 'bus="ps2"' in first.to_xml() and second.to_xml() == expected
+    tree = config.Domain.parse(expected)
+    tree.add_device(tablet)                                 # a parsed parent
+    assert len(tree.node.findall('devices/input')) == 2
+    for edit in (lambda: setattr(tablet, 'bus', 'ps2'),
+                 lambda: setattr(tablet, 'bus', None),
+                 lambda: tablet.node):
+        with pytest.raises(TypeError, match='read-only'):
+            edit()
+    assert tablet.copy(bus='ps2').to_xml() == '<input type="tablet" bus="ps2"/>\n'
+    assert second.to_xml() == expected
+    info = config.SysInfo(type='smbios')
+    info.add('system', config.SysInfoEntry(name='a', value='b'))
+    with pytest.raises(TypeError, match='without children'):
+        info.shared()
