@@ -21,6 +21,7 @@ from compute_agent import states
 from compute_agent import validation
 from compute_agent import version
 from compute_agent.keyed_locks import KeyedLocks
+from compute_agent.later import Later
 from compute_agent.device_ops import DeviceOperations
 from compute_agent.guest_agent_ops import GuestAgentOperations
 from compute_agent.migration_ops import MigrationOperations
@@ -73,6 +74,8 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
         # changes nothing costs no journal write, so it is kept here and
         # saved with the next change.
         self._checked = {}
+        # stops confirmed once they have held (reconcile.on_power_event)
+        self._later = Later('stop-checks')
         # uuid -> (request_id, outcome) of destroys recovery finished
         self._destroyed = {}
         # uuids this process is migrating away (settle_migrations skips them)

@@ -6,7 +6,6 @@ Mixed into ``Manager``.
 """
 
 import logging
-import threading
 
 from compute_agent import states
 from compute_agent.records import now, public
@@ -34,10 +33,7 @@ class Reconciliation:
                         stop_delay=delay)
 
     def _check_later(self, uuid, delay):
-        timer = threading.Timer(delay, self._reconcile,
-                                (uuid, 'power.lifecycle', True))
-        timer.daemon = True
-        timer.start()
+        self._later.call(delay, self._reconcile, uuid, 'power.lifecycle', True)
 
     def sync_power_states(self):
         """Check every record against one listing of libvirt's domains.

@@ -13,7 +13,9 @@ it does when libvirtd is down (the real case is in
 tests/functional/test_e2e_honest_power.py).
 """
 
+import threading
 import time
+import uuid as uuidlib
 
 from compute_agent import states
 
@@ -97,6 +99,20 @@ def test_a_sync_does_not_apply_a_listing_older_than_the_record(h):
     h.manager._reconcile(inst['uuid'], 'power.sync', only_idle=True,
                          listing=stale, listed_at='1970-01-01T00:00:00+00:00')
     assert len(h.notifier.reports) == seen      # libvirt says running
+
+
+def test_stops_of_many_guests_wait_on_one_thread(h):
+    """A stop event per guest of a whole host: their checks wait on one
+    thread (compute_agent/later.py), not on a timer thread each."""
+    h.conf.set_override('stopped_event_delay', 0.3, 'libvirt')
+    before = threading.active_count()
+    for _ in range(200):
+        h.manager.on_power_event(str(uuidlib.uuid4()), states.SHUTDOWN)
+    assert (threading.active_count() - before, h.manager._later.pending()) == (1, 200)
+    deadline = time.monotonic() + 10
+    while h.manager._later.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert h.manager._later.pending() == 0
 
 
 def test_a_stop_found_by_another_event_is_debounced_too(tmp_path):
