@@ -18,17 +18,22 @@ class KeyedLocks:
         self._locks = {}        # key -> [RLock, holders and waiters]
 
     @contextlib.contextmanager
-    def __call__(self, key):
-        """``with locks(key):`` holds ``key``'s lock (re-entrant)."""
+    def __call__(self, key, blocking=True):
+        """``with locks(key):`` holds ``key``'s lock (re-entrant);
+        ``with locks(key, blocking=False) as held:`` takes it only if it is
+        free at once, ``held`` says whether it did."""
         with self._guard:
             entry = self._locks.get(key)
             if entry is None:
                 entry = self._locks[key] = [threading.RLock(), 0]
             entry[1] += 1
+        held = False
         try:
-            with entry[0]:
-                yield
+            held = entry[0].acquire(blocking)
+            yield held
         finally:
+            if held:
+                entry[0].release()
             with self._guard:
                 entry[1] -= 1
                 if not entry[1]:

@@ -74,7 +74,7 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
         # changes nothing costs no journal write, so it is kept here and
         # saved with the next change.
         self._checked = {}
-        # stops confirmed once they have held (reconcile.on_power_event)
+        # stop checks once the stop has held (reconcile.on_power_event)
         self._later = Later('stop-checks')
         # uuid -> (request_id, outcome) of destroys recovery finished
         self._destroyed = {}
@@ -141,8 +141,8 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
 
     # --- records and reports -------------------------------------------------
 
-    def _lock(self, uuid):
-        return self._locks(uuid)
+    def _lock(self, uuid, blocking=True):
+        return self._locks(uuid, blocking)
 
     def _delete(self, uuid):
         with self._lock(uuid):      # not between report_invalid's get and save

@@ -15,6 +15,10 @@ LOG = logging.getLogger(__name__)
 # _reconcile without a sync's listing: ask libvirt about the one instance.
 _ASK = object()
 
+# Seconds until an event's look at an instance an operation holds is tried
+# again (Reconciliation._look).
+BUSY_AGAIN = 1.0
+
 
 class Reconciliation:
 
@@ -28,12 +32,31 @@ class Reconciliation:
         delay = self.conf.libvirt.stopped_event_delay
         if power_state == states.SHUTDOWN and delay > 0:
             self._check_later(uuid, delay)
-            return
-        self._reconcile(uuid, 'power.lifecycle', only_idle=True,
-                        stop_delay=delay)
+        else:
+            self._look(uuid, delay, retry=True)
 
     def _check_later(self, uuid, delay):
-        self._later.call(delay, self._reconcile, uuid, 'power.lifecycle', True)
+        """Look at ``uuid`` in ``delay`` s; a stop found then is reported."""
+        self._later.call(delay, self._look, uuid, 0)
+
+    def _look(self, uuid, stop_delay, retry=False):
+        """Bring ``uuid`` in line after an event, waiting for nothing.
+
+        Every guest's events come through one thread, and every delayed
+        look through another (``later.py``): neither may wait for an
+        instance whose lock an operation holds, maybe for minutes (a cold
+        migration copying disks). That operation reports its own states;
+        what changed besides is looked at once it is done (``BUSY_AGAIN``).
+        Looks from the delayed thread ask libvirt once, as the periodic
+        sync does: with libvirtd down, a minute of reconnecting for each
+        would hold up every other guest's.
+        """
+        with self._lock(uuid, blocking=False) as held:
+            if held:
+                self._reconcile(uuid, 'power.lifecycle', True,
+                                stop_delay=stop_delay, retry=retry)
+                return
+        self._later.call(BUSY_AGAIN, self._look, uuid, stop_delay)
 
     def sync_power_states(self):
         """Check every record against one listing of libvirt's domains.
@@ -62,7 +85,7 @@ class Reconciliation:
                 LOG.exception('%s: trimming the console log failed', uuid)
 
     def _reconcile(self, uuid, event, only_idle, listing=_ASK, listed_at=None,
-                   stop_delay=0):
+                   stop_delay=0, retry=True):
         """Bring a record in line with libvirt.
 
         ``listing`` is a sync's ``{uuid: power}`` (None: libvirt could not
@@ -70,6 +93,7 @@ class Reconciliation:
         asked about again. ``stop_delay``: a stop found by a look another
         event caused (a late start event, say, landing in a reboot's short
         stop) counts only once it has held that long, like a stop event.
+        ``retry=False``: one attempt to reach libvirt (``listing`` _ASK).
         Returns the record (None: there is none).
         """
         with self._lock(uuid):
@@ -78,7 +102,7 @@ class Reconciliation:
                     or record['vm_state'] in (states.BUILDING, states.DELETED)):
                 return record
             if listing is _ASK or record['updated_at'] >= listed_at:
-                power = self._probe(record)
+                power = self._probe(record, retry)
             elif listing is None:
                 power = None
             else:

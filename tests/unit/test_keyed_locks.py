@@ -51,3 +51,23 @@ def test_entries_go_once_unused_even_after_an_error():
     assert len(locks) == 0
     with locks('x'):                    # usable again
         assert len(locks) == 1
+
+
+def test_without_blocking_it_says_whether_it_got_the_lock():
+    locks = KeyedLocks()
+    got = []
+
+    def other():
+        with locks('a', blocking=False) as held:
+            got.append(held)
+
+    with locks('a') as held:
+        assert held
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(5)
+        with locks('a', blocking=False) as again:    # re-entrant: its own
+            assert again
+    assert got == [False] and len(locks) == 0
+    other()
+    assert got == [False, True] and len(locks) == 0

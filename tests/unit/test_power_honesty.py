@@ -115,6 +115,45 @@ def test_stops_of_many_guests_wait_on_one_thread(h):
     assert h.manager._later.pending() == 0
 
 
+def test_a_busy_instance_holds_up_no_other_guests_events(tmp_path):
+    """Events and stop checks each share one thread: an instance locked by
+    an operation (a cold migration holds it for minutes) is looked at again
+    later instead of waited for, so another guest's stop is reported on
+    time; the busy one's once its lock is free."""
+    h = mf.Harness(tmp_path)
+    try:
+        h.conf.set_override('stopped_event_delay', 0.2, 'libvirt')
+        (busy, _), (other, _) = h.spawn(), h.spawn()
+        since = len(h.notifier.reports)
+        release, holding = threading.Event(), threading.Event()
+
+        def operation():
+            with h.manager._lock(busy['uuid']):
+                holding.set()
+                release.wait(30)
+        threading.Thread(target=operation, daemon=True).start()
+        assert holding.wait(5)
+        event = threading.Thread(target=h.manager.on_power_event,
+                                 args=(busy['uuid'], states.RUNNING))
+        event.start()
+        event.join(2)
+        assert not event.is_alive()        # the events thread went on
+        for inst in (busy, other):
+            h.domain(inst['uuid']).destroy()
+            h.manager.on_power_event(inst['uuid'], states.SHUTDOWN)
+        stopped = ('power.lifecycle', states.STOPPED, None, states.SHUTDOWN)
+        assert h.notifier.wait_for(lambda r: r['instance_uuid'] == other['uuid']
+                                   and r['event'] == 'power.lifecycle', timeout=5)
+        assert _events(h, other['uuid'], since) == [stopped]
+        assert _events(h, busy['uuid'], since) == []
+        release.set()
+        assert h.notifier.wait_for(lambda r: r['instance_uuid'] == busy['uuid']
+                                   and r['event'] == 'power.lifecycle', timeout=5)
+        assert _events(h, busy['uuid'], since) == [stopped]
+    finally:
+        h.close()
+
+
 def test_a_stop_found_by_another_event_is_debounced_too(tmp_path):
     """A late start event whose look lands in a short stop: the stop is
     not reported at once but checked again after the delay; one that
