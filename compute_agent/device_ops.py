@@ -68,11 +68,7 @@ class DeviceOperations:
 
     def do_detach_interface(self, context, instance_uuid, vif_id):
         def prepare(record):
-            vif = records.find_vif(record, vif_id)
-            if vif is None:
-                raise exception.InterfaceNotFound(uuid=instance_uuid,
-                                                  vif_id=vif_id)
-            return vif
+            return _vif(record, vif_id)
 
         def detach(record, vif):
             self.driver.detach_interface(record['spec']['instance'], vif)
@@ -87,7 +83,7 @@ class DeviceOperations:
             return _with_vifs(record, self.driver.update_security_rules(
                 spec['instance'], spec['network_info'], vif_id, rules))
         return self._device_op(context, 'update_security_rules', instance_uuid,
-                               None, update)
+                               lambda record: _vif(record, vif_id), update)
 
     def _device_op(self, context, method, uuid, prepare, call):
         """Run it through the table; ``call`` returns the new ``spec``."""
@@ -98,6 +94,13 @@ class DeviceOperations:
         record = self._run(context, method, uuid, run, prepare,
                            end_changes=changes, keep_on_failure=True)
         return records.public(record)
+
+
+def _vif(record, vif_id):
+    vif = records.find_vif(record, vif_id)
+    if vif is None:
+        raise exception.InterfaceNotFound(uuid=record['uuid'], vif_id=vif_id)
+    return vif
 
 
 def _with_mappings(record, mappings):

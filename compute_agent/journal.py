@@ -404,6 +404,12 @@ class Journal:
                            (uuid,))
         return rows[0][0] if rows else 0
 
+    def had_instance(self, uuid):
+        """Whether ``uuid`` has, or had, a record here (deleted since:
+        destroyed, or handed over to another host)."""
+        return bool(self._query('SELECT 1 FROM instances WHERE uuid = ? AND'
+                                ' name IS NOT NULL', (uuid,)))
+
     def save_instance(self, uuid, record, messages=()):
         """Store the record and its ``messages`` (its state report) in one
         transaction; bump and return the instance's sequence.

@@ -14,6 +14,7 @@ and syncs) and settles them at start (``recover``).
 """
 
 import logging
+import threading
 import time
 
 from compute_agent import exception
@@ -38,6 +39,23 @@ from compute_agent.snapshot_ops import SnapshotOperations
 from compute_agent.virt import planner as planner_mod
 
 LOG = logging.getLogger(__name__)
+
+# State reports saved by this thread; a request runs on one worker thread,
+# so dispatch can tell whether a failed one reported anything.
+_saved = threading.local()
+
+
+def _count_reports(n):
+    _saved.reports = getattr(_saved, 'reports', 0) + n
+
+
+def _error_now(event, changes, record):
+    """A report's ``error``: the failure this change records, or the
+    record's on an ``.error`` event; never an earlier failure the record
+    still keeps (it would make an operation's ``.start`` look failed)."""
+    if 'error' in changes:
+        return changes['error']
+    return record.get('error') if event.endswith('.error') else None
 
 # Private keys of a record: 'spec' (the spawn request, no secrets), 'rescue'
 # (the rescue request while rescued, no password), 'resize' (what a revert
@@ -126,7 +144,32 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
         return validation.instance_uuid_of(method, args)
 
     def dispatch(self, method, args, context):
-        return getattr(self, 'do_' + method)(context or {}, **args)
+        context = context or {}
+        before = getattr(_saved, 'reports', 0)
+        try:
+            return getattr(self, 'do_' + method)(context, **args)
+        except Exception as exc:
+            # Every failed operation is reported (docs:
+            # protocol-failure-unchanged), also one refused before it began:
+            # no such instance, the wrong state, a pre-check. A cast has no
+            # other answer.
+            if (getattr(_saved, 'reports', 0) == before
+                    and method not in states.READ_ONLY
+                    and not method.startswith('_')):
+                self._report_refusal(method, args, exc, context)
+            raise
+
+    def _report_refusal(self, method, args, exc, context):
+        uuid = self.instance_uuid_of(method, args)
+        if uuid is None or (isinstance(exc, exception.InstanceNotFound)
+                            and self.journal.had_instance(uuid)):
+            # Destroyed here, or handed over: its last report stands (deleted,
+            # or the new host's); an error from here would overwrite it.
+            return
+        try:
+            self.report_invalid(method, uuid, exc, context)
+        except Exception:   # the failure reply must still go out
+            LOG.exception('%s: reporting %s.error failed', uuid, method)
 
     def report_invalid(self, method, uuid, error, context):
         """Report a rejected request; the instance's record is unchanged and
@@ -138,6 +181,7 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
                 record.get('vm_state') or states.ERROR,
                 record.get('task_state'),
                 record.get('power_state', states.NOSTATE), _error_of(error))])
+            _count_reports(1)
 
     # --- records and reports -------------------------------------------------
 
@@ -170,8 +214,10 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
             after = (record['vm_state'], record['task_state'],
                      record['power_state'])
             report = [] if after == before else [self._report(
-                record['uuid'], context, event, *after, record.get('error'))]
+                record['uuid'], context, event, *after, _error_now(
+                    event, changes, record))]
             self.journal.save_instance(record['uuid'], record, report)
+            _count_reports(len(report))
 
     def _report(self, uuid, context, event, vm_state, task_state, power_state,
                 error):
@@ -311,13 +357,11 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
                   'error': None, 'spec': spec, 'rescue': None,
                   'interrupted': None,
                   'task_request_id': context.get('request_id')}
-        try:    # claims the name: of two racing spawns of it, one wins
-            self._set(record, context, 'spawn.start', vm_state=states.BUILDING,
-                      task_state=states.TRANSITIONS['spawn'].task,
-                      power_state=states.NOSTATE)
-        except exception.InstanceInvalidState as exc:   # docs: protocol-invalid-requests: report
-            self.report_invalid('spawn', uuid, exc, context)
-            raise
+        # Claims the name: of two racing spawns of it, one wins; the other
+        # is InstanceInvalidState, reported by dispatch.
+        self._set(record, context, 'spawn.start', vm_state=states.BUILDING,
+                  task_state=states.TRANSITIONS['spawn'].task,
+                  power_state=states.NOSTATE)
         try:
             devices = self.driver.spawn(plan)
         except exception.InvalidRequest as exc:

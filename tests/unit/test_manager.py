@@ -225,8 +225,15 @@ def test_operations_that_make_no_sense_change_nothing(h, start):
         assert uuid in err.value.message and start in err.value.message, method
         assert h.info(uuid) == record, method
         assert h.libvirt_state(uuid) == domain_state, method
+        # Reported (a cast has no other answer), with the states unchanged.
+        seq += 1
+        reports = h.notifier.reports[seen:]
+        seen += 1
+        assert [(r['event'], r['vm_state'], r['task_state'], r['power_state'],
+                 r['error']['class'], r['sequence']) for r in reports] == [
+            (method + '.error', record['vm_state'], record['task_state'],
+             record['power_state'], 'InstanceInvalidState', seq)], method
         assert h.journal.instance_sequence(uuid) == seq, method
-        assert len(h.notifier.reports) == seen, method
 
 
 UUID_METHODS = ('get_info', 'get_console_output', 'get_vnc_console')
@@ -264,7 +271,12 @@ def test_unknown_uuid_is_instance_not_found(h, method):
     with pytest.raises(exception.InstanceNotFound) as err:
         h.call(method, **args)
     assert instance['uuid'] in err.value.message
-    assert h.notifier.reports == []
+    # An operation is reported (vm_state error: there is no instance to
+    # keep the states of); a query is not.
+    assert [(r['event'], r['vm_state'], r['task_state'], r['power_state'],
+             r['error']['class']) for r in h.notifier.reports] == (
+        [] if method in UUID_METHODS else
+        [(method + '.error', 'error', None, 0, 'InstanceNotFound')])
     assert h.domain(instance['uuid']) is None
     assert not os.path.exists(h.conf.instances_path)
     assert h.call('list_instances') == []
@@ -526,9 +538,9 @@ def test_update_security_rules_unknown_vif_changes_nothing(h):
     inst, _ = h.spawn()
     uuid = inst['uuid']
     since = len(h.notifier.for_uuid(uuid))
-    with pytest.raises(exception.InvalidRequest) as err:
+    with pytest.raises(exception.InterfaceNotFound) as err:   # PROTOCOL 1.1 sec. 5
         h.call('update_security_rules', instance_uuid=uuid, vif_id='nope', rules=[])
-    assert 'vif_id' in err.value.message
+    assert 'nope' in err.value.message
     assert h.info(uuid)['vm_state'] == 'active'
     assert h.info(uuid)['task_state'] is None
     assert h.info(uuid)['filters'] == {}
