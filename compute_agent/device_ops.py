@@ -14,6 +14,7 @@ state, so reboots, rescue and destroy follow every change.
 
 from compute_agent import exception
 from compute_agent import records
+from compute_agent import rules
 
 
 class DeviceOperations:
@@ -40,7 +41,8 @@ class DeviceOperations:
 
     def do_detach_volume(self, context, instance_uuid, volume_id):
         def prepare(record):
-            bdm = records.find_mapping(record, volume_id)
+            # One attached without an id is known by its bare device name.
+            bdm = records.find_mapping(record, rules.strip_dev(volume_id))
             if bdm is None:
                 raise exception.VolumeNotFound(uuid=instance_uuid,
                                                volume_id=volume_id)

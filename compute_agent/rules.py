@@ -157,6 +157,10 @@ DEVICE_PATH = Rule('device path', '^/dev/' + _DISK)
 #: A volume's id (``block_device_mapping[].volume_id``, docs: protocol-volumes-1-1): it
 #: names the volume in the record and becomes the disk's <serial>.
 VOLUME_ID = Rule('volume id', r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$')
+#: What ``detach_volume`` names a volume by: its id, or for one attached
+#: without an id its ``mount_device`` as given (``/dev/vdc``) or bare.
+VOLUME_REF = Rule('volume id or device path',
+                  r'^([A-Za-z0-9][A-Za-z0-9._-]{0,254}|/dev/%s)$' % _DISK[:-1])
 
 #: The guest user whose password ``set_admin_password`` sets (a POSIX-style
 #: login name: no ``:``, space or newline can reach chpasswd's input line).

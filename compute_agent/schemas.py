@@ -318,6 +318,7 @@ DEFS = {
             maxItems=MAX_ITEMS),
     }, nullable=True, default=None),
     'volume_id': rules.VOLUME_ID.schema(),
+    'volume_ref': rules.VOLUME_REF.schema(),
     'connection_info': _obj({
         # Which types exist is the installed plugins' business (validation
         # asks them); here only the name's shape.
@@ -420,7 +421,7 @@ ARGS = {
                       'connection_info': _ref('connection_info'),
                       'mountpoint': rules.DEVICE_PATH.schema(nullable=True,
                                                              default=None)},
-    'detach_volume': {'instance_uuid': _ref('uuid'), 'volume_id': _ref('volume_id')},
+    'detach_volume': {'instance_uuid': _ref('uuid'), 'volume_id': _ref('volume_ref')},
     'attach_interface': {'instance_uuid': _ref('uuid'), 'vif': _ref('vif')},
     'detach_interface': {'instance_uuid': _ref('uuid'),
                          'vif_id': _str(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$')},

@@ -247,6 +247,10 @@ def validate(method, args):
         raise exception.InvalidRequest(e.field, e.reason,
                                        uuid=instance_uuid_of(method, args)) from None
     args = _normalize(validator, SCHEMAS[method], copy.deepcopy(args))
+    if method == 'spawn' and args['instance'].get('image_ref') is None:
+        # The root disk's image: image_meta.id is required, image_ref is not
+        # (docs: protocol-image-meta), and they name the same image.
+        args['instance']['image_ref'] = args['image_meta']['id']
     _check_filters(method, args)
     return args
 

@@ -98,3 +98,21 @@ def test_an_operation_after_a_failure_does_not_start_failed(h):
         ('reboot.start', states.ACTIVE, 'rebooting_hard', states.RUNNING, None),
         ('reboot.end',) + ACTIVE + (None,)]
     assert h.info(uuid)['error'] is None
+
+
+def test_a_volume_attached_without_an_id_is_detached_by_its_mount_device(h, tmp_path):
+    """PROTOCOL 1.1 sec. 3: without a volume_id the mount_device names the
+    volume; the record shows it bare, detach_volume takes either. The test
+    driver cannot detach a device, so reaching its refusal is the proof the
+    volume was found (a real detach: tests/functional/test_e2e_volumes.py)."""
+    vol = tmp_path / 'vol.img'
+    vol.write_bytes(b'\0' * 4096)
+    bdi = {'block_device_mapping': [{'mount_device': '/dev/vdc', 'connection_info': {
+        'driver_volume_type': 'local', 'data': {'device_path': str(vol)}}}]}
+    inst, record = h.spawn(block_device_info=bdi)
+    assert [v['volume_id'] for v in record['volumes']] == ['vdc']
+    for name in ('/dev/vdc', 'vdc'):
+        with pytest.raises(exception.VolumeDetachFailed, match='not supported'):
+            h.call('detach_volume', instance_uuid=inst['uuid'], volume_id=name)
+    with pytest.raises(exception.VolumeNotFound):
+        h.call('detach_volume', instance_uuid=inst['uuid'], volume_id='/dev/vdd')

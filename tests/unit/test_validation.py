@@ -33,7 +33,8 @@ def test_schemas_are_valid_draft_2020_12(method):
 
 
 EXPECTED_MINIMAL = {
-    'spawn': {'instance': NORMALIZED_INSTANCE,
+    # A spawn's root disk image defaults to image_meta.id.
+    'spawn': {'instance': dict(NORMALIZED_INSTANCE, image_ref='cirros'),
               'image_meta': {'id': 'cirros', 'disk_format': None, 'checksum': None,
                              'size': None, 'location': None, 'properties': {}},
               'network_info': [], 'block_device_info': None,
@@ -153,6 +154,13 @@ def test_full_spawn_passes_and_keeps_values():
     assert mapping[0] == args['block_device_info']['block_device_mapping'][0]
     assert mapping[1]['connection_info']['data']['target_lun'] == 1
     assert mapping[2]['connection_info']['data']['ports'] == ['6789', 6789]
+
+
+@pytest.mark.parametrize('image_ref', [None, DELETE])
+def test_a_spawn_without_image_ref_boots_image_meta_id(image_ref):
+    args = with_value(full_spawn(), INST + ('image_ref',), image_ref)
+    result = validation.validate('spawn', args)
+    assert result['instance']['image_ref'] == args['image_meta']['id']
 
 
 def test_partial_block_device_info_gets_defaults():

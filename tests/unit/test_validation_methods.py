@@ -96,6 +96,11 @@ OTHER_BAD += [
     ('snapshot', dict(minimal('snapshot'), disk_format='iso'), 'disk_format', None),
     ('snapshot', dict(minimal('snapshot'), quiesce='yes'), 'quiesce', None),
 ]
+# detach_volume: a volume id, or the mount_device of one attached without
+# an id (docs: protocol-volumes-1-1), nothing else
+OTHER_BAD += [
+    ('detach_volume', {'instance_uuid': UUID, 'volume_id': bad}, 'volume_id', None)
+    for bad in ('/dev/../x', '/dev/vdc1', '/dev/', 'a/b', '../vol', '', 5, None)]
 for _method in sorted(PROTOCOL_METHODS):
     if 'instance' in minimal(_method):
         OTHER_BAD.append((_method, {'instance': instance(name='../x')}, 'instance.name',
@@ -126,6 +131,9 @@ def test_other_method_bad_field(method, args, field, reason):
                  'block_device_info': full_spawn()['block_device_info']}),
     ('get_console_output', {'instance_uuid': UUID, 'tail_lines': 1}),
     ('get_console_output', {'instance_uuid': UUID, 'tail_lines': 10000}),
+    ('detach_volume', {'instance_uuid': UUID, 'volume_id': 'vol-1'}),
+    ('detach_volume', {'instance_uuid': UUID, 'volume_id': '/dev/vdc'}),
+    ('detach_volume', {'instance_uuid': UUID, 'volume_id': 'vdc'}),
 ])
 def test_other_method_good(method, args):
     result = validation.validate(method, args)
