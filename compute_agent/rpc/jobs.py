@@ -36,13 +36,14 @@ class Job:
         self.deliveries.append((gen, tag))
         if not request.is_call:
             return
-        target = (request.msg_id, request.reply_q)
-        if target not in self.replies:
-            self.replies.append(target)
-            # Call-monitor heartbeats every _timeout/2 s (oslo's rule).
-            if request.timeout and request.timeout >= 2:
-                self.beat_interval = request.timeout / 2.0
-                self.next_beat = time.monotonic() + self.beat_interval
+        # Every delivery of a call is answered, one already answered too: a
+        # caller that asks again with the same ids lost the first reply
+        # (a spare one is dropped by a client that no longer waits).
+        self.replies.append((request.msg_id, request.reply_q))
+        # Call-monitor heartbeats every _timeout/2 s (oslo's rule).
+        if request.timeout and request.timeout >= 2:
+            self.beat_interval = request.timeout / 2.0
+            self.next_beat = time.monotonic() + self.beat_interval
 
 
 class Settlement:
@@ -123,7 +124,7 @@ def beats_due(jobs):
     for job in jobs:
         if job.next_beat is not None and job.next_beat <= now:
             job.next_beat = now + job.beat_interval
-            due.extend(job.replies)
+            due.extend(dict.fromkeys(job.replies))  # a target asked twice: once
     return due
 
 

@@ -192,9 +192,33 @@ def test_duplicates_run_once(loop):
     finish(server, 1)
     assert server.dispatcher.runs['d'] == 1
     assert consume.settled()[-1] == ('ack', late, False)
+    # Every delivery of a call is answered (the redelivery too: its caller
+    # may have lost the first reply).
     replies = [reply_of(c) for c in publish.published()]
-    assert [r['result'] for r in replies] == [{'token': 'd'}] * 2
+    assert [r['result'] for r in replies] == [{'token': 'd'}] * 3
     assert server.stats['duplicates'] == 2
+
+
+def test_a_query_asked_again_before_it_is_recorded_is_answered_again(loop):
+    """A read-only call is answered at once and recorded lazily: the same
+    message arriving in between joins it, and gets the reply too."""
+    server, consume, publish = loop
+    deliver(server, 'ping', reply_q='reply_q1', unique_id='p-again')
+    deadline = time.monotonic() + 10
+    while server._completions.qsize() < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    server._finish_jobs()                   # answered, not yet recorded
+    server.publisher.pump()
+    assert len(publish.published()) == 1
+    assert 'p-again' in server._inflight
+    deliver(server, 'ping', reply_q='reply_q1', unique_id='p-again')
+    server._finish_jobs(wait=True)
+    server.publisher.pump()
+    replies = [reply_of(c) for c in publish.published()]
+    assert [(r['result'], r['_msg_id']) for r in replies] == [
+        ({'pong': True}, 'm-p-again')] * 2
+    assert len(consume.settled()) == 1 and server.dispatcher.runs == {}
 
 
 def test_a_reply_no_frame_can_carry_is_dropped_and_recorded(loop):
