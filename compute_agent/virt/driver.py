@@ -380,9 +380,16 @@ class LibvirtDriver(planfiles.PlanFiles, migration.LiveMigration, snapshot.Snaps
         resizeops.drop_saved(self._dir(rplan.new.instance), rplan)
 
     def _redefine(self, plan):
-        """Define the planned guest over the existing one and start it."""
+        """Define the planned guest over the existing one, or anew when its
+        domain is gone (a hard reboot revives it), and start it."""
         xml = plan.xml()
-        self._on_domain(plan.instance, guest.destroy_if_active)
+        uuid = _uuid(plan.instance)
+
+        def stop(conn):
+            dom = self._find(conn, uuid)
+            if dom is not None:
+                guest.destroy_if_active(dom)
+        self._call(stop)
         self._call(lambda c: c.defineXML(xml))
         self._boot(plan.instance, plan.vifs)
 

@@ -1,9 +1,11 @@
-"""Every failed operation is reported, a refused one too, and a report's
-``error`` is its own failure (docs: protocol-failure-unchanged,
-protocol-reports), on test:///default.
+"""What a scheduler meets when a request is refused or a part is missing,
+on test:///default (docs: protocol-failure-unchanged, protocol-reports):
 
-A cast has no reply: a scheduler that casts learns how a request ended only
-from the ``<method>.error`` report.
+- every failed operation is reported, a refused one too (a cast has no
+  reply: the ``<method>.error`` report is how its sender learns the end),
+  and a report's ``error`` is its own failure;
+- a volume attached without an id is named by its mount_device;
+- a guest whose domain is gone is revived by a hard reboot.
 """
 
 import pytest
@@ -116,3 +118,19 @@ def test_a_volume_attached_without_an_id_is_detached_by_its_mount_device(h, tmp_
             h.call('detach_volume', instance_uuid=inst['uuid'], volume_id=name)
     with pytest.raises(exception.VolumeNotFound):
         h.call('detach_volume', instance_uuid=inst['uuid'], volume_id='/dev/vdd')
+
+
+def test_a_hard_reboot_revives_a_guest_whose_domain_is_gone(h):
+    """A record whose domain vanished (undefined behind the agent's back, or
+    a spawn that failed before defining it) is the instance, not
+    InstanceNotFound: a hard reboot defines it anew from the stored
+    request and starts it."""
+    inst, _ = h.spawn()
+    uuid = inst['uuid']
+    dom = h.domain(uuid)
+    dom.destroy()
+    dom.undefine()
+    record = h.call('reboot', instance=inst, reboot_type='HARD')
+    assert (record['vm_state'], record['task_state'], record['power_state'],
+            record['error']) == (states.ACTIVE, None, states.RUNNING, None)
+    assert h.domain(uuid).isActive()
