@@ -92,8 +92,9 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
         # changes nothing costs no journal write, so it is kept here and
         # saved with the next change.
         self._checked = {}
-        # stop checks once the stop has held (reconcile.on_power_event)
-        self._later = Later('stop-checks')
+        # looks at an instance an event left for later (reconcile._look):
+        # a stop once it has held, one an operation holds once it is done
+        self._later = Later('power-looks')
         # uuid -> (request_id, outcome) of destroys recovery finished
         self._destroyed = {}
         # uuids this process is migrating away (settle_migrations skips them)
