@@ -17,7 +17,7 @@ class Job:
 
     __slots__ = ('uid', 'request', 'args', 'key', 'instance_uuid',
                  'deliveries', 'replies', 'beat_interval', 'next_beat',
-                 'result_json', 'failure')
+                 'result_json', 'failure', 'ended')
 
     def __init__(self, uid, request):
         self.uid = uid
@@ -31,19 +31,25 @@ class Job:
         self.next_beat = None
         self.result_json = 'null'
         self.failure = None
+        self.ended = False     # its outcome is being answered and recorded
 
     def add_delivery(self, gen, tag, request):
         self.deliveries.append((gen, tag))
         if not request.is_call:
             return
-        # Every delivery of a call is answered, one already answered too: a
-        # caller that asks again with the same ids lost the first reply
-        # (a spare one is dropped by a client that no longer waits).
-        self.replies.append((request.msg_id, request.reply_q))
-        # Call-monitor heartbeats every _timeout/2 s (oslo's rule).
-        if request.timeout and request.timeout >= 2:
-            self.beat_interval = request.timeout / 2.0
-            self.next_beat = time.monotonic() + self.beat_interval
+        target = (request.msg_id, request.reply_q)
+        if self.ended:
+            # Asked again after its reply went out (a read-only call's
+            # outcome is recorded a moment later): its caller may have lost
+            # that reply, so it is answered again, as once recorded.
+            self.replies.append(target)
+        elif target not in self.replies:
+            # A copy while it runs: one reply, when it ends.
+            self.replies.append(target)
+            # Call-monitor heartbeats every _timeout/2 s (oslo's rule).
+            if request.timeout and request.timeout >= 2:
+                self.beat_interval = request.timeout / 2.0
+                self.next_beat = time.monotonic() + self.beat_interval
 
 
 class Settlement:
@@ -124,7 +130,7 @@ def beats_due(jobs):
     for job in jobs:
         if job.next_beat is not None and job.next_beat <= now:
             job.next_beat = now + job.beat_interval
-            due.extend(dict.fromkeys(job.replies))  # a target asked twice: once
+            due.extend(job.replies)
     return due
 
 

@@ -481,6 +481,7 @@ class RPCServer:
         try:
             while True:
                 job = self._completions.get_nowait()
+                job.ended = True
                 job.next_beat = None     # finished: no more call-monitor beats
                 self._beating.pop(job.uid, None)
                 if job.key is not None:
