@@ -77,26 +77,45 @@ FLOOR_CODE = r'''
 import sys
 import uuid
 
+import kombu
 import kombu.connection  # noqa: F401 - what serving RPC needs
 import libvirt
 from oslo_config import cfg  # noqa: F401
 
-template, count = open(sys.argv[1]).read(), int(sys.argv[2])
+template, count, stack = open(sys.argv[1]).read(), int(sys.argv[2]), sys.argv[3]
+check = None
+if stack == 'stack':
+    # The rest of the agent's stack: a broker connection with a queue,
+    # its logging, its journal's SQLite, lxml and libvirt's domain schema
+    # compiled, each domain checked against it.
+    import sqlite3  # noqa: F401
+    import oslo_log.log  # noqa: F401
+    from lxml import etree
+    check = etree.RelaxNG(file=sys.argv[4]).assertValid
+    broker = kombu.Connection(sys.argv[5])
+    broker.default_channel.queue_declare('', exclusive=True)
 libvirt.registerErrorHandler(lambda *a: None, None)
 conn = libvirt.open('test:///default')
 for i in range(count):
     u = str(uuid.uuid4())
-    conn.defineXML(template.replace('@UUID@', u).replace(
-        '@NAME@', 'floor-%d' % i)).create()
+    xml = template.replace('@UUID@', u).replace('@NAME@', 'floor-%d' % i)
+    if check:
+        check(etree.fromstring(xml))
+    conn.defineXML(xml).create()
 with open('/proc/self/status') as f:
     print([line.split()[1] for line in f if line.startswith('VmRSS:')][0])
 '''
 
 
-def floor_mb(xml_path, count):
-    """VmRSS (MB) of the floor process with ``count`` domains."""
-    out = subprocess.run([sys.executable, '-c', FLOOR_CODE, xml_path,
-                          str(count)], check=True, capture_output=True,
+def floor_mb(xml_path, count, stack=False):
+    """VmRSS (MB) of the floor process with ``count`` domains (``stack``:
+    with the agent's other libraries and its schema check)."""
+    from compute_agent.virt import schema
+    out = subprocess.run([sys.executable, '-c', FLOOR_CODE, xml_path, str(count),
+                          'stack' if stack else 'bare',
+                          os.path.join(schema.SCHEMA_DIR, 'domain.rng'),
+                          URL.replace('rabbit:', 'amqp:', 1)],
+                         check=True, capture_output=True,
                          text=True, timeout=600)
     return int(out.stdout.split()[-1]) * 1024 / MB
 
@@ -363,6 +382,7 @@ def run(args, agents):
         f.write(small.domain_xml())
     res['floor0_mb'] = floor_mb(xml_path, 0)
     res['floorN_mb'] = floor_mb(xml_path, args.instances)
+    res['stackN_mb'] = floor_mb(xml_path, args.instances, stack=True)
     return res
 
 
@@ -397,6 +417,9 @@ def report(res, n):
     print('  %-44s %9.1f MB   agent - floor %+.1f MB' % (
         'floor, %d domains (the agent\'s XML)' % n, res['floorN_mb'],
         res['rss_mb'] - res['floorN_mb']))
+    print('  %-44s %9.1f MB   agent - floor %+.1f MB' % (
+        '+ broker, oslo.log, sqlite3, domain.rng checks', res['stackN_mb'],
+        res['rss_mb'] - res['stackN_mb']))
     return all(rows)
 
 

@@ -1,7 +1,7 @@
 """The request schemas (docs: protocol-methods, protocol-objects), declared as data.
 
 JSON Schema (Draft 2020-12) for the ``args`` of every method, the format
-checkers they use and the limits behind them; ``validation`` applies them.
+checks they use and the limits behind them; ``validation`` applies them.
 Names, ids and addresses follow the rules of ``compute_agent.rules`` (each
 defined there once); a volume's ``driver_volume_type`` is only shaped here,
 the installed volume driver plugins decide which ones exist.
@@ -28,8 +28,6 @@ import os.path
 import re
 import urllib.parse
 
-import jsonschema
-
 from compute_agent import rules
 
 
@@ -47,7 +45,7 @@ SECRET_FIELDS = frozenset({'admin_password', 'rescue_password', 'auth_password'}
 # Each returns True for a non-string (the "type" keyword reports that) and
 # for a value of the right shape; only a well-typed bad value is a failure.
 
-FORMAT_CHECKER = jsonschema.FormatChecker(formats=())
+FORMATS = {}            # format name -> check(value) -> bool
 FORMAT_REASONS = {}
 
 
@@ -60,7 +58,7 @@ def _format(name, reason):
                 return bool(func(value))
             except (ValueError, TypeError, UnicodeError, binascii.Error):
                 return False
-        FORMAT_CHECKER.checks(name)(check)
+        FORMATS[name] = check
         FORMAT_REASONS[name] = reason
         return func
     return register

@@ -19,23 +19,17 @@ import itertools
 import json
 import re
 
-import jsonschema
-from jsonschema import validators
-
 from compute_agent import exception
+from compute_agent import json_schema
 from compute_agent import plugins
 from compute_agent import rules
 from compute_agent.netfilter import spec
 from compute_agent.schemas import (  # noqa: F401  (re-exported)
-    ARGS, DEFS, FORMAT_CHECKER, FORMAT_REASONS, INT_MAX, METHODS, SCHEMAS,
+    ARGS, DEFS, FORMAT_REASONS, FORMATS, INT_MAX, METHODS, SCHEMAS,
     SECRET_FIELDS, UUID_RE)
 
 
-# -- the validator ----------------------------------------------------------
-
-def _is_integer(checker, value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
+# -- the checker ------------------------------------------------------------
 
 _PATTERNS = {}
 
@@ -46,22 +40,9 @@ def _ecma_pattern(pattern):
     return _PATTERNS[pattern]
 
 
-def _pattern(validator, pattern, value, schema):
-    if validator.is_type(value, 'string') and not _ecma_pattern(pattern).search(value):
-        yield jsonschema.ValidationError(rules.reason_for(pattern))
-
-
-_Base = jsonschema.Draft202012Validator
-Validator = validators.extend(
-    _Base,
-    validators={'pattern': _pattern},
-    type_checker=_Base.TYPE_CHECKER.redefine('integer', _is_integer),
-)
-
+CHECKER = json_schema.Checker(DEFS, FORMATS, _ecma_pattern)
 for _schema in SCHEMAS.values():
-    _Base.check_schema(_schema)
-_VALIDATORS = {method: Validator(schema, format_checker=FORMAT_CHECKER)
-               for method, schema in SCHEMAS.items()}
+    CHECKER.compile(_schema)     # an unsupported keyword fails at import
 
 
 # -- errors -----------------------------------------------------------------
@@ -114,7 +95,7 @@ def _type_reason(schema):
 
 
 def _describe(error):
-    """(path parts, reason, rank) of one jsonschema error."""
+    """(path parts, reason, rank) of one schema error."""
     parts = list(error.absolute_path)
     schema = error.schema if isinstance(error.schema, dict) else {}
     keyword = error.validator
@@ -170,7 +151,7 @@ def _resolve(schema):
     return schema
 
 
-def _normalize(validator, schema, value):
+def _normalize(schema, value):
     """Fill defaults and apply x-normalize below ``value`` (already valid)."""
     schema = _resolve(schema)
     if isinstance(value, dict):
@@ -179,16 +160,16 @@ def _normalize(validator, schema, value):
             if name not in value and 'default' in sub_resolved:
                 value[name] = copy.deepcopy(sub_resolved['default'])
             if name in value:
-                value[name] = _normalize(validator, sub, value[name])
+                value[name] = _normalize(sub, value[name])
         for branch in schema.get('allOf', ()):
-            if 'if' in branch and validator.evolve(schema=branch['if']).is_valid(value):
-                value = _normalize(validator, branch.get('then', {}), value)
+            if 'if' in branch and CHECKER.is_valid(branch['if'], value):
+                value = _normalize(branch.get('then', {}), value)
     elif isinstance(value, list):
         if 'prefixItems' in schema:
-            value = [_normalize(validator, sub, item)
+            value = [_normalize(sub, item)
                      for sub, item in zip(schema['prefixItems'], value)]
         elif 'items' in schema:
-            value = [_normalize(validator, schema['items'], item) for item in value]
+            value = [_normalize(schema['items'], item) for item in value]
     elif isinstance(value, str) and schema.get('x-normalize') == 'lower':
         value = value.lower()
     return value
@@ -227,16 +208,16 @@ def validate(method, args):
     argument or a path into one) and the reason, with ``uuid`` set to the
     instance uuid when one can be read.
     """
-    if not isinstance(method, str) or method not in _VALIDATORS:
+    if not isinstance(method, str) or method not in SCHEMAS:
         raise exception.InvalidRequest('method', 'unknown method',
                                        uuid=instance_uuid_of(None, args))
     if args is None:
         args = {}
     if not isinstance(args, dict):
         raise exception.InvalidRequest('args', 'must be an object')
-    validator = _VALIDATORS[method]
     # Bounded: a list of 200,000 bad items must not cost 200,000 errors.
-    errors = list(itertools.islice(validator.iter_errors(args), MAX_ERRORS))
+    errors = list(itertools.islice(CHECKER.iter_errors(SCHEMAS[method], args),
+                                   MAX_ERRORS))
     if errors:
         field, reason = _best(errors)
         raise exception.InvalidRequest(field, reason,
@@ -246,7 +227,7 @@ def validate(method, args):
     except exception.InvalidRequest as e:
         raise exception.InvalidRequest(e.field, e.reason,
                                        uuid=instance_uuid_of(method, args)) from None
-    args = _normalize(validator, SCHEMAS[method], copy.deepcopy(args))
+    args = _normalize(SCHEMAS[method], copy.deepcopy(args))
     if method == 'spawn' and args['instance'].get('image_ref') is None:
         # The root disk's image: image_meta.id is required, image_ref is not
         # (docs: protocol-image-meta), and they name the same image.
