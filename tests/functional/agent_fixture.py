@@ -61,6 +61,9 @@ AGENT_BIN = REPO_ROOT / '.venv' / 'bin' / 'compute-agent'
 IMAGE_META = {'id': 'test-root', 'disk_format': 'qcow2'}
 READY_TIMEOUT = 60
 CALL_TIMEOUT = 90
+# Calls that change nothing, so no report can trail their reply.
+QUERIES = frozenset({'get_info', 'get_console_output', 'get_vnc_console',
+                     'list_instances', 'get_host_stats', 'ping'})
 
 
 # -- checks --------------------------------------------------------------------
@@ -291,11 +294,15 @@ class AgentEnv:
         ``timeout`` must not be confused with the client's own)."""
         with self._rpc_lock:
             self.client.context = {'request_id': request_id or new_request_id()}
-            if method == 'power_off':
-                return self.client.power_off(args.pop('instance'),
-                                             timeout_s=args.pop('timeout', 60),
-                                             timeout=rpc_timeout, **args)
-            return self.client.call(method, timeout=rpc_timeout, **args)
+            try:
+                if method == 'power_off':
+                    return self.client.power_off(args.pop('instance'),
+                                                 timeout_s=args.pop('timeout', 60),
+                                                 timeout=rpc_timeout, **args)
+                return self.client.call(method, timeout=rpc_timeout, **args)
+            finally:
+                if method not in QUERIES:   # their reports are in when it returns
+                    self.reports.sync(self.client)
 
     def cast(self, method, request_id=None, **args):
         with self._rpc_lock:

@@ -22,16 +22,40 @@ class Reports:
     ``_method`` and ``_context``.
     """
 
+    SYNC = '_reports_sync'      # the marker's method (never in ``items``)
+
     def __init__(self, client):
         self._cond = threading.Condition()
         self.items = []
+        self._synced = set()
         self.watcher = client.watch(self._on_report)
 
     def _on_report(self, method, args, context):
-        item = dict(args, _method=method, _context=dict(context or {}))
         with self._cond:
-            self.items.append(item)
+            if method == self.SYNC:
+                self._synced.add(args.get('token'))
+            else:
+                self.items.append(dict(args, _method=method,
+                                       _context=dict(context or {})))
             self._cond.notify_all()
+
+    def sync(self, client, timeout=5):
+        """Return once every report the agent sent before now is in ``items``.
+
+        A call's reply can reach the test before the reports the agent sent
+        ahead of it (another queue, another consumer). The agent publishes
+        its reports before the reply on one channel, so a marker put on the
+        watcher's own queue after the reply comes out behind them. Best
+        effort: False if the broker is away or the marker is late.
+        """
+        token = uuidlib.uuid4().hex
+        try:
+            client._publish({'method': self.SYNC, 'args': {'token': token}},
+                            '', self.watcher.queue)
+        except Exception:  # noqa: BLE001 - a test that stopped the broker
+            return False
+        with self._cond:
+            return self._cond.wait_for(lambda: token in self._synced, timeout)
 
     def mark(self):
         """A position: ``since=mark()`` looks only at later reports."""
