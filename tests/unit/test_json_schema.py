@@ -22,10 +22,12 @@ from compute_agent import validation
 
 try:
     from tests.unit.validation_cases import (
-        DELETE, PROTOCOL_METHODS, full_spawn, minimal, with_value)
+        DELETE, JSON, PROTOCOL_METHODS, SPAWN_PATHS, full_spawn, minimal, paths,
+        with_value)
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from validation_cases import (
-        DELETE, PROTOCOL_METHODS, full_spawn, minimal, with_value)
+        DELETE, JSON, PROTOCOL_METHODS, SPAWN_PATHS, full_spawn, minimal, paths,
+        with_value)
 
 
 # -- the oracle: jsonschema set up as validation.py did before ---------------
@@ -73,17 +75,6 @@ VALUES = [None, True, False, 0, -1, 1, 1.0, 1.5, 2 ** 31, float('nan'), '',
           {}, {'k': 1}, {'': 'x' * 300}, DELETE]
 
 
-def _paths(value, prefix=()):
-    if prefix:
-        yield prefix
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _paths(item, prefix + (key,))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _paths(item, prefix + (index,))
-
-
 NBD = {'driver_volume_type': 'nbd', 'data': {'host': 'h1', 'port': 10809}}
 BASES = [(m, minimal(m)) for m in sorted(PROTOCOL_METHODS)] + [
     ('spawn', full_spawn()),
@@ -95,7 +86,7 @@ BASES = [(m, minimal(m)) for m in sorted(PROTOCOL_METHODS)] + [
          'port_range_max': 22, 'remote_ip_prefix': '10.0.0.0/8'}])),
 ]
 CASES = [(m, with_value(base, path, value))
-         for m, base in BASES for path in _paths(base) for value in VALUES]
+         for m, base in BASES for path in paths(base) for value in VALUES]
 
 
 @pytest.mark.parametrize('method, args', BASES)
@@ -138,15 +129,6 @@ def test_many_errors_are_reported_alike():
     bdm = args['block_device_info']['block_device_mapping']
     bdm[:] = [{'mount_device': 5}] * 70
     assert_same_errors('spawn', args)
-
-
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
-    | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=4),
-    max_leaves=20)
-SPAWN_PATHS = list(_paths(full_spawn()))
 
 
 @settings(max_examples=300)

@@ -12,23 +12,15 @@ from compute_agent import validation
 
 try:
     from tests.unit.validation_cases import (
-        DELETE, INST, PROTOCOL_METHODS, UUID, VIF, full_spawn, instance, invalid,
-        minimal, vol, with_value)
+        DELETE, INST, JSON, PROTOCOL_METHODS, SPAWN_PATHS, UUID, VIF, full_spawn,
+        instance, invalid, minimal, vol, with_value)
 except ImportError:  # tests/ is not a package: pytest put this dir on sys.path
     from validation_cases import (
-        DELETE, INST, PROTOCOL_METHODS, UUID, VIF, full_spawn, instance, invalid,
-        minimal, vol, with_value)
+        DELETE, INST, JSON, PROTOCOL_METHODS, SPAWN_PATHS, UUID, VIF, full_spawn,
+        instance, invalid, minimal, vol, with_value)
 
 
 # -- properties -------------------------------------------------------------
-
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
-    | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=4),
-    max_leaves=20)
-
 
 def _check_outcome(method, args):
     try:
@@ -58,19 +50,6 @@ def test_arbitrary_args_only_raise_invalid_request(method, args):
            JSON, max_size=6))
 def test_arbitrary_values_of_known_args_only_raise_invalid_request(method, args):
     _check_outcome(method, args)
-
-
-def _leaf_paths(value, prefix=()):
-    yield prefix
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _leaf_paths(item, prefix + (key,))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _leaf_paths(item, prefix + (index,))
-
-
-SPAWN_PATHS = [p for p in _leaf_paths(full_spawn()) if p]
 
 
 @given(path=st.sampled_from(SPAWN_PATHS), value=JSON | st.just(DELETE))

@@ -5,6 +5,7 @@ import base64
 import copy
 
 import pytest
+from hypothesis import strategies as st
 
 from compute_agent import exception
 from compute_agent import validation
@@ -189,3 +190,27 @@ NORMALIZED_INSTANCE = dict(
     instance(flavor={'memory_mb': 512, 'vcpus': 1, 'root_gb': 1,
                      'ephemeral_gb': 0, 'swap': 0}),
     **INSTANCE_DEFAULTS)
+
+
+def paths(value, prefix=()):
+    """Every path into ``value`` (dict keys, list indexes), shortest first."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return
+    for key, item in items:
+        yield prefix + (key,)
+        yield from paths(item, prefix + (key,))
+
+
+SPAWN_PATHS = list(paths(full_spawn()))
+
+#: Any JSON value (small), for requests built at random.
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20)
