@@ -61,6 +61,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 URL = 'rabbit://guest:guest@localhost:5672/'
+KOMBU_URL = URL.replace('rabbit://', 'amqp://', 1)   # kombu's own scheme
 WORK_ROOT = os.environ.get('CA_BENCH_WORKDIR', '/var/tmp/compute-agent-bench')
 AGENT = os.path.join(REPO, '.venv', 'bin', 'compute-agent')
 MB = 1024 * 1024
@@ -117,7 +118,7 @@ def floor_mb(xml_path, count, stack=False):
     out = subprocess.run([sys.executable, '-c', FLOOR_CODE, xml_path, str(count),
                           'stack' if stack else 'bare',
                           os.path.join(schema.SCHEMA_DIR, 'domain.rng'),
-                          URL.replace('rabbit:', 'amqp:', 1)],
+                          KOMBU_URL],
                          check=True, capture_output=True,
                          text=True, timeout=600)
     return int(out.stdout.split()[-1]) * 1024 / MB
@@ -321,7 +322,7 @@ image_store_url = file://{images}
                 import kombu
 
                 from compute_agent.rpc import topology
-                with kombu.Connection(URL.replace('rabbit://', 'amqp://')) as c:
+                with kombu.Connection(KOMBU_URL) as c:
                     ch = c.channel()
                     topology.delete(ch, self.conf)
                     ch.exchange_delete(self.exchange)

@@ -129,11 +129,15 @@ class Checker:
             raise
         return run
 
-    def _ref(self, ref):
-        prefix = '#/$defs/'
-        if not ref.startswith(prefix) or ref[len(prefix):] not in self._defs:
-            raise ValueError('unsupported $ref %r' % ref)
-        return self._defs[ref[len(prefix):]]
+    def resolve(self, schema):
+        """``schema``, or what its ``$ref`` (and theirs) lead to."""
+        while isinstance(schema, dict) and '$ref' in schema:
+            ref = schema['$ref']
+            name = ref[len('#/$defs/'):]
+            if not ref.startswith('#/$defs/') or name not in self._defs:
+                raise ValueError('unsupported $ref %r' % ref)
+            schema = self._defs[name]
+        return schema
 
 
 # -- keywords: each returns (test, None) or (None, apply) -------------------
@@ -248,7 +252,7 @@ def _prefix_items(checker, value, schema):
 
 def _ref(checker, value, schema):
     # A target still compiling (a recursive schema) is already registered.
-    return None, checker.compile(checker._ref(value))
+    return None, checker.compile(checker.resolve({'$ref': value}))
 
 
 def _all_of(checker, value, schema):

@@ -145,18 +145,12 @@ def _best(errors):
 
 # -- normalization ----------------------------------------------------------
 
-def _resolve(schema):
-    while isinstance(schema, dict) and '$ref' in schema:
-        schema = DEFS[schema['$ref'].rsplit('/', 1)[1]]
-    return schema
-
-
 def _normalize(schema, value):
     """Fill defaults and apply x-normalize below ``value`` (already valid)."""
-    schema = _resolve(schema)
+    schema = CHECKER.resolve(schema)
     if isinstance(value, dict):
         for name, sub in schema.get('properties', {}).items():
-            sub_resolved = _resolve(sub)
+            sub_resolved = CHECKER.resolve(sub)
             if name not in value and 'default' in sub_resolved:
                 value[name] = copy.deepcopy(sub_resolved['default'])
             if name in value:

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import pytest
 
+from compute_agent.states import READ_ONLY
+
 try:
     from tests.functional.guest_fixture import (  # noqa: F401
         BOOT_MARKER, REPO_ROOT, WORK_ROOT, skip_or_fail, test_guest)
@@ -61,9 +63,6 @@ AGENT_BIN = REPO_ROOT / '.venv' / 'bin' / 'compute-agent'
 IMAGE_META = {'id': 'test-root', 'disk_format': 'qcow2'}
 READY_TIMEOUT = 60
 CALL_TIMEOUT = 90
-# Calls that change nothing, so no report can trail their reply.
-QUERIES = frozenset({'get_info', 'get_console_output', 'get_vnc_console',
-                     'list_instances', 'get_host_stats', 'ping'})
 
 
 # -- checks --------------------------------------------------------------------
@@ -301,7 +300,7 @@ class AgentEnv:
                                                  timeout=rpc_timeout, **args)
                 return self.client.call(method, timeout=rpc_timeout, **args)
             finally:
-                if method not in QUERIES:   # their reports are in when it returns
+                if method not in READ_ONLY:   # no report can trail a query's reply
                     self.reports.sync(self.client)
 
     def cast(self, method, request_id=None, **args):
