@@ -79,6 +79,11 @@ class Manager(ColdMigrationOperations,  # cold migration (issue 16)
               RebuildOperation, ResizeOperations, SnapshotOperations):
     # Run on the RPC consume thread (rpc/server.py): memory only, no I/O.
     inline_methods = frozenset(('ping',))
+    # RPC admission (rpc/server.py): never held (they answer at once, or act
+    # on the operation running now); checked as they arrive even when held
+    # (key() of a destroy cancels its instance's guest-agent waits).
+    unheld_methods = states.READ_ONLY | states.ALONGSIDE
+    arrival_methods = frozenset(('destroy',))
 
     def __init__(self, conf, driver, journal, notifier):
         self.conf = conf

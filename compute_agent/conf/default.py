@@ -39,7 +39,9 @@ opts = [
     cfg.IntOpt(
         'max_concurrent_builds', default=10, min=1, max=1000,
         help='Operations on different instances run in parallel up to this '
-             'many at once.'),
+             'many at once. Twice this many state-changing requests are '
+             'validated and queued at a time; later ones wait in arrival '
+             'order (read-only requests never wait).'),
     cfg.IntOpt(
         'report_interval', default=10, min=1,
         help='Seconds between host_state_update reports.'),

@@ -3,6 +3,12 @@
 The server knows the wire; the dispatcher knows the methods. Keeping this
 interface narrow lets the server be tested with a double
 (tests/functional/rpc_fixtures.py) and the manager without a broker.
+
+Optional attributes tune the server: ``inline_methods`` (keyless methods
+answered on the consume thread itself, memory only), ``unheld_methods``
+(never held for admission: read-only ones answer at once however many
+state-changing requests wait) and ``arrival_methods`` (validated and keyed
+as they arrive even when held, for what ``key`` does at once).
 """
 
 from typing import Protocol, runtime_checkable
@@ -14,8 +20,10 @@ class Dispatcher(Protocol):
     def validate(self, method: str, args: dict, version: str) -> dict:
         """Return normalized args or raise InvalidRequest/UnsupportedVersion.
 
-        Runs on the consume thread before the request is queued: it must be
-        cheap and must not touch the hypervisor. This is where a request is
+        Runs on the consume thread when the request is admitted, before it
+        is queued for a worker (a state-changing request may first be held:
+        rpc/server.py, ``_held``): it must be cheap and must not touch the
+        hypervisor. This is where a request is
         validated and planned, once: the returned args may carry what was
         planned (the manager adds ``plan`` to a spawn's), and they travel
         with the job, unchanged, to ``key`` and ``dispatch``. They are never

@@ -98,6 +98,12 @@ class Settlement:
         if self._channel is not None:
             self._channel.basic_reject(tag, requeue=False)
 
+    def reject_all(self, deliveries):
+        """Dead-letter the (gen, tag) pairs of the current connection."""
+        for gen, tag in deliveries:
+            if gen == self.gen and tag in self._unsettled:
+                self.reject(tag)
+
     def ack(self, deliveries):
         """Ack (gen, tag) pairs of the current connection; drop the rest."""
         if self._channel is None:

@@ -2,11 +2,16 @@
 
 One consume thread owns the broker connection and does every channel
 operation (kombu/py-amqp channels are not thread-safe): it decodes, checks
-the journal for duplicates, validates and queues work, then records, acks
-and publishes. Workers never touch the channel; they hand outcomes back
-through a queue and wake the loop through a pipe, which the loop select()s
-on beside the socket, so a finished call is answered at once and AMQP
-heartbeats keep being answered during long operations.
+the journal for duplicates, admits work (validates it and queues it for
+the workers), then records, acks and publishes. Workers never touch the
+channel; they hand outcomes back through a queue and wake the loop through
+a pipe, which the loop select()s on beside the socket, so a finished call
+is answered at once and AMQP heartbeats keep being answered during long
+operations.
+
+State-changing requests are admitted only while fewer than
+``ADMIT_PER_WORKER * max_concurrent_builds`` of them are admitted and
+unfinished; later ones wait, decoded, in arrival order (see ``_held``).
 
 Requests read in one drain of the socket are started after it, so that
 workers do not contend for the GIL while the loop reads. Outcomes of every
@@ -50,6 +55,11 @@ _RUNNING_FLUSH = 1.0     # s a buffered 'running' row may wait for a commit
 _STUCK_AFTER = 30.0      # s without a loop turn: the consume loop is stuck
 _PUBLISH = (60, 40)      # basic.publish, as a refusal names the method
 _DEAD_RETRY = 10.0       # s between tries to declare <topic>.dead
+# State-changing requests admitted (validated, planned, queued) per build
+# worker at once: one running and one ready, so no worker waits for the loop.
+ADMIT_PER_WORKER = 2
+
+
 class RPCServer:
     """Serve ``dispatcher`` on ``<topic>``, ``<topic>.<host>`` and fanout.
 
@@ -102,6 +112,27 @@ class RPCServer:
         # Keyless methods the dispatcher says touch only memory: run on the
         # consume thread itself (a ping is answered without a thread hop).
         self._inline = frozenset(getattr(dispatcher, 'inline_methods', ()))
+        # Admission. The broker's window (prefetch_count, sized for group
+        # commit and bulk acks) hands over hundreds of casts at once, but
+        # only max_concurrent_builds can run. Validated and planned, each
+        # waiting one held its args twice and a guest plan (~15 kB): a
+        # burst's peak, which stayed in the heap as fragmentation once the
+        # burst had passed (bench/scale.py: 2.6 MB of the RSS with 1,000
+        # instances). So a state-changing request arriving while
+        # _admit_max are admitted and unfinished, or behind one held, is
+        # held as it was decoded, and admitted in arrival order (which
+        # keeps each instance's order) as the workers take what came
+        # before it. Its verdict waits with it, as it would in the broker's
+        # queue. The dispatcher names the methods never held (read-only
+        # ones answer at once) and those checked as they arrive even when
+        # held (a destroy's key() cancels what its instance waits on).
+        self._held = collections.deque()   # Jobs, oldest first
+        self._admitted = 0        # admitted keyed jobs not yet finished
+        self._admit_max = ADMIT_PER_WORKER * conf.max_concurrent_builds
+        self._unheld = self._inline | frozenset(
+            getattr(dispatcher, 'unheld_methods', ()))
+        self._on_arrival = frozenset(getattr(dispatcher, 'arrival_methods',
+                                             ()))
         self.publisher.set_waker(self._waker.wake)
 
     # ----------------------------------------------------------- public
@@ -234,13 +265,7 @@ class RPCServer:
                     LOG.info('Stopped consuming; waiting up to %.0fs for %d '
                              'requests', self._deadline - now,
                              len(self._inflight))
-                try:
-                    while True:
-                        uid = self._skipped.get_nowait().uid
-                        self._inflight.pop(uid, None)
-                        self._beating.pop(uid, None)
-                except queue.Empty:
-                    pass
+                self._forget_unstarted()
                 if not self._inflight or now >= self._deadline:
                     break
             if self._wait_io(amqp_conn) or self._more:
@@ -249,12 +274,30 @@ class RPCServer:
             # Also what arrived outside a drain (during basic_consume).
             self._start_ready()
             self._finish_jobs()
+            self._admit_held()
             self._send_call_heartbeats()
             self.publisher.pump()
             if now >= next_beat_check:
                 conn.heartbeat_check()
                 next_beat_check = now + beat_every
         self._flush_on_stop(amqp_conn)
+
+    def _forget_unstarted(self):
+        """Stopping: drop what will not start (held, or skipped by a
+        worker) from the books; it stays unacked, for redelivery to whoever
+        consumes next."""
+        gone, self._held = self._held, collections.deque()
+        try:
+            while True:
+                job = self._skipped.get_nowait()
+                if job.key is not None:
+                    self._admitted -= 1
+                gone.append(job)
+        except queue.Empty:
+            pass
+        for job in gone:
+            self._inflight.pop(job.uid, None)
+            self._beating.pop(job.uid, None)
 
     def _declare_dead(self, conn):
         """Declare <topic>.dead; when it is unavailable, serve anyway and
@@ -370,6 +413,35 @@ class RPCServer:
             job.instance_uuid = done['instance_uuid']
             self._complete(job, done['result_json'], done['failure'])
             return
+        if request.problem is None and request.method not in self._unheld \
+                and (self._held or self._admitted >= self._admit_max):
+            if request.method in self._on_arrival and not self._check(job):
+                return
+            self._inflight[uid] = job       # a duplicate joins it
+            if job.next_beat is not None:
+                self._beating[uid] = job    # a held call is beaten too
+            self._held.append(job)
+            return
+        self._admit(job)
+
+    def _admit(self, job):
+        """Validate (and plan) ``job`` unless done, and queue it for
+        ``_start_ready``; an invalid one gets its verdict now."""
+        if job.args is None and not self._check(job):
+            return
+        if job.key is not None:
+            self._admitted += 1
+        self._inflight[job.uid] = job
+        if job.next_beat is not None:
+            self._beating[job.uid] = job
+        self._running_rows.append((time.monotonic(), (
+            job.uid, job.request.method, job.instance_uuid)))
+        self._ready.append(job)   # started after the drain: _start_ready
+
+    def _check(self, job):
+        """``dispatcher.validate`` and ``key``; False (the verdict given)
+        when invalid."""
+        request = job.request
         try:
             if request.problem is not None:
                 raise request.problem
@@ -378,19 +450,22 @@ class RPCServer:
                                                 request.version)
         except Exception as e:  # noqa: BLE001 - invalid, whatever the cause
             self._invalid(job, e)
-            return
+            return False
         try:
             job.key = self.dispatcher.key(request.method, job.args)
         except Exception:  # noqa: BLE001
             LOG.exception('key() failed for %s', envelope.summary(request))
         job.instance_uuid = job.key or jobs.instance_uuid_of(
             self.dispatcher, request.method, job.args)
-        self._inflight[uid] = job
-        if job.next_beat is not None:
-            self._beating[uid] = job
-        self._running_rows.append((time.monotonic(), (
-            uid, request.method, job.instance_uuid)))
-        self._ready.append(job)   # started after the drain: _start_ready
+        return True
+
+    def _admit_held(self):
+        """Admit held requests, oldest first, while there is room."""
+        if not self._held or self._stop.is_set():
+            return
+        while self._held and self._admitted < self._admit_max:
+            self._admit(self._held.popleft())
+        self._start_ready()
 
     def _start_ready(self):
         """Start the requests of this turn's drain. Held back until the
@@ -428,7 +503,10 @@ class RPCServer:
         else:
             self.stats['dead_lettered'] += 1
             labelled(METRICS.rejected, request.method).inc()
-            self._settle.reject(job.deliveries[0][1])
+            # A held one was in the books, and may have copies.
+            self._inflight.pop(job.uid, None)
+            self._beating.pop(job.uid, None)
+            self._settle.reject_all(job.deliveries)
 
     def _work(self, job):
         """Worker thread: run the request, hand the outcome back."""
@@ -485,6 +563,7 @@ class RPCServer:
                 job.next_beat = None     # finished: no more call-monitor beats
                 self._beating.pop(job.uid, None)
                 if job.key is not None:
+                    self._admitted -= 1
                     self._keyed.append(job)
                     continue
                 self._answer_now(job)

@@ -87,6 +87,9 @@ class FakeDispatcher:
 
     METHODS = {'ping', 'echo', 'sleep', 'work', 'fail', 'spawn', 'get_info',
                'list_instances'}
+    # As the manager's: never held for admission (rpc/server.py).
+    unheld_methods = frozenset(('ping', 'echo', 'get_info',
+                                   'list_instances'))
 
     def __init__(self, conf, journal, notifier):
         self.conf = conf

@@ -90,15 +90,27 @@ def test_same_key_runs_in_order_one_at_a_time(agents, oslo_transport):
 
 def test_keyless_requests_do_not_wait_for_busy_workers(agents,
                                                        oslo_transport):
+    """Nor behind the requests waiting for admission: with 4 build workers
+    busy and 4 requests admitted behind them, 4 more are held (decoded,
+    not yet validated: rpc/server.py) and a ping still answers at once;
+    the held ones then run, each instance's in order."""
     agent = agents()
     client = oslo_client(oslo_transport, agent.conf)
     for i in range(4):  # every build worker busy
         client.cast({}, 'work', token='busy-%d' % i, key='b%d' % i,
                     seconds=5)
-    wait_for(lambda: sum(agent.dispatcher.active.values()) == 4)
+    for i in range(8):  # 4 admitted (2 per worker), 4 held
+        client.cast({}, 'work', token='q-%d' % i, key='q%d' % (i % 2))
+    wait_for(lambda: sum(agent.dispatcher.active.values()) == 4
+             and len(agent.server._held) == 4)
     assert client.call({}, 'ping')['host'] == agent.conf.host
     # Answered while all four were still running: it did not queue behind.
     assert sum(agent.dispatcher.active.values()) == 4
+    assert len(agent.server._held) == 4
+    wait_for(lambda: sum(agent.dispatcher.runs.values()) == 12, timeout=20)
+    for k in (0, 1):
+        assert agent.dispatcher.order['q%d' % k] == [
+            'q-%d' % i for i in range(k, 8, 2)]
 
 
 # ------------------------------------------------------ (7) call monitor

@@ -5,7 +5,8 @@ and real worker threads.
 The broker tests (tests/functional/test_rpc_*) show the same behaviour on
 RabbitMQ; here each rule is pinned to what the server does on its channels:
 acks (in bulk, after the outcome is on disk), rejects to the dead-letter
-queue, dedup by ``_unique_id``, group commit, replies and dropped replies.
+queue, dedup by ``_unique_id``, group commit, replies and dropped replies,
+admission (state-changing requests past the bound wait decoded, in order).
 """
 
 import collections
@@ -36,28 +37,38 @@ class Delivery:
 
 
 class Dispatcher:
-    """``count`` (keyed by ``key``) and ``ping`` (keyless); ``gate`` holds
-    ``count`` until set."""
+    """``count`` and ``urgent`` (keyed by ``key``; ``urgent`` is checked as
+    it arrives, like a destroy) and ``ping`` (keyless, read-only); ``gate``
+    holds ``count`` until set."""
+
+    unheld_methods = frozenset(('ping',))
+    arrival_methods = frozenset(('urgent',))
 
     def __init__(self):
         self.runs = collections.Counter()
         self.gate = threading.Event()
         self.gate.set()
         self.reported = []
+        self.validated = []      # tokens, in the order validated
+        self.order = []          # tokens, in the order run
 
     def validate(self, method, args, version):
-        if method not in ('count', 'ping'):
+        self.validated.append((args or {}).get('token', method))
+        if method not in ('count', 'ping', 'urgent'):
             raise exception.InvalidRequest('method', 'unknown method')
         return args
 
     def key(self, method, args):
-        return args.get('key') if method == 'count' else None
+        return args.get('key') if method in ('count', 'urgent') else None
 
     def dispatch(self, method, args, context):
         if method == 'count':
             self.gate.wait(10)
             self.runs[args['token']] += 1
+            self.order.append(args['token'])
             return {'token': args['token']}
+        if method == 'urgent':
+            self.order.append(args['token'])
         return {'pong': True}
 
     def report_invalid(self, method, uuid, error, context):
@@ -65,10 +76,14 @@ class Dispatcher:
 
 
 @pytest.fixture
-def loop(tmp_path):
+def loop(tmp_path, request):
     conf = agent_conf.register_all(cfg.ConfigOpts())
     conf([], project='test', default_config_files=[])
     conf.set_override('state_path', str(tmp_path))
+    # @pytest.mark.builds(n): max_concurrent_builds (admits 2 n at once)
+    builds = request.node.get_closest_marker('builds')
+    if builds:
+        conf.set_override('max_concurrent_builds', builds.args[0])
     journal = Journal(str(tmp_path))
     server = server_mod.RPCServer(conf, Dispatcher(), journal,
                                   broker=object())
@@ -101,6 +116,7 @@ def finish(server, n):
         assert time.monotonic() < deadline, 'jobs did not complete'
         time.sleep(0.005)
     server._finish_jobs(wait=True)
+    server._admit_held()     # what the loop does after _finish_jobs
     server.publisher.pump()
 
 
@@ -383,3 +399,99 @@ def test_running_rows_only_for_requests_that_run_long(loop, monkeypatch):
     assert server.journal.lookup('r-1')['status'] == 'done'
     assert server._running_rows == []
     assert server.dispatcher.runs == {'slow': 1, 'fast': 1}
+
+
+def acked_tags(consume):
+    return {t for c in consume.settled() if c[0] == 'ack'
+            for t in (range(1, c[1] + 1) if c[2] else (c[1],))}
+
+
+@pytest.mark.builds(1)
+def test_state_changing_requests_past_the_bound_wait_decoded_in_order(loop):
+    """One build worker admits two state-changing requests at once; the
+    rest wait unvalidated, in arrival order, and so does anything behind
+    them, an invalid one too. A read-only call is answered meanwhile; a
+    copy of a held request joins it."""
+    server, consume, publish = loop
+    server.dispatcher.gate.clear()
+    keys = ['k0', 'k1', 'k0', 'k2', 'k1']
+    tags = [deliver(server, 'count', {'key': k, 'token': 't%d' % i},
+                    unique_id='a%d' % i) for i, k in enumerate(keys)]
+    tags.append(deliver(server, 'nosuch', {'token': 'bad'}, unique_id='a5'))
+    tags.append(deliver(server, 'count', {'key': 'k2', 'token': 't6'},
+                        unique_id='a6'))
+    copy = deliver(server, 'count', {'key': 'k0', 'token': 't2'},
+                   unique_id='a2', redelivered=True)
+    bad_copy = deliver(server, 'nosuch', {'token': 'bad'}, unique_id='a5',
+                       redelivered=True)
+    assert server.dispatcher.validated == ['t0', 't1']
+    assert [j.uid for j in server._held] == ['a2', 'a3', 'a4', 'a5', 'a6']
+    assert server.stats['duplicates'] == 2
+    ping = deliver(server, 'ping', reply_q='reply_p', unique_id='p-held')
+    finish(server, 1)
+    assert reply_of(publish.published()[0])['result'] == {'pong': True}
+    assert consume.settled() == [('ack', ping, False)]
+    server.dispatcher.gate.set()
+    deadline = time.monotonic() + 10
+    while len(server.dispatcher.order) < 6 or server._admitted:
+        assert time.monotonic() < deadline, server.dispatcher.order
+        finish(server, 0)
+        time.sleep(0.005)
+    finish(server, 0)
+    assert server.dispatcher.validated == [
+        't0', 't1', 'ping', 't2', 't3', 't4', 'bad', 't6']
+    order = server.dispatcher.order
+    assert sorted(order) == ['t0', 't1', 't2', 't3', 't4', 't6']
+    for first, then in (('t0', 't2'), ('t1', 't4'), ('t3', 't6')):
+        assert order.index(first) < order.index(then)
+    assert server.dispatcher.runs['t2'] == 1          # the copy joined it
+    rejected = [c[1] for c in consume.settled() if c[0] == 'reject']
+    assert rejected == [tags[5], bad_copy]       # both copies, once each
+    assert set(tags) - {tags[5]} | {copy} <= acked_tags(consume)
+    assert not server._held and server._inflight == {}
+
+
+@pytest.mark.builds(1)
+def test_held_requests_are_left_unacked_when_stopping(loop):
+    """Stopping: held requests never start, nor does an admitted one no
+    worker has taken; they leave the loop's books (so it does not wait for
+    them) unacked, for redelivery. The running one finishes and is acked."""
+    server, consume, _ = loop
+    server.dispatcher.gate.clear()
+    tags = [deliver(server, 'count', {'key': 'k%d' % i, 'token': 's%d' % i},
+                    unique_id='s%d' % i) for i in range(4)]
+    assert len(server._held) == 2
+    server._stop.set()
+    server._forget_unstarted()
+    server._admit_held()
+    assert list(server._inflight) == ['s0', 's1']      # admitted, running
+    assert server.dispatcher.validated == ['s0', 's1']
+    server.dispatcher.gate.set()
+    finish(server, 1)
+    server._forget_unstarted()            # s1, skipped by the worker
+    assert server._inflight == {} and server._admitted == 0
+    assert server.dispatcher.order == ['s0']
+    assert acked_tags(consume) == {tags[0]}
+
+
+@pytest.mark.builds(1)
+def test_an_arrival_method_is_checked_at_once_and_still_waits_its_turn(loop):
+    """A destroy's key() acts as it arrives (it cancels what its instance
+    waits on): held, it is validated and keyed at once, and still runs
+    after what came before it."""
+    server, consume, _ = loop
+    server.dispatcher.gate.clear()
+    for i in range(3):
+        deliver(server, 'count', {'key': 'k', 'token': 'c%d' % i},
+                unique_id='c%d' % i)
+    deliver(server, 'urgent', {'key': 'k', 'token': 'u'}, unique_id='u')
+    assert server.dispatcher.validated == ['c0', 'c1', 'u']
+    assert [j.uid for j in server._held] == ['c2', 'u']
+    server.dispatcher.gate.set()
+    deadline = time.monotonic() + 10
+    while len(server.dispatcher.order) < 4 or server._held:
+        assert time.monotonic() < deadline, server.dispatcher.order
+        finish(server, 0)
+        time.sleep(0.005)
+    assert server.dispatcher.order == ['c0', 'c1', 'c2', 'u']
+    assert server.dispatcher.validated == ['c0', 'c1', 'u', 'c2']
