@@ -44,7 +44,9 @@ def setup_logging(conf):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:        # the command itself, not a caller's main([...])
+        memory.reexec_tuned()   # see memory.py
+        argv = sys.argv[1:]
     memory.limit_arenas()   # before any thread starts: see memory.py
     # Loaded by the first operation that builds or reads XML: see
     # lazy_import.py (an idle agent never needs it).

@@ -267,6 +267,12 @@ def test_starts_and_reaches_active(deployed):
     assert box.show('WatchdogUSec') == '%ds' % WATCHDOG_SEC
     assert box.show('StatusText') == 'serving %s.%s' % (deployed.topic, deployed.host)
     assert wait_for(deployed.ping, 30, 'ping')['host'] == deployed.host
+    # The agent execs itself once, glibc's per-thread malloc caches off
+    # (memory.py): the pid systemd watches (NotifyAccess=main, so its
+    # readiness came from that pid) is the one serving, tuned.
+    environ = box.run('cat', '/proc/%s/environ' % box.show('MainPID'))
+    assert 'GLIBC_TUNABLES=glibc.malloc.tcache_count=0' in \
+        environ.stdout.split('\0')
 
 
 def test_reload_sends_sighup_and_keeps_the_process(deployed):

@@ -1,5 +1,6 @@
 """The agent's memory helpers: deferred extension modules, the C heap."""
 
+import os
 import subprocess
 import sys
 
@@ -112,3 +113,38 @@ def test_not_installed_hides_only_for_the_block():
         assert json.dumps(1) == '1'
     assert name not in sys.modules
     assert sys.modules['json'] is not None
+
+
+REEXEC = r'''
+import os
+print('pid', os.getpid(), flush=True)
+from compute_agent import memory
+memory.reexec_tuned()
+print('tunables', os.environ.get('GLIBC_TUNABLES'))
+'''
+
+
+def _run_reexec(**env):
+    environ = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+    environ.update(env)
+    out = subprocess.run([sys.executable, '-c', REEXEC], check=True,
+                         capture_output=True, text=True, env=environ)
+    return out.stdout.split('\n')
+
+
+def test_reexec_turns_the_thread_caches_off_once_in_the_same_process():
+    """The command line runs again, in the same pid, with tcache_count=0
+    added to the tunables already set; then it carries on."""
+    lines = _run_reexec(GLIBC_TUNABLES='glibc.malloc.trim_threshold=131072')
+    assert lines[0] == lines[1] and lines[0].startswith('pid ')
+    assert lines[2] == ('tunables glibc.malloc.trim_threshold=131072:'
+                        'glibc.malloc.tcache_count=0')
+    lines = _run_reexec()
+    assert lines[0] == lines[1]
+    assert lines[2] == 'tunables glibc.malloc.tcache_count=0'
+
+
+def test_reexec_leaves_an_operators_tcache_setting_alone():
+    lines = _run_reexec(GLIBC_TUNABLES='glibc.malloc.tcache_count=3')
+    assert lines[:2] == [lines[0], 'tunables glibc.malloc.tcache_count=3']
+    assert memory.tuned_environ({'GLIBC_TUNABLES': 'glibc.malloc.tcache_count=7'}) is None
