@@ -32,6 +32,9 @@ LOG = logging.getLogger(__name__)
 
 ARENA_MAX = 2
 TCACHE_OFF = 'glibc.malloc.tcache_count=0'
+# Set across the re-exec: the GLIBC_TUNABLES the command was started with
+# ('' for none), put back once glibc has read ours, for the agent's children.
+_STARTED_WITH = 'COMPUTE_AGENT_GLIBC_TUNABLES'
 _M_ARENA_MAX = -8      # mallopt parameter, from glibc's malloc.h
 
 _libc = None
@@ -90,10 +93,20 @@ def reexec_tuned():
     """Exec this interpreter again with the same command line in
     ``tuned_environ`` (same pid: systemd and a supervisor see one process).
     Call it first thing, before threads or files; returns when there is
-    nothing to change or the exec fails."""
+    nothing to change, the exec fails, or in the process exec'd, with the
+    environment given back as it was: the setting is for the agent's own
+    threads; its children (qemu-img, mkswap...) start as they would have."""
+    started_with = os.environ.pop(_STARTED_WITH, None)
+    if started_with is not None:
+        if started_with:
+            os.environ['GLIBC_TUNABLES'] = started_with
+        else:
+            os.environ.pop('GLIBC_TUNABLES', None)
+        return
     env = tuned_environ(os.environ)
     if env is None:
         return
+    env[_STARTED_WITH] = os.environ.get('GLIBC_TUNABLES', '')
     try:
         os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
     except OSError as e:

@@ -116,11 +116,26 @@ def test_not_installed_hides_only_for_the_block():
 
 
 REEXEC = r'''
-import os
+import ctypes, os
 print('pid', os.getpid(), flush=True)
 from compute_agent import memory
 memory.reexec_tuned()
-print('tunables', os.environ.get('GLIBC_TUNABLES'))
+print('environ', os.environ.get('GLIBC_TUNABLES'))
+# 100 small chunks freed: with per-thread caches on, glibc keeps some of
+# them in this thread's cache instead of its fastbins.
+libc = ctypes.CDLL('libc.so.6')
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        'arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks',
+        'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
+libc.mallinfo2.restype = Info
+chunks = [libc.malloc(24) for _ in range(100)]
+before = libc.mallinfo2().fsmblks
+for c in chunks:
+    libc.free(c)
+print('fastbins', libc.mallinfo2().fsmblks - before)
 '''
 
 
@@ -129,22 +144,33 @@ def _run_reexec(**env):
     environ.update(env)
     out = subprocess.run([sys.executable, '-c', REEXEC], check=True,
                          capture_output=True, text=True, env=environ)
-    return out.stdout.split('\n')
+    said = [line.split(' ', 1) for line in out.stdout.splitlines()]
+    pids = [v for k, v in said if k == 'pid']
+    (environ,) = [v for k, v in said if k == 'environ']
+    (fastbins,) = [int(v) for k, v in said if k == 'fastbins']
+    return pids, environ, fastbins
 
 
 def test_reexec_turns_the_thread_caches_off_once_in_the_same_process():
     """The command line runs again, in the same pid, with tcache_count=0
-    added to the tunables already set; then it carries on."""
-    lines = _run_reexec(GLIBC_TUNABLES='glibc.malloc.trim_threshold=131072')
-    assert lines[0] == lines[1] and lines[0].startswith('pid ')
-    assert lines[2] == ('tunables glibc.malloc.trim_threshold=131072:'
-                        'glibc.malloc.tcache_count=0')
-    lines = _run_reexec()
-    assert lines[0] == lines[1]
-    assert lines[2] == 'tunables glibc.malloc.tcache_count=0'
+    added to the tunables it was started with: freed small chunks all go
+    to the fastbins, none stays in a thread cache. Its children get the
+    tunables it was started with back."""
+    cached = _run_reexec(GLIBC_TUNABLES='glibc.malloc.tcache_count=7')[2]
+    for started, given_back in (
+            ('glibc.malloc.trim_threshold=131072',
+             'glibc.malloc.trim_threshold=131072'),
+            (None, 'None')):
+        env = {'GLIBC_TUNABLES': started} if started else {}
+        pids, environ, fastbins = _run_reexec(**env)
+        assert len(pids) == 2 and pids[0] == pids[1]
+        assert environ == given_back
+        assert fastbins > cached
 
 
 def test_reexec_leaves_an_operators_tcache_setting_alone():
-    lines = _run_reexec(GLIBC_TUNABLES='glibc.malloc.tcache_count=3')
-    assert lines[:2] == [lines[0], 'tunables glibc.malloc.tcache_count=3']
-    assert memory.tuned_environ({'GLIBC_TUNABLES': 'glibc.malloc.tcache_count=7'}) is None
+    pids, environ, _ = _run_reexec(
+        GLIBC_TUNABLES='glibc.malloc.tcache_count=3')
+    assert len(pids) == 1 and environ == 'glibc.malloc.tcache_count=3'
+    assert memory.tuned_environ(
+        {'GLIBC_TUNABLES': 'glibc.malloc.tcache_count=7'}) is None
