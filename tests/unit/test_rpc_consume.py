@@ -401,6 +401,19 @@ def test_running_rows_only_for_requests_that_run_long(loop, monkeypatch):
     assert server.dispatcher.runs == {'slow': 1, 'fast': 1}
 
 
+def run_all(server, n):
+    """Open the gate and turn the loop until ``n`` keyed requests have run
+    and nothing is held or admitted."""
+    server.dispatcher.gate.set()
+    deadline = time.monotonic() + 10
+    while len(server.dispatcher.order) < n or server._held or \
+            server._admitted:
+        assert time.monotonic() < deadline, server.dispatcher.order
+        finish(server, 0)
+        time.sleep(0.005)
+    finish(server, 0)
+
+
 def acked_tags(consume):
     return {t for c in consume.settled() if c[0] == 'ack'
             for t in (range(1, c[1] + 1) if c[2] else (c[1],))}
@@ -431,13 +444,7 @@ def test_state_changing_requests_past_the_bound_wait_decoded_in_order(loop):
     finish(server, 1)
     assert reply_of(publish.published()[0])['result'] == {'pong': True}
     assert consume.settled() == [('ack', ping, False)]
-    server.dispatcher.gate.set()
-    deadline = time.monotonic() + 10
-    while len(server.dispatcher.order) < 6 or server._admitted:
-        assert time.monotonic() < deadline, server.dispatcher.order
-        finish(server, 0)
-        time.sleep(0.005)
-    finish(server, 0)
+    run_all(server, 6)
     assert server.dispatcher.validated == [
         't0', 't1', 'ping', 't2', 't3', 't4', 'bad', 't6']
     order = server.dispatcher.order
@@ -487,11 +494,6 @@ def test_an_arrival_method_is_checked_at_once_and_still_waits_its_turn(loop):
     deliver(server, 'urgent', {'key': 'k', 'token': 'u'}, unique_id='u')
     assert server.dispatcher.validated == ['c0', 'c1', 'u']
     assert [j.uid for j in server._held] == ['c2', 'u']
-    server.dispatcher.gate.set()
-    deadline = time.monotonic() + 10
-    while len(server.dispatcher.order) < 4 or server._held:
-        assert time.monotonic() < deadline, server.dispatcher.order
-        finish(server, 0)
-        time.sleep(0.005)
+    run_all(server, 4)
     assert server.dispatcher.order == ['c0', 'c1', 'c2', 'u']
     assert server.dispatcher.validated == ['c0', 'c1', 'u', 'c2']
