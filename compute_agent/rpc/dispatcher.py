@@ -23,11 +23,11 @@ class Dispatcher(Protocol):
         Runs on the consume thread when the request is admitted, before it
         is queued for a worker (a state-changing request may first be held:
         rpc/server.py, ``_held``): it must be cheap and must not touch the
-        hypervisor. This is where a request is
-        validated and planned, once: the returned args may carry what was
-        planned (the manager adds ``plan`` to a spawn's), and they travel
-        with the job, unchanged, to ``key`` and ``dispatch``. They are never
-        journaled nor sent anywhere.
+        hypervisor. This is where a request is validated and planned, once:
+        the returned args may carry what was planned (the manager adds
+        ``plan`` to a spawn's), and they travel with the job, unchanged, to
+        ``key`` and ``dispatch``. They are never journaled nor sent
+        anywhere.
         """
 
     def key(self, method: str, args: dict) -> str | None:
